@@ -1,0 +1,41 @@
+// Elementwise ops on f32 vectors of length N: c = a + b, c = alpha * a, and in-place a += alpha * b
+// (gradient accumulation). add's backward passes dc through to both inputs; scale's backward is
+// scale by the same alpha.
+
+struct Params {
+    n: u32,
+    alpha: f32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> a: array<f32>;         // [N]
+@group(0) @binding(2) var<storage, read> b: array<f32>;         // [N]
+@group(0) @binding(3) var<storage, read_write> c: array<f32>;   // [N]
+// scale writes c from a alone
+@group(0) @binding(2) var<storage, read_write> c_scaled: array<f32>; // [N]
+// accumulate updates its target in place
+@group(0) @binding(1) var<storage, read_write> target_acc: array<f32>; // [N]
+
+override WG: u32 = 256u;
+
+fn index(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
+    return (wid.y * nwg.x + wid.x) * WG + lid.x;
+}
+
+@compute @workgroup_size(WG)
+fn add(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = index(wid, nwg, lid);
+    if i < p.n { c[i] = a[i] + b[i]; }
+}
+
+@compute @workgroup_size(WG)
+fn scale(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = index(wid, nwg, lid);
+    if i < p.n { c_scaled[i] = p.alpha * a[i]; }
+}
+
+@compute @workgroup_size(WG)
+fn accumulate(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = index(wid, nwg, lid);
+    if i < p.n { target_acc[i] += p.alpha * b[i]; }
+}

@@ -1,0 +1,120 @@
+//! The CPU backend: plain Rust ops, multi-threaded with rayon natively and single-threaded in the
+//! browser build. Matrix products go through the `gemm` crate.
+
+/// The CPU backend. It holds no state beyond its thread count; tensors on it are host vectors.
+#[derive(Debug, Clone)]
+pub struct CpuDevice {
+    pub threads: usize,
+}
+
+impl CpuDevice {
+    pub fn new() -> Self {
+        #[cfg(not(target_arch = "wasm32"))]
+        let threads = rayon::current_num_threads();
+        #[cfg(target_arch = "wasm32")]
+        let threads = 1;
+        CpuDevice { threads }
+    }
+}
+
+impl Default for CpuDevice {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Runs `f(i, chunk)` over `data.chunks_mut(chunk)`, in parallel where threads exist.
+pub fn for_each_chunk<T: Send>(data: &mut [T], chunk: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) {
+    if chunk == 0 || data.is_empty() {
+        return;
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        use rayon::prelude::*;
+        data.par_chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
+    }
+    #[cfg(target_arch = "wasm32")]
+    data.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
+}
+
+/// Like `for_each_chunk` over two outputs chunked in step (`a` by `ca`, `b` by `cb`).
+pub fn for_each_chunk2<T: Send, U: Send>(
+    a: &mut [T],
+    ca: usize,
+    b: &mut [U],
+    cb: usize,
+    f: impl Fn(usize, &mut [T], &mut [U]) + Sync + Send,
+) {
+    if ca == 0 || cb == 0 || a.is_empty() {
+        return;
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        use rayon::prelude::*;
+        a.par_chunks_mut(ca).zip(b.par_chunks_mut(cb)).enumerate().for_each(|(i, (x, y))| f(i, x, y));
+    }
+    #[cfg(target_arch = "wasm32")]
+    a.chunks_mut(ca).zip(b.chunks_mut(cb)).enumerate().for_each(|(i, (x, y))| f(i, x, y));
+}
+
+/// Strided single-precision GEMM: `c = beta_c * c + a · b` where `a` is [m, k] read as
+/// `a[i*a_rs + p*a_cs]`, `b` is [k, n] read as `b[p*b_rs + j*b_cs]`, and `c` is row-major [m, n].
+/// Strides express transposes for free, which is all matmul's backward needs.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    (a_rs, a_cs): (usize, usize),
+    b: &[f32],
+    (b_rs, b_cs): (usize, usize),
+    c: &mut [f32],
+    accumulate: bool,
+) {
+    assert!(c.len() >= m * n, "gemm: output too small");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            c[..m * n].fill(0.0);
+        }
+        return;
+    }
+    let last = |rs: usize, cs: usize, r: usize, cc: usize| (r - 1) * rs + (cc - 1) * cs;
+    assert!(a.len() > last(a_rs, a_cs, m, k) && b.len() > last(b_rs, b_cs, k, n), "gemm: input too small");
+    #[cfg(not(target_arch = "wasm32"))]
+    let par = if (m * n * k) as f64 > 64.0 * 64.0 * 64.0 {
+        gemm::Parallelism::Rayon(rayon::current_num_threads())
+    } else {
+        gemm::Parallelism::None
+    };
+    #[cfg(target_arch = "wasm32")]
+    let par = gemm::Parallelism::None;
+    // SAFETY: the asserts above keep every strided access inside the slices; `c` is exclusively
+    // borrowed, and `a`/`b` are shared borrows that cannot alias it.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}

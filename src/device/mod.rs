@@ -1,0 +1,212 @@
+//! Devices: the CPU backend or a wgpu GPU (Vulkan, Metal, DX12, GL, or the browser's WebGPU).
+//! Plain enum dispatch; ops match on `Device` and call their CPU twin or launch their kernel.
+
+pub mod cpu;
+pub mod gpu;
+
+pub use cpu::CpuDevice;
+pub use gpu::{GpuDevice, Kernel};
+
+use crate::error::{BackendNote, Error, Result};
+
+#[derive(Debug)]
+pub enum Device {
+    Cpu(CpuDevice),
+    Gpu(GpuDevice),
+}
+
+impl Device {
+    pub fn cpu() -> Self {
+        Device::Cpu(CpuDevice::new())
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            Device::Cpu(c) => format!("CPU backend ({} threads)", c.threads),
+            Device::Gpu(g) => format!("{} ({:?}, {:?}, driver {} {})", g.info.name, g.info.backend, g.info.device_type, g.info.driver, g.info.driver_info),
+        }
+    }
+
+    /// "CPU" or "GPU", for messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Device::Cpu(_) => "CPU",
+            Device::Gpu(_) => "GPU",
+        }
+    }
+
+    pub fn gpu(&self) -> Option<&GpuDevice> {
+        match self {
+            Device::Gpu(g) => Some(g),
+            Device::Cpu(_) => None,
+        }
+    }
+
+    /// Submits pending GPU work (no-op on the CPU).
+    pub fn flush(&self) {
+        if let Device::Gpu(g) = self {
+            g.flush();
+        }
+    }
+}
+
+/// `--device`: which kind of device to run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(clap::ValueEnum))]
+pub enum DeviceChoice {
+    /// A hardware GPU when there is one, else the CPU backend.
+    #[default]
+    Auto,
+    Cpu,
+    /// The best GPU adapter, software ones (lavapipe, SwiftShader) included.
+    Gpu,
+}
+
+/// `--backend`: restricts GPU adapters to one graphics API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(clap::ValueEnum))]
+pub enum BackendChoice {
+    Vulkan,
+    Metal,
+    Dx12,
+    Gl,
+}
+
+impl BackendChoice {
+    pub fn backends(self) -> wgpu::Backends {
+        match self {
+            BackendChoice::Vulkan => wgpu::Backends::VULKAN,
+            BackendChoice::Metal => wgpu::Backends::METAL,
+            BackendChoice::Dx12 => wgpu::Backends::DX12,
+            BackendChoice::Gl => wgpu::Backends::GL,
+        }
+    }
+}
+
+fn backends_for(backend: Option<BackendChoice>) -> wgpu::Backends {
+    match backend {
+        Some(b) => b.backends(),
+        None => wgpu::Backends::all(),
+    }
+}
+
+fn instance(backends: wgpu::Backends) -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = backends;
+    wgpu::Instance::new(desc)
+}
+
+/// What `flexlora devices` prints about one adapter.
+#[derive(Debug, Clone)]
+pub struct AdapterSummary {
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pub features: wgpu::Features,
+}
+
+/// Every adapter wgpu sees for `backend` (all backends when `None`).
+pub async fn adapters(backend: Option<BackendChoice>) -> Vec<wgpu::Adapter> {
+    let inst = instance(backends_for(backend));
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        inst.enumerate_adapters(backends_for(backend)).await
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        inst.request_adapter(&wgpu::RequestAdapterOptions::default()).await.into_iter().collect()
+    }
+}
+
+pub async fn list(backend: Option<BackendChoice>) -> Vec<AdapterSummary> {
+    adapters(backend)
+        .await
+        .iter()
+        .map(|a| AdapterSummary { info: a.get_info(), limits: a.limits(), features: a.features() })
+        .collect()
+}
+
+fn rank(t: wgpu::DeviceType) -> u8 {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => 4,
+        wgpu::DeviceType::IntegratedGpu => 3,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 1,
+        wgpu::DeviceType::Cpu => 0,
+    }
+}
+
+/// A chosen device and the reason it was chosen, for the user.
+#[derive(Debug)]
+pub struct Selection {
+    pub device: Device,
+    pub reason: String,
+}
+
+const NO_ADAPTER_HINT: &str = "On Linux install a Vulkan driver (Debian/Ubuntu: `apt-get install mesa-vulkan-drivers` \
+     gives lavapipe, a CPU Vulkan driver), or run with --device cpu";
+
+/// Picks a device per `--device`/`--backend`. `Auto` takes a discrete/integrated GPU when there is
+/// one and otherwise the CPU backend: a software GPU (lavapipe, SwiftShader) is far slower than it.
+pub async fn select(choice: DeviceChoice, backend: Option<BackendChoice>) -> Result<Selection> {
+    if choice == DeviceChoice::Cpu {
+        if backend.is_some() {
+            return Err(Error::InvalidArgument { flag: "--backend", detail: "applies to GPU devices only; drop it or use --device gpu".into() });
+        }
+        let device = Device::cpu();
+        let reason = "--device cpu".to_string();
+        return Ok(Selection { device, reason });
+    }
+    let mut found = adapters(backend).await;
+    found.sort_by_key(|a| std::cmp::Reverse(rank(a.get_info().device_type)));
+    let best = found.first();
+    let describe = |a: &wgpu::Adapter| {
+        let i = a.get_info();
+        format!("{} ({:?}, {:?})", i.name, i.backend, i.device_type)
+    };
+    match (choice, best) {
+        (DeviceChoice::Auto, Some(a)) if rank(a.get_info().device_type) >= 2 => {
+            let reason = format!("auto: hardware GPU {}", describe(a));
+            Ok(Selection { device: Device::Gpu(GpuDevice::open(a).await?), reason })
+        }
+        (DeviceChoice::Auto, best) => {
+            let reason = match best {
+                Some(a) => format!(
+                    "auto: only software GPU adapters found (best: {}); the CPU backend is faster than a GPU emulated on the CPU (use --device gpu to force it)",
+                    describe(a)
+                ),
+                None => "auto: no GPU adapter found".to_string(),
+            };
+            Ok(Selection { device: Device::cpu(), reason })
+        }
+        (_, Some(a)) => {
+            let reason = format!("--device gpu: {}", describe(a));
+            Ok(Selection { device: Device::Gpu(GpuDevice::open(a).await?), reason })
+        }
+        (_, None) => Err(Error::NoAdapter {
+            backend: BackendNote(backend.map(|b| format!("{b:?}"))),
+            why: "wgpu found no adapter".into(),
+            hint: NO_ADAPTER_HINT,
+        }),
+    }
+}
+
+/// Drives a future to completion on native targets, polling the GPU while it is pending. This is
+/// the one blocking call, for the top of native programs (CLI, tests, benches); the browser awaits.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn block_on<T>(device: Option<&Device>, fut: impl std::future::Future<Output = T>) -> T {
+    use std::task::{Context, Poll, Waker};
+    let mut fut = std::pin::pin!(fut);
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+            return v;
+        }
+        match device {
+            Some(Device::Gpu(g)) => {
+                g.flush();
+                let _ = g.device.poll(wgpu::PollType::wait_indefinitely());
+            }
+            _ => std::thread::yield_now(),
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! The library's error type. Every variant carries the numbers that explain it and a hint of what
+//! to do; `anyhow` is used only in `main.rs`.
+
+use std::fmt;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no usable GPU adapter{backend}: {why}. {hint}")]
+    NoAdapter { backend: BackendNote, why: String, hint: &'static str },
+
+    #[error("could not open the GPU device `{adapter}`: {source}")]
+    RequestDevice { adapter: String, source: wgpu::RequestDeviceError },
+
+    #[error("{op}: shape mismatch: {detail}")]
+    Shape { op: &'static str, detail: String },
+
+    #[error("{op}: tensor `{tensor}` has dtype {found:?}, expected {expected:?}")]
+    DType { op: &'static str, tensor: String, found: crate::tensor::DType, expected: crate::tensor::DType },
+
+    #[error("{op}: tensor `{tensor}` lives on the {found} but the op runs on the {expected}; move it with Tensor::to_device")]
+    WrongDevice { op: &'static str, tensor: String, found: &'static str, expected: &'static str },
+
+    #[error(
+        "tensor `{tensor}` is {bytes} bytes, above this adapter's {limit_name} of {limit} bytes; \
+         use a smaller shape, or a GPU with a larger limit, or --device cpu"
+    )]
+    BufferTooLarge { tensor: String, bytes: u64, limit_name: &'static str, limit: u64 },
+
+    #[error("{op}: {detail} (limit {limit}); {hint}")]
+    Limit { op: &'static str, detail: String, limit: u64, hint: &'static str },
+
+    #[error("reading tensor `{tensor}` back from the GPU failed: {detail}")]
+    Readback { tensor: String, detail: String },
+
+    #[error("GPU error in {context}: {detail}")]
+    Gpu { context: String, detail: String },
+
+    #[error("invalid value for {flag}: {detail}")]
+    InvalidArgument { flag: &'static str, detail: String },
+}
+
+/// Renders an optional backend restriction in `NoAdapter` messages.
+#[derive(Debug, Default)]
+pub struct BackendNote(pub Option<String>);
+
+impl fmt::Display for BackendNote {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Some(b) => write!(f, " for backend {b}"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Error {
+    pub(crate) fn shape(op: &'static str, detail: impl Into<String>) -> Self {
+        Error::Shape { op, detail: detail.into() }
+    }
+}

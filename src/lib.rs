@@ -1,0 +1,24 @@
+//! flexlora: 4-bit QLoRA fine-tuning and evaluation of code LLMs on any GPU through WebGPU (wgpu),
+//! and on the CPU.
+//!
+//! Layers, bottom to top: `device` (CPU backend or a wgpu GPU, tensors, kernel dispatch),
+//! `ops` (every op forward and backward, WGSL kernel and CPU twin side by side).
+//!
+//! Shape glossary used in every doc comment and kernel binding:
+//! B batch, T tokens, S keys (T plus cached positions), C model width, F MLP width, H heads,
+//! K kv heads, D head size, V vocabulary, R LoRA rank, L layers, N a flattened length.
+
+pub mod device;
+pub mod error;
+pub mod ops;
+pub mod shaders;
+pub mod tensor;
+
+#[cfg(not(target_arch = "wasm32"))]
+pub mod bench;
+#[cfg(target_arch = "wasm32")]
+pub mod web;
+
+pub use device::{Device, DeviceChoice};
+pub use error::{Error, Result};
+pub use tensor::{DType, Tensor};

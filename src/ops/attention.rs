@@ -1,0 +1,210 @@
+//! Causal grouped-query attention with a softmax scale, saving the log-sum-exp of each query row.
+//! Kernels: `shaders/attention.wgsl` (`forward`, `backward_delta`, `backward_dq`, `backward_dkv`).
+//!
+//! q [B*T, H*D]; k, v [B*S, K*D] with S ≥ T (S - T cached positions precede the T new queries);
+//! query i attends keys j ≤ i + S - T; head h uses kv head h / (H/K).
+//! Backward, with p_ij = exp(s_ij - lse_i), delta_i = dout_i·o_i, ds_ij = p_ij (dout_i·v_j - delta_i):
+//!   dq_i = scale Σ_j ds_ij k_j,  dk_j = scale Σ_i ds_ij q_i,  dv_j = Σ_i p_ij dout_i.
+
+use crate::device::{cpu, gpu::Kernel, Device};
+use crate::error::{Error, Result};
+use crate::ops::groups;
+use crate::shaders;
+use crate::tensor::{check_shape, DType, Tensor};
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    b: u32,
+    t: u32,
+    s: u32,
+    h: u32,
+    kv: u32,
+    d: u32,
+    scale: f32,
+    _pad: u32,
+}
+
+const WG: u32 = 64;
+const OP: &str = "attention";
+/// Largest head size the kernels hold in registers (`D_MAX` in the shader).
+pub const D_MAX: usize = 256;
+
+/// Sizes of one attention call.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Dims {
+    pub b: usize,
+    pub t: usize,
+    pub s: usize,
+    pub h: usize,
+    pub kv: usize,
+    pub d: usize,
+    pub scale: f32,
+}
+
+impl Dims {
+    fn check(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<()> {
+        let Dims { b, t, s, h, kv, d, .. } = *self;
+        if kv == 0 || h % kv != 0 || s < t || d > D_MAX || d == 0 {
+            return Err(Error::shape(OP, format!("invalid sizes {self:?}: need H divisible by K, S >= T and 0 < D <= {D_MAX}")));
+        }
+        check_shape(OP, q, &[b * t, h * d])?;
+        check_shape(OP, k, &[b * s, kv * d])?;
+        check_shape(OP, v, &[b * s, kv * d])
+    }
+
+    fn params(&self) -> Params {
+        Params { b: self.b as u32, t: self.t as u32, s: self.s as u32, h: self.h as u32, kv: self.kv as u32, d: self.d as u32, scale: self.scale, _pad: 0 }
+    }
+}
+
+fn kernel(entry: &'static str) -> Kernel {
+    Kernel { shader: &shaders::ATTENTION, entry }
+}
+
+/// -> (o [B*T, H*D], lse [B, H, T]).
+pub fn forward(dev: &Device, q: &Tensor, k: &Tensor, v: &Tensor, dims: Dims) -> Result<(Tensor, Tensor)> {
+    dims.check(q, k, v)?;
+    let Dims { b, t, h, .. } = dims;
+    let mut o = Tensor::zeros(dev, "attention.o", q.shape(), DType::F32);
+    let mut lse = Tensor::zeros(dev, "attention.lse", &[b, h, t], DType::F32);
+    match dev {
+        Device::Cpu(_) => cpu_forward(q.host_f32(OP)?, k.host_f32(OP)?, v.host_f32(OP)?, o.host_f32_mut(OP)?, lse.host_f32_mut(OP)?, dims),
+        Device::Gpu(g) => {
+            let bufs = [(1, q.bind(OP)?), (2, k.bind(OP)?), (3, v.bind(OP)?), (4, o.bind(OP)?), (5, lse.bind(OP)?)];
+            g.dispatch(kernel("forward"), &[("WG", WG)], &dims.params(), &bufs, groups(g, b * h * t, WG))?;
+        }
+    }
+    Ok((o, lse))
+}
+
+/// -> (dq, dk, dv) shaped like q, k, v.
+#[allow(clippy::too_many_arguments)]
+pub fn backward(dev: &Device, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, lse: &Tensor, dout: &Tensor, dims: Dims) -> Result<(Tensor, Tensor, Tensor)> {
+    dims.check(q, k, v)?;
+    let Dims { b, t, h, kv, s, .. } = dims;
+    check_shape(OP, o, q.shape())?;
+    check_shape(OP, dout, q.shape())?;
+    check_shape(OP, lse, &[b, h, t])?;
+    let mut dq = Tensor::zeros(dev, "attention.dq", q.shape(), DType::F32);
+    let mut dk = Tensor::zeros(dev, "attention.dk", k.shape(), DType::F32);
+    let mut dv = Tensor::zeros(dev, "attention.dv", v.shape(), DType::F32);
+    match dev {
+        Device::Cpu(_) => {
+            let (q, k, v, o, lse, dout) = (q.host_f32(OP)?, k.host_f32(OP)?, v.host_f32(OP)?, o.host_f32(OP)?, lse.host_f32(OP)?, dout.host_f32(OP)?);
+            cpu_backward(q, k, v, o, lse, dout, dq.host_f32_mut(OP)?, dk.host_f32_mut(OP)?, dv.host_f32_mut(OP)?, dims);
+        }
+        Device::Gpu(g) => {
+            let params = dims.params();
+            let c = &[("WG", WG)];
+            let delta = Tensor::zeros(dev, "attention.delta", &[b, h, t], DType::F32);
+            g.dispatch(kernel("backward_delta"), c, &params, &[(1, o.bind(OP)?), (2, dout.bind(OP)?), (3, delta.bind(OP)?)], groups(g, b * h * t, WG))?;
+            let inputs = [(1, q.bind(OP)?), (2, k.bind(OP)?), (3, v.bind(OP)?), (4, dout.bind(OP)?), (5, lse.bind(OP)?), (6, delta.bind(OP)?)];
+            let mut bufs = inputs.to_vec();
+            bufs.push((7, dq.bind(OP)?));
+            g.dispatch(kernel("backward_dq"), c, &params, &bufs, groups(g, b * h * t, WG))?;
+            let mut bufs = inputs.to_vec();
+            bufs.extend([(7, dk.bind(OP)?), (8, dv.bind(OP)?)]);
+            g.dispatch(kernel("backward_dkv"), c, &params, &bufs, groups(g, b * kv * s, WG))?;
+        }
+    }
+    Ok((dq, dk, dv))
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+pub fn cpu_forward(q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], lse: &mut [f32], dims: Dims) {
+    let Dims { t, s, h, kv, d, scale, .. } = dims;
+    let group = h / kv;
+    // o is [B, T, H, D]; parallelize over (b, i) rows, each holding all H heads. lse is [B, H, T],
+    // so rows write it as [B, T, H] first and it is transposed after.
+    let mut lse_bth = vec![0f32; lse.len()];
+    cpu::for_each_chunk2(o, h * d, &mut lse_bth, h, |bi, orow, lrow| {
+        let i = bi % t;
+        let b = bi / t;
+        let mut scores = vec![0f32; s];
+        for hh in 0..h {
+            let g = hh / group;
+            let qv = &q[(bi * h + hh) * d..][..d];
+            let last = i + s - t;
+            let mut m = f32::NEG_INFINITY;
+            for j in 0..=last {
+                scores[j] = scale * dot(qv, &k[((b * s + j) * kv + g) * d..][..d]);
+                m = m.max(scores[j]);
+            }
+            let mut l = 0f32;
+            let out = &mut orow[hh * d..(hh + 1) * d];
+            out.fill(0.0);
+            for j in 0..=last {
+                let pj = (scores[j] - m).exp();
+                l += pj;
+                let vj = &v[((b * s + j) * kv + g) * d..][..d];
+                for e in 0..d {
+                    out[e] += pj * vj[e];
+                }
+            }
+            out.iter_mut().for_each(|x| *x /= l);
+            lrow[hh] = m + l.ln();
+        }
+    });
+    for (bi, lrow) in lse_bth.chunks(h).enumerate() {
+        let (b, i) = (bi / t, bi % t);
+        for (hh, &x) in lrow.iter().enumerate() {
+            lse[(b * h + hh) * t + i] = x;
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn cpu_backward(q: &[f32], k: &[f32], v: &[f32], o: &[f32], lse: &[f32], dout: &[f32], dq: &mut [f32], dk: &mut [f32], dv: &mut [f32], dims: Dims) {
+    let Dims { b: nb, t, s, h, kv, d, scale } = dims;
+    let group = h / kv;
+    let q_at = |b: usize, hh: usize, i: usize| ((b * t + i) * h + hh) * d;
+    let k_at = |b: usize, g: usize, j: usize| ((b * s + j) * kv + g) * d;
+    let mut delta = vec![0f32; nb * h * t];
+    for b in 0..nb {
+        for hh in 0..h {
+            for i in 0..t {
+                let qo = q_at(b, hh, i);
+                delta[(b * h + hh) * t + i] = dot(&dout[qo..qo + d], &o[qo..qo + d]);
+            }
+        }
+    }
+    // ds_ij for one (b, head, i, j): recomputed in both passes rather than stored (T x S each).
+    let ds = |b: usize, hh: usize, i: usize, j: usize| {
+        let (qo, ko, row) = (q_at(b, hh, i), k_at(b, hh / group, j), (b * h + hh) * t + i);
+        let pij = (scale * dot(&q[qo..qo + d], &k[ko..ko + d]) - lse[row]).exp();
+        let dp = dot(&dout[qo..qo + d], &v[ko..ko + d]);
+        (pij, pij * (dp - delta[row]) * scale)
+    };
+    cpu::for_each_chunk(dq, h * d, |bi, row| {
+        let (b, i) = (bi / t, bi % t);
+        for hh in 0..h {
+            for j in 0..=i + s - t {
+                let (_, dsij) = ds(b, hh, i, j);
+                let ko = k_at(b, hh / group, j);
+                for e in 0..d {
+                    row[hh * d + e] += dsij * k[ko + e];
+                }
+            }
+        }
+    });
+    cpu::for_each_chunk2(dk, kv * d, dv, kv * d, |bj, dkr, dvr| {
+        let (b, j) = (bj / s, bj % s);
+        let first = (j + t).saturating_sub(s);
+        for g in 0..kv {
+            for hh in g * group..(g + 1) * group {
+                for i in first..t {
+                    let (pij, dsij) = ds(b, hh, i, j);
+                    let qo = q_at(b, hh, i);
+                    for e in 0..d {
+                        dvr[g * d + e] += pij * dout[qo + e];
+                        dkr[g * d + e] += dsij * q[qo + e];
+                    }
+                }
+            }
+        }
+    });
+}

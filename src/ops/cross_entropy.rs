@@ -1,0 +1,90 @@
+//! Softmax cross-entropy over the vocabulary with an ignore index. Kernels:
+//! `shaders/cross_entropy.wgsl`. Forward gives per-row losses (0 on ignored rows) and the row
+//! log-sum-exp; backward takes a `scale` = d(total)/d(row loss), e.g. 1/(counted rows) for a mean.
+
+use crate::device::{cpu, gpu::Kernel, Device};
+use crate::error::Result;
+use crate::ops::{groups, matmul::dims2};
+use crate::shaders;
+use crate::tensor::{check_shape, DType, Tensor};
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    rows: u32,
+    vocab: u32,
+    ignore: u32,
+    scale: f32,
+}
+
+const WG: u32 = 256;
+const OP: &str = "cross_entropy";
+/// Targets equal to this are ignored (PyTorch's -100 as an unsigned id).
+pub const IGNORE: u32 = u32::MAX;
+
+fn kernel(entry: &'static str) -> Kernel {
+    Kernel { shader: &shaders::CROSS_ENTROPY, entry }
+}
+
+/// logits [N, V], targets [N] (u32, `IGNORE` to skip) -> (loss [N], lse [N]).
+pub fn forward(dev: &Device, logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> {
+    let (rows, vocab) = dims2(logits);
+    targets.expect(OP, DType::U32)?;
+    check_shape(OP, targets, &[rows])?;
+    let mut loss = Tensor::zeros(dev, "cross_entropy.loss", &[rows], DType::F32);
+    let mut lse = Tensor::zeros(dev, "cross_entropy.lse", &[rows], DType::F32);
+    match dev {
+        Device::Cpu(_) => cpu_forward(logits.host_f32(OP)?, targets.host_u32(OP)?, loss.host_f32_mut(OP)?, lse.host_f32_mut(OP)?, vocab),
+        Device::Gpu(g) => {
+            let params = Params { rows: rows as u32, vocab: vocab as u32, ignore: IGNORE, scale: 1.0 };
+            let bufs = [(1, logits.bind(OP)?), (2, targets.bind(OP)?), (3, loss.bind(OP)?), (4, lse.bind(OP)?)];
+            g.dispatch(kernel("forward"), &[("WG", WG)], &params, &bufs, groups(g, rows, 1))?;
+        }
+    }
+    Ok((loss, lse))
+}
+
+/// -> dlogits [N, V].
+pub fn backward(dev: &Device, logits: &Tensor, targets: &Tensor, lse: &Tensor, scale: f32) -> Result<Tensor> {
+    let (rows, vocab) = dims2(logits);
+    targets.expect(OP, DType::U32)?;
+    check_shape(OP, targets, &[rows])?;
+    check_shape(OP, lse, &[rows])?;
+    let mut dlogits = Tensor::zeros(dev, "cross_entropy.dlogits", logits.shape(), DType::F32);
+    match dev {
+        Device::Cpu(_) => cpu_backward(logits.host_f32(OP)?, targets.host_u32(OP)?, lse.host_f32(OP)?, scale, dlogits.host_f32_mut(OP)?, vocab),
+        Device::Gpu(g) => {
+            let params = Params { rows: rows as u32, vocab: vocab as u32, ignore: IGNORE, scale };
+            let bufs = [(1, logits.bind(OP)?), (2, targets.bind(OP)?), (3, lse.bind(OP)?), (4, dlogits.bind(OP)?)];
+            g.dispatch(kernel("backward"), &[("WG", WG)], &params, &bufs, groups(g, rows, 1))?;
+        }
+    }
+    Ok(dlogits)
+}
+
+fn counted(t: u32, vocab: usize) -> bool {
+    t != IGNORE && (t as usize) < vocab
+}
+
+pub fn cpu_forward(logits: &[f32], targets: &[u32], loss: &mut [f32], lse: &mut [f32], vocab: usize) {
+    cpu::for_each_chunk2(loss, 1, lse, 1, |r, loss, lse| {
+        let row = &logits[r * vocab..(r + 1) * vocab];
+        let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        let s: f32 = row.iter().map(|&x| (x - m).exp()).sum();
+        lse[0] = m + s.ln();
+        loss[0] = if counted(targets[r], vocab) { lse[0] - row[targets[r] as usize] } else { 0.0 };
+    });
+}
+
+pub fn cpu_backward(logits: &[f32], targets: &[u32], lse: &[f32], scale: f32, dlogits: &mut [f32], vocab: usize) {
+    cpu::for_each_chunk(dlogits, vocab, |r, d| {
+        let t = targets[r];
+        if !counted(t, vocab) {
+            d.fill(0.0);
+            return;
+        }
+        for (v, dv) in d.iter_mut().enumerate() {
+            *dv = scale * ((logits[r * vocab + v] - lse[r]).exp() - (v == t as usize) as u32 as f32);
+        }
+    });
+}

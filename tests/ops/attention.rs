@@ -1,0 +1,76 @@
+use crate::common::*;
+use flexlora::ops::attention::{self, Dims};
+
+/// Straightforward reference: full score matrix, explicit causal mask, f64 softmax.
+fn naive(q: &[f32], k: &[f32], v: &[f32], dm: Dims) -> Vec<f32> {
+    let Dims { b: nb, t, s, h, kv, d, scale } = dm;
+    let mut o = vec![0f32; nb * t * h * d];
+    for b in 0..nb {
+        for hh in 0..h {
+            let g = hh / (h / kv);
+            for i in 0..t {
+                let qi = &q[((b * t + i) * h + hh) * d..][..d];
+                let sc: Vec<f64> = (0..s)
+                    .map(|j| {
+                        if j > i + s - t {
+                            return f64::NEG_INFINITY;
+                        }
+                        let kj = &k[((b * s + j) * kv + g) * d..][..d];
+                        scale as f64 * qi.iter().zip(kj).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>()
+                    })
+                    .collect();
+                let m = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let z: f64 = sc.iter().map(|x| (x - m).exp()).sum();
+                for e in 0..d {
+                    o[((b * t + i) * h + hh) * d + e] = (0..s).map(|j| (sc[j] - m).exp() / z * v[((b * s + j) * kv + g) * d + e] as f64).sum::<f64>() as f32;
+                }
+            }
+        }
+    }
+    o
+}
+
+fn inputs(dm: Dims, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+    let mut rng = Rng::new(seed);
+    let Dims { b, t, s, h, kv, d, .. } = dm;
+    (rng.vec(b * t * h * d, 1.0), rng.vec(b * s * kv * d, 1.0), rng.vec(b * s * kv * d, 1.0), rng.vec(b * t * h * d, 1.0))
+}
+
+#[test]
+fn cpu_forward_matches_naive_with_cache_and_gqa() {
+    let dev = cpu();
+    for dm in [Dims { b: 2, t: 5, s: 5, h: 4, kv: 2, d: 8, scale: 0.35 }, Dims { b: 1, t: 3, s: 7, h: 3, kv: 1, d: 5, scale: 0.5 }] {
+        let (q, k, v, _) = inputs(dm, 70);
+        let (o, _) = attention::forward(&dev, &up(&dev, &[dm.b * dm.t, dm.h * dm.d], &q), &up(&dev, &[dm.b * dm.s, dm.kv * dm.d], &k), &up(&dev, &[dm.b * dm.s, dm.kv * dm.d], &v), dm).unwrap();
+        assert_close("attention vs naive", &read(&dev, &o), &naive(&q, &k, &v, dm), 1e-5, 1e-4);
+    }
+}
+
+#[test]
+fn cpu_backward_matches_finite_differences() {
+    let dm = Dims { b: 2, t: 4, s: 6, h: 4, kv: 2, d: 3, scale: 0.6 };
+    let (q, k, v, dout) = inputs(dm, 71);
+    let dev = cpu();
+    let (qs, ks) = ([dm.b * dm.t, dm.h * dm.d], [dm.b * dm.s, dm.kv * dm.d]);
+    let fwd = |q: &[f32], k: &[f32], v: &[f32]| read(&dev, &attention::forward(&dev, &up(&dev, &qs, q), &up(&dev, &ks, k), &up(&dev, &ks, v), dm).unwrap().0);
+    let (qt, kt, vt) = (up(&dev, &qs, &q), up(&dev, &ks, &k), up(&dev, &ks, &v));
+    let (o, lse) = attention::forward(&dev, &qt, &kt, &vt, dm).unwrap();
+    let (dq, dk, dv) = attention::backward(&dev, &qt, &kt, &vt, &o, &lse, &up(&dev, &qs, &dout), dm).unwrap();
+    check_grad("attention dq", &q, &read(&dev, &dq), 200, |x| dot(&fwd(x, &k, &v), &dout));
+    check_grad("attention dk", &k, &read(&dev, &dk), 200, |x| dot(&fwd(&q, x, &v), &dout));
+    check_grad("attention dv", &v, &read(&dev, &dv), 200, |x| dot(&fwd(&q, &k, x), &dout));
+}
+
+#[test]
+fn gpu_matches_cpu() {
+    for dm in [Dims { b: 2, t: 13, s: 13, h: 9, kv: 3, d: 64, scale: 0.125 }, Dims { b: 1, t: 5, s: 21, h: 4, kv: 4, d: 24, scale: 0.2 }] {
+        let (q, k, v, dout) = inputs(dm, 72);
+        let (qs, ks) = ([dm.b * dm.t, dm.h * dm.d], [dm.b * dm.s, dm.kv * dm.d]);
+        cpu_vs_gpu(&format!("attention {dm:?}"), 1e-5, 1e-4, |dev| {
+            let (qt, kt, vt) = (up(dev, &qs, &q), up(dev, &ks, &k), up(dev, &ks, &v));
+            let (o, lse) = attention::forward(dev, &qt, &kt, &vt, dm).unwrap();
+            let (dq, dk, dv) = attention::backward(dev, &qt, &kt, &vt, &o, &lse, &up(dev, &qs, &dout), dm).unwrap();
+            vec![read(dev, &o), read(dev, &lse), read(dev, &dq), read(dev, &dk), read(dev, &dv)]
+        });
+    }
+}

@@ -1,0 +1,116 @@
+//! Shared test helpers: seeded inputs, the device list, tolerant comparison, finite differences.
+
+use std::sync::OnceLock;
+
+use flexlora::device::{self, block_on, Device, DeviceChoice};
+use flexlora::Tensor;
+
+/// A small seeded generator (splitmix64), so inputs are the same on every device and run.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [-scale, scale).
+    pub fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale).collect()
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+}
+
+/// The GPU adapter for tests (lavapipe here), opened once. `None` means no adapter: tests say so
+/// loudly, and under CI=true that is a failure, never a skip.
+pub fn gpu() -> Option<&'static Device> {
+    static GPU: OnceLock<Option<Device>> = OnceLock::new();
+    GPU.get_or_init(|| match block_on(None, device::select(DeviceChoice::Gpu, None)) {
+        Ok(sel) => {
+            eprintln!("GPU tests run on {}", sel.device.name());
+            Some(sel.device)
+        }
+        Err(e) => {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("CI=true but no GPU adapter: {e}");
+            }
+            eprintln!("\n*** skipped: no adapter ({e}) — GPU kernels are NOT being tested ***\n");
+            None
+        }
+    })
+    .as_ref()
+}
+
+pub fn cpu() -> Device {
+    Device::cpu()
+}
+
+pub fn read(dev: &Device, t: &Tensor) -> Vec<f32> {
+    block_on(Some(dev), t.to_vec_f32(dev)).expect("read-back")
+}
+
+pub fn up(dev: &Device, shape: &[usize], data: &[f32]) -> Tensor {
+    Tensor::from_f32(dev, "input", shape, data).unwrap()
+}
+
+pub fn up_u32(dev: &Device, shape: &[usize], data: &[u32]) -> Tensor {
+    Tensor::from_u32(dev, "ids", shape, data).unwrap()
+}
+
+/// Asserts |got - want| <= atol + rtol·|want| everywhere, naming the first bad index and values.
+#[track_caller]
+pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+    let mut worst = 0f32;
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let err = (g - w).abs();
+        assert!(err <= atol + rtol * w.abs() && g.is_finite() == w.is_finite(), "{what}: index {i}: got {g}, want {w} (|diff| {err} > {atol} + {rtol}*|want|)");
+        worst = worst.max(err);
+    }
+    assert!(!got.is_empty(), "{what}: empty output");
+    let _ = worst;
+}
+
+/// Runs `f` on the CPU backend and on the GPU, and compares every output tensor.
+#[track_caller]
+pub fn cpu_vs_gpu(what: &str, atol: f32, rtol: f32, f: impl Fn(&Device) -> Vec<Vec<f32>>) {
+    let want = f(&cpu());
+    if let Some(g) = gpu() {
+        let got = f(g);
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_close(&format!("{what} output {i} (GPU vs CPU)"), g, w, atol, rtol);
+        }
+    }
+}
+
+/// Checks an analytic gradient against central differences of `loss` at up to `probes` coordinates.
+#[track_caller]
+pub fn check_grad(what: &str, x: &[f32], grad: &[f32], probes: usize, loss: impl Fn(&[f32]) -> f64) {
+    let mut rng = Rng::new(99);
+    let mut xp = x.to_vec();
+    let n = x.len();
+    for p in 0..probes.min(n) {
+        let i = if probes >= n { p } else { rng.below(n as u64) as usize };
+        let h = 1e-2f32 * x[i].abs().max(1.0);
+        xp[i] = x[i] + h;
+        let lp = loss(&xp);
+        xp[i] = x[i] - h;
+        let lm = loss(&xp);
+        xp[i] = x[i];
+        let fd = ((lp - lm) / (2.0 * h as f64)) as f32;
+        let err = (fd - grad[i]).abs();
+        assert!(err <= 2e-2 + 2e-2 * fd.abs(), "{what}: d/dx[{i}]: analytic {} vs finite difference {fd}", grad[i]);
+    }
+}
+
+/// sum(out · dout) in f64: the scalar whose gradient with respect to the output is dout.
+pub fn dot(out: &[f32], dout: &[f32]) -> f64 {
+    out.iter().zip(dout).map(|(&a, &b)| a as f64 * b as f64).sum()
+}

@@ -1,0 +1,32 @@
+use crate::common::*;
+use flexlora::ops::elementwise;
+
+#[test]
+fn cpu_values_and_backward() {
+    let dev = cpu();
+    let (a, b) = (up(&dev, &[3], &[1.0, 2.0, 3.0]), up(&dev, &[3], &[0.5, -1.0, 2.0]));
+    assert_eq!(read(&dev, &elementwise::add(&dev, &a, &b).unwrap()), vec![1.5, 1.0, 5.0]);
+    assert_eq!(read(&dev, &elementwise::scale(&dev, &a, -2.0).unwrap()), vec![-2.0, -4.0, -6.0]);
+    let (da, db) = elementwise::add_backward(&dev, &b).unwrap();
+    assert_eq!((read(&dev, &da), read(&dev, &db)), (vec![0.5, -1.0, 2.0], vec![0.5, -1.0, 2.0]));
+    // scale's backward is scale: check against finite differences of sum(α·a · dout).
+    let dout = [0.3f32, -0.7, 1.1];
+    let g = read(&dev, &elementwise::scale(&dev, &up(&dev, &[3], &dout), 1.7).unwrap());
+    check_grad("scale", &[1.0, 2.0, 3.0], &g, 3, |x| dot(&read(&dev, &elementwise::scale(&dev, &up(&dev, &[3], x), 1.7).unwrap()), &dout));
+}
+
+#[test]
+fn gpu_matches_cpu() {
+    // Long enough to need a 2-D dispatch on adapters with 65535 workgroups per dimension.
+    let n = 65_535 * 256 + 1001;
+    let mut rng = Rng::new(60);
+    let (a, b) = (rng.vec(n, 1.0), rng.vec(n, 1.0));
+    cpu_vs_gpu("elementwise", 1e-6, 1e-6, |dev| {
+        let (at, bt) = (up(dev, &[n], &a), up(dev, &[n], &b));
+        let c = elementwise::add(dev, &at, &bt).unwrap();
+        let s = elementwise::scale(dev, &at, 0.5).unwrap();
+        let mut acc = up(dev, &[n], &b);
+        elementwise::accumulate(dev, &mut acc, &at, -3.0).unwrap();
+        vec![read(dev, &c), read(dev, &s), read(dev, &acc)]
+    });
+}

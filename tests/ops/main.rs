@@ -1,0 +1,13 @@
+//! Op tests: CPU backward vs finite differences first, then GPU vs CPU on seeded odd shapes.
+//! One file per op family, named like its `src/ops/` file.
+
+mod common;
+
+mod attention;
+mod cross_entropy;
+mod elementwise;
+mod embedding;
+mod matmul;
+mod rmsnorm;
+mod rope;
+mod swiglu;
