@@ -23,7 +23,9 @@ impl Device {
     pub fn name(&self) -> String {
         match self {
             Device::Cpu(c) => format!("CPU backend ({} threads)", c.threads),
-            Device::Gpu(g) => format!("{} ({:?}, {:?}, driver {} {})", g.info.name, g.info.backend, g.info.device_type, g.info.driver, g.info.driver_info),
+            Device::Gpu(g) => {
+                format!("{} ({:?}, {:?}, driver {} {})", g.info.name, g.info.backend, g.info.device_type, g.info.driver, g.info.driver_info)
+            }
         }
     }
 
@@ -118,11 +120,7 @@ pub async fn adapters(backend: Option<BackendChoice>) -> Vec<wgpu::Adapter> {
 }
 
 pub async fn list(backend: Option<BackendChoice>) -> Vec<AdapterSummary> {
-    adapters(backend)
-        .await
-        .iter()
-        .map(|a| AdapterSummary { info: a.get_info(), limits: a.limits(), features: a.features() })
-        .collect()
+    adapters(backend).await.iter().map(|a| AdapterSummary { info: a.get_info(), limits: a.limits(), features: a.features() }).collect()
 }
 
 fn rank(t: wgpu::DeviceType) -> u8 {
@@ -150,7 +148,10 @@ const NO_ADAPTER_HINT: &str = "On Linux install a Vulkan driver (Debian/Ubuntu: 
 pub async fn select(choice: DeviceChoice, backend: Option<BackendChoice>) -> Result<Selection> {
     if choice == DeviceChoice::Cpu {
         if backend.is_some() {
-            return Err(Error::InvalidArgument { flag: "--backend", detail: "applies to GPU devices only; drop it or use --device gpu".into() });
+            return Err(Error::InvalidArgument {
+                flag: "--backend",
+                detail: "applies to GPU devices only; drop it or use --device gpu".into(),
+            });
         }
         let device = Device::cpu();
         let reason = "--device cpu".to_string();

@@ -54,7 +54,16 @@ impl Dims {
     }
 
     fn params(&self) -> Params {
-        Params { b: self.b as u32, t: self.t as u32, s: self.s as u32, h: self.h as u32, kv: self.kv as u32, d: self.d as u32, scale: self.scale, _pad: 0 }
+        Params {
+            b: self.b as u32,
+            t: self.t as u32,
+            s: self.s as u32,
+            h: self.h as u32,
+            kv: self.kv as u32,
+            d: self.d as u32,
+            scale: self.scale,
+            _pad: 0,
+        }
     }
 }
 
@@ -80,7 +89,16 @@ pub fn forward(dev: &Device, q: &Tensor, k: &Tensor, v: &Tensor, dims: Dims) -> 
 
 /// -> (dq, dk, dv) shaped like q, k, v.
 #[allow(clippy::too_many_arguments)]
-pub fn backward(dev: &Device, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, lse: &Tensor, dout: &Tensor, dims: Dims) -> Result<(Tensor, Tensor, Tensor)> {
+pub fn backward(
+    dev: &Device,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    o: &Tensor,
+    lse: &Tensor,
+    dout: &Tensor,
+    dims: Dims,
+) -> Result<(Tensor, Tensor, Tensor)> {
     dims.check(q, k, v)?;
     let Dims { b, t, h, kv, s, .. } = dims;
     check_shape(OP, o, q.shape())?;
@@ -91,15 +109,23 @@ pub fn backward(dev: &Device, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, ls
     let mut dv = Tensor::zeros(dev, "attention.dv", v.shape(), DType::F32);
     match dev {
         Device::Cpu(_) => {
-            let (q, k, v, o, lse, dout) = (q.host_f32(OP)?, k.host_f32(OP)?, v.host_f32(OP)?, o.host_f32(OP)?, lse.host_f32(OP)?, dout.host_f32(OP)?);
+            let (q, k, v, o, lse, dout) =
+                (q.host_f32(OP)?, k.host_f32(OP)?, v.host_f32(OP)?, o.host_f32(OP)?, lse.host_f32(OP)?, dout.host_f32(OP)?);
             cpu_backward(q, k, v, o, lse, dout, dq.host_f32_mut(OP)?, dk.host_f32_mut(OP)?, dv.host_f32_mut(OP)?, dims);
         }
         Device::Gpu(g) => {
             let params = dims.params();
             let c = &[("WG", WG)];
             let delta = Tensor::zeros(dev, "attention.delta", &[b, h, t], DType::F32);
-            g.dispatch(kernel("backward_delta"), c, &params, &[(1, o.bind(OP)?), (2, dout.bind(OP)?), (3, delta.bind(OP)?)], groups(g, b * h * t, WG))?;
-            let inputs = [(1, q.bind(OP)?), (2, k.bind(OP)?), (3, v.bind(OP)?), (4, dout.bind(OP)?), (5, lse.bind(OP)?), (6, delta.bind(OP)?)];
+            g.dispatch(
+                kernel("backward_delta"),
+                c,
+                &params,
+                &[(1, o.bind(OP)?), (2, dout.bind(OP)?), (3, delta.bind(OP)?)],
+                groups(g, b * h * t, WG),
+            )?;
+            let inputs =
+                [(1, q.bind(OP)?), (2, k.bind(OP)?), (3, v.bind(OP)?), (4, dout.bind(OP)?), (5, lse.bind(OP)?), (6, delta.bind(OP)?)];
             let mut bufs = inputs.to_vec();
             bufs.push((7, dq.bind(OP)?));
             g.dispatch(kernel("backward_dq"), c, &params, &bufs, groups(g, b * h * t, WG))?;
@@ -158,7 +184,18 @@ pub fn cpu_forward(q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], lse: &mut [f3
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn cpu_backward(q: &[f32], k: &[f32], v: &[f32], o: &[f32], lse: &[f32], dout: &[f32], dq: &mut [f32], dk: &mut [f32], dv: &mut [f32], dims: Dims) {
+pub fn cpu_backward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    o: &[f32],
+    lse: &[f32],
+    dout: &[f32],
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+    dims: Dims,
+) {
     let Dims { b: nb, t, s, h, kv, d, scale } = dims;
     let group = h / kv;
     let q_at = |b: usize, hh: usize, i: usize| ((b * t + i) * h + hh) * d;

@@ -52,7 +52,9 @@ pub fn backward(dev: &Device, logits: &Tensor, targets: &Tensor, lse: &Tensor, s
     check_shape(OP, lse, &[rows])?;
     let mut dlogits = Tensor::zeros(dev, "cross_entropy.dlogits", logits.shape(), DType::F32);
     match dev {
-        Device::Cpu(_) => cpu_backward(logits.host_f32(OP)?, targets.host_u32(OP)?, lse.host_f32(OP)?, scale, dlogits.host_f32_mut(OP)?, vocab),
+        Device::Cpu(_) => {
+            cpu_backward(logits.host_f32(OP)?, targets.host_u32(OP)?, lse.host_f32(OP)?, scale, dlogits.host_f32_mut(OP)?, vocab)
+        }
         Device::Gpu(g) => {
             let params = Params { rows: rows as u32, vocab: vocab as u32, ignore: IGNORE, scale };
             let bufs = [(1, logits.bind(OP)?), (2, targets.bind(OP)?), (3, lse.bind(OP)?), (4, dlogits.bind(OP)?)];

@@ -63,7 +63,17 @@ pub enum Variant {
 }
 
 /// c[M,N] (+)= a·b for strided views `a` ([M,K]) and `b` ([K,N]); `c` is row-major.
-pub fn gemm_into(dev: &Device, m: usize, n: usize, k: usize, a: View, b: View, c: &mut Tensor, accumulate: bool, variant: Variant) -> Result<()> {
+pub fn gemm_into(
+    dev: &Device,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: View,
+    b: View,
+    c: &mut Tensor,
+    accumulate: bool,
+    variant: Variant,
+) -> Result<()> {
     const OP: &str = "matmul";
     for t in [a.t, b.t] {
         t.expect(OP, DType::F32)?;
@@ -115,7 +125,16 @@ pub fn forward(dev: &Device, a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Resu
     let (av, m, k) = View::of(a, ta);
     let (bv, k2, n) = View::of(b, tb);
     if k != k2 {
-        return Err(Error::shape("matmul", format!("inner sizes differ: `{}` {:?} (transposed: {ta}) and `{}` {:?} (transposed: {tb})", a.label(), a.shape(), b.label(), b.shape())));
+        return Err(Error::shape(
+            "matmul",
+            format!(
+                "inner sizes differ: `{}` {:?} (transposed: {ta}) and `{}` {:?} (transposed: {tb})",
+                a.label(),
+                a.shape(),
+                b.label(),
+                b.shape()
+            ),
+        ));
     }
     let mut c = Tensor::zeros(dev, "matmul.c", &[m, n], DType::F32);
     gemm_into(dev, m, n, k, av, bv, &mut c, false, Variant::Auto)?;

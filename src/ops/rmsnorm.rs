@@ -98,4 +98,3 @@ pub fn cpu_backward(x: &[f32], w: &[f32], rstd: &[f32], dy: &[f32], dx: &mut [f3
         }
     }
 }
-

@@ -86,12 +86,17 @@ fn apply(dev: &Device, x: &Tensor, tab: &RopeTables, t: usize, offset: usize, la
         return Err(Error::shape(OP, format!("`{}` has shape {s:?}; expected [B*T, H, {}] with T = {t}", x.label(), tab.d)));
     }
     if offset + t > tab.max_pos {
-        return Err(Error::shape(OP, format!("positions up to {} exceed the table's {} (max_position_embeddings)", offset + t, tab.max_pos)));
+        return Err(Error::shape(
+            OP,
+            format!("positions up to {} exceed the table's {} (max_position_embeddings)", offset + t, tab.max_pos),
+        ));
     }
     let (rows, heads, d) = (s[0], s[1], s[2]);
     let mut y = Tensor::zeros(dev, if sign > 0.0 { "rope.y" } else { "rope.dx" }, s, DType::F32);
     match dev {
-        Device::Cpu(_) => cpu_apply(x.host_f32(OP)?, tab.cos.host_f32(OP)?, tab.sin.host_f32(OP)?, y.host_f32_mut(OP)?, heads, d, t, offset, layout, sign),
+        Device::Cpu(_) => {
+            cpu_apply(x.host_f32(OP)?, tab.cos.host_f32(OP)?, tab.sin.host_f32(OP)?, y.host_f32_mut(OP)?, heads, d, t, offset, layout, sign)
+        }
         Device::Gpu(g) => {
             let params = Params {
                 rows: rows as u32,
@@ -112,7 +117,18 @@ fn apply(dev: &Device, x: &Tensor, tab: &RopeTables, t: usize, offset: usize, la
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn cpu_apply(x: &[f32], cos: &[f32], sin: &[f32], y: &mut [f32], heads: usize, d: usize, t: usize, offset: usize, layout: Layout, sign: f32) {
+pub fn cpu_apply(
+    x: &[f32],
+    cos: &[f32],
+    sin: &[f32],
+    y: &mut [f32],
+    heads: usize,
+    d: usize,
+    t: usize,
+    offset: usize,
+    layout: Layout,
+    sign: f32,
+) {
     let half = d / 2;
     cpu::for_each_chunk(y, heads * d, |row, yr| {
         let pos = row % t + offset;

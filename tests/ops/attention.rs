@@ -22,7 +22,8 @@ fn naive(q: &[f32], k: &[f32], v: &[f32], dm: Dims) -> Vec<f32> {
                 let m = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let z: f64 = sc.iter().map(|x| (x - m).exp()).sum();
                 for e in 0..d {
-                    o[((b * t + i) * h + hh) * d + e] = (0..s).map(|j| (sc[j] - m).exp() / z * v[((b * s + j) * kv + g) * d + e] as f64).sum::<f64>() as f32;
+                    o[((b * t + i) * h + hh) * d + e] =
+                        (0..s).map(|j| (sc[j] - m).exp() / z * v[((b * s + j) * kv + g) * d + e] as f64).sum::<f64>() as f32;
                 }
             }
         }
@@ -41,7 +42,14 @@ fn cpu_forward_matches_naive_with_cache_and_gqa() {
     let dev = cpu();
     for dm in [Dims { b: 2, t: 5, s: 5, h: 4, kv: 2, d: 8, scale: 0.35 }, Dims { b: 1, t: 3, s: 7, h: 3, kv: 1, d: 5, scale: 0.5 }] {
         let (q, k, v, _) = inputs(dm, 70);
-        let (o, _) = attention::forward(&dev, &up(&dev, &[dm.b * dm.t, dm.h * dm.d], &q), &up(&dev, &[dm.b * dm.s, dm.kv * dm.d], &k), &up(&dev, &[dm.b * dm.s, dm.kv * dm.d], &v), dm).unwrap();
+        let (o, _) = attention::forward(
+            &dev,
+            &up(&dev, &[dm.b * dm.t, dm.h * dm.d], &q),
+            &up(&dev, &[dm.b * dm.s, dm.kv * dm.d], &k),
+            &up(&dev, &[dm.b * dm.s, dm.kv * dm.d], &v),
+            dm,
+        )
+        .unwrap();
         assert_close("attention vs naive", &read(&dev, &o), &naive(&q, &k, &v, dm), 1e-5, 1e-4);
     }
 }
@@ -52,7 +60,9 @@ fn cpu_backward_matches_finite_differences() {
     let (q, k, v, dout) = inputs(dm, 71);
     let dev = cpu();
     let (qs, ks) = ([dm.b * dm.t, dm.h * dm.d], [dm.b * dm.s, dm.kv * dm.d]);
-    let fwd = |q: &[f32], k: &[f32], v: &[f32]| read(&dev, &attention::forward(&dev, &up(&dev, &qs, q), &up(&dev, &ks, k), &up(&dev, &ks, v), dm).unwrap().0);
+    let fwd = |q: &[f32], k: &[f32], v: &[f32]| {
+        read(&dev, &attention::forward(&dev, &up(&dev, &qs, q), &up(&dev, &ks, k), &up(&dev, &ks, v), dm).unwrap().0)
+    };
     let (qt, kt, vt) = (up(&dev, &qs, &q), up(&dev, &ks, &k), up(&dev, &ks, &v));
     let (o, lse) = attention::forward(&dev, &qt, &kt, &vt, dm).unwrap();
     let (dq, dk, dv) = attention::backward(&dev, &qt, &kt, &vt, &o, &lse, &up(&dev, &qs, &dout), dm).unwrap();

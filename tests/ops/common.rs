@@ -71,7 +71,10 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32)
     let mut worst = 0f32;
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let err = (g - w).abs();
-        assert!(err <= atol + rtol * w.abs() && g.is_finite() == w.is_finite(), "{what}: index {i}: got {g}, want {w} (|diff| {err} > {atol} + {rtol}*|want|)");
+        assert!(
+            err <= atol + rtol * w.abs() && g.is_finite() == w.is_finite(),
+            "{what}: index {i}: got {g}, want {w} (|diff| {err} > {atol} + {rtol}*|want|)"
+        );
         worst = worst.max(err);
     }
     assert!(!got.is_empty(), "{what}: empty output");

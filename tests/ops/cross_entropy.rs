@@ -22,7 +22,8 @@ fn cpu_backward_matches_finite_differences() {
     let scale = 1.0 / 3.0; // mean over the 3 counted rows
     let d = cross_entropy::backward(&dev, &up(&dev, &[n, v], &logits), &tt, &lse, scale).unwrap();
     check_grad("cross_entropy dlogits", &logits, &read(&dev, &d), n * v, |l| {
-        read(&dev, &cross_entropy::forward(&dev, &up(&dev, &[n, v], l), &tt).unwrap().0).iter().map(|&x| x as f64).sum::<f64>() * scale as f64
+        read(&dev, &cross_entropy::forward(&dev, &up(&dev, &[n, v], l), &tt).unwrap().0).iter().map(|&x| x as f64).sum::<f64>()
+            * scale as f64
     });
 }
 

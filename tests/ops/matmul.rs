@@ -1,5 +1,5 @@
 use crate::common::*;
-use flexlora::ops::matmul::{self, gemm_into, View, Variant};
+use flexlora::ops::matmul::{self, gemm_into, Variant, View};
 use flexlora::{DType, Device, Tensor};
 
 fn naive(m: usize, n: usize, k: usize, a: &[f32], b: &[f32]) -> Vec<f32> {

@@ -13,7 +13,8 @@ fn rotation_matches_the_formula_in_both_layouts() {
     let x = [1.0, 2.0, 3.0, 4.0];
     let pos = 5usize; // t = 1, offset = 5
     let (f0, f1) = (1.0f64, 10000f64.powf(-0.5));
-    let (c0, s0, c1, s1) = ((pos as f64 * f0).cos() as f32, (pos as f64 * f0).sin() as f32, (pos as f64 * f1).cos() as f32, (pos as f64 * f1).sin() as f32);
+    let (c0, s0, c1, s1) =
+        ((pos as f64 * f0).cos() as f32, (pos as f64 * f0).sin() as f32, (pos as f64 * f1).cos() as f32, (pos as f64 * f1).sin() as f32);
     let y = rope::forward(&dev, &up(&dev, &[1, 1, d], &x), &tab, 1, pos, Layout::HalfSplit).unwrap();
     let want = [1.0 * c0 - 3.0 * s0, 2.0 * c1 - 4.0 * s1, 1.0 * s0 + 3.0 * c0, 2.0 * s1 + 4.0 * c1];
     assert_close("half-split", &read(&dev, &y), &want, 1e-6, 1e-6);
