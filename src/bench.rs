@@ -1,1 +1,66 @@
+//! Benchmarks behind `flexlora bench` (native only). Speed targets live here and in the closing
+//! notes, never in test assertions.
 
+use std::io::Write;
+use std::time::Instant;
+
+use crate::device::{block_on, Device};
+use crate::error::Result;
+use crate::ops::matmul;
+use crate::tensor::Tensor;
+
+fn seeded(n: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(2654435761).max(1);
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s as f32 / u32::MAX as f32) - 0.5
+        })
+        .collect()
+}
+
+/// Times `f` (which records work on `dev`) to completion; the best of `reps` after one warm-up.
+fn time(dev: &Device, reps: usize, mut f: impl FnMut() -> Result<Tensor>) -> Result<f64> {
+    let mut best = f64::INFINITY;
+    for rep in 0..=reps {
+        let t0 = Instant::now();
+        let out = f()?;
+        // Reading one element back waits for the work without a blocking poll in the library.
+        if let Device::Gpu(g) = dev {
+            g.wait();
+        }
+        block_on(Some(dev), out.to_host(dev))?;
+        if rep > 0 {
+            best = best.min(t0.elapsed().as_secs_f64());
+        }
+    }
+    Ok(best)
+}
+
+/// f32 matmul GFLOP/s on the CPU backend and (when given) a GPU, at 1024³ and SmolLM2's
+/// training shapes (T=512 tokens by its MLP and vocabulary projections).
+pub fn matmul(gpu: Option<&Device>, reps: usize, out: &mut impl Write) -> Result<()> {
+    let cpu = Device::cpu();
+    let shapes: [(usize, usize, usize, &str); 4] = [
+        (1024, 1024, 1024, "1024^3"),
+        (512, 1536, 576, "T=512, 576->1536 (gate/up)"),
+        (512, 576, 1536, "T=512, 1536->576 (down)"),
+        (512, 49152, 576, "T=512, 576->49152 (logits)"),
+    ];
+    let mut devices = vec![&cpu];
+    devices.extend(gpu);
+    for dev in devices {
+        let _ = writeln!(out, "{}", dev.name());
+        for &(m, n, k, label) in &shapes {
+            let a = Tensor::from_f32(dev, "a", &[m, k], &seeded(m * k, 1))?;
+            let b = Tensor::from_f32(dev, "b", &[n, k], &seeded(n * k, 2))?;
+            // x · Wᵀ: how every linear layer multiplies (W stored [out, in]).
+            let secs = time(dev, reps, || matmul::forward(dev, &a, &b, false, true))?;
+            let gflops = 2.0 * (m * n * k) as f64 / secs / 1e9;
+            let _ = writeln!(out, "  matmul {label:<28} {m}x{n}x{k}: {:8.2} ms  {gflops:7.1} GFLOP/s", secs * 1e3);
+        }
+    }
+    Ok(())
+}

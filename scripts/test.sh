@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The test command: every op on the CPU and on a real GPU adapter (lavapipe here), shader
+# portability (SPIR-V/MSL/HLSL/GLSL), the wasm32 build, and the browser test in headless Chromium.
+# Prerequisites come from scripts/install-system-deps.sh. Under CI=true nothing may be skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ -z "${XDG_RUNTIME_DIR:-}" ] || [ ! -w "${XDG_RUNTIME_DIR:-/nonexistent}" ]; then
+  XDG_RUNTIME_DIR=$(mktemp -d); chmod 700 "$XDG_RUNTIME_DIR"; export XDG_RUNTIME_DIR
+fi
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+
+echo "== cargo test (CPU backend, GPU kernels on the first adapter, shader portability)"
+cargo test 2>&1 | tee -a "$log"
+
+echo "== wasm32 library build"
+cargo build --lib --target wasm32-unknown-unknown
+
+echo "== browser: matmul on WebGPU in headless Chromium"
+bash scripts/build-web.sh
+(cd web && node --test test.mjs) 2>&1 | tee -a "$log"
+
+sum() { grep -hoE "$1" "$log" | grep -oE '[0-9]+' | awk '{s+=$1} END {print s+0}'; }
+passed=$(sum '([0-9]+) passed;|^# pass [0-9]+')
+failed=$(sum '([0-9]+) failed;|^# fail [0-9]+')
+echo "all: ${passed:-0} passed, ${failed:-0} failed"
+[ "${failed:-0}" -eq 0 ] && [ "${passed:-0}" -gt 0 ]
