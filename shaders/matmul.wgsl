@@ -2,14 +2,19 @@
 // Operands are read through row/column strides, so one kernel serves a·b, a·bᵀ and aᵀ·b: the
 // forward pass and both gradients of matmul (see src/ops/matmul.rs).
 //
-// Two entry points, one arithmetic:
+// Entry points, one arithmetic:
 // - `multiply_tiled`: 64x64 output tiles staged through workgroup memory in K-slices of 16, each
 //   invocation accumulating a 4x4 register tile. The shape that real GPUs (discrete, integrated,
 //   Apple) run well: each global load feeds 64 FMAs.
-// - `multiply_registers`: the same 4x4 register tiles with no workgroup memory and no barriers.
-//   Software Vulkan (lavapipe) runs a workgroup as a SIMD loop on one CPU core, where a barrier
-//   splits the shader into resumable pieces and costs more than the loads it saves; the CPU cache
-//   does the staging instead.
+// - `multiply_nn4`, `multiply_nt4`, `multiply_tn4`: for software adapters (lavapipe, SwiftShader),
+//   which run a workgroup as a SIMD loop over invocations on one CPU core. There a barrier splits
+//   the shader into resumable pieces, and a load whose address differs per invocation becomes one
+//   scalar load per lane, while a load whose address is the same for the whole workgroup is one
+//   load and a broadcast. So these kernels use no workgroup memory, give each workgroup UM = 8
+//   output rows that every invocation shares (their `a` loads are workgroup-uniform), read 4
+//   elements per per-lane load (vec4 bindings), and keep 8x4 accumulators in registers. They need
+//   the vec4 dimensions to be multiples of 4; `multiply_registers` covers any other shape.
+// - `multiply_registers`: 4x4 register tiles, scalar loads, no barriers: any shape and strides.
 
 struct Params {
     m: u32,
@@ -142,5 +147,104 @@ fn multiply_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
         for (var j = 0u; j < TN; j++) {
             store(tile_row + lid.y + i * WG, tile_col + lid.x + j * WG, acc[i * TN + j]);
         }
+    }
+}
+
+// ---- vec4 kernels for software adapters ------------------------------------------------------
+// Alternative views of bindings 1 and 2 for these entry points (vec4 elements).
+@group(0) @binding(1) var<storage, read> a4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> b4: array<vec4<f32>>;
+
+const UM: u32 = 8u; // output rows per workgroup, shared by all its invocations
+override LX: u32 = 64u; // invocations per workgroup, each owning 4 adjacent output columns
+
+fn store4(row: u32, col: u32, v: vec4<f32>) {
+    store(row, col, v.x);
+    store(row, col + 1u, v.y);
+    store(row, col + 2u, v.z);
+    store(row, col + 3u, v.w);
+}
+
+// c = a·b with a [M, K] row-major (K % 4 == 0) and b [K, N] row-major (N % 4 == 0).
+@compute @workgroup_size(LX)
+fn multiply_nn4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row0 = wid.y * UM;
+    let n4 = p.n / 4u;
+    let k4 = p.k / 4u;
+    let col4 = wid.x * LX + lid.x;
+    let c4 = min(col4, n4 - 1u);
+    var acc: array<vec4<f32>, UM>;
+    for (var kq = 0u; kq < k4; kq++) {
+        let kk = kq * 4u;
+        let b0 = b4[kk * n4 + c4];
+        let b1 = b4[(kk + 1u) * n4 + c4];
+        let b2 = b4[(kk + 2u) * n4 + c4];
+        let b3 = b4[(kk + 3u) * n4 + c4];
+        for (var i = 0u; i < UM; i++) {
+            let av = a4[min(row0 + i, p.m - 1u) * k4 + kq]; // workgroup-uniform
+            acc[i] = fma(vec4<f32>(av.x), b0, acc[i]);
+            acc[i] = fma(vec4<f32>(av.y), b1, acc[i]);
+            acc[i] = fma(vec4<f32>(av.z), b2, acc[i]);
+            acc[i] = fma(vec4<f32>(av.w), b3, acc[i]);
+        }
+    }
+    for (var i = 0u; i < UM; i++) {
+        store4(row0 + i, col4 * 4u, acc[i]);
+    }
+}
+
+// c = a·bᵀ with a [M, K] and b stored [N, K], both row-major (K % 4 == 0): x · Wᵀ, every linear layer.
+@compute @workgroup_size(LX)
+fn multiply_nt4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row0 = wid.y * UM;
+    let k4 = p.k / 4u;
+    let col = (wid.x * LX + lid.x) * 4u;
+    var b_base: array<u32, 4>;
+    for (var j = 0u; j < 4u; j++) {
+        b_base[j] = min(col + j, p.n - 1u) * k4;
+    }
+    var acc: array<vec4<f32>, UM>;
+    for (var kq = 0u; kq < k4; kq++) {
+        let b0 = b4[b_base[0] + kq];
+        let b1 = b4[b_base[1] + kq];
+        let b2 = b4[b_base[2] + kq];
+        let b3 = b4[b_base[3] + kq];
+        for (var i = 0u; i < UM; i++) {
+            let av = a4[min(row0 + i, p.m - 1u) * k4 + kq]; // workgroup-uniform
+            acc[i] += vec4<f32>(dot(av, b0), dot(av, b1), dot(av, b2), dot(av, b3));
+        }
+    }
+    for (var i = 0u; i < UM; i++) {
+        store4(row0 + i, col, acc[i]);
+    }
+}
+
+// c = aᵀ·b with a stored [K, M] (M % 4 == 0) and b [K, N] (N % 4 == 0), both row-major: the
+// weight gradient xᵀ · dy.
+@compute @workgroup_size(LX)
+fn multiply_tn4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row0 = wid.y * UM; // a multiple of 8, so rows row0..row0+7 are two whole vec4s
+    let m4 = p.m / 4u;
+    let n4 = p.n / 4u;
+    let col4 = wid.x * LX + lid.x;
+    let c4 = min(col4, n4 - 1u);
+    let r4 = min(row0 / 4u, m4 - 1u);
+    let r4b = min(row0 / 4u + 1u, m4 - 1u);
+    var acc: array<vec4<f32>, UM>;
+    for (var kk = 0u; kk < p.k; kk++) {
+        let bv = b4[kk * n4 + c4];
+        let lo = a4[kk * m4 + r4]; // workgroup-uniform
+        let hi = a4[kk * m4 + r4b];
+        acc[0] = fma(vec4<f32>(lo.x), bv, acc[0]);
+        acc[1] = fma(vec4<f32>(lo.y), bv, acc[1]);
+        acc[2] = fma(vec4<f32>(lo.z), bv, acc[2]);
+        acc[3] = fma(vec4<f32>(lo.w), bv, acc[3]);
+        acc[4] = fma(vec4<f32>(hi.x), bv, acc[4]);
+        acc[5] = fma(vec4<f32>(hi.y), bv, acc[5]);
+        acc[6] = fma(vec4<f32>(hi.z), bv, acc[6]);
+        acc[7] = fma(vec4<f32>(hi.w), bv, acc[7]);
+    }
+    for (var i = 0u; i < UM; i++) {
+        store4(row0 + i, col4 * 4u, acc[i]);
     }
 }

@@ -43,23 +43,25 @@ fn time(dev: &Device, reps: usize, mut f: impl FnMut() -> Result<Tensor>) -> Res
 /// training shapes (T=512 tokens by its MLP and vocabulary projections).
 pub fn matmul(gpu: Option<&Device>, reps: usize, out: &mut impl Write) -> Result<()> {
     let cpu = Device::cpu();
-    let shapes: [(usize, usize, usize, &str); 4] = [
-        (1024, 1024, 1024, "1024^3"),
-        (512, 1536, 576, "T=512, 576->1536 (gate/up)"),
-        (512, 576, 1536, "T=512, 1536->576 (down)"),
-        (512, 49152, 576, "T=512, 576->49152 (logits)"),
+    // (M, N, K, label, b transposed): x · Wᵀ is how every linear layer multiplies (W stored [out, in]).
+    let shapes: [(usize, usize, usize, &str, bool); 5] = [
+        (1024, 1024, 1024, "1024^3 a·b", false),
+        (1024, 1024, 1024, "1024^3 a·bᵀ", true),
+        (512, 1536, 576, "T=512, 576->1536 (gate/up)", true),
+        (512, 576, 1536, "T=512, 1536->576 (down)", true),
+        (512, 49152, 576, "T=512, 576->49152 (logits)", true),
     ];
     let mut devices = vec![&cpu];
     devices.extend(gpu);
     for dev in devices {
         let _ = writeln!(out, "{}", dev.name());
-        for &(m, n, k, label) in &shapes {
+        for &(m, n, k, label, tb) in &shapes {
             let a = Tensor::from_f32(dev, "a", &[m, k], &seeded(m * k, 1))?;
-            let b = Tensor::from_f32(dev, "b", &[n, k], &seeded(n * k, 2))?;
-            // x · Wᵀ: how every linear layer multiplies (W stored [out, in]).
-            let secs = time(dev, reps, || matmul::forward(dev, &a, &b, false, true))?;
+            let b_shape = if tb { [n, k] } else { [k, n] };
+            let b = Tensor::from_f32(dev, "b", &b_shape, &seeded(n * k, 2))?;
+            let secs = time(dev, reps, || matmul::forward(dev, &a, &b, false, tb))?;
             let gflops = 2.0 * (m * n * k) as f64 / secs / 1e9;
-            let _ = writeln!(out, "  matmul {label:<28} {m}x{n}x{k}: {:8.2} ms  {gflops:7.1} GFLOP/s", secs * 1e3);
+            let _ = writeln!(out, "  matmul {label:<30} {m}x{n}x{k}: {:8.2} ms  {gflops:7.1} GFLOP/s", secs * 1e3);
         }
     }
     Ok(())

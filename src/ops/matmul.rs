@@ -54,12 +54,29 @@ pub fn dims2(t: &Tensor) -> (usize, usize) {
     (if cols == 0 { 0 } else { t.numel() / cols }, cols)
 }
 
-/// Which GPU kernel runs a product. `Auto` takes the barrier-free kernel on software adapters.
+/// Which GPU kernel runs a product (see `shaders/matmul.wgsl`). `Auto` takes `Tiled` on hardware
+/// GPUs and, on software adapters, `Vec4` when the layout and sizes allow it, else `Registers`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Variant {
     Auto,
     Tiled,
+    Vec4,
     Registers,
+}
+
+/// The vec4 entry point for this layout, when one exists and the sizes are multiples of 4.
+fn vec4_entry(m: usize, n: usize, k: usize, a: &View, b: &View) -> Option<&'static str> {
+    let row_major = |v: &View, cols: usize| v.cs == 1 && v.rs == cols;
+    let col_major = |v: &View, rows: usize| v.rs == 1 && v.cs == rows;
+    if row_major(a, k) && row_major(b, n) && k % 4 == 0 && n % 4 == 0 {
+        Some("multiply_nn4")
+    } else if row_major(a, k) && col_major(b, k) && k % 4 == 0 {
+        Some("multiply_nt4")
+    } else if col_major(a, m) && row_major(b, n) && m % 4 == 0 && n % 4 == 0 {
+        Some("multiply_tn4")
+    } else {
+        None
+    }
 }
 
 /// c[M,N] (+)= a·b for strided views `a` ([M,K]) and `b` ([K,N]); `c` is row-major.
@@ -102,14 +119,22 @@ pub fn gemm_into(
             if m == 0 || n == 0 {
                 return Ok(());
             }
-            let tiled = match variant {
-                Variant::Auto => !g.is_software(),
-                v => v == Variant::Tiled,
+            let vec4 = vec4_entry(m, n, k, &a, &b);
+            let variant = match variant {
+                Variant::Auto if !g.is_software() => Variant::Tiled,
+                Variant::Auto | Variant::Vec4 if vec4.is_some() => Variant::Vec4,
+                Variant::Auto | Variant::Vec4 => Variant::Registers,
+                v => v,
             };
             let bufs = [(1, a.t.bind(OP)?), (2, b.t.bind(OP)?), (3, c.bind(OP)?)];
-            if tiled {
+            if variant == Variant::Tiled {
                 let kernel = Kernel { shader: &shaders::MATMUL, entry: "multiply_tiled" };
                 g.dispatch(kernel, &[], &params, &bufs, [n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1])
+            } else if let (Variant::Vec4, Some(entry)) = (variant, vec4) {
+                // 8 rows per workgroup, LX invocations of 4 columns each.
+                let lx = 64u32;
+                let groups = [n.div_ceil(lx as usize * 4) as u32, m.div_ceil(8) as u32, 1];
+                g.dispatch(Kernel { shader: &shaders::MATMUL, entry }, &[("LX", lx)], &params, &bufs, groups)
             } else {
                 let (rx, ry) = (16u32, 8u32);
                 let groups = [n.div_ceil(rx as usize * 4) as u32, m.div_ceil(ry as usize * 4) as u32, 1];
