@@ -155,6 +155,8 @@ fn multiply_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
 @group(0) @binding(1) var<storage, read> a4: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> b4: array<vec4<f32>>;
 
+// Workgroup x walks row blocks and y column blocks, so consecutive workgroups reuse the same
+// columns of b while they are in the CPU's cache (the logits weight is 113 MB).
 const UM: u32 = 8u; // output rows per workgroup, shared by all its invocations
 override LX: u32 = 64u; // invocations per workgroup, each owning 4 adjacent output columns
 
@@ -168,10 +170,10 @@ fn store4(row: u32, col: u32, v: vec4<f32>) {
 // c = a·b with a [M, K] row-major (K % 4 == 0) and b [K, N] row-major (N % 4 == 0).
 @compute @workgroup_size(LX)
 fn multiply_nn4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let row0 = wid.y * UM;
+    let row0 = wid.x * UM;
     let n4 = p.n / 4u;
     let k4 = p.k / 4u;
-    let col4 = wid.x * LX + lid.x;
+    let col4 = wid.y * LX + lid.x;
     let c4 = min(col4, n4 - 1u);
     var acc: array<vec4<f32>, UM>;
     for (var kq = 0u; kq < k4; kq++) {
@@ -196,9 +198,9 @@ fn multiply_nn4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
 // c = a·bᵀ with a [M, K] and b stored [N, K], both row-major (K % 4 == 0): x · Wᵀ, every linear layer.
 @compute @workgroup_size(LX)
 fn multiply_nt4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let row0 = wid.y * UM;
+    let row0 = wid.x * UM;
     let k4 = p.k / 4u;
-    let col = (wid.x * LX + lid.x) * 4u;
+    let col = (wid.y * LX + lid.x) * 4u;
     var b_base: array<u32, 4>;
     for (var j = 0u; j < 4u; j++) {
         b_base[j] = min(col + j, p.n - 1u) * k4;
@@ -223,10 +225,10 @@ fn multiply_nt4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
 // weight gradient xᵀ · dy.
 @compute @workgroup_size(LX)
 fn multiply_tn4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let row0 = wid.y * UM; // a multiple of 8, so rows row0..row0+7 are two whole vec4s
+    let row0 = wid.x * UM; // a multiple of 8, so rows row0..row0+7 are two whole vec4s
     let m4 = p.m / 4u;
     let n4 = p.n / 4u;
-    let col4 = wid.x * LX + lid.x;
+    let col4 = wid.y * LX + lid.x;
     let c4 = min(col4, n4 - 1u);
     let r4 = min(row0 / 4u, m4 - 1u);
     let r4b = min(row0 / 4u + 1u, m4 - 1u);

@@ -133,7 +133,7 @@ pub fn gemm_into(
             } else if let (Variant::Vec4, Some(entry)) = (variant, vec4) {
                 // 8 rows per workgroup, LX invocations of 4 columns each.
                 let lx = 64u32;
-                let groups = [n.div_ceil(lx as usize * 4) as u32, m.div_ceil(8) as u32, 1];
+                let groups = [m.div_ceil(8) as u32, n.div_ceil(lx as usize * 4) as u32, 1];
                 g.dispatch(Kernel { shader: &shaders::MATMUL, entry }, &[("LX", lx)], &params, &bufs, groups)
             } else {
                 let (rx, ry) = (16u32, 8u32);
