@@ -1,6 +1,7 @@
 // Causal grouped-query attention, one query row per invocation.
-// q [B*T, H*D], k and v [B*S, K*D] with S >= T keys (a KV cache holds S - T earlier positions),
-// query i attends keys j <= i + (S - T). Head h reads kv head h / (H / K).
+// q [B*T, H*D], k and v [B*S_cap, K*D] of which the first S >= T positions per batch row are
+// valid (a KV cache holds S - T earlier positions and room up to S_cap); query i attends keys
+// j <= i + (S - T). Head h reads kv head h / (H / K).
 // Forward saves lse [B, H, T] = log sum_j exp(s_ij), s_ij = scale * q_i . k_j, so backward
 // rebuilds p_ij = exp(s_ij - lse_i) without storing the T x S matrix.
 
@@ -12,13 +13,13 @@ struct Params {
     kv: u32,
     d: u32,
     scale: f32,
-    _pad: u32,
+    s_cap: u32, // rows per batch entry in k and v
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<f32>;          // [B*T, H*D]
-@group(0) @binding(2) var<storage, read> k: array<f32>;          // [B*S, K*D]
-@group(0) @binding(3) var<storage, read> v: array<f32>;          // [B*S, K*D]
+@group(0) @binding(2) var<storage, read> k: array<f32>;          // [B*S_cap, K*D]
+@group(0) @binding(3) var<storage, read> v: array<f32>;          // [B*S_cap, K*D]
 // forward
 @group(0) @binding(4) var<storage, read_write> o: array<f32>;    // [B*T, H*D]
 @group(0) @binding(5) var<storage, read_write> lse_out: array<f32>; // [B, H, T]
@@ -27,8 +28,8 @@ struct Params {
 @group(0) @binding(5) var<storage, read> lse: array<f32>;        // [B, H, T]
 @group(0) @binding(6) var<storage, read> delta: array<f32>;      // [B, H, T]
 @group(0) @binding(7) var<storage, read_write> dq: array<f32>;   // [B*T, H*D]
-@group(0) @binding(7) var<storage, read_write> dk: array<f32>;   // [B*S, K*D]
-@group(0) @binding(8) var<storage, read_write> dv: array<f32>;   // [B*S, K*D]
+@group(0) @binding(7) var<storage, read_write> dk: array<f32>;   // [B*S_cap, K*D]
+@group(0) @binding(8) var<storage, read_write> dv: array<f32>;   // [B*S_cap, K*D]
 // backward_delta
 @group(0) @binding(1) var<storage, read> o_in: array<f32>;       // [B*T, H*D]
 @group(0) @binding(2) var<storage, read> dout_d: array<f32>;     // [B*T, H*D]
@@ -43,7 +44,7 @@ fn linear(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
 
 // Offsets of query (b, h, i) in q and of key j of kv head g in k.
 fn q_at(b: u32, h: u32, i: u32) -> u32 { return ((b * p.t + i) * p.h + h) * p.d; }
-fn k_at(b: u32, g: u32, j: u32) -> u32 { return ((b * p.s + j) * p.kv + g) * p.d; }
+fn k_at(b: u32, g: u32, j: u32) -> u32 { return ((b * p.s_cap + j) * p.kv + g) * p.d; }
 
 fn dot_qk(qo: u32, ko: u32) -> f32 {
     var acc = 0.0;

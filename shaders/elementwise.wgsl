@@ -1,10 +1,13 @@
-// Elementwise ops on f32 vectors of length N: c = a + b, c = alpha * a, and in-place a += alpha * b
-// (gradient accumulation). add's backward passes dc through to both inputs; scale's backward is
-// scale by the same alpha.
+// Elementwise ops on f32 vectors of length N: c = a + b, c = alpha * a, in-place a += alpha * b
+// (gradient accumulation), and in-place x[r, j] += bias[j] (bias of a linear layer).
+// add's backward passes dc through to both inputs; scale's backward is scale by the same alpha;
+// add_bias's backward sums dx over rows (dbias).
 
 struct Params {
     n: u32,
     alpha: f32,
+    cols: u32, // add_bias: row length
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -38,4 +41,11 @@ fn scale(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
 fn accumulate(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let i = index(wid, nwg, lid);
     if i < p.n { target_acc[i] += p.alpha * b[i]; }
+}
+
+// target_acc [N = rows * cols] += bias [cols], broadcast over rows.
+@compute @workgroup_size(WG)
+fn add_bias(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = index(wid, nwg, lid);
+    if i < p.n { target_acc[i] += b[i % p.cols]; }
 }

@@ -210,6 +210,50 @@ fn host_bytes(h: &HostData) -> &[u8] {
     }
 }
 
+impl Tensor {
+    /// Copies `n` elements of `src` starting at element `src_at` into `self` at element `dst_at`
+    /// (same dtype): KV-cache appends and row slices. Ordered after pending GPU work.
+    pub fn copy_from(&mut self, dev: &Device, src: &Tensor, src_at: usize, dst_at: usize, n: usize) -> Result<()> {
+        const OP: &str = "copy";
+        src.expect(OP, self.dtype)?;
+        if src_at + n > src.numel() || dst_at + n > self.numel() {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "{n} elements from `{}`[{src_at}..] ({}) into `{}`[{dst_at}..] ({})",
+                    src.label,
+                    src.numel(),
+                    self.label,
+                    self.numel()
+                ),
+            ));
+        }
+        let size = self.dtype.size();
+        match (dev, &mut self.data, &src.data) {
+            (_, Data::Host(HostData::F32(d)), Data::Host(HostData::F32(s))) => {
+                d[dst_at..dst_at + n].copy_from_slice(&s[src_at..src_at + n])
+            }
+            (_, Data::Host(HostData::U32(d)), Data::Host(HostData::U32(s))) => {
+                d[dst_at..dst_at + n].copy_from_slice(&s[src_at..src_at + n])
+            }
+            (_, Data::Host(HostData::U8(d)), Data::Host(HostData::U8(s))) => d[dst_at..dst_at + n].copy_from_slice(&s[src_at..src_at + n]),
+            (Device::Gpu(g), Data::Gpu(d), Data::Gpu(s)) if size == 4 => {
+                g.copy(s, (src_at * size) as u64, d, (dst_at * size) as u64, (n * size) as u64)
+            }
+            _ => return Err(self.wrong_device(OP, dev.kind())),
+        }
+        Ok(())
+    }
+
+    /// Rows `start..start + count` of a 2-D view ([rows, cols], leading dims flattened) as a new tensor.
+    pub fn rows(&self, dev: &Device, start: usize, count: usize) -> Result<Tensor> {
+        let cols = *self.shape.last().unwrap_or(&1);
+        let mut out = Tensor::zeros(dev, &format!("{}.rows", self.label), &[count, cols], self.dtype);
+        out.copy_from(dev, self, start * cols, 0, count * cols)?;
+        Ok(out)
+    }
+}
+
 /// Checks that `t` has exactly `shape`, naming the tensor and op on failure.
 pub fn check_shape(op: &'static str, t: &Tensor, shape: &[usize]) -> Result<()> {
     if t.shape() != shape {

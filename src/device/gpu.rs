@@ -189,11 +189,12 @@ impl GpuDevice {
         Ok(())
     }
 
-    /// Records a buffer-to-buffer copy behind the pending dispatches.
-    pub fn copy(&self, src: &wgpu::Buffer, dst: &wgpu::Buffer, bytes: u64) {
+    /// Records a buffer-to-buffer copy behind the pending dispatches (offsets and size in bytes,
+    /// multiples of 4).
+    pub fn copy(&self, src: &wgpu::Buffer, src_offset: u64, dst: &wgpu::Buffer, dst_offset: u64, bytes: u64) {
         let mut pending = self.pending.lock().unwrap();
         let encoder = pending.get_or_insert_with(|| self.device.create_command_encoder(&Default::default()));
-        encoder.copy_buffer_to_buffer(src, 0, dst, 0, bytes.next_multiple_of(4));
+        encoder.copy_buffer_to_buffer(src, src_offset, dst, dst_offset, bytes.next_multiple_of(4));
     }
 
     /// Submits everything recorded so far.
@@ -212,7 +213,7 @@ impl GpuDevice {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        self.copy(buffer, &staging, padded);
+        self.copy(buffer, 0, &staging, 0, padded);
         self.flush();
         let state = Arc::new(Mutex::new(MapState::default()));
         let cb_state = state.clone();

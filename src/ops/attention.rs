@@ -1,8 +1,9 @@
 //! Causal grouped-query attention with a softmax scale, saving the log-sum-exp of each query row.
 //! Kernels: `shaders/attention.wgsl` (`forward`, `backward_delta`, `backward_dq`, `backward_dkv`).
 //!
-//! q [B*T, H*D]; k, v [B*S, K*D] with S ≥ T (S - T cached positions precede the T new queries);
-//! query i attends keys j ≤ i + S - T; head h uses kv head h / (H/K).
+//! q [B*T, H*D]; k, v [B*S_cap, K*D] whose first S ≥ T rows per batch entry are valid (S - T
+//! cached positions precede the T new queries; a KV cache has room up to S_cap); query i attends
+//! keys j ≤ i + S - T; head h uses kv head h / (H/K).
 //! Backward, with p_ij = exp(s_ij - lse_i), delta_i = dout_i·o_i, ds_ij = p_ij (dout_i·v_j - delta_i):
 //!   dq_i = scale Σ_j ds_ij k_j,  dk_j = scale Σ_i ds_ij q_i,  dv_j = Σ_i p_ij dout_i.
 
@@ -22,7 +23,7 @@ struct Params {
     kv: u32,
     d: u32,
     scale: f32,
-    _pad: u32,
+    s_cap: u32,
 }
 
 const WG: u32 = 64;
@@ -40,17 +41,19 @@ pub struct Dims {
     pub kv: usize,
     pub d: usize,
     pub scale: f32,
+    /// Rows per batch entry in k and v (≥ S): a KV cache's capacity. Equal to S without a cache.
+    pub s_cap: usize,
 }
 
 impl Dims {
     fn check(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<()> {
-        let Dims { b, t, s, h, kv, d, .. } = *self;
-        if kv == 0 || h % kv != 0 || s < t || d > D_MAX || d == 0 {
-            return Err(Error::shape(OP, format!("invalid sizes {self:?}: need H divisible by K, S >= T and 0 < D <= {D_MAX}")));
+        let Dims { b, t, s, h, kv, d, s_cap, .. } = *self;
+        if kv == 0 || h % kv != 0 || s < t || s > s_cap || d > D_MAX || d == 0 {
+            return Err(Error::shape(OP, format!("invalid sizes {self:?}: need H divisible by K, T <= S <= S_cap and 0 < D <= {D_MAX}")));
         }
         check_shape(OP, q, &[b * t, h * d])?;
-        check_shape(OP, k, &[b * s, kv * d])?;
-        check_shape(OP, v, &[b * s, kv * d])
+        check_shape(OP, k, &[b * s_cap, kv * d])?;
+        check_shape(OP, v, &[b * s_cap, kv * d])
     }
 
     fn params(&self) -> Params {
@@ -62,7 +65,7 @@ impl Dims {
             kv: self.kv as u32,
             d: self.d as u32,
             scale: self.scale,
-            _pad: 0,
+            s_cap: self.s_cap as u32,
         }
     }
 }
@@ -142,7 +145,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 pub fn cpu_forward(q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], lse: &mut [f32], dims: Dims) {
-    let Dims { t, s, h, kv, d, scale, .. } = dims;
+    let Dims { t, s, h, kv, d, scale, s_cap, .. } = dims;
     let group = h / kv;
     // o is [B, T, H, D]; parallelize over (b, i) rows, each holding all H heads. lse is [B, H, T],
     // so rows write it as [B, T, H] first and it is transposed after.
@@ -157,7 +160,7 @@ pub fn cpu_forward(q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], lse: &mut [f3
             let last = i + s - t;
             let mut m = f32::NEG_INFINITY;
             for j in 0..=last {
-                scores[j] = scale * dot(qv, &k[((b * s + j) * kv + g) * d..][..d]);
+                scores[j] = scale * dot(qv, &k[((b * s_cap + j) * kv + g) * d..][..d]);
                 m = m.max(scores[j]);
             }
             let mut l = 0f32;
@@ -166,7 +169,7 @@ pub fn cpu_forward(q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], lse: &mut [f3
             for j in 0..=last {
                 let pj = (scores[j] - m).exp();
                 l += pj;
-                let vj = &v[((b * s + j) * kv + g) * d..][..d];
+                let vj = &v[((b * s_cap + j) * kv + g) * d..][..d];
                 for e in 0..d {
                     out[e] += pj * vj[e];
                 }
@@ -196,10 +199,10 @@ pub fn cpu_backward(
     dv: &mut [f32],
     dims: Dims,
 ) {
-    let Dims { b: nb, t, s, h, kv, d, scale } = dims;
+    let Dims { b: nb, t, s, h, kv, d, scale, s_cap } = dims;
     let group = h / kv;
     let q_at = |b: usize, hh: usize, i: usize| ((b * t + i) * h + hh) * d;
-    let k_at = |b: usize, g: usize, j: usize| ((b * s + j) * kv + g) * d;
+    let k_at = |b: usize, g: usize, j: usize| ((b * s_cap + j) * kv + g) * d;
     let mut delta = vec![0f32; nb * h * t];
     for b in 0..nb {
         for hh in 0..h {
@@ -229,7 +232,10 @@ pub fn cpu_backward(
         }
     });
     cpu::for_each_chunk2(dk, kv * d, dv, kv * d, |bj, dkr, dvr| {
-        let (b, j) = (bj / s, bj % s);
+        let (b, j) = (bj / s_cap, bj % s_cap);
+        if j >= s {
+            return; // capacity beyond the valid keys
+        }
         let first = (j + t).saturating_sub(s);
         for g in 0..kv {
             for hh in g * group..(g + 1) * group {

@@ -1,4 +1,5 @@
-//! Elementwise f32 ops: c = a + b, c = α·a, and in-place a += α·b for gradient accumulation.
+//! Elementwise f32 ops: c = a + b, c = α·a, in-place a += α·b for gradient accumulation, and
+//! in-place x[r] += bias (a linear layer's bias; its backward is the column sum of dx).
 //! Kernels: `shaders/elementwise.wgsl`. Backward: add passes dc to both inputs; scale is its own
 //! backward (dc scaled by the same α).
 
@@ -13,6 +14,14 @@ use crate::tensor::{check_shape, DType, Tensor};
 struct Params {
     n: u32,
     alpha: f32,
+    cols: u32,
+    _pad: u32,
+}
+
+impl Params {
+    fn new(n: usize, alpha: f32) -> Self {
+        Params { n: n as u32, alpha, cols: 1, _pad: 0 }
+    }
 }
 
 const WG: u32 = 256;
@@ -39,7 +48,7 @@ pub fn add(dev: &Device, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         }
         Device::Gpu(g) => {
             let bufs = [(1, a.bind(OP)?), (2, b.bind(OP)?), (3, c.bind(OP)?)];
-            g.dispatch(kernel("add"), &[("WG", WG)], &Params { n: n as u32, alpha: 1.0 }, &bufs, groups(g, n, WG))?;
+            g.dispatch(kernel("add"), &[("WG", WG)], &Params::new(n, 1.0), &bufs, groups(g, n, WG))?;
         }
     }
     Ok(c)
@@ -66,7 +75,7 @@ pub fn scale(dev: &Device, a: &Tensor, alpha: f32) -> Result<Tensor> {
         }
         Device::Gpu(g) => {
             let bufs = [(1, a.bind(OP)?), (2, c.bind(OP)?)];
-            g.dispatch(kernel("scale"), &[("WG", WG)], &Params { n: n as u32, alpha }, &bufs, groups(g, n, WG))?;
+            g.dispatch(kernel("scale"), &[("WG", WG)], &Params::new(n, alpha), &bufs, groups(g, n, WG))?;
         }
     }
     Ok(c)
@@ -88,7 +97,32 @@ pub fn accumulate(dev: &Device, target: &mut Tensor, b: &Tensor, alpha: f32) -> 
         }
         Device::Gpu(g) => {
             let bufs = [(1, target.bind(OP)?), (2, b.bind(OP)?)];
-            g.dispatch(kernel("accumulate"), &[("WG", WG)], &Params { n: n as u32, alpha }, &bufs, groups(g, n, WG))?;
+            g.dispatch(kernel("accumulate"), &[("WG", WG)], &Params::new(n, alpha), &bufs, groups(g, n, WG))?;
+        }
+    }
+    Ok(())
+}
+
+/// x [rows, cols] += bias [cols], in place.
+pub fn add_bias(dev: &Device, x: &mut Tensor, bias: &Tensor) -> Result<()> {
+    const OP: &str = "add_bias";
+    let cols = bias.numel();
+    if cols == 0 || x.numel() % cols != 0 || x.shape().last() != Some(&cols) {
+        return Err(crate::Error::Shape {
+            op: OP,
+            detail: format!("`{}` {:?} vs bias `{}` {:?}", x.label(), x.shape(), bias.label(), bias.shape()),
+        });
+    }
+    let n = x.numel();
+    match dev {
+        Device::Cpu(_) => {
+            let b = bias.host_f32(OP)?;
+            cpu::for_each_chunk(x.host_f32_mut(OP)?, cols, |_, row| row.iter_mut().zip(b).for_each(|(x, b)| *x += b));
+        }
+        Device::Gpu(g) => {
+            let bufs = [(1, x.bind(OP)?), (2, bias.bind(OP)?)];
+            let params = Params { cols: cols as u32, ..Params::new(n, 1.0) };
+            g.dispatch(kernel("add_bias"), &[("WG", WG)], &params, &bufs, groups(g, n, WG))?;
         }
     }
     Ok(())

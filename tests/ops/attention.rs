@@ -3,7 +3,7 @@ use flexlora::ops::attention::{self, Dims};
 
 /// Straightforward reference: full score matrix, explicit causal mask, f64 softmax.
 fn naive(q: &[f32], k: &[f32], v: &[f32], dm: Dims) -> Vec<f32> {
-    let Dims { b: nb, t, s, h, kv, d, scale } = dm;
+    let Dims { b: nb, t, s, h, kv, d, scale, s_cap } = dm;
     let mut o = vec![0f32; nb * t * h * d];
     for b in 0..nb {
         for hh in 0..h {
@@ -15,7 +15,7 @@ fn naive(q: &[f32], k: &[f32], v: &[f32], dm: Dims) -> Vec<f32> {
                         if j > i + s - t {
                             return f64::NEG_INFINITY;
                         }
-                        let kj = &k[((b * s + j) * kv + g) * d..][..d];
+                        let kj = &k[((b * s_cap + j) * kv + g) * d..][..d];
                         scale as f64 * qi.iter().zip(kj).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>()
                     })
                     .collect();
@@ -23,7 +23,7 @@ fn naive(q: &[f32], k: &[f32], v: &[f32], dm: Dims) -> Vec<f32> {
                 let z: f64 = sc.iter().map(|x| (x - m).exp()).sum();
                 for e in 0..d {
                     o[((b * t + i) * h + hh) * d + e] =
-                        (0..s).map(|j| (sc[j] - m).exp() / z * v[((b * s + j) * kv + g) * d + e] as f64).sum::<f64>() as f32;
+                        (0..s).map(|j| (sc[j] - m).exp() / z * v[((b * s_cap + j) * kv + g) * d + e] as f64).sum::<f64>() as f32;
                 }
             }
         }
@@ -33,20 +33,24 @@ fn naive(q: &[f32], k: &[f32], v: &[f32], dm: Dims) -> Vec<f32> {
 
 fn inputs(dm: Dims, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
     let mut rng = Rng::new(seed);
-    let Dims { b, t, s, h, kv, d, .. } = dm;
-    (rng.vec(b * t * h * d, 1.0), rng.vec(b * s * kv * d, 1.0), rng.vec(b * s * kv * d, 1.0), rng.vec(b * t * h * d, 1.0))
+    let Dims { b, t, h, kv, d, s_cap, .. } = dm;
+    (rng.vec(b * t * h * d, 1.0), rng.vec(b * s_cap * kv * d, 1.0), rng.vec(b * s_cap * kv * d, 1.0), rng.vec(b * t * h * d, 1.0))
 }
 
 #[test]
 fn cpu_forward_matches_naive_with_cache_and_gqa() {
     let dev = cpu();
-    for dm in [Dims { b: 2, t: 5, s: 5, h: 4, kv: 2, d: 8, scale: 0.35 }, Dims { b: 1, t: 3, s: 7, h: 3, kv: 1, d: 5, scale: 0.5 }] {
+    for dm in [
+        Dims { b: 2, t: 5, s: 5, h: 4, kv: 2, d: 8, scale: 0.35, s_cap: 5 },
+        Dims { b: 1, t: 3, s: 7, h: 3, kv: 1, d: 5, scale: 0.5, s_cap: 7 },
+        Dims { b: 2, t: 2, s: 6, h: 2, kv: 1, d: 4, scale: 0.5, s_cap: 9 },
+    ] {
         let (q, k, v, _) = inputs(dm, 70);
         let (o, _) = attention::forward(
             &dev,
             &up(&dev, &[dm.b * dm.t, dm.h * dm.d], &q),
-            &up(&dev, &[dm.b * dm.s, dm.kv * dm.d], &k),
-            &up(&dev, &[dm.b * dm.s, dm.kv * dm.d], &v),
+            &up(&dev, &[dm.b * dm.s_cap, dm.kv * dm.d], &k),
+            &up(&dev, &[dm.b * dm.s_cap, dm.kv * dm.d], &v),
             dm,
         )
         .unwrap();
@@ -56,10 +60,10 @@ fn cpu_forward_matches_naive_with_cache_and_gqa() {
 
 #[test]
 fn cpu_backward_matches_finite_differences() {
-    let dm = Dims { b: 2, t: 4, s: 6, h: 4, kv: 2, d: 3, scale: 0.6 };
+    let dm = Dims { b: 2, t: 4, s: 6, h: 4, kv: 2, d: 3, scale: 0.6, s_cap: 8 };
     let (q, k, v, dout) = inputs(dm, 71);
     let dev = cpu();
-    let (qs, ks) = ([dm.b * dm.t, dm.h * dm.d], [dm.b * dm.s, dm.kv * dm.d]);
+    let (qs, ks) = ([dm.b * dm.t, dm.h * dm.d], [dm.b * dm.s_cap, dm.kv * dm.d]);
     let fwd = |q: &[f32], k: &[f32], v: &[f32]| {
         read(&dev, &attention::forward(&dev, &up(&dev, &qs, q), &up(&dev, &ks, k), &up(&dev, &ks, v), dm).unwrap().0)
     };
@@ -73,9 +77,13 @@ fn cpu_backward_matches_finite_differences() {
 
 #[test]
 fn gpu_matches_cpu() {
-    for dm in [Dims { b: 2, t: 13, s: 13, h: 9, kv: 3, d: 64, scale: 0.125 }, Dims { b: 1, t: 5, s: 21, h: 4, kv: 4, d: 24, scale: 0.2 }] {
+    for dm in [
+        Dims { b: 2, t: 13, s: 13, h: 9, kv: 3, d: 64, scale: 0.125, s_cap: 13 },
+        Dims { b: 1, t: 5, s: 21, h: 4, kv: 4, d: 24, scale: 0.2, s_cap: 21 },
+        Dims { b: 2, t: 3, s: 10, h: 6, kv: 2, d: 16, scale: 0.25, s_cap: 17 },
+    ] {
         let (q, k, v, dout) = inputs(dm, 72);
-        let (qs, ks) = ([dm.b * dm.t, dm.h * dm.d], [dm.b * dm.s, dm.kv * dm.d]);
+        let (qs, ks) = ([dm.b * dm.t, dm.h * dm.d], [dm.b * dm.s_cap, dm.kv * dm.d]);
         cpu_vs_gpu(&format!("attention {dm:?}"), 1e-5, 1e-4, |dev| {
             let (qt, kt, vt) = (up(dev, &qs, &q), up(dev, &ks, &k), up(dev, &ks, &v));
             let (o, lse) = attention::forward(dev, &qt, &kt, &vt, dm).unwrap();

@@ -7,6 +7,9 @@ fn cpu_values_and_backward() {
     let (a, b) = (up(&dev, &[3], &[1.0, 2.0, 3.0]), up(&dev, &[3], &[0.5, -1.0, 2.0]));
     assert_eq!(read(&dev, &elementwise::add(&dev, &a, &b).unwrap()), vec![1.5, 1.0, 5.0]);
     assert_eq!(read(&dev, &elementwise::scale(&dev, &a, -2.0).unwrap()), vec![-2.0, -4.0, -6.0]);
+    let mut x = up(&dev, &[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+    elementwise::add_bias(&dev, &mut x, &b).unwrap();
+    assert_eq!(read(&dev, &x), vec![1.5, 1.0, 5.0, 4.5, 4.0, 8.0]);
     let (da, db) = elementwise::add_backward(&dev, &b).unwrap();
     assert_eq!((read(&dev, &da), read(&dev, &db)), (vec![0.5, -1.0, 2.0], vec![0.5, -1.0, 2.0]));
     // scale's backward is scale: check against finite differences of sum(α·a · dout).
@@ -27,7 +30,9 @@ fn gpu_matches_cpu() {
         let s = elementwise::scale(dev, &at, 0.5).unwrap();
         let mut acc = up(dev, &[n], &b);
         elementwise::accumulate(dev, &mut acc, &at, -3.0).unwrap();
-        vec![read(dev, &c), read(dev, &s), read(dev, &acc)]
+        let mut biased = up(dev, &[n / 7, 7], &a[..n / 7 * 7]);
+        elementwise::add_bias(dev, &mut biased, &up(dev, &[7], &b[..7])).unwrap();
+        vec![read(dev, &c), read(dev, &s), read(dev, &acc), read(dev, &biased)]
     });
 }
 
