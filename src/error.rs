@@ -37,6 +37,12 @@ pub enum Error {
     #[error("GPU error in {context}: {detail}")]
     Gpu { context: String, detail: String },
 
+    #[error("{file}: {detail}")]
+    Config { file: String, detail: String },
+
+    #[error("{file}: tensor `{tensor}`: {detail}")]
+    Weights { file: String, tensor: String, detail: String },
+
     #[error("invalid value for {flag}: {detail}")]
     InvalidArgument { flag: &'static str, detail: String },
 }

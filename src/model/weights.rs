@@ -1,0 +1,154 @@
+//! The model's weights on a device, and the `WeightSource` trait that loaders implement.
+//! The base model is frozen: nothing here changes after loading.
+
+use std::collections::HashMap;
+
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::model::config::Config;
+use crate::ops::{elementwise, matmul, rope::RopeTables};
+use crate::tensor::Tensor;
+
+/// Where weights come from: a safetensors directory, a GGUF file, or memory (tests). Tensors are
+/// asked for by their Hugging Face names (`model.layers.0.self_attn.q_proj.weight`), row-major f32,
+/// in Hugging Face's layout (a source holding llama.cpp's permuted Q/K rows undoes that itself).
+pub trait WeightSource {
+    /// The file or directory, for error messages.
+    fn origin(&self) -> String;
+    fn contains(&self, name: &str) -> bool;
+    /// One tensor: its shape and its values.
+    fn get(&mut self, name: &str) -> Result<(Vec<usize>, Vec<f32>)>;
+}
+
+/// Weights held in memory, keyed by Hugging Face name (tests, conversions).
+#[derive(Debug, Default, Clone)]
+pub struct MemorySource(pub HashMap<String, (Vec<usize>, Vec<f32>)>);
+
+impl WeightSource for MemorySource {
+    fn origin(&self) -> String {
+        "in-memory weights".into()
+    }
+    fn contains(&self, name: &str) -> bool {
+        self.0.contains_key(name)
+    }
+    fn get(&mut self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+        self.0.get(name).cloned().ok_or_else(|| Error::Weights { file: self.origin(), tensor: name.into(), detail: "missing".into() })
+    }
+}
+
+/// A frozen linear layer y = x · Wᵀ (+ bias).
+#[derive(Debug)]
+pub struct Linear {
+    pub weight: Tensor,       // [out, in]
+    pub bias: Option<Tensor>, // [out]
+}
+
+impl Linear {
+    /// x [N, in] -> y [N, out].
+    pub fn forward(&self, dev: &Device, x: &Tensor) -> Result<Tensor> {
+        let mut y = matmul::forward(dev, x, &self.weight, false, true)?;
+        if let Some(b) = &self.bias {
+            elementwise::add_bias(dev, &mut y, b)?;
+        }
+        Ok(y)
+    }
+
+    pub fn out_features(&self) -> usize {
+        self.weight.shape()[0]
+    }
+}
+
+#[derive(Debug)]
+pub struct Layer {
+    pub attn_norm: Tensor, // [C]
+    pub q: Linear,         // [H*D, C]
+    pub k: Linear,         // [K*D, C]
+    pub v: Linear,         // [K*D, C]
+    pub o: Linear,         // [C, H*D]
+    pub mlp_norm: Tensor,  // [C]
+    pub gate: Linear,      // [F, C]
+    pub up: Linear,        // [F, C]
+    pub down: Linear,      // [C, F]
+}
+
+#[derive(Debug)]
+pub struct Model {
+    pub cfg: Config,
+    pub embed: Tensor, // [V, C]
+    pub layers: Vec<Layer>,
+    pub norm: Tensor, // [C]
+    /// The output projection [V, C]; `None` when tied to `embed`.
+    pub lm_head: Option<Linear>,
+    pub rope: RopeTables,
+}
+
+/// The Hugging Face names of every tensor of `cfg`'s model, with their shapes.
+pub fn tensor_names(cfg: &Config) -> Vec<(String, Vec<usize>)> {
+    let (c, f, hd, kd) = (cfg.c, cfg.f, cfg.h * cfg.d, cfg.kv * cfg.d);
+    let mut out = vec![("model.embed_tokens.weight".to_string(), vec![cfg.vocab, c])];
+    for i in 0..cfg.layers {
+        let p = format!("model.layers.{i}");
+        out.push((format!("{p}.input_layernorm.weight"), vec![c]));
+        for (name, rows, cols) in [("q_proj", hd, c), ("k_proj", kd, c), ("v_proj", kd, c), ("o_proj", c, hd)] {
+            out.push((format!("{p}.self_attn.{name}.weight"), vec![rows, cols]));
+            if cfg.qkv_bias && name != "o_proj" {
+                out.push((format!("{p}.self_attn.{name}.bias"), vec![rows]));
+            }
+        }
+        out.push((format!("{p}.post_attention_layernorm.weight"), vec![c]));
+        for (name, rows, cols) in [("gate_proj", f, c), ("up_proj", f, c), ("down_proj", c, f)] {
+            out.push((format!("{p}.mlp.{name}.weight"), vec![rows, cols]));
+        }
+    }
+    out.push(("model.norm.weight".to_string(), vec![c]));
+    if !cfg.tied {
+        out.push(("lm_head.weight".to_string(), vec![cfg.vocab, c]));
+    }
+    out
+}
+
+/// Largest position the RoPE tables cover (memory: 2 · max_pos · D/2 floats).
+const MAX_ROPE_POSITIONS: usize = 32_768;
+
+impl Model {
+    /// Loads every tensor from `src` one at a time, checking each shape against `cfg`.
+    pub fn load(dev: &Device, cfg: Config, src: &mut dyn WeightSource) -> Result<Model> {
+        let mut take = |name: &str, shape: &[usize]| -> Result<Tensor> {
+            let (got, data) = src.get(name)?;
+            if got != shape {
+                return Err(Error::Weights {
+                    file: src.origin(),
+                    tensor: name.into(),
+                    detail: format!("shape {got:?}, but the config implies {shape:?}"),
+                });
+            }
+            Tensor::from_f32(dev, name, shape, &data)
+        };
+        let (c, f, hd, kd) = (cfg.c, cfg.f, cfg.h * cfg.d, cfg.kv * cfg.d);
+        let embed = take("model.embed_tokens.weight", &[cfg.vocab, c])?;
+        let mut layers = Vec::with_capacity(cfg.layers);
+        for i in 0..cfg.layers {
+            let p = format!("model.layers.{i}");
+            let mut lin = |name: &str, rows: usize, cols: usize, bias: bool| -> Result<Linear> {
+                let weight = take(&format!("{p}.{name}.weight"), &[rows, cols])?;
+                let bias = if bias { Some(take(&format!("{p}.{name}.bias"), &[rows])?) } else { None };
+                Ok(Linear { weight, bias })
+            };
+            let b = cfg.qkv_bias;
+            let q = lin("self_attn.q_proj", hd, c, b)?;
+            let k = lin("self_attn.k_proj", kd, c, b)?;
+            let v = lin("self_attn.v_proj", kd, c, b)?;
+            let o = lin("self_attn.o_proj", c, hd, false)?;
+            let gate = lin("mlp.gate_proj", f, c, false)?;
+            let up = lin("mlp.up_proj", f, c, false)?;
+            let down = lin("mlp.down_proj", c, f, false)?;
+            let attn_norm = take(&format!("{p}.input_layernorm.weight"), &[c])?;
+            let mlp_norm = take(&format!("{p}.post_attention_layernorm.weight"), &[c])?;
+            layers.push(Layer { attn_norm, q, k, v, o, mlp_norm, gate, up, down });
+        }
+        let norm = take("model.norm.weight", &[c])?;
+        let lm_head = if cfg.tied { None } else { Some(Linear { weight: take("lm_head.weight", &[cfg.vocab, c])?, bias: None }) };
+        let rope = RopeTables::new(dev, &cfg.inv_freq(), cfg.max_pos.clamp(1, MAX_ROPE_POSITIONS))?;
+        Ok(Model { cfg, embed, layers, norm, lm_head, rope })
+    }
+}

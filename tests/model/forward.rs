@@ -1,0 +1,188 @@
+use crate::common::*;
+use flexlora::model::{weights::tensor_names, Arch, Config, MemorySource, Model};
+use flexlora::Device;
+
+pub fn tiny_config(arch: Arch) -> Config {
+    Config {
+        arch,
+        c: 32,
+        f: 44,
+        h: 4,
+        kv: 2,
+        d: 8,
+        layers: 2,
+        vocab: 61,
+        eps: 1e-5,
+        rope_base: 10000.0,
+        rope_scaling: None,
+        max_pos: 64,
+        tied: arch == Arch::Llama,
+        qkv_bias: arch == Arch::Qwen2,
+        bos: Some(1),
+        eos: vec![2],
+    }
+}
+
+pub fn random_weights(cfg: &Config, seed: u64) -> MemorySource {
+    let mut rng = Rng::new(seed);
+    let mut src = MemorySource::default();
+    for (name, shape) in tensor_names(cfg) {
+        let n = shape.iter().product();
+        let data = if name.ends_with("norm.weight") { rng.vec(n, 0.2).iter().map(|x| 1.0 + x).collect() } else { rng.vec(n, 0.3) };
+        src.0.insert(name, (shape, data));
+    }
+    src
+}
+
+/// A direct f64 implementation of the Llama forward pass over a whole sequence (no cache, no
+/// shared code with the engine): the independent check of how the ops are composed.
+fn reference_logits(cfg: &Config, w: &MemorySource, tokens: &[u32]) -> Vec<f32> {
+    let get = |n: &str| -> Vec<f64> { w.0[n].1.iter().map(|&x| x as f64).collect() };
+    let (c, hh, kv, d, t) = (cfg.c, cfg.h, cfg.kv, cfg.d, tokens.len());
+    let lin = |x: &[f64], wname: &str, out: usize, inp: usize| -> Vec<f64> {
+        let wt = get(wname);
+        let rows = x.len() / inp;
+        let mut y = vec![0f64; rows * out];
+        for r in 0..rows {
+            for o in 0..out {
+                y[r * out + o] = (0..inp).map(|i| x[r * inp + i] * wt[o * inp + i]).sum();
+            }
+        }
+        let bname = wname.replace(".weight", ".bias");
+        if w.0.contains_key(&bname) {
+            let bv = get(&bname);
+            for r in 0..rows {
+                for o in 0..out {
+                    y[r * out + o] += bv[o];
+                }
+            }
+        }
+        y
+    };
+    let norm = |x: &[f64], wname: &str| -> Vec<f64> {
+        let wt = get(wname);
+        x.chunks(c)
+            .flat_map(|row| {
+                let r = 1.0 / (row.iter().map(|v| v * v).sum::<f64>() / c as f64 + cfg.eps as f64).sqrt();
+                row.iter().zip(&wt).map(move |(v, g)| v * r * g).collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let rope = |x: &mut [f64], heads: usize| {
+        for pos in 0..t {
+            for hd in 0..heads {
+                for i in 0..d / 2 {
+                    let ang = pos as f64 * cfg.rope_base.powf(-(2.0 * i as f64) / d as f64);
+                    let o = (pos * heads + hd) * d;
+                    let (a, b) = (x[o + i], x[o + i + d / 2]);
+                    x[o + i] = a * ang.cos() - b * ang.sin();
+                    x[o + i + d / 2] = a * ang.sin() + b * ang.cos();
+                }
+            }
+        }
+    };
+    let emb = get("model.embed_tokens.weight");
+    let mut x: Vec<f64> = tokens.iter().flat_map(|&id| emb[id as usize * c..(id as usize + 1) * c].to_vec()).collect();
+    for l in 0..cfg.layers {
+        let p = format!("model.layers.{l}");
+        let hn = norm(&x, &format!("{p}.input_layernorm.weight"));
+        let mut q = lin(&hn, &format!("{p}.self_attn.q_proj.weight"), hh * d, c);
+        let mut k = lin(&hn, &format!("{p}.self_attn.k_proj.weight"), kv * d, c);
+        let v = lin(&hn, &format!("{p}.self_attn.v_proj.weight"), kv * d, c);
+        rope(&mut q, hh);
+        rope(&mut k, kv);
+        let mut att = vec![0f64; t * hh * d];
+        for hd in 0..hh {
+            let g = hd / (hh / kv);
+            for i in 0..t {
+                let s: Vec<f64> = (0..=i)
+                    .map(|j| (0..d).map(|e| q[(i * hh + hd) * d + e] * k[(j * kv + g) * d + e]).sum::<f64>() / (d as f64).sqrt())
+                    .collect();
+                let m = s.iter().cloned().fold(f64::MIN, f64::max);
+                let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
+                for e in 0..d {
+                    att[(i * hh + hd) * d + e] = (0..=i).map(|j| (s[j] - m).exp() / z * v[(j * kv + g) * d + e]).sum();
+                }
+            }
+        }
+        let o = lin(&att, &format!("{p}.self_attn.o_proj.weight"), c, hh * d);
+        x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+        let hn = norm(&x, &format!("{p}.post_attention_layernorm.weight"));
+        let gt = lin(&hn, &format!("{p}.mlp.gate_proj.weight"), cfg.f, c);
+        let up = lin(&hn, &format!("{p}.mlp.up_proj.weight"), cfg.f, c);
+        let act: Vec<f64> = gt.iter().zip(&up).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
+        let dn = lin(&act, &format!("{p}.mlp.down_proj.weight"), c, cfg.f);
+        x.iter_mut().zip(&dn).for_each(|(a, b)| *a += b);
+    }
+    let xn = norm(&x, "model.norm.weight");
+    let head = if cfg.tied { "model.embed_tokens.weight" } else { "lm_head.weight" };
+    lin(&xn, head, cfg.vocab, c).iter().map(|&v| v as f32).collect()
+}
+
+fn load(dev: &Device, cfg: &Config, w: &MemorySource) -> Model {
+    Model::load(dev, cfg.clone(), &mut w.clone()).unwrap()
+}
+
+#[test]
+fn full_forward_matches_independent_reference() {
+    for arch in [Arch::Llama, Arch::Qwen2] {
+        let cfg = tiny_config(arch);
+        let w = random_weights(&cfg, 7);
+        let tokens = [1u32, 17, 42, 5, 60, 33, 2];
+        let dev = cpu();
+        let model = load(&dev, &cfg, &w);
+        let mut cache = model.new_cache(&dev, 1, 16);
+        let logits = read(&dev, &model.forward(&dev, &tokens, &mut cache, true).unwrap());
+        assert_close(&format!("{arch:?} logits vs reference"), &logits, &reference_logits(&cfg, &w, &tokens), 1e-4, 1e-4);
+    }
+}
+
+/// Prefill then token-by-token decode with the cache gives the logits of one full pass, also with
+/// several sequences in a batch.
+#[test]
+fn cached_decode_matches_full_forward_batched() {
+    let cfg = tiny_config(Arch::Llama);
+    let w = random_weights(&cfg, 8);
+    let dev = cpu();
+    let model = load(&dev, &cfg, &w);
+    let seqs = [[3u32, 9, 27, 14, 50, 8], [1u32, 2, 3, 4, 5, 6]];
+    let full: Vec<Vec<f32>> = seqs.iter().map(|s| reference_logits(&cfg, &w, s)).collect();
+    let mut cache = model.new_cache(&dev, 2, 10);
+    let prefill: Vec<u32> = seqs.iter().flat_map(|s| s[..3].to_vec()).collect();
+    let mut steps = vec![read(&dev, &model.forward(&dev, &prefill, &mut cache, false).unwrap())];
+    for pos in 3..6 {
+        let next: Vec<u32> = seqs.iter().map(|s| s[pos]).collect();
+        steps.push(read(&dev, &model.forward(&dev, &next, &mut cache, false).unwrap()));
+    }
+    let v = cfg.vocab;
+    for (step, logits) in steps.iter().enumerate() {
+        for (bi, want) in full.iter().enumerate() {
+            let pos = step + 2;
+            assert_close(&format!("seq {bi} pos {pos}"), &logits[bi * v..(bi + 1) * v], &want[pos * v..(pos + 1) * v], 1e-4, 1e-4);
+        }
+    }
+}
+
+#[test]
+fn gpu_logits_match_cpu() {
+    for arch in [Arch::Llama, Arch::Qwen2] {
+        let cfg = tiny_config(arch);
+        let w = random_weights(&cfg, 9);
+        cpu_vs_gpu(&format!("{arch:?} model"), 1e-4, 1e-3, |dev| {
+            let model = load(dev, &cfg, &w);
+            let mut cache = model.new_cache(dev, 1, 12);
+            let prefill = read(dev, &model.forward(dev, &[1, 5, 9, 13], &mut cache, true).unwrap());
+            let decode = read(dev, &model.forward(dev, &[7], &mut cache, false).unwrap());
+            vec![prefill, decode]
+        });
+    }
+}
+
+#[test]
+fn wrong_shape_names_the_tensor() {
+    let cfg = tiny_config(Arch::Llama);
+    let mut w = random_weights(&cfg, 10);
+    w.0.get_mut("model.layers.1.mlp.up_proj.weight").unwrap().0 = vec![cfg.c, cfg.f];
+    let err = Model::load(&cpu(), cfg, &mut w).unwrap_err().to_string();
+    assert!(err.contains("model.layers.1.mlp.up_proj.weight") && err.contains("[44, 32]"), "{err}");
+}

@@ -1,0 +1,7 @@
+//! Model tests on tiny random Llama/Qwen2 models built in memory.
+
+#[path = "../ops/common.rs"]
+#[allow(dead_code)]
+mod common;
+
+mod forward;
