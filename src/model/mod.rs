@@ -5,6 +5,9 @@
 
 pub mod config;
 pub mod forward;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod load;
+pub mod tokenizer;
 pub mod weights;
 
 pub use config::{Arch, Config, HfConfig};

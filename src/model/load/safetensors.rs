@@ -1,0 +1,121 @@
+//! Hugging Face model directories: `config.json`, `model.safetensors` or shards listed in
+//! `model.safetensors.index.json`. Files are memory-mapped and tensors converted to f32 one at a
+//! time (F32, F16, BF16), so loading never holds a second full copy of the model.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use safetensors::{Dtype, SafeTensors};
+
+use crate::error::{Error, Result};
+use crate::model::config::{Config, HfConfig};
+use crate::model::weights::WeightSource;
+
+fn io_err(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Config { file: path.display().to_string(), detail: e.to_string() }
+}
+
+/// Reads and validates `dir/config.json`.
+pub fn read_config(dir: &Path) -> Result<Config> {
+    let path = dir.join("config.json");
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| io_err(&path, format!("{e}; a Hugging Face model directory needs config.json")))?;
+    let hf: HfConfig = serde_json::from_str(&text).map_err(|e| io_err(&path, e))?;
+    hf.validate(&path.display().to_string())
+}
+
+/// The safetensors files of a model directory, memory-mapped, and which file holds each tensor.
+pub struct SafetensorsDir {
+    dir: PathBuf,
+    maps: Vec<(PathBuf, memmap2::Mmap)>,
+    index: HashMap<String, usize>,
+}
+
+impl SafetensorsDir {
+    pub fn open(dir: &Path) -> Result<Self> {
+        let index_path = dir.join("model.safetensors.index.json");
+        let files: Vec<PathBuf> = if index_path.exists() {
+            let text = std::fs::read_to_string(&index_path).map_err(|e| io_err(&index_path, e))?;
+            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| io_err(&index_path, e))?;
+            let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| io_err(&index_path, "no `weight_map` object"))?;
+            let mut names: Vec<String> = map.values().filter_map(|f| f.as_str().map(String::from)).collect();
+            names.sort();
+            names.dedup();
+            names.into_iter().map(|f| dir.join(f)).collect()
+        } else if dir.join("model.safetensors").exists() {
+            vec![dir.join("model.safetensors")]
+        } else {
+            return Err(io_err(dir, "no model.safetensors or model.safetensors.index.json in this directory"));
+        };
+        let mut maps = Vec::new();
+        let mut index = HashMap::new();
+        for path in files {
+            let file = std::fs::File::open(&path).map_err(|e| io_err(&path, e))?;
+            // SAFETY: the map is read-only; a file changed underneath us while loading is the
+            // user's error and at worst yields wrong values, which shape checks partly catch.
+            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| io_err(&path, e))?;
+            let st = SafeTensors::deserialize(&map)
+                .map_err(|e| io_err(&path, format!("not a valid safetensors file ({e}); is it truncated?")))?;
+            for name in st.names() {
+                index.insert(name.to_string(), maps.len());
+            }
+            maps.push((path, map));
+        }
+        Ok(SafetensorsDir { dir: dir.to_path_buf(), maps, index })
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.index.keys().cloned().collect()
+    }
+}
+
+/// Converts one safetensors tensor's bytes to f32.
+pub fn to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
+    Some(match dtype {
+        Dtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        Dtype::F16 => bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        Dtype::BF16 => bytes.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        _ => return None,
+    })
+}
+
+impl WeightSource for SafetensorsDir {
+    fn origin(&self) -> String {
+        self.dir.display().to_string()
+    }
+    fn contains(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+    fn get(&mut self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+        let &i = self.index.get(name).ok_or_else(|| Error::Weights {
+            file: self.origin(),
+            tensor: name.into(),
+            detail: "missing from the checkpoint".into(),
+        })?;
+        let (path, map) = &self.maps[i];
+        let file = path.display().to_string();
+        let st =
+            SafeTensors::deserialize(map).map_err(|e| Error::Weights { file: file.clone(), tensor: name.into(), detail: e.to_string() })?;
+        let view = st.tensor(name).map_err(|e| Error::Weights { file: file.clone(), tensor: name.into(), detail: e.to_string() })?;
+        let data = to_f32(view.dtype(), view.data()).ok_or_else(|| Error::Weights {
+            file,
+            tensor: name.into(),
+            detail: format!("dtype {:?} is not supported (F32, F16, BF16)", view.dtype()),
+        })?;
+        Ok((view.shape().to_vec(), data))
+    }
+}
+
+/// Writes f32 tensors as one safetensors file, atomically (temp file + rename).
+pub fn write(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)], metadata: Option<HashMap<String, String>>) -> Result<()> {
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(n, shape, data)| {
+            let v = safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), bytemuck::cast_slice(data))
+                .map_err(|e| io_err(path, format!("{n}: {e}")))?;
+            Ok((n.clone(), v))
+        })
+        .collect::<Result<_>>()?;
+    let bytes = safetensors::serialize(views, metadata).map_err(|e| io_err(path, e))?;
+    crate::model::load::write_atomic(path, &bytes)
+}

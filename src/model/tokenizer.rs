@@ -1,0 +1,144 @@
+//! Tokenizers: Hugging Face `tokenizer.json` through the `tokenizers` crate, and the same JSON
+//! rebuilt from a GGUF vocabulary (`gpt2_tokenizer_json`), so both sources share one code path and
+//! `convert` can write what it loads. Also the chat formats named by a model's chat template.
+
+use serde_json::{json, Value};
+
+use crate::error::{Error, Result};
+
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    pub bos: Option<u32>,
+    pub eos: Vec<u32>,
+    /// The model's Jinja chat template, when it has one (used to pick the chat format).
+    pub chat_template: Option<String>,
+    /// The tokenizer.json this was built from (written out by `convert`).
+    pub json: String,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tokenizer({} tokens)", self.vocab_size())
+    }
+}
+
+fn tok_err(origin: &str, e: impl std::fmt::Display) -> Error {
+    Error::Config { file: origin.to_string(), detail: format!("tokenizer: {e}") }
+}
+
+impl Tokenizer {
+    /// Parses tokenizer.json text; `origin` names the file in errors.
+    pub fn from_json(origin: &str, json: String, bos: Option<u32>, eos: Vec<u32>, chat_template: Option<String>) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_bytes(json.as_bytes()).map_err(|e| tok_err(origin, e))?;
+        Ok(Tokenizer { inner, bos, eos, chat_template, json })
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// Token ids of `text`, with the BOS token first when `add_bos` and the model has one. Special
+    /// tokens written in the text (`<|im_start|>`) become their ids.
+    pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>> {
+        let enc = self.inner.encode(text, false).map_err(|e| tok_err("encode", e))?;
+        let mut ids = Vec::with_capacity(enc.len() + 1);
+        if add_bos {
+            ids.extend(self.bos);
+        }
+        ids.extend_from_slice(enc.get_ids());
+        Ok(ids)
+    }
+
+    /// Text of `ids`, special tokens dropped.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner.decode(ids, true).map_err(|e| tok_err("decode", e))
+    }
+
+    /// The prompt for one user message in the model's chat format.
+    pub fn chat_prompt(&self, system: Option<&str>, user: &str) -> String {
+        format_chat(self.chat_template.as_deref(), system, user)
+    }
+}
+
+/// Formats a single-turn chat for the family the template belongs to (ChatML, Llama 3, Llama 2);
+/// without a recognized template the message is used as it is. A template's built-in default
+/// system message (SmolLM2 has one) is kept when the caller gives none.
+pub fn format_chat(template: Option<&str>, system: Option<&str>, user: &str) -> String {
+    let t = template.unwrap_or("");
+    if t.contains("<|im_start|>") {
+        let default = t
+            .split("<|im_start|>system\n")
+            .nth(1)
+            .and_then(|rest| rest.split("<|im_end|>").next())
+            .filter(|s| !s.contains("{{") && !s.contains("{%"));
+        let mut out = String::new();
+        if let Some(sys) = system.or(default) {
+            out += &format!("<|im_start|>system\n{sys}<|im_end|>\n");
+        }
+        out + &format!("<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n")
+    } else if t.contains("<|start_header_id|>") {
+        let sys = system.map(|s| format!("<|start_header_id|>system<|end_header_id|>\n\n{s}<|eot_id|>")).unwrap_or_default();
+        format!("{sys}<|start_header_id|>user<|end_header_id|>\n\n{user}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
+    } else if t.contains("[INST]") {
+        match system {
+            Some(s) => format!("[INST] <<SYS>>\n{s}\n<</SYS>>\n\n{user} [/INST]"),
+            None => format!("[INST] {user} [/INST]"),
+        }
+    } else {
+        user.to_string()
+    }
+}
+
+/// GGUF token types (llama.cpp `llama_token_type`).
+pub const TOKEN_CONTROL: i32 = 3;
+pub const TOKEN_USER_DEFINED: i32 = 4;
+
+/// Builds a Hugging Face tokenizer.json for a GPT-2 style byte-level BPE vocabulary (GGUF
+/// `tokenizer.ggml.model == "gpt2"`): `pre` is GGUF's `tokenizer.ggml.pre` naming the
+/// pre-tokenizer (SmolLM's splits digits individually before the GPT-2 regex).
+pub fn gpt2_tokenizer_json(tokens: &[String], merges: &[String], token_types: &[i32], pre: &str) -> Result<Value> {
+    let vocab: serde_json::Map<String, Value> = tokens.iter().enumerate().map(|(i, t)| (t.clone(), json!(i))).collect();
+    let byte_level =
+        |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
+    // Regexes as published with each model's tokenizer.json.
+    const LLAMA3: &str =
+        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    const QWEN2: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    let split = |re: &str| json!({"type": "Split", "pattern": {"Regex": re}, "behavior": "Isolated", "invert": false});
+    let pre_tokenizer = match pre {
+        "smollm" => json!({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level(true)]}),
+        "gpt2" | "default" | "gpt-2" | "" => byte_level(true),
+        "llama-bpe" | "llama3" => json!({"type": "Sequence", "pretokenizers": [split(LLAMA3), byte_level(false)]}),
+        "qwen2" => json!({"type": "Sequence", "pretokenizers": [split(QWEN2), byte_level(false)]}),
+        other => {
+            return Err(Error::Config {
+                file: "tokenizer.ggml.pre".into(),
+                detail: format!("pre-tokenizer `{other}` is not supported (smollm, gpt2, llama-bpe, qwen2)"),
+            })
+        }
+    };
+    let added: Vec<Value> = token_types
+        .iter()
+        .enumerate()
+        .filter(|(_, &ty)| ty == TOKEN_CONTROL || ty == TOKEN_USER_DEFINED)
+        .map(|(i, &ty)| {
+            json!({"id": i, "content": tokens[i], "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": ty == TOKEN_CONTROL})
+        })
+        .collect();
+    Ok(json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": null,
+        "pre_tokenizer": pre_tokenizer,
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                  "fuse_unk": false, "byte_fallback": false, "ignore_merges": false, "vocab": vocab, "merges": merges},
+    }))
+}
