@@ -45,6 +45,27 @@ pub enum Error {
 
     #[error("invalid value for {flag}: {detail}")]
     InvalidArgument { flag: &'static str, detail: String },
+
+    #[error("could not {action} `{path}`: {source}")]
+    Io { action: &'static str, path: String, source: std::io::Error },
+
+    #[error("`{file}` is not a readable GGUF file: {detail} (at byte {offset}); {hint}")]
+    GgufFormat { file: String, offset: u64, detail: String, hint: &'static str },
+
+    #[error("`{file}`: metadata key `{key}` {detail}")]
+    GgufKey { file: String, key: String, detail: String },
+
+    #[error("`{file}`: tensor `{tensor}`: {detail}")]
+    GgufTensor { file: String, tensor: String, detail: String },
+
+    #[error(
+        "`{file}`: tensor `{tensor}` has ggml type {ggml_type}, which flexlora cannot dequantize \
+         (supported: {supported}); use a GGUF quantized as Q4_K_M, Q5_K_M, Q8_0, Q4_0/Q4_1 or F16"
+    )]
+    UnsupportedGgmlType { file: String, tensor: String, ggml_type: &'static str, supported: &'static str },
+
+    #[error("cannot write GGUF: {detail}")]
+    GgufWrite { detail: String },
 }
 
 /// Renders an optional backend restriction in `NoAdapter` messages.

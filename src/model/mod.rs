@@ -1,11 +1,11 @@
-//! Llama-family models: configuration, weights on a device, and the forward pass.
+//! Llama-family models: configuration, file readers, tokenizer, weights on a device, and the
+//! forward pass.
 //!
 //! Shape glossary: B batch, T tokens, S keys (cached plus new), C width, F MLP width, H heads,
-//! K kv heads, D head size, V vocabulary, L layers.
+//! K kv heads, D head size, V vocabulary, R LoRA rank, L layers, N a flattened length.
 
 pub mod config;
 pub mod forward;
-#[cfg(not(target_arch = "wasm32"))]
 pub mod load;
 pub mod tokenizer;
 pub mod weights;
