@@ -13,6 +13,7 @@ pub mod device;
 pub mod error;
 pub mod model;
 pub mod ops;
+pub mod rng;
 pub mod shaders;
 pub mod tensor;
 

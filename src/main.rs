@@ -20,6 +20,8 @@ enum Command {
         #[arg(long, value_enum)]
         backend: Option<BackendChoice>,
     },
+    /// Generate text with a model, streaming tokens as they are produced.
+    Generate(GenerateArgs),
     /// Measure kernel speed.
     Bench {
         #[command(subcommand)]
@@ -39,6 +41,51 @@ enum BenchCommand {
     },
 }
 
+#[derive(Args)]
+struct DeviceFlags {
+    /// Where to run: a hardware GPU when there is one, else the CPU backend (auto); or force one.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    device: DeviceChoice,
+    /// Graphics API for the GPU (vulkan, metal, dx12, gl).
+    #[arg(long, value_enum)]
+    backend: Option<BackendChoice>,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    /// A .gguf file or a Hugging Face model directory.
+    #[arg(long, default_value = "models/SmolLM2-135M-Instruct.Q4_1.gguf")]
+    model: std::path::PathBuf,
+    /// A LoRA adapter directory (PEFT format).
+    #[arg(long)]
+    adapter: Option<std::path::PathBuf>,
+    #[arg(long)]
+    prompt: String,
+    /// Wrap the prompt in the model's chat format.
+    #[arg(long)]
+    chat: bool,
+    /// System message for --chat (default: the model's own, if its template has one).
+    #[arg(long)]
+    system: Option<String>,
+    #[arg(long, default_value_t = 256)]
+    max_new_tokens: usize,
+    /// 0 is greedy decoding.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// 0 keeps every token.
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Stop when this text appears (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+    #[command(flatten)]
+    dev: DeviceFlags,
+}
+
 /// GPU selection for commands that always compare against the CPU backend.
 #[derive(Args)]
 struct GpuFlags {
@@ -54,6 +101,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Devices { backend } => devices(backend),
+        Command::Generate(args) => generate(args),
         Command::Bench { what: BenchCommand::Matmul { gpu, reps } } => {
             let gpu_dev = if gpu.no_gpu { None } else { Some(block_on(None, device::select(DeviceChoice::Gpu, gpu.backend))?) };
             flexlora::bench::matmul(gpu_dev.map(|s| s.device).as_ref(), reps, &mut std::io::stdout())?;
@@ -92,5 +140,53 @@ fn devices(backend: Option<BackendChoice>) -> Result<()> {
     }
     let sel = block_on(None, device::select(DeviceChoice::Auto, backend))?;
     println!("--device auto -> {} ({})", sel.device.name(), sel.reason);
+    Ok(())
+}
+
+fn generate(a: GenerateArgs) -> Result<()> {
+    use flexlora::model::generate::{generate, GenerateOptions, Sampling};
+    use std::io::Write;
+    if a.adapter.is_some() {
+        anyhow::bail!("--adapter: LoRA adapters are not supported yet (they arrive with `flexlora train`)");
+    }
+    let sel = block_on(None, device::select(a.dev.device, a.dev.backend))?;
+    eprintln!("device: {} ({})", sel.device.name(), sel.reason);
+    let dev = sel.device;
+    let t0 = std::time::Instant::now();
+    let (model, tok) = flexlora::model::load::open(&dev, &a.model)?;
+    eprintln!(
+        "loaded {} in {:.1} s: {} layers, C={}, V={}",
+        a.model.display(),
+        t0.elapsed().as_secs_f64(),
+        model.cfg.layers,
+        model.cfg.c,
+        model.cfg.vocab
+    );
+    let text = if a.chat { tok.chat_prompt(a.system.as_deref(), &a.prompt) } else { a.prompt.clone() };
+    let ids = tok.encode(&text, !a.chat && tok.bos.is_some())?;
+    let opts = GenerateOptions {
+        max_new_tokens: a.max_new_tokens,
+        sampling: Sampling { temperature: a.temperature, top_p: a.top_p, top_k: a.top_k, seed: a.seed },
+        stop: a.stop.clone(),
+    };
+    let mut out = std::io::stdout();
+    let (gens, t) = block_on(
+        Some(&dev),
+        generate(&model, &dev, &tok, &ids, 1, &opts, &mut |_, delta| {
+            let _ = out.write_all(delta.as_bytes());
+            let _ = out.flush();
+        }),
+    )?;
+    println!();
+    eprintln!(
+        "prompt {} tokens in {:.2} s ({:.1} tokens/s); generated {} tokens in {:.2} s ({:.1} tokens/s); finished: {}",
+        t.prompt_tokens,
+        t.prefill_secs,
+        t.prompt_tokens as f64 / t.prefill_secs.max(1e-9),
+        t.generated_tokens,
+        t.decode_secs,
+        t.generated_tokens as f64 / t.decode_secs.max(1e-9),
+        gens[0].finish
+    );
     Ok(())
 }

@@ -51,7 +51,7 @@ pub struct Config {
 /// `eos_token_id` is a number or a list in the wild.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
-enum OneOrMany {
+pub enum OneOrMany {
     One(u32),
     Many(Vec<u32>),
 }
@@ -83,7 +83,7 @@ pub struct HfConfig {
     #[serde(default)]
     pub attention_bias: bool,
     pub bos_token_id: Option<u32>,
-    eos_token_id: Option<OneOrMany>,
+    pub eos_token_id: Option<OneOrMany>,
 }
 
 fn default_eps() -> f64 {

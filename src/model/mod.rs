@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod forward;
+pub mod generate;
 pub mod load;
 pub mod tokenizer;
 pub mod weights;

@@ -4,10 +4,12 @@
 //! - `gguf`: llama.cpp's GGUF container (metadata, tensor table, zero-copy tensor views, writer);
 //!   parsing works on bytes, so the browser build has it too.
 //! - `ggml_blocks`: the ggml tensor types and their dequantizers to f32.
+//! - `gguf_model`: a model's config, tensors (HF names) and tokenizer from a GGUF file.
 //! - `safetensors` (native): Hugging Face model directories, memory-mapped.
 
 pub mod ggml_blocks;
 pub mod gguf;
+pub mod gguf_model;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod safetensors;
 
@@ -22,4 +24,58 @@ pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> crate::error::Resul
     let fail = |e: std::io::Error| crate::error::Error::Config { file: path.display().to_string(), detail: format!("cannot write: {e}") };
     std::fs::write(&tmp, bytes).map_err(fail)?;
     std::fs::rename(&tmp, path).map_err(fail)
+}
+
+/// Opens a model and its tokenizer: a Hugging Face directory (config.json, tokenizer.json,
+/// safetensors) or a `.gguf` file.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn open(
+    dev: &crate::device::Device,
+    path: &std::path::Path,
+) -> crate::error::Result<(crate::model::Model, crate::model::tokenizer::Tokenizer)> {
+    use crate::error::Error;
+    use crate::model::{tokenizer::Tokenizer, Model};
+    if !path.exists() {
+        return Err(Error::Config {
+            file: path.display().to_string(),
+            detail: "no such file or directory; pass --model a .gguf file or a Hugging Face model directory (scripts/fetch-model.sh gets the default)".into(),
+        });
+    }
+    if path.is_dir() {
+        let cfg = safetensors::read_config(path)?;
+        let mut src = safetensors::SafetensorsDir::open(path)?;
+        let tok_path = path.join("tokenizer.json");
+        let json = std::fs::read_to_string(&tok_path)
+            .map_err(|e| Error::Config { file: tok_path.display().to_string(), detail: e.to_string() })?;
+        let template = std::fs::read_to_string(path.join("tokenizer_config.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v.get("chat_template").and_then(|t| t.as_str()).map(String::from));
+        let tok = Tokenizer::from_json(&tok_path.display().to_string(), json, cfg.bos, cfg.eos.clone(), template)?;
+        check_vocab(path, &tok, &cfg)?;
+        let model = Model::load(dev, cfg, &mut src)?;
+        Ok((model, tok))
+    } else {
+        let file = GgufFile::open(path)?;
+        let cfg = gguf_model::config(&file)?;
+        let tok = gguf_model::tokenizer(&file, &cfg)?;
+        let model = Model::load(dev, cfg.clone(), &mut gguf_model::GgufSource { file: &file, cfg })?;
+        Ok((model, tok))
+    }
+}
+
+/// A tokenizer with more ids than the embedding has rows would index past it.
+#[cfg(not(target_arch = "wasm32"))]
+fn check_vocab(path: &std::path::Path, tok: &crate::model::tokenizer::Tokenizer, cfg: &crate::model::Config) -> crate::error::Result<()> {
+    if tok.vocab_size() > cfg.vocab {
+        return Err(crate::error::Error::Config {
+            file: path.display().to_string(),
+            detail: format!(
+                "tokenizer.json has {} tokens but the embedding has {} rows: tokenizer and model do not match",
+                tok.vocab_size(),
+                cfg.vocab
+            ),
+        });
+    }
+    Ok(())
 }

@@ -1,0 +1,160 @@
+//! A Llama-family model from a GGUF file: the configuration from its metadata, its tensors under
+//! Hugging Face names (with llama.cpp's Q/K row permutation undone), and its tokenizer.
+
+use crate::error::{Error, Result};
+use crate::model::config::{Arch, Config, SUPPORTED};
+use crate::model::load::GgufFile;
+use crate::model::tokenizer::{gpt2_tokenizer_json, Tokenizer};
+use crate::model::weights::WeightSource;
+
+/// Reads the model configuration from `<arch>.*` metadata keys.
+pub fn config(f: &GgufFile) -> Result<Config> {
+    let arch_name = f.architecture()?.to_string();
+    if !matches!(arch_name.as_str(), "llama" | "qwen2") {
+        return Err(Error::Config {
+            file: f.name().into(),
+            detail: format!("GGUF architecture `{arch_name}` is not supported; supported: {SUPPORTED}"),
+        });
+    }
+    let key = |k: &str| format!("{arch_name}.{k}");
+    let c = f.get_usize(&key("embedding_length"))?;
+    let h = f.get_usize(&key("attention.head_count"))?;
+    let kv = f.opt_usize(&key("attention.head_count_kv"))?.unwrap_or(h);
+    let d = f.opt_usize(&key("rope.dimension_count"))?.unwrap_or(c / h.max(1));
+    let embd = f.tensor("token_embd.weight")?;
+    let vocab = embd.shape()[0];
+    let hf = crate::model::config::HfConfig {
+        architectures: vec![],
+        model_type: arch_name.clone(),
+        hidden_size: c,
+        intermediate_size: f.get_usize(&key("feed_forward_length"))?,
+        num_attention_heads: h,
+        num_key_value_heads: Some(kv),
+        num_hidden_layers: f.get_usize(&key("block_count"))?,
+        vocab_size: vocab,
+        rms_norm_eps: f.get_f64(&key("attention.layer_norm_rms_epsilon"))?,
+        rope_theta: f.opt_f64(&key("rope.freq_base"))?.unwrap_or(10000.0),
+        rope_scaling: None,
+        max_position_embeddings: f.opt_usize(&key("context_length"))?.unwrap_or(2048),
+        tie_word_embeddings: f.tensor_opt("output.weight").is_none(),
+        head_dim: Some(d),
+        attention_bias: false,
+        bos_token_id: f.opt_u32("tokenizer.ggml.bos_token_id")?,
+        eos_token_id: None,
+    };
+    let mut cfg = hf.validate(f.name())?;
+    cfg.eos = f.opt_u32("tokenizer.ggml.eos_token_id")?.into_iter().collect();
+    if f.opt_str(&key("rope.scaling.type"))?.is_some_and(|t| t != "none") {
+        return Err(Error::Config {
+            file: f.name().into(),
+            detail: "GGUF rope scaling is not supported yet; use the Hugging Face checkpoint".into(),
+        });
+    }
+    Ok(cfg)
+}
+
+/// The GGUF name of a Hugging Face tensor name.
+fn gguf_name(hf: &str) -> Option<String> {
+    if let Some(rest) = hf.strip_prefix("model.layers.") {
+        let (i, rest) = rest.split_once('.')?;
+        let (module, kind) = rest.rsplit_once('.')?;
+        let g = match module {
+            "input_layernorm" => "attn_norm",
+            "self_attn.q_proj" => "attn_q",
+            "self_attn.k_proj" => "attn_k",
+            "self_attn.v_proj" => "attn_v",
+            "self_attn.o_proj" => "attn_output",
+            "post_attention_layernorm" => "ffn_norm",
+            "mlp.gate_proj" => "ffn_gate",
+            "mlp.up_proj" => "ffn_up",
+            "mlp.down_proj" => "ffn_down",
+            _ => return None,
+        };
+        return Some(format!("blk.{i}.{g}.{kind}"));
+    }
+    Some(
+        match hf {
+            "model.embed_tokens.weight" => "token_embd.weight",
+            "model.norm.weight" => "output_norm.weight",
+            "lm_head.weight" => "output.weight",
+            _ => return None,
+        }
+        .to_string(),
+    )
+}
+
+/// llama.cpp stores Llama's q/k rows per head as interleaved pairs (2i, 2i+1) where Hugging Face
+/// has halves (i, i + D/2). Returns rows in Hugging Face order.
+pub fn unpermute_rows(data: &[f32], heads: usize, cols: usize) -> Vec<f32> {
+    let rows = data.len() / cols;
+    let d = rows / heads;
+    let mut out = vec![0f32; data.len()];
+    for h in 0..heads {
+        for i in 0..d / 2 {
+            for j in 0..2 {
+                let (src, dst) = (h * d + 2 * i + j, h * d + j * (d / 2) + i);
+                out[dst * cols..(dst + 1) * cols].copy_from_slice(&data[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+/// Tensors of a GGUF model under Hugging Face names, dequantized to f32 one at a time.
+pub struct GgufSource<'a> {
+    pub file: &'a GgufFile,
+    pub cfg: Config,
+}
+
+impl WeightSource for GgufSource<'_> {
+    fn origin(&self) -> String {
+        self.file.name().to_string()
+    }
+    fn contains(&self, name: &str) -> bool {
+        gguf_name(name).is_some_and(|g| self.file.tensor_opt(&g).is_some())
+    }
+    fn get(&mut self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+        let g = gguf_name(name).ok_or_else(|| Error::Weights {
+            file: self.origin(),
+            tensor: name.into(),
+            detail: "no GGUF equivalent".into(),
+        })?;
+        let view = self.file.tensor(&g)?;
+        let shape = view.shape();
+        let mut data = view.to_f32()?;
+        // Only Llama conversions permute; Qwen2's keep Hugging Face order.
+        if self.cfg.arch == Arch::Llama {
+            let cols = if shape.len() == 2 { shape[1] } else { 1 };
+            if name.contains("self_attn.q_proj.") {
+                data = unpermute_rows(&data, self.cfg.h, cols);
+            } else if name.contains("self_attn.k_proj.") {
+                data = unpermute_rows(&data, self.cfg.kv, cols);
+            }
+        }
+        Ok((shape, data))
+    }
+}
+
+/// The tokenizer embedded in a GGUF file (GPT-2 style byte-level BPE vocabularies).
+pub fn tokenizer(f: &GgufFile, cfg: &Config) -> Result<Tokenizer> {
+    let model = f.get_str("tokenizer.ggml.model")?;
+    if model != "gpt2" {
+        return Err(Error::Config {
+            file: f.name().into(),
+            detail: format!("tokenizer.ggml.model `{model}` is not supported yet (gpt2-style BPE is); use the Hugging Face directory with tokenizer.json"),
+        });
+    }
+    let tokens = f.get_str_array("tokenizer.ggml.tokens")?;
+    let merges = f.get_str_array("tokenizer.ggml.merges")?;
+    let types = f.opt_i32_array("tokenizer.ggml.token_type")?.map(|t| t.to_vec()).unwrap_or_else(|| vec![1; tokens.len()]);
+    let pre = f.opt_str("tokenizer.ggml.pre")?.unwrap_or("default");
+    if tokens.len() != cfg.vocab {
+        return Err(Error::Config {
+            file: f.name().into(),
+            detail: format!("the tokenizer has {} tokens but token_embd has {} rows", tokens.len(), cfg.vocab),
+        });
+    }
+    let json = gpt2_tokenizer_json(tokens, merges, &types, pre)?;
+    let template = f.opt_str("tokenizer.chat_template")?.map(String::from);
+    Tokenizer::from_json(f.name(), json.to_string(), cfg.bos, cfg.eos.clone(), template)
+}
