@@ -2,7 +2,8 @@
 //! and on the CPU.
 //!
 //! Layers, bottom to top: `device` (CPU backend or a wgpu GPU, tensors, kernel dispatch),
-//! `ops` (every op forward and backward, WGSL kernel and CPU twin side by side).
+//! `ops` (every op forward and backward, WGSL kernel and CPU twin side by side), `quant` (NF4 and
+//! QLoRA double quantization bit-compatible with bitsandbytes, and its 4-bit safetensors format).
 //!
 //! Shape glossary used in every doc comment and kernel binding:
 //! B batch, T tokens, S keys (T plus cached positions), C model width, F MLP width, H heads,
@@ -11,6 +12,7 @@
 pub mod device;
 pub mod error;
 pub mod ops;
+pub mod quant;
 pub mod shaders;
 pub mod tensor;
 
