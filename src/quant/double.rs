@@ -9,13 +9,14 @@
 //!   `start + step * i` with a fused multiply-add below the halfway point, `end - step * (steps-1-i)`
 //!   above it);
 //! - the offset: torch's CPU `mean` of f32 is its cascade `sum` (8 f32 lanes, four interleaved
-//!   accumulators, 16-wide levels) divided by N in f32. Exact for up to 32768 blocks (2M weights
-//!   at block 64); above that torch splits the sum across threads and its last bit depends on the
-//!   thread count;
+//!   accumulators, 16-wide levels) divided by N in f32. Exact below 32768 blocks (2M weights at
+//!   block 64); from there on torch splits the sum across threads and its last bit depends on the
+//!   thread count (pass bnb's offset to [`double_quantize_with_offset`] to reproduce such a state);
 //! - the 8-bit quantizer of the CPU build (`quantize_cpu` in csrc/cpu_ops.cpp): not an exact
 //!   nearest-code search but a 65536-entry lookup table over [-1, 1], indexed by
-//!   `trunc(fma((x + 1) * 0.5, 65535, 0.5))` (the fma is what the shipped binary computes), built
-//!   by walking the map's f32 midpoints with `>`; an all-zero block gets code 0 and absmax 0.
+//!   `trunc(fma((x + 1) * 0.5, 65535, 0.5))` (the fma is what the shipped binary computes; with
+//!   the dynamic map it never changes a code, as a search around every code boundary showed),
+//!   built by walking the map's f32 midpoints with `>`; an all-zero block gets code 0, absmax 0.
 //!   bnb's CUDA kernel searches the map instead, so its codes can differ by one near midpoints.
 
 use crate::error::{Error, Result};
