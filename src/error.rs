@@ -66,6 +66,18 @@ pub enum Error {
 
     #[error("cannot write GGUF: {detail}")]
     GgufWrite { detail: String },
+
+    #[error("{what}: element {index} is {value}; 4-bit quantization needs finite values (look for NaN/inf in the source weights)")]
+    NonFinite { what: &'static str, index: usize, value: f32 },
+
+    #[error("`{file}`: 4-bit state `{tensor}` is invalid: {detail}. {hint}")]
+    QuantState { file: String, tensor: String, detail: String, hint: &'static str },
+
+    #[error("`{file}`: tensor `{tensor}` is missing but `{needed_by}` needs it. {hint}")]
+    MissingTensor { file: String, tensor: String, needed_by: String, hint: &'static str },
+
+    #[error("`{file}` is not a readable safetensors file: {detail}")]
+    Safetensors { file: String, detail: String },
 }
 
 /// Renders an optional backend restriction in `NoAdapter` messages.

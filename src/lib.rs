@@ -2,8 +2,9 @@
 //! and on the CPU.
 //!
 //! Layers, bottom to top: `device` (CPU backend or a wgpu GPU, tensors, kernel dispatch),
-//! `ops` (every op forward and backward, WGSL kernel and CPU twin side by side), `model`
-//! (configuration, weights, forward pass with a KV cache).
+//! `ops` (every op forward and backward, WGSL kernel and CPU twin side by side), `quant` (NF4 and
+//! QLoRA double quantization bit-compatible with bitsandbytes, and its 4-bit safetensors format),
+//! `model` (configuration, file readers, tokenizer, weights, forward pass with a KV cache, generation).
 //!
 //! Shape glossary used in every doc comment and kernel binding:
 //! B batch, T tokens, S keys (T plus cached positions), C model width, F MLP width, H heads,
@@ -13,6 +14,7 @@ pub mod device;
 pub mod error;
 pub mod model;
 pub mod ops;
+pub mod quant;
 pub mod rng;
 pub mod shaders;
 pub mod tensor;
