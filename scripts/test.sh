@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
 # The test command: every op on the CPU and on a real GPU adapter (lavapipe here), shader
-# portability (SPIR-V/MSL/HLSL/GLSL), the wasm32 build, and the browser test in headless Chromium.
+# portability (SPIR-V/MSL/HLSL/GLSL), NF4 against bitsandbytes fixtures, GGUF readers, the model
+# (tiny random ones and the real default model), the evaluation sandbox, the wasm32 build, and
+# the browser test in headless Chromium.
 # Prerequisites come from scripts/install-system-deps.sh. Under CI=true nothing may be skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${XDG_RUNTIME_DIR:-}" ] || [ ! -w "${XDG_RUNTIME_DIR:-/nonexistent}" ]; then
   XDG_RUNTIME_DIR=$(mktemp -d); chmod 700 "$XDG_RUNTIME_DIR"; export XDG_RUNTIME_DIR
 fi
+# The real default model (tests/real_model.rs, tests/gguf.rs) and the datasets (tests/eval_*).
+FLEXLORA_MODEL_GGUF=${FLEXLORA_MODEL_GGUF:-$(bash scripts/fetch-model.sh)}
+export FLEXLORA_MODEL_GGUF
+export FLEXLORA_DATA=${FLEXLORA_DATA:-$(cd .. && pwd)/shared/data}
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 
