@@ -22,6 +22,14 @@ enum Command {
     },
     /// Generate text with a model, streaming tokens as they are produced.
     Generate(GenerateArgs),
+    /// Write a model (GGUF file or HF directory) as a Hugging Face directory: config.json,
+    /// tokenizer.json, tokenizer_config.json, model.safetensors (f32).
+    Convert {
+        /// The model to read.
+        input: std::path::PathBuf,
+        /// The directory to write.
+        output: std::path::PathBuf,
+    },
     /// Measure kernel speed.
     Bench {
         #[command(subcommand)]
@@ -102,6 +110,11 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Devices { backend } => devices(backend),
         Command::Generate(args) => generate(args),
+        Command::Convert { input, output } => {
+            flexlora::model::load::convert_to_hf(&input, &output)?;
+            eprintln!("wrote {}", output.display());
+            Ok(())
+        }
         Command::Bench { what: BenchCommand::Matmul { gpu, reps } } => {
             let gpu_dev = if gpu.no_gpu { None } else { Some(block_on(None, device::select(DeviceChoice::Gpu, gpu.backend))?) };
             flexlora::bench::matmul(gpu_dev.map(|s| s.device).as_ref(), reps, &mut std::io::stdout())?;

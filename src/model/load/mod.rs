@@ -6,7 +6,10 @@
 //! - `ggml_blocks`: the ggml tensor types and their dequantizers to f32.
 //! - `gguf_model`: a model's config, tensors (HF names) and tokenizer from a GGUF file.
 //! - `safetensors` (native): Hugging Face model directories, memory-mapped.
+//! - `convert` (native): any model we read, written as a Hugging Face directory.
 
+#[cfg(not(target_arch = "wasm32"))]
+pub mod convert;
 pub mod ggml_blocks;
 pub mod gguf;
 pub mod gguf_model;
@@ -61,6 +64,23 @@ pub fn open(
         let tok = gguf_model::tokenizer(&file, &cfg)?;
         let model = Model::load(dev, cfg.clone(), &mut gguf_model::GgufSource { file: &file, cfg })?;
         Ok((model, tok))
+    }
+}
+
+/// Converts the model at `input` (GGUF file or HF directory) into a Hugging Face directory `out`.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn convert_to_hf(input: &std::path::Path, out: &std::path::Path) -> crate::error::Result<()> {
+    if input.is_dir() {
+        let cfg = safetensors::read_config(input)?;
+        let mut src = safetensors::SafetensorsDir::open(input)?;
+        let dev = crate::device::Device::cpu();
+        let (_, tok) = open(&dev, input)?;
+        convert::to_hf_dir(&cfg, &mut src, &tok, out)
+    } else {
+        let file = GgufFile::open(input)?;
+        let cfg = gguf_model::config(&file)?;
+        let tok = gguf_model::tokenizer(&file, &cfg)?;
+        convert::to_hf_dir(&cfg, &mut gguf_model::GgufSource { file: &file, cfg: cfg.clone() }, &tok, out)
     }
 }
 

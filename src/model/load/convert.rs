@@ -1,0 +1,69 @@
+//! `flexlora convert`: a model flexlora reads, written as a Hugging Face directory
+//! (config.json, tokenizer.json, tokenizer_config.json, model.safetensors in f32), so other tools
+//! read what flexlora reads. Tensors are streamed one at a time into the safetensors file: its
+//! header is computed from the shapes first, so no step holds more than one tensor in memory.
+
+use std::io::Write;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::model::config::Config;
+use crate::model::tokenizer::Tokenizer;
+use crate::model::weights::{tensor_names, WeightSource};
+
+fn io<'a>(path: &'a Path, action: &'static str) -> impl Fn(std::io::Error) -> Error + 'a {
+    move |source| Error::Io { action, path: path.display().to_string(), source }
+}
+
+/// Writes the model from `src` (configured by `cfg`) and its tokenizer into directory `out`.
+pub fn to_hf_dir(cfg: &Config, src: &mut dyn WeightSource, tok: &Tokenizer, out: &Path) -> Result<()> {
+    std::fs::create_dir_all(out).map_err(io(out, "create"))?;
+    let names = tensor_names(cfg);
+    // safetensors layout: u64 header length, JSON header (offsets into the data), data.
+    let mut header = serde_json::Map::new();
+    let mut offset = 0usize;
+    for (name, shape) in &names {
+        let bytes = shape.iter().product::<usize>() * 4;
+        header.insert(name.clone(), serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + bytes]}));
+        offset += bytes;
+    }
+    header.insert("__metadata__".into(), serde_json::json!({"format": "pt", "converted_by": "flexlora"}));
+    let mut head = serde_json::Value::Object(header).to_string().into_bytes();
+    head.resize(head.len().next_multiple_of(8), b' ');
+    let path = out.join("model.safetensors");
+    let tmp = out.join("model.safetensors.tmp");
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(io(&tmp, "create"))?);
+    f.write_all(&(head.len() as u64).to_le_bytes()).and_then(|_| f.write_all(&head)).map_err(io(&tmp, "write"))?;
+    for (name, shape) in &names {
+        let (got, data) = src.get(name)?;
+        if &got != shape {
+            return Err(Error::Weights { file: src.origin(), tensor: name.clone(), detail: format!("shape {got:?}, expected {shape:?}") });
+        }
+        f.write_all(bytemuck::cast_slice(&data)).map_err(io(&tmp, "write"))?;
+    }
+    f.into_inner().map_err(|e| io(&tmp, "write")(e.into_error()))?.sync_all().map_err(io(&tmp, "write"))?;
+    std::fs::rename(&tmp, &path).map_err(io(&path, "rename"))?;
+
+    let write_json = |file: &str, v: &serde_json::Value| -> Result<()> {
+        let text = serde_json::to_string_pretty(v).map_err(|e| Error::Config { file: file.into(), detail: e.to_string() })?;
+        crate::model::load::write_atomic(&out.join(file), text.as_bytes())
+    };
+    write_json("config.json", &cfg.to_hf_json())?;
+    let tok_json: serde_json::Value =
+        serde_json::from_str(&tok.json).map_err(|e| Error::Config { file: "tokenizer.json".into(), detail: e.to_string() })?;
+    write_json("tokenizer.json", &tok_json)?;
+    let mut tc = serde_json::json!({"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": false});
+    let name = |id: Option<u32>| {
+        id.and_then(|i| tok_json["model"]["vocab"].as_object()?.iter().find(|(_, v)| v.as_u64() == Some(i as u64)).map(|(k, _)| k.clone()))
+    };
+    if let Some(b) = name(tok.bos) {
+        tc["bos_token"] = b.into();
+    }
+    if let Some(e) = name(tok.eos.first().copied()) {
+        tc["eos_token"] = e.into();
+    }
+    if let Some(t) = &tok.chat_template {
+        tc["chat_template"] = t.clone().into();
+    }
+    write_json("tokenizer_config.json", &tc)
+}
