@@ -39,6 +39,18 @@ pub enum Error {
 
     #[error("invalid value for {flag}: {detail}")]
     InvalidArgument { flag: &'static str, detail: String },
+
+    #[error(
+        "cannot read the {dataset} file `{path}`: {detail}. Put the file there (see shared/data/README.md) \
+         or point FLEXLORA_DATA / the data-directory setting at the folder that holds it"
+    )]
+    DataFile { dataset: &'static str, path: String, detail: String },
+
+    #[error("{path}, line {line}: {detail}")]
+    DataFormat { path: String, line: usize, detail: String },
+
+    #[error("sandbox: {detail}; {hint}")]
+    Sandbox { detail: String, hint: &'static str },
 }
 
 /// Renders an optional backend restriction in `NoAdapter` messages.

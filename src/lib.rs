@@ -2,7 +2,8 @@
 //! and on the CPU.
 //!
 //! Layers, bottom to top: `device` (CPU backend or a wgpu GPU, tensors, kernel dispatch),
-//! `ops` (every op forward and backward, WGSL kernel and CPU twin side by side).
+//! `ops` (every op forward and backward, WGSL kernel and CPU twin side by side); `eval` (benchmark
+//! tasks, the sandbox that runs generated programs, pass@k).
 //!
 //! Shape glossary used in every doc comment and kernel binding:
 //! B batch, T tokens, S keys (T plus cached positions), C model width, F MLP width, H heads,
@@ -10,6 +11,7 @@
 
 pub mod device;
 pub mod error;
+pub mod eval;
 pub mod ops;
 pub mod shaders;
 pub mod tensor;
