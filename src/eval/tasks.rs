@@ -284,7 +284,7 @@ pub fn parse_mbpp(text: &str, path: &str, split: MbppSplit, style: MbppPrompt) -
             language: Language::Python,
             prompt,
             stop,
-            entry_point: mbpp_entry_point(&r.test_list),
+            entry_point: mbpp_entry_point(&r.test_list, &r.code),
             canonical_solution: Some(r.code.clone()),
             program_prefix: String::new(),
             program_suffix: format!("\n{}\n{}\n", r.test_setup_code, r.test_list.join("\n")),
@@ -301,12 +301,17 @@ fn few_shot_header(r: &MbppRecord) -> String {
     )
 }
 
-/// MBPP has no entry_point field: the name called by the first assert, e.g. `min_cost`.
-fn mbpp_entry_point(tests: &[String]) -> String {
+/// MBPP has no entry_point field: the first name called in the first assert that the reference
+/// code defines (`assert int(lobb_num(5, 3)) == 35` gives `lobb_num`), else the first name called.
+fn mbpp_entry_point(tests: &[String], code: &str) -> String {
     let first = tests.first().map(String::as_str).unwrap_or("");
-    let call = first.trim_start_matches("assert").trim_start().trim_start_matches(['(', ' ', '!']);
-    let call = call.strip_prefix("not ").unwrap_or(call);
-    call.split(|c: char| !(c.is_alphanumeric() || c == '_')).next().unwrap_or("").to_string()
+    let called: Vec<&str> = first
+        .split('(')
+        .filter_map(|before| before.trim_end().rsplit(|c: char| !(c.is_alphanumeric() || c == '_')).next())
+        .filter(|name| !name.is_empty() && *name != "assert")
+        .collect();
+    let defined = |name: &&&str| code.contains(&format!("def {name}(")) || code.contains(&format!("class {name}"));
+    called.iter().find(defined).or(called.first()).map_or_else(String::new, |s| s.to_string())
 }
 
 #[cfg(not(target_arch = "wasm32"))]
