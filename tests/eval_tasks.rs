@@ -8,8 +8,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use flexlora::eval::passk::TaskCount;
 use flexlora::eval::sandbox::{Outcome, RunResult, Sandbox, SandboxConfig};
 use flexlora::eval::tasks::{self, MbppPrompt, MbppSplit, Program, Task};
+use flexlora::eval::{counts, run_samples};
 
 /// MBPP tasks whose canonical solution fails its own test_list, with the reason found by reading
 /// them. The test asserts that exactly these fail, so a changed dataset or harness shows up.
@@ -226,4 +228,30 @@ fn missing_file_names_the_file_and_the_setting() {
     assert!(msg.contains("/nonexistent-flexlora-data/mbpp.jsonl") && msg.contains("FLEXLORA_DATA"), "{msg}");
     let err = tasks::load_humaneval(Path::new("/nonexistent-flexlora-data")).expect_err("missing file").to_string();
     assert!(err.contains("HumanEval.jsonl.gz"), "{err}");
+}
+
+/// The sample runner keeps task and sample order, and its records serialize to one JSON line each.
+#[test]
+fn run_samples_records() {
+    let Some(dir) = data_dir("HumanEval.jsonl.gz") else { return };
+    let all = tasks::load_humaneval(&dir).expect("humaneval");
+    let tasks = &all[..2];
+    let completions: Vec<Vec<String>> = tasks
+        .iter()
+        .map(|t| vec![t.canonical_solution.clone().unwrap_or_default(), "    return None\n".into(), "    exit(0)\n".into()])
+        .collect();
+    let results = run_samples(&sandbox(), tasks, &completions).expect("run");
+    let got: Vec<(String, usize, bool)> = results.iter().map(|r| (r.task_id.clone(), r.sample, r.passed())).collect();
+    let want = ["HumanEval/0", "HumanEval/1"].iter().flat_map(|id| (0..3).map(move |s| (id.to_string(), s, s == 0))).collect::<Vec<_>>();
+    assert_eq!(got, want);
+    assert_eq!(results[1].outcome, Outcome::FailedAssertion);
+    assert_eq!(results[2].outcome, Outcome::RuntimeError);
+    let line = serde_json::to_string(&results[1]).expect("json");
+    assert!(
+        line.starts_with(r#"{"task_id":"HumanEval/0","sample":1,"completion":"    return None\n","outcome":"failed_assertion","reason":"#),
+        "{line}"
+    );
+    let c = counts(&results);
+    assert_eq!(c, vec![("HumanEval/0".to_string(), TaskCount { n: 3, c: 1 }), ("HumanEval/1".to_string(), TaskCount { n: 3, c: 1 })]);
+    assert!(run_samples(&sandbox(), tasks, &completions[..1]).is_err(), "one completion list per task");
 }

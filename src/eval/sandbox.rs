@@ -191,6 +191,8 @@ pub struct RunResult {
 pub struct Sandbox {
     config: SandboxConfig,
     isolation: Isolation,
+    /// python, javac, java resolved against PATH once.
+    bins: [PathBuf; 3],
 }
 
 impl Sandbox {
@@ -200,7 +202,8 @@ impl Sandbox {
             detail: format!("cannot create the work root {}: {e}", config.work_root.display()),
             hint: "set SandboxConfig::work_root to a writable directory",
         })?;
-        let mut sandbox = Sandbox { config, isolation: Isolation::None };
+        let bins = [which(&config.python_bin), which(&config.javac_bin), which(&config.java_bin)];
+        let mut sandbox = Sandbox { config, isolation: Isolation::None, bins };
         let mut why = Vec::new();
         for level in [Isolation::Full, Isolation::UserNamespace] {
             let slot = Slot::claim();
@@ -233,15 +236,15 @@ impl Sandbox {
     /// Checks that the interpreter or compiler of `language` starts inside the sandbox.
     pub fn check_language(&self, language: Language) -> Result<()> {
         let (bin, arg) = match language {
-            Language::Python => (&self.config.python_bin, "--version"),
-            Language::Java => (&self.config.javac_bin, "-version"),
+            Language::Python => (&self.bins[0], "--version"),
+            Language::Java => (&self.bins[1], "-version"),
         };
         let slot = Slot::claim();
-        let run = Run { argv: vec![which(bin).into(), arg.into()], limits: self.limits(language) };
+        let run = Run { argv: vec![bin.into(), arg.into()], limits: self.limits(language) };
         match on_own_thread(|| self.in_fresh_dir(&slot, |dir| self.execute(&run, dir, &slot))) {
             Ok(f) if matches!(f.exit, Exit::Code(0)) => Ok(()),
-            Ok(f) => Err(format!("`{bin} {arg}` ended with {:?}: {}", f.exit, String::from_utf8_lossy(&f.stderr))),
-            Err(e) => Err(format!("cannot start `{bin}`: {e}")),
+            Ok(f) => Err(format!("`{} {arg}` ended with {:?}: {}", bin.display(), f.exit, String::from_utf8_lossy(&f.stderr))),
+            Err(e) => Err(format!("cannot start `{}`: {e}", bin.display())),
         }
         .map_err(|detail| Error::Sandbox { detail, hint: "install python3 / a JDK (17+) or set the *_bin paths in SandboxConfig" })
     }
@@ -257,8 +260,8 @@ impl Sandbox {
         let next = AtomicUsize::new(0);
         let results: Vec<Mutex<Option<RunResult>>> = programs.iter().map(|_| Mutex::new(None)).collect();
         let workers = self.config.workers.clamp(1, MAX_WORKERS).min(programs.len());
-        // Always on spawned threads: `Full` isolation moves the calling thread into a new pid
-        // namespace for its children before each program.
+        // Always on spawned threads: `Full` isolation moves the running thread's children into a
+        // new pid namespace around each spawn, which must never touch the caller's thread.
         std::thread::scope(|s| {
             for _ in 0..workers {
                 s.spawn(|| {
@@ -309,7 +312,7 @@ impl Sandbox {
                          _flexlora_sys.stdout.write('\\n{token}\\n'); _flexlora_sys.stdout.flush(); _flexlora_os._exit(0)\n"
                     );
                     self.write_file(&dir.join("prog.py"), &(program.source.clone() + &epilogue), slot)?;
-                    let argv = vec![which(&self.config.python_bin).into(), "-B".into(), "-s".into(), "prog.py".into()];
+                    let argv = vec![self.bins[0].clone().into(), "-B".into(), "-s".into(), "prog.py".into()];
                     let f = self.execute(&Run { argv, limits }, dir, slot)?;
                     let (o, r) = judge(Language::Python, &f, &token, limits);
                     Ok((o, r, f))
@@ -321,7 +324,7 @@ impl Sandbox {
                          System.exit(0);\n    }}\n}}\n"
                     );
                     self.write_file(&dir.join("Main.java"), &(program.source.clone() + &harness), slot)?;
-                    let mut argv: Vec<OsString> = vec![which(&self.config.javac_bin).into()];
+                    let mut argv: Vec<OsString> = vec![self.bins[1].clone().into()];
                     argv.extend(JVM_FLAGS.iter().map(|f| format!("-J{f}").into()));
                     argv.extend(["-encoding", "UTF-8", "-nowarn", "-d", ".", "Main.java"].map(OsString::from));
                     let f = self.execute(&Run { argv, limits }, dir, slot)?;
@@ -331,7 +334,7 @@ impl Sandbox {
                     }
                     // The running program has no business reading the source with the token.
                     let _ = std::fs::remove_file(dir.join("Main.java"));
-                    let mut argv: Vec<OsString> = vec![which(&self.config.java_bin).into()];
+                    let mut argv: Vec<OsString> = vec![self.bins[2].clone().into()];
                     argv.extend(JVM_FLAGS.iter().map(OsString::from));
                     argv.extend(["-Djava.io.tmpdir=.", "-cp", ".", "FlexloraHarness"].map(OsString::from));
                     let f = self.execute(&Run { argv, limits }, dir, slot)?;
@@ -421,16 +424,17 @@ fn random_hex() -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// Resolves a program name against PATH (the child gets a minimal environment), skipping copies
-/// that another user cannot execute: under `Full` the program runs as an unprivileged uid, and a
-/// PATH entry such as a version manager's shims under /root is out of its reach.
+/// Resolves a program name against PATH (the child gets a minimal environment), preferring a copy
+/// that any user can execute: under `Full` the program runs as an unprivileged uid, and a PATH
+/// entry such as a version manager's shims under /root is out of its reach.
 fn which(bin: &str) -> PathBuf {
     if bin.contains('/') {
         return PathBuf::from(bin);
     }
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-    let found = std::env::split_paths(&path).map(|d| d.join(bin)).find(|p| p.is_file() && world_executable(p));
-    found.unwrap_or_else(|| PathBuf::from(bin))
+    let candidates: Vec<PathBuf> = std::env::split_paths(&path).map(|d| d.join(bin)).filter(|p| p.is_file()).collect();
+    let reachable = candidates.iter().find(|p| world_executable(p));
+    reachable.or(candidates.first()).cloned().unwrap_or_else(|| PathBuf::from(bin))
 }
 
 fn world_executable(path: &Path) -> bool {
