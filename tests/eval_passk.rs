@@ -64,7 +64,7 @@ fn summary_over_tasks() {
     close(s.pass1_ci95.1, 0.9000833, "ci high");
     assert!(summarize(&[]).is_err());
     assert!(summarize(&[TaskCount { n: 3, c: 4 }]).is_err());
-    let s = summarize(&vec![TaskCount { n: 100, c: 7 }; 3]).expect("summary");
+    let s = summarize(&[TaskCount { n: 100, c: 7 }; 3]).expect("summary");
     assert_eq!(s.pass_at.iter().map(|p| p.k).collect::<Vec<_>>(), vec![1, 10, 100]);
 }
 

@@ -20,6 +20,7 @@
 //! - `None`: rlimits and process groups only. The network is open and every file the calling user
 //!   may write is at risk. `Sandbox::new` prints a warning and every `RunResult` records it; run
 //!   untrusted code this way only inside a throwaway container or VM.
+//!
 //! Not covered at any level: total memory of many processes (RLIMIT_DATA is per process; cgroups
 //! would be needed) and disk use of many files each below the size limit within one time limit.
 //!

@@ -178,7 +178,7 @@ impl Setup {
                 let mut old = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
                 check(libc::getrlimit(res, &mut old))?;
                 // Without root a hard limit can only be lowered.
-                let cap = if self.isolation == Isolation::Full { u64::MAX } else { old.rlim_max as u64 };
+                let cap = if self.isolation == Isolation::Full { u64::MAX } else { old.rlim_max };
                 let new = libc::rlimit { rlim_cur: soft.min(cap) as _, rlim_max: hard.min(cap) as _ };
                 check(libc::setrlimit(res, &new))?;
             }
