@@ -152,19 +152,22 @@ fn files_outside_the_work_directory_are_safe() {
         "import os\nos.chmod('/tmp', 0o700)\n".to_string(),
     ];
     let programs: Vec<Program> = attacks.iter().map(|a| py(a)).collect();
-    for (a, r) in attacks.iter().zip(sandbox.run_all(&programs)) {
-        expect(a, &r, |o| o == Outcome::RuntimeError);
-        eprintln!("{:50} {}", a.trim().replace('\n', "; "), r.reason);
-    }
-    if sandbox.isolation() == Isolation::Full {
-        // The second layer behind the read-only mounts: no root inside.
-        let r = sandbox.run(&py("import os\nassert 0 not in (os.getuid(), os.geteuid(), os.getgid(), os.getegid())\n"));
-        expect("runs as an unprivileged uid", &r, |o| o == Outcome::Passed);
-    }
+    let results = sandbox.run_all(&programs);
+    // The second layer behind the read-only mounts: no root inside.
+    let unprivileged = py("import os\nassert 0 not in (os.getuid(), os.geteuid(), os.getgid(), os.getegid())\n");
+    let privileges = (sandbox.isolation() == Isolation::Full).then(|| sandbox.run(&unprivileged));
+    // Look, clean up, then judge, so that a failure leaves nothing behind.
     let alive = std::fs::read_to_string(&canary);
     let escaped = escape.exists();
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_file(&escape);
+    for (a, r) in attacks.iter().zip(&results) {
+        eprintln!("{:50} {}", a.trim().replace('\n', "; "), r.reason);
+        expect(a, r, |o| o == Outcome::RuntimeError);
+    }
+    if let Some(r) = privileges {
+        expect("runs as an unprivileged uid", &r, |o| o == Outcome::Passed);
+    }
     assert_eq!(alive.ok().as_deref(), Some("alive"), "the canary was deleted or modified");
     assert!(!escaped, "a sandboxed program created {}", escape.display());
 }
