@@ -14,6 +14,9 @@ command -v vulkaninfo >/dev/null || need_apt+=(vulkan-tools)
 dpkg -s mesa-vulkan-drivers >/dev/null 2>&1 || need_apt+=(mesa-vulkan-drivers)
 command -v spirv-val >/dev/null || need_apt+=(spirv-tools)
 command -v chromium >/dev/null || need_apt+=(chromium)
+# The evaluation sandbox runs generated Python and Java; it needs interpreters every user can run.
+[ -x /usr/bin/python3 ] || need_apt+=(python3)
+command -v javac >/dev/null || need_apt+=(openjdk-17-jdk-headless)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq
   # Mesa and its libdrm from backports when the suite is there; fall back to bookworm's otherwise.

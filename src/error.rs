@@ -78,6 +78,18 @@ pub enum Error {
 
     #[error("`{file}` is not a readable safetensors file: {detail}")]
     Safetensors { file: String, detail: String },
+
+    #[error(
+        "cannot read the {dataset} file `{path}`: {detail}. Put the file there (see shared/data/README.md) \
+         or point FLEXLORA_DATA / the data-directory setting at the folder that holds it"
+    )]
+    DataFile { dataset: &'static str, path: String, detail: String },
+
+    #[error("{path}, line {line}: {detail}")]
+    DataFormat { path: String, line: usize, detail: String },
+
+    #[error("sandbox: {detail}; {hint}")]
+    Sandbox { detail: String, hint: &'static str },
 }
 
 /// Renders an optional backend restriction in `NoAdapter` messages.

@@ -4,7 +4,8 @@
 //! Layers, bottom to top: `device` (CPU backend or a wgpu GPU, tensors, kernel dispatch),
 //! `ops` (every op forward and backward, WGSL kernel and CPU twin side by side), `quant` (NF4 and
 //! QLoRA double quantization bit-compatible with bitsandbytes, and its 4-bit safetensors format),
-//! `model` (configuration, file readers, tokenizer, weights, forward pass with a KV cache, generation).
+//! `model` (configuration, file readers, tokenizer, weights, forward pass with a KV cache, generation),
+//! `eval` (benchmark tasks, the sandbox that runs generated programs, pass@k).
 //!
 //! Shape glossary used in every doc comment and kernel binding:
 //! B batch, T tokens, S keys (T plus cached positions), C model width, F MLP width, H heads,
@@ -12,6 +13,7 @@
 
 pub mod device;
 pub mod error;
+pub mod eval;
 pub mod model;
 pub mod ops;
 pub mod quant;
