@@ -110,3 +110,8 @@ impl Error {
         Error::Shape { op, detail: detail.into() }
     }
 }
+
+/// `map_err` adapter: an I/O error while doing `action` on `path`.
+pub(crate) fn io_at<'a>(path: &'a std::path::Path, action: &'static str) -> impl Fn(std::io::Error) -> Error + 'a {
+    move |source| Error::Io { action, path: path.display().to_string(), source }
+}

@@ -22,6 +22,9 @@ enum Command {
     },
     /// Generate text with a model, streaming tokens as they are produced.
     Generate(GenerateArgs),
+    /// Evaluate a model: pass@k on HumanEval, MBPP (test split), MBJP or HumanEval-Java, with the
+    /// generated programs run in a sandbox.
+    Eval(EvalArgs),
     /// Write a model (GGUF file or HF directory) as a Hugging Face directory: config.json,
     /// tokenizer.json, tokenizer_config.json, model.safetensors (f32).
     Convert {
@@ -94,6 +97,51 @@ struct GenerateArgs {
     dev: DeviceFlags,
 }
 
+#[derive(Args)]
+struct EvalArgs {
+    /// A .gguf file or a Hugging Face model directory.
+    #[arg(long, default_value = "models/SmolLM2-135M-Instruct.Q4_1.gguf")]
+    model: std::path::PathBuf,
+    /// A LoRA adapter directory (PEFT format).
+    #[arg(long)]
+    adapter: Option<std::path::PathBuf>,
+    #[arg(long, value_enum)]
+    task: EvalTask,
+    /// Only the first N tasks.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Samples per task (pass@k is reported for k = 1, 10, 100 up to this).
+    #[arg(long, default_value_t = 1)]
+    samples: usize,
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    #[arg(long, default_value_t = 384)]
+    max_new_tokens: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// MBPP: prompt with the FLeX training template instead of the standard few-shot format.
+    #[arg(long)]
+    flex_template: bool,
+    /// Output directory; re-running with the same one reuses finished samples.
+    #[arg(long)]
+    out: std::path::PathBuf,
+    /// Dataset directory (default: $FLEXLORA_DATA, else ../shared/data).
+    #[arg(long)]
+    data: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    dev: DeviceFlags,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum EvalTask {
+    Humaneval,
+    Mbpp,
+    Mbjp,
+    HumanevalJava,
+}
+
 /// GPU selection for commands that always compare against the CPU backend.
 #[derive(Args)]
 struct GpuFlags {
@@ -110,6 +158,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Devices { backend } => devices(backend),
         Command::Generate(args) => generate(args),
+        Command::Eval(args) => eval(args),
         Command::Convert { input, output } => {
             flexlora::model::load::convert_to_hf(&input, &output)?;
             eprintln!("wrote {}", output.display());
@@ -176,7 +225,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
         model.cfg.vocab
     );
     let text = if a.chat { tok.chat_prompt(a.system.as_deref(), &a.prompt) } else { a.prompt.clone() };
-    let ids = tok.encode(&text, !a.chat && tok.bos.is_some())?;
+    let ids = tok.encode(&text, true)?;
     let opts = GenerateOptions {
         max_new_tokens: a.max_new_tokens,
         sampling: Sampling { temperature: a.temperature, top_p: a.top_p, top_k: a.top_k, seed: a.seed },
@@ -201,5 +250,64 @@ fn generate(a: GenerateArgs) -> Result<()> {
         t.generated_tokens as f64 / t.decode_secs.max(1e-9),
         gens[0].finish
     );
+    Ok(())
+}
+
+fn eval(a: EvalArgs) -> Result<()> {
+    use flexlora::eval::job::{self, EvalConfig, Progress, TaskSet};
+    if a.adapter.is_some() {
+        anyhow::bail!("--adapter: LoRA adapters are not supported yet (they arrive with `flexlora train`)");
+    }
+    let task = match a.task {
+        EvalTask::Humaneval => TaskSet::Humaneval,
+        EvalTask::Mbpp => TaskSet::Mbpp,
+        EvalTask::Mbjp => TaskSet::Mbjp,
+        EvalTask::HumanevalJava => TaskSet::HumanevalJava,
+    };
+    let sel = block_on(None, device::select(a.dev.device, a.dev.backend))?;
+    eprintln!("device: {} ({})", sel.device.name(), sel.reason);
+    let (model, tok) = flexlora::model::load::open(&sel.device, &a.model)?;
+    let cfg = EvalConfig {
+        model: a.model.display().to_string(),
+        task,
+        limit: a.limit,
+        samples: a.samples,
+        temperature: a.temperature,
+        top_p: a.top_p,
+        max_new_tokens: a.max_new_tokens,
+        seed: a.seed,
+        flex_template: a.flex_template,
+    };
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg:12} [{bar:40}] {pos}/{len} tasks  {elapsed_precise} ETA {eta}")
+            .unwrap()
+            .progress_chars("=> "),
+    );
+    let data = job::data_dir(a.data);
+    let report = job::run(&sel.device, &model, &tok, &data, &a.out, &cfg, &mut |p| match p {
+        Progress::Generating { done, total } => {
+            bar.set_length(total as u64);
+            bar.set_message("generating");
+            bar.set_position(done as u64);
+        }
+        Progress::Executing { programs } => {
+            bar.set_message("executing");
+            bar.println(format!("running {programs} programs in the sandbox"));
+        }
+    })?;
+    bar.finish_and_clear();
+    println!("{:<16} {:>8} {:>8} {:>10}", "task set", "tasks", "samples", "passed");
+    println!("{:<16} {:>8} {:>8} {:>10}", format!("{:?}", cfg.task), report.summary.tasks, report.samples, report.passed);
+    for p in &report.summary.pass_at {
+        println!("pass@{:<4} {:.4}", p.k, p.value);
+    }
+    let (lo, hi) = report.summary.pass1_ci95;
+    println!("pass@1 95% CI [{lo:.4}, {hi:.4}]");
+    println!(
+        "generation {:.1} s ({} tokens, {} tasks reused), execution {:.1} s, sandbox isolation {}",
+        report.generation_secs, report.generated_tokens, report.reused_tasks, report.execution_secs, report.isolation
+    );
+    println!("results in {}", a.out.display());
     Ok(())
 }

@@ -48,7 +48,7 @@ fn greedy_chat_writes_a_working_sum_function() {
     let dev = common::cpu();
     let (model, tok) = load::open(&dev, &path).unwrap();
     let prompt = tok.chat_prompt(None, "Write a Python function that returns the sum of a list of numbers.");
-    let ids = tok.encode(&prompt, false).unwrap();
+    let ids = tok.encode(&prompt, true).unwrap();
     let opts = GenerateOptions { max_new_tokens: 160, sampling: Sampling::default(), stop: vec![] };
     let (gens, _) = block_on(Some(&dev), generate(&model, &dev, &tok, &ids, 1, &opts, &mut |_, _| {})).unwrap();
     let text = &gens[0].text;
@@ -77,7 +77,7 @@ fn gpu_and_cpu_next_token_logits_agree() {
     let cpu = common::cpu();
     let logits = |dev: &flexlora::Device| {
         let (model, tok) = load::open(dev, &path).unwrap();
-        let ids = tok.encode(&tok.chat_prompt(None, "def fibonacci(n):"), false).unwrap();
+        let ids = tok.encode(&tok.chat_prompt(None, "def fibonacci(n):"), true).unwrap();
         let mut cache = model.new_cache(dev, 1, ids.len());
         common::read(dev, &model.forward(dev, &ids, &mut cache, false).unwrap())
     };

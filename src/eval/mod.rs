@@ -10,6 +10,8 @@
 //! `tasks` and `passk` are plain text and arithmetic and build everywhere; the sandbox spawns
 //! processes with Linux namespaces and exists only on Linux.
 
+#[cfg(target_os = "linux")]
+pub mod job;
 pub mod passk;
 #[cfg(target_os = "linux")]
 pub mod sandbox;

@@ -110,7 +110,18 @@ pub async fn generate(
     opts: &GenerateOptions,
     on_text: &mut dyn FnMut(usize, &str),
 ) -> Result<(Vec<Generation>, Timing)> {
-    let cap = prompt.len() + opts.max_new_tokens;
+    // Generation stops at the model's context length rather than failing.
+    let max_pos = model.rope.max_pos;
+    if prompt.is_empty() || prompt.len() >= max_pos {
+        return Err(crate::error::Error::Limit {
+            op: "generate",
+            detail: format!("a prompt of {} tokens", prompt.len()),
+            limit: max_pos as u64 - 1,
+            hint: "the prompt must be non-empty and shorter than the model's context",
+        });
+    }
+    let max_new_tokens = opts.max_new_tokens.min(max_pos - prompt.len());
+    let cap = prompt.len() + max_new_tokens;
     let mut timing = Timing { prompt_tokens: prompt.len(), ..Default::default() };
     let t0 = now();
     let mut one = model.new_cache(dev, 1, cap);
@@ -133,7 +144,7 @@ pub async fn generate(
     let mut shown: Vec<usize> = vec![0; n];
     let mut finish: Vec<Option<&'static str>> = vec![None; n];
     let t1 = now();
-    for step in 0..opts.max_new_tokens {
+    for step in 0..max_new_tokens {
         let mut next = vec![0u32; n];
         for b in 0..n {
             if finish[b].is_some() {
@@ -161,7 +172,7 @@ pub async fn generate(
                 shown[b] = text.len();
             }
         }
-        if finish.iter().all(Option::is_some) || step + 1 == opts.max_new_tokens {
+        if finish.iter().all(Option::is_some) || step + 1 == max_new_tokens {
             break;
         }
         logits = model.forward(dev, &next, &mut cache, false)?.to_vec_f32(dev).await?;

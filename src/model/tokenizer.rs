@@ -41,16 +41,12 @@ impl Tokenizer {
         self.inner.token_to_id(token)
     }
 
-    /// Token ids of `text`, with the BOS token first when `add_bos` and the model has one. Special
-    /// tokens written in the text (`<|im_start|>`) become their ids.
-    pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, false).map_err(|e| tok_err("encode", e))?;
-        let mut ids = Vec::with_capacity(enc.len() + 1);
-        if add_bos {
-            ids.extend(self.bos);
-        }
-        ids.extend_from_slice(enc.get_ids());
-        Ok(ids)
+    /// Token ids of `text`. With `add_special`, the tokenizer's own post-processing applies (e.g.
+    /// a BOS token for models that want one). Special tokens written in the text (`<|im_start|>`)
+    /// become their ids either way.
+    pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
+        let enc = self.inner.encode(text, add_special).map_err(|e| tok_err("encode", e))?;
+        Ok(enc.get_ids().to_vec())
     }
 
     /// Text of `ids`, special tokens dropped.
@@ -99,8 +95,9 @@ pub const TOKEN_USER_DEFINED: i32 = 4;
 
 /// Builds a Hugging Face tokenizer.json for a GPT-2 style byte-level BPE vocabulary (GGUF
 /// `tokenizer.ggml.model == "gpt2"`): `pre` is GGUF's `tokenizer.ggml.pre` naming the
-/// pre-tokenizer (SmolLM's splits digits individually before the GPT-2 regex).
-pub fn gpt2_tokenizer_json(tokens: &[String], merges: &[String], token_types: &[i32], pre: &str) -> Result<Value> {
+/// pre-tokenizer (SmolLM's splits digits individually before the GPT-2 regex). `bos` is the token
+/// id to prepend when the model wants one (GGUF `tokenizer.ggml.add_bos_token`).
+pub fn gpt2_tokenizer_json(tokens: &[String], merges: &[String], token_types: &[i32], pre: &str, bos: Option<u32>) -> Result<Value> {
     let vocab: serde_json::Map<String, Value> = tokens.iter().enumerate().map(|(i, t)| (t.clone(), json!(i))).collect();
     let byte_level =
         |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
@@ -129,6 +126,13 @@ pub fn gpt2_tokenizer_json(tokens: &[String], merges: &[String], token_types: &[
             json!({"id": i, "content": tokens[i], "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": ty == TOKEN_CONTROL})
         })
         .collect();
+    let post_processor = match bos.and_then(|b| tokens.get(b as usize).map(|t| (b, t))) {
+        Some((id, tok)) => json!({"type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": tok, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": tok, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {tok.as_str(): {"id": tok, "ids": [id], "tokens": [tok]}}}),
+        None => Value::Null,
+    };
     Ok(json!({
         "version": "1.0",
         "truncation": null,
@@ -136,7 +140,7 @@ pub fn gpt2_tokenizer_json(tokens: &[String], merges: &[String], token_types: &[
         "added_tokens": added,
         "normalizer": null,
         "pre_tokenizer": pre_tokenizer,
-        "post_processor": null,
+        "post_processor": post_processor,
         "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
         "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null, "end_of_word_suffix": null,
                   "fuse_unk": false, "byte_fallback": false, "ignore_merges": false, "vocab": vocab, "merges": merges},

@@ -10,7 +10,7 @@ use flexlora::model::load::{self, gguf::Value, safetensors, GgufWriter};
 use flexlora::model::tokenizer::gpt2_tokenizer_json;
 use flexlora::model::{weights::tensor_names, Arch, Config, MemorySource};
 
-fn tmpdir(tag: &str) -> PathBuf {
+pub fn tmpdir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("flexlora-formats-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
@@ -26,12 +26,12 @@ fn vocab(n: usize) -> (Vec<String>, Vec<i32>) {
     (toks, types)
 }
 
-fn write_hf(dir: &Path, cfg: &Config, w: &MemorySource) {
+pub fn write_hf(dir: &Path, cfg: &Config, w: &MemorySource) {
     let tensors: Vec<_> = tensor_names(cfg).into_iter().map(|(n, _)| (n.clone(), w.0[&n].0.clone(), w.0[&n].1.clone())).collect();
     safetensors::write(&dir.join("model.safetensors"), &tensors, None).unwrap();
     std::fs::write(dir.join("config.json"), cfg.to_hf_json().to_string()).unwrap();
     let (toks, types) = vocab(cfg.vocab);
-    std::fs::write(dir.join("tokenizer.json"), gpt2_tokenizer_json(&toks, &[], &types, "smollm").unwrap().to_string()).unwrap();
+    std::fs::write(dir.join("tokenizer.json"), gpt2_tokenizer_json(&toks, &[], &types, "smollm", None).unwrap().to_string()).unwrap();
 }
 
 /// Inverse of the loader's unpermute: Hugging Face halves -> llama.cpp interleaved pairs.
@@ -144,7 +144,7 @@ fn bad_inputs_name_the_file() {
     let (mut toks, mut types) = vocab(cfg.vocab);
     toks.extend((0..10).map(|i| format!("<extra{i}>")));
     types.extend([1; 10]);
-    std::fs::write(hf.join("tokenizer.json"), gpt2_tokenizer_json(&toks, &[], &types, "smollm").unwrap().to_string()).unwrap();
+    std::fs::write(hf.join("tokenizer.json"), gpt2_tokenizer_json(&toks, &[], &types, "smollm", None).unwrap().to_string()).unwrap();
     let err = load::open(&cpu(), &hf).unwrap_err().to_string();
     assert!(err.contains("do not match") && err.contains(&cfg.vocab.to_string()), "{err}");
     // A missing path says how to get the default model.

@@ -4,5 +4,6 @@
 #[allow(dead_code)]
 mod common;
 
+mod eval_job;
 mod formats;
 mod forward;

@@ -6,18 +6,14 @@
 use std::io::Write;
 use std::path::Path;
 
-use crate::error::{Error, Result};
+use crate::error::{io_at, Error, Result};
 use crate::model::config::Config;
 use crate::model::tokenizer::Tokenizer;
 use crate::model::weights::{tensor_names, WeightSource};
 
-fn io<'a>(path: &'a Path, action: &'static str) -> impl Fn(std::io::Error) -> Error + 'a {
-    move |source| Error::Io { action, path: path.display().to_string(), source }
-}
-
 /// Writes the model from `src` (configured by `cfg`) and its tokenizer into directory `out`.
 pub fn to_hf_dir(cfg: &Config, src: &mut dyn WeightSource, tok: &Tokenizer, out: &Path) -> Result<()> {
-    std::fs::create_dir_all(out).map_err(io(out, "create"))?;
+    std::fs::create_dir_all(out).map_err(io_at(out, "create"))?;
     let names = tensor_names(cfg);
     // safetensors layout: u64 header length, JSON header (offsets into the data), data.
     let mut header = serde_json::Map::new();
@@ -32,17 +28,17 @@ pub fn to_hf_dir(cfg: &Config, src: &mut dyn WeightSource, tok: &Tokenizer, out:
     head.resize(head.len().next_multiple_of(8), b' ');
     let path = out.join("model.safetensors");
     let tmp = out.join("model.safetensors.tmp");
-    let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(io(&tmp, "create"))?);
-    f.write_all(&(head.len() as u64).to_le_bytes()).and_then(|_| f.write_all(&head)).map_err(io(&tmp, "write"))?;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(io_at(&tmp, "create"))?);
+    f.write_all(&(head.len() as u64).to_le_bytes()).and_then(|_| f.write_all(&head)).map_err(io_at(&tmp, "write"))?;
     for (name, shape) in &names {
         let (got, data) = src.get(name)?;
         if &got != shape {
             return Err(Error::Weights { file: src.origin(), tensor: name.clone(), detail: format!("shape {got:?}, expected {shape:?}") });
         }
-        f.write_all(bytemuck::cast_slice(&data)).map_err(io(&tmp, "write"))?;
+        f.write_all(bytemuck::cast_slice(&data)).map_err(io_at(&tmp, "write"))?;
     }
-    f.into_inner().map_err(|e| io(&tmp, "write")(e.into_error()))?.sync_all().map_err(io(&tmp, "write"))?;
-    std::fs::rename(&tmp, &path).map_err(io(&path, "rename"))?;
+    f.into_inner().map_err(|e| io_at(&tmp, "write")(e.into_error()))?.sync_all().map_err(io_at(&tmp, "write"))?;
+    std::fs::rename(&tmp, &path).map_err(io_at(&path, "rename"))?;
 
     let write_json = |file: &str, v: &serde_json::Value| -> Result<()> {
         let text = serde_json::to_string_pretty(v).map_err(|e| Error::Config { file: file.into(), detail: e.to_string() })?;

@@ -154,7 +154,8 @@ pub fn tokenizer(f: &GgufFile, cfg: &Config) -> Result<Tokenizer> {
             detail: format!("the tokenizer has {} tokens but token_embd has {} rows", tokens.len(), cfg.vocab),
         });
     }
-    let json = gpt2_tokenizer_json(tokens, merges, &types, pre)?;
+    let add_bos = f.opt_bool("tokenizer.ggml.add_bos_token")?.unwrap_or(false);
+    let json = gpt2_tokenizer_json(tokens, merges, &types, pre, if add_bos { cfg.bos } else { None })?;
     let template = f.opt_str("tokenizer.chat_template")?.map(String::from);
     Tokenizer::from_json(f.name(), json.to_string(), cfg.bos, cfg.eos.clone(), template)
 }

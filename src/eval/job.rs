@@ -1,0 +1,202 @@
+//! `flexlora eval`: generate completions for a benchmark with a model, run them in the sandbox,
+//! and write samples, per-sample results and a pass@k summary into an output directory.
+//!
+//! Files in `out/`: `config.json` (the settings; a re-run with other settings is refused),
+//! `samples.jsonl` (one line per completion, appended as they are generated: a re-run with the
+//! same `--out` reuses finished tasks instead of regenerating them), `results.jsonl` (one verdict
+//! per sample) and `summary.json`.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use super::passk::{self, Summary, TaskCount};
+use super::sandbox::{Sandbox, SandboxConfig};
+use super::tasks::{self, MbppPrompt, MbppSplit, Task};
+use super::{counts, run_samples};
+use crate::device::{block_on, Device};
+use crate::error::{io_at, Error, Result};
+use crate::model::generate::{generate, GenerateOptions, Sampling};
+use crate::model::{tokenizer::Tokenizer, Model};
+
+/// Which benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TaskSet {
+    Humaneval,
+    /// MBPP test split (tasks 11-510).
+    Mbpp,
+    Mbjp,
+    HumanevalJava,
+}
+
+/// The settings of one evaluation; stored in `out/config.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalConfig {
+    pub model: String,
+    pub task: TaskSet,
+    pub limit: Option<usize>,
+    pub samples: usize,
+    pub temperature: f32,
+    pub top_p: f32,
+    pub max_new_tokens: usize,
+    pub seed: u64,
+    /// MBPP only: the FLeX training template instead of the few-shot prompt.
+    pub flex_template: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SampleLine {
+    task_id: String,
+    sample: usize,
+    completion: String,
+    finish: String,
+}
+
+/// Progress reported to the front end.
+pub enum Progress {
+    Generating { done: usize, total: usize },
+    Executing { programs: usize },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalReport {
+    pub summary: Summary,
+    pub passed: usize,
+    pub samples: usize,
+    pub reused_tasks: usize,
+    pub generation_secs: f64,
+    pub generated_tokens: usize,
+    pub execution_secs: f64,
+    pub isolation: String,
+}
+
+pub fn load_tasks(data: &Path, cfg: &EvalConfig) -> Result<Vec<Task>> {
+    let mut tasks = match cfg.task {
+        TaskSet::Humaneval => tasks::load_humaneval(data)?,
+        TaskSet::Mbpp => tasks::load_mbpp(data, MbppSplit::Test, if cfg.flex_template { MbppPrompt::Flex } else { MbppPrompt::FewShot })?,
+        TaskSet::Mbjp => tasks::load_mbjp(data)?,
+        TaskSet::HumanevalJava => tasks::load_humaneval_java(data)?,
+    };
+    if let Some(n) = cfg.limit {
+        tasks.truncate(n);
+    }
+    Ok(tasks)
+}
+
+/// Runs the evaluation. `progress` is called as work advances.
+pub fn run(
+    dev: &Device,
+    model: &Model,
+    tok: &Tokenizer,
+    data: &Path,
+    out: &Path,
+    cfg: &EvalConfig,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<EvalReport> {
+    if cfg.samples == 0 {
+        return Err(Error::InvalidArgument { flag: "--samples", detail: "must be at least 1".into() });
+    }
+    let tasks = load_tasks(data, cfg)?;
+    std::fs::create_dir_all(out).map_err(io_at(out, "create"))?;
+    let config_path = out.join("config.json");
+    if let Ok(text) = std::fs::read_to_string(&config_path) {
+        let old: EvalConfig =
+            serde_json::from_str(&text).map_err(|e| Error::Config { file: config_path.display().to_string(), detail: e.to_string() })?;
+        if &old != cfg {
+            return Err(Error::Config {
+                file: config_path.display().to_string(),
+                detail: format!("this --out holds a run with other settings ({old:?}); use a new --out directory to evaluate {cfg:?}"),
+            });
+        }
+    } else {
+        let text = serde_json::to_string_pretty(cfg).expect("config serializes");
+        crate::model::load::write_atomic(&config_path, text.as_bytes())?;
+    }
+
+    // Reuse finished tasks from an earlier run with the same settings.
+    let samples_path = out.join("samples.jsonl");
+    let mut done: HashMap<String, Vec<String>> = HashMap::new();
+    if let Ok(text) = std::fs::read_to_string(&samples_path) {
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            // A line cut short by a crash is ignored; its task is generated again.
+            if let Ok(s) = serde_json::from_str::<SampleLine>(line) {
+                let v = done.entry(s.task_id).or_default();
+                if v.len() == s.sample {
+                    v.push(s.completion);
+                }
+            }
+        }
+    }
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&samples_path).map_err(io_at(&samples_path, "open"))?;
+    let opts_for = |t: &Task| GenerateOptions {
+        max_new_tokens: cfg.max_new_tokens,
+        sampling: Sampling { temperature: cfg.temperature, top_p: cfg.top_p, top_k: 0, seed: cfg.seed ^ fxhash(&t.id) },
+        stop: t.stop.clone(),
+    };
+    let t0 = Instant::now();
+    let (mut generated_tokens, mut reused) = (0, 0);
+    let mut completions: Vec<Vec<String>> = Vec::with_capacity(tasks.len());
+    for (i, task) in tasks.iter().enumerate() {
+        progress(Progress::Generating { done: i, total: tasks.len() });
+        if let Some(c) = done.get(&task.id).filter(|c| c.len() >= cfg.samples) {
+            completions.push(c[..cfg.samples].to_vec());
+            reused += 1;
+            continue;
+        }
+        let ids = tok.encode(&task.prompt, true)?;
+        let (gens, timing) = block_on(Some(dev), generate(model, dev, tok, &ids, cfg.samples, &opts_for(task), &mut |_, _| {}))?;
+        generated_tokens += timing.generated_tokens;
+        let mut lines = String::new();
+        let mut texts = Vec::with_capacity(gens.len());
+        for (s, g) in gens.into_iter().enumerate() {
+            let completion = tasks::truncate_at_stop(&g.text, &task.stop).to_string();
+            let line = SampleLine { task_id: task.id.clone(), sample: s, completion: completion.clone(), finish: g.finish.into() };
+            lines += &(serde_json::to_string(&line).expect("sample serializes") + "\n");
+            texts.push(completion);
+        }
+        file.write_all(lines.as_bytes()).and_then(|_| file.flush()).map_err(io_at(&samples_path, "write"))?;
+        completions.push(texts);
+    }
+    progress(Progress::Generating { done: tasks.len(), total: tasks.len() });
+    let generation_secs = t0.elapsed().as_secs_f64();
+
+    let t1 = Instant::now();
+    let sandbox = Sandbox::new(SandboxConfig::default())?;
+    progress(Progress::Executing { programs: tasks.len() * cfg.samples });
+    let results = run_samples(&sandbox, &tasks, &completions)?;
+    let execution_secs = t1.elapsed().as_secs_f64();
+    let mut jsonl = String::new();
+    for r in &results {
+        jsonl += &(serde_json::to_string(r).expect("result serializes") + "\n");
+    }
+    crate::model::load::write_atomic(&out.join("results.jsonl"), jsonl.as_bytes())?;
+    let per_task: Vec<TaskCount> = counts(&results).into_iter().map(|(_, c)| c).collect();
+    let summary = passk::summarize(&per_task)?;
+    let report = EvalReport {
+        passed: results.iter().filter(|r| r.passed()).count(),
+        samples: results.len(),
+        summary,
+        reused_tasks: reused,
+        generation_secs,
+        generated_tokens,
+        execution_secs,
+        isolation: format!("{:?}", sandbox.isolation()),
+    };
+    let text = serde_json::to_string_pretty(&serde_json::json!({"config": cfg, "report": report})).expect("summary serializes");
+    crate::model::load::write_atomic(&out.join("summary.json"), text.as_bytes())?;
+    Ok(report)
+}
+
+/// A stable per-task seed offset, so a task's samples do not depend on which tasks ran before.
+fn fxhash(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+}
+
+/// Where the datasets are: the flag, else FLEXLORA_DATA, else ../shared/data.
+pub fn data_dir(flag: Option<PathBuf>) -> PathBuf {
+    flag.or_else(|| std::env::var_os("FLEXLORA_DATA").map(PathBuf::from)).unwrap_or_else(|| PathBuf::from("../shared/data"))
+}
