@@ -112,6 +112,7 @@ impl Error {
 }
 
 /// `map_err` adapter: an I/O error while doing `action` on `path`.
+#[cfg(not(target_arch = "wasm32"))]
 pub(crate) fn io_at<'a>(path: &'a std::path::Path, action: &'static str) -> impl Fn(std::io::Error) -> Error + 'a {
     move |source| Error::Io { action, path: path.display().to_string(), source }
 }

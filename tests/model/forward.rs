@@ -186,3 +186,30 @@ fn wrong_shape_names_the_tensor() {
     let err = Model::load(&cpu(), cfg, &mut w).unwrap_err().to_string();
     assert!(err.contains("model.layers.1.mlp.up_proj.weight") && err.contains("[44, 32]"), "{err}");
 }
+
+#[test]
+fn config_json_parses_llama3_scaling_and_rejects_unknown_architectures() {
+    let json = r#"{"architectures":["LlamaForCausalLM"],"model_type":"llama","hidden_size":4096,"intermediate_size":14336,
+        "num_attention_heads":32,"num_key_value_heads":8,"num_hidden_layers":32,"vocab_size":128256,"rms_norm_eps":1e-5,
+        "rope_theta":500000.0,"max_position_embeddings":131072,"tie_word_embeddings":false,"bos_token_id":128000,
+        "eos_token_id":[128001,128008,128009],"rope_scaling":{"factor":8.0,"low_freq_factor":1.0,"high_freq_factor":4.0,
+        "original_max_position_embeddings":8192,"rope_type":"llama3"}}"#;
+    let cfg: flexlora::model::HfConfig = serde_json::from_str(json).unwrap();
+    let cfg = cfg.validate("config.json").unwrap();
+    assert_eq!((cfg.d, cfg.kv, cfg.eos.len(), cfg.tied), (128, 8, 3, false));
+    let plain = flexlora::ops::rope::RopeTables::inv_freq(128, 500000.0);
+    let scaled = cfg.inv_freq();
+    // High frequencies (wavelength < 8192/4) are kept, low ones (wavelength > 8192) divided by 8,
+    // and the band between is a blend (HF `_compute_llama3_parameters`).
+    assert_eq!(scaled[0], plain[0]);
+    assert!((scaled[63] - plain[63] / 8.0).abs() < 1e-18);
+    let mid = (0..64).find(|&i| {
+        let w = 2.0 * std::f64::consts::PI / plain[i];
+        w > 2048.0 && w < 8192.0
+    });
+    let i = mid.expect("a frequency in the blended band");
+    assert!(scaled[i] < plain[i] && scaled[i] > plain[i] / 8.0);
+    let bad = json.replace(r#""model_type":"llama""#, r#""model_type":"mistral""#);
+    let err = serde_json::from_str::<flexlora::model::HfConfig>(&bad).unwrap().validate("config.json").unwrap_err().to_string();
+    assert!(err.contains("mistral") && err.contains("supported"), "{err}");
+}
