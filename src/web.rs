@@ -11,18 +11,10 @@ fn js(e: crate::Error) -> JsValue {
     JsValue::from_str(&e.to_string())
 }
 
-/// Deterministic inputs in [-1, 1) (splitmix64), so the page needs no randomness of its own.
+/// Deterministic inputs in [-1, 1), so the page needs no randomness of its own.
 fn inputs(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-        })
-        .collect()
+    let mut rng = crate::rng::Rng::new(seed);
+    (0..n).map(|_| rng.uniform() as f32 * 2.0 - 1.0).collect()
 }
 
 /// Runs one [m, k] x [k, n] matmul on WebGPU and on the CPU backend (in wasm) and returns a JSON

@@ -5,19 +5,15 @@ use std::sync::OnceLock;
 use flexlora::device::{self, block_on, Device, DeviceChoice};
 use flexlora::Tensor;
 
-/// A small seeded generator (splitmix64), so inputs are the same on every device and run.
-pub struct Rng(u64);
+/// Seeded inputs (the library's splitmix64), the same on every device and run.
+pub struct Rng(flexlora::rng::Rng);
 
 impl Rng {
     pub fn new(seed: u64) -> Self {
-        Rng(seed)
+        Rng(flexlora::rng::Rng::new(seed))
     }
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
     /// Uniform in [-scale, scale).
     pub fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
