@@ -66,3 +66,38 @@ pub fn matmul(gpu: Option<&Device>, reps: usize, out: &mut impl Write) -> Result
     }
     Ok(())
 }
+
+/// Peak resident memory of this process in bytes (Linux), for benchmark reports.
+pub fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
+}
+
+/// Prefill and decode speed of `model` on `dev`: `prompt` tokens in one pass, then `decode`
+/// single-token steps with the KV cache (greedy, no sampling cost).
+pub fn generate(dev: &Device, model: &crate::model::Model, prompt: usize, decode: usize, out: &mut impl Write) -> Result<()> {
+    let v = model.cfg.vocab as u32;
+    let ids: Vec<u32> = (0..prompt as u32).map(|i| (i * 7919 + 13) % v).collect();
+    let mut cache = model.new_cache(dev, 1, prompt + decode);
+    let t0 = Instant::now();
+    let logits = model.forward(dev, &ids, &mut cache, false)?;
+    block_on(Some(dev), logits.to_host(dev))?;
+    let prefill = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    let mut next = 0u32;
+    for _ in 0..decode {
+        let l = block_on(Some(dev), model.forward(dev, &[next], &mut cache, false)?.to_vec_f32(dev))?;
+        next = l.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i as u32);
+    }
+    let dec = t1.elapsed().as_secs_f64();
+    let _ = writeln!(
+        out,
+        "  prefill {prompt} tokens: {:8.2} s {:8.1} tokens/s | decode {decode} tokens: {:6.2} s {:6.1} tokens/s",
+        prefill,
+        prompt as f64 / prefill,
+        dec,
+        decode as f64 / dec
+    );
+    Ok(())
+}

@@ -50,6 +50,17 @@ enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         reps: usize,
     },
+    /// Prefill (T tokens in one pass) and decode tokens/s of a model, and peak memory.
+    Generate {
+        #[arg(long, default_value = "models/SmolLM2-135M-Instruct.Q4_1.gguf")]
+        model: std::path::PathBuf,
+        #[arg(long, default_value_t = 512)]
+        prompt_tokens: usize,
+        #[arg(long, default_value_t = 64)]
+        decode_tokens: usize,
+        #[command(flatten)]
+        dev: DeviceFlags,
+    },
 }
 
 #[derive(Args)]
@@ -167,6 +178,16 @@ fn main() -> Result<()> {
         Command::Bench { what: BenchCommand::Matmul { gpu, reps } } => {
             let gpu_dev = if gpu.no_gpu { None } else { Some(block_on(None, device::select(DeviceChoice::Gpu, gpu.backend))?) };
             flexlora::bench::matmul(gpu_dev.map(|s| s.device).as_ref(), reps, &mut std::io::stdout())?;
+            Ok(())
+        }
+        Command::Bench { what: BenchCommand::Generate { model, prompt_tokens, decode_tokens, dev } } => {
+            let sel = block_on(None, device::select(dev.device, dev.backend))?;
+            let (m, _) = flexlora::model::load::open(&sel.device, &model)?;
+            println!("{} on {}", model.display(), sel.device.name());
+            flexlora::bench::generate(&sel.device, &m, prompt_tokens, decode_tokens, &mut std::io::stdout())?;
+            if let Some(rss) = flexlora::bench::peak_rss() {
+                println!("  peak resident memory: {:.0} MiB", rss as f64 / (1 << 20) as f64);
+            }
             Ok(())
         }
     }

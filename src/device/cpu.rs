@@ -84,6 +84,22 @@ pub fn gemm(
     }
     let last = |rs: usize, cs: usize, r: usize, cc: usize| (r - 1) * rs + (cc - 1) * cs;
     assert!(a.len() > last(a_rs, a_cs, m, k) && b.len() > last(b_rs, b_cs, k, n), "gemm: input too small");
+    // Decode-sized products x · Wᵀ (a few rows against weight rows, both contiguous along k): the
+    // GEMM crate would pack all of W for a handful of dot products, so take them directly,
+    // streaming W once.
+    if m <= 4 && a_cs == 1 && b_rs == 1 {
+        for_each_chunk(&mut c[..m * n], n, |i, row| {
+            let x = &a[i * a_rs..i * a_rs + k];
+            for_each_chunk(row, 256, |jc, out| {
+                for (jj, o) in out.iter_mut().enumerate() {
+                    let j = jc * 256 + jj;
+                    let d = dot(x, &b[j * b_cs..j * b_cs + k]);
+                    *o = if accumulate { *o + d } else { d };
+                }
+            });
+        });
+        return;
+    }
     #[cfg(not(target_arch = "wasm32"))]
     let par = if (m * n * k) as f64 > 64.0 * 64.0 * 64.0 {
         gemm::Parallelism::Rayon(rayon::current_num_threads())
@@ -117,4 +133,35 @@ pub fn gemm(
             par,
         );
     }
+}
+
+/// Dot product of two equal-length slices, vectorized with AVX2/FMA when the CPU has them.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the features were just detected.
+        return unsafe { dot_avx2(a, b) };
+    }
+    dot_with::<false>(a, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    // Compiled for AVX2 + FMA, the 16 accumulators become two 8-wide registers and mul_add one
+    // instruction (without FMA hardware mul_add would be a slow library call, hence FUSED).
+    dot_with::<true>(a, b)
+}
+
+#[inline(always)]
+fn dot_with<const FUSED: bool>(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ac.zip(bc) {
+        for i in 0..16 {
+            acc[i] = if FUSED { x[i].mul_add(y[i], acc[i]) } else { acc[i] + x[i] * y[i] };
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }

@@ -24,7 +24,13 @@ fn transpose(r: usize, c: usize, x: &[f32]) -> Vec<f32> {
 
 #[test]
 fn cpu_forward_matches_naive_in_every_layout() {
-    let (m, n, k) = (37, 29, 53);
+    // m = 3 takes the CPU's decode path (dot products against weight rows) when b is transposed.
+    for (m, n, k) in [(37, 29, 53), (3, 300, 45)] {
+        cpu_forward_matches_naive(m, n, k);
+    }
+}
+
+fn cpu_forward_matches_naive(m: usize, n: usize, k: usize) {
     let mut rng = Rng::new(1);
     let (a, b) = (rng.vec(m * k, 1.0), rng.vec(k * n, 1.0));
     let want = naive(m, n, k, &a, &b);
