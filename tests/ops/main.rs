@@ -8,6 +8,7 @@ mod cross_entropy;
 mod elementwise;
 mod embedding;
 mod matmul;
+mod quant_nf4;
 mod rmsnorm;
 mod rope;
 mod swiglu;
