@@ -25,6 +25,8 @@ const OP: &str = "matmul_nf4";
 /// Tokens per workgroup (`UT` in the shader) and invocations per workgroup.
 const UT: usize = 8;
 const LX: u32 = 64;
+/// Weight rows per forward invocation (`UN` in the shader).
+const UN: usize = 4;
 /// CPU work items: weight rows per forward task, columns per dx task.
 const ROWS_PER_TASK: usize = 8;
 const COLS_PER_TASK: usize = 64;
@@ -98,7 +100,7 @@ pub fn forward(dev: &Device, x: &Tensor, w: &Nf4Tensor) -> Result<Tensor> {
                 return Ok(y);
             }
             let bufs = [(1, w.packed.bind(OP)?), (2, w.absmax.bind(OP)?), (3, x.bind(OP)?), (4, y.bind(OP)?)];
-            let groups = [t.div_ceil(UT) as u32, n.div_ceil(LX as usize) as u32, 1];
+            let groups = [t.div_ceil(UT) as u32, n.div_ceil(LX as usize * UN) as u32, 1];
             g.dispatch(Kernel { shader: &shaders::MATMUL_NF4, entry: "forward" }, &[("LX", LX)], &params, &bufs, groups)?;
         }
     }
