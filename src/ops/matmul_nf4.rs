@@ -134,9 +134,16 @@ pub fn backward_dx(dev: &Device, dy: &Tensor, w: &Nf4Tensor) -> Result<Tensor> {
 
 /// Weights `start..start + out.len()` of the flattened NF4 weight, dequantized.
 fn dequantize_range(packed: &[u8], absmax: &[f32], bs: usize, start: usize, out: &mut [f32]) {
-    for (j, v) in out.iter_mut().enumerate() {
-        let e = start + j;
-        *v = NF4_CODE[code_at(packed, e) as usize] * absmax[e / bs];
+    // One absmax load and no division per block segment.
+    let mut done = 0;
+    while done < out.len() {
+        let e0 = start + done;
+        let seg = (bs - e0 % bs).min(out.len() - done);
+        let scale = absmax[e0 / bs];
+        for (j, v) in out[done..done + seg].iter_mut().enumerate() {
+            *v = NF4_CODE[code_at(packed, e0 + j) as usize] * scale;
+        }
+        done += seg;
     }
 }
 
@@ -151,7 +158,7 @@ pub fn cpu_forward(x: &[f32], packed: &[u8], absmax: &[f32], bs: usize, y: &mut 
             let nn = task * ROWS_PER_TASK + r;
             dequantize_range(packed, absmax, bs, nn * k, &mut row);
             for (ti, v) in yr.iter_mut().enumerate() {
-                *v = x[ti * k..(ti + 1) * k].iter().zip(&row).map(|(a, b)| a * b).sum();
+                *v = dot(&x[ti * k..(ti + 1) * k], &row);
             }
         }
     });
@@ -160,6 +167,20 @@ pub fn cpu_forward(x: &[f32], packed: &[u8], absmax: &[f32], bs: usize, y: &mut 
             y[ti * n + nn] = yt[nn * t + ti];
         }
     }
+}
+
+/// Σ a·b over 8 independent lanes, so the compiler can keep them in one vector register (a
+/// single running sum is a serial dependency it may not reorder).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ac.zip(bc) {
+        for l in 0..8 {
+            lanes[l] += x[l] * y[l];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
 }
 
 /// CPU twin of `backward_dx`: tasks of `COLS_PER_TASK` columns of W; each walks the N rows,
