@@ -9,7 +9,7 @@
 use crate::device::{gpu::Kernel, Device};
 use crate::error::{Error, Result};
 use crate::ops::groups;
-use crate::quant::nf4;
+use crate::quant::{nf4, Nf4State};
 use crate::shaders;
 use crate::tensor::{check_shape, DType, Tensor};
 
@@ -57,6 +57,13 @@ impl Nf4Tensor {
         let packed = Tensor::from_u32(dev, &format!("{label}.packed"), &[words(n)], &words_from_bytes(&q.packed))?;
         let absmax = Tensor::from_f32(dev, &format!("{label}.absmax"), &[q.absmax.len()], &q.absmax)?;
         Ok(Nf4Tensor { packed, absmax, blocksize: q.blocksize, shape: shape.to_vec() })
+    }
+
+    /// Uploads a loaded or CPU-quantized state; a double-quantized absmax is dequantized to f32
+    /// here, once, so the kernels only ever see f32 scales.
+    pub fn from_state(dev: &Device, label: &str, state: &Nf4State, shape: &[usize]) -> Result<Self> {
+        let q = nf4::Nf4 { packed: state.packed.clone(), absmax: state.absmax_f32()?, blocksize: state.blocksize, len: state.len };
+        Self::from_nf4(dev, label, &q, shape)
     }
 
     /// Checks that the packed and absmax tensors fit the shape and block size.

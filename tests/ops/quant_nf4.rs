@@ -130,3 +130,15 @@ fn upload_of_cpu_quantized_weight_dequantizes_on_every_device() {
         assert_eq!(bits(&read(dev, &quant_nf4::dequantize(dev, &t).unwrap())), bits(&want), "{}", dev.kind());
     }
 }
+
+#[test]
+fn double_quantized_state_uploads_and_dequantizes_on_every_device() {
+    let (n, bs) = (300 * 64 + 3, 64);
+    let w = Rng::new(8).vec(n, 1.0);
+    let state = flexlora::quant::Nf4State::quantize(&w, bs, true).unwrap();
+    let want = state.dequantize().unwrap();
+    for dev in std::iter::once(&cpu()).chain(gpu()) {
+        let t = Nf4Tensor::from_state(dev, "w", &state, &[n]).unwrap();
+        assert_eq!(bits(&read(dev, &quant_nf4::dequantize(dev, &t).unwrap())), bits(&want), "{}", dev.kind());
+    }
+}
