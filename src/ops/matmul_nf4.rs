@@ -25,6 +25,8 @@ const OP: &str = "matmul_nf4";
 /// Tokens per workgroup (`UT` in the shader) and invocations per workgroup.
 const UT: usize = 8;
 const LX: u32 = 64;
+/// Token counts below this take the one-token-per-workgroup forward (`forward_few`).
+const FEW_TOKENS: usize = 4;
 /// Weight rows per forward invocation (`UN` in the shader).
 const UN: usize = 4;
 /// CPU work items: weight rows per forward task, columns per dx task.
@@ -100,8 +102,10 @@ pub fn forward(dev: &Device, x: &Tensor, w: &Nf4Tensor) -> Result<Tensor> {
                 return Ok(y);
             }
             let bufs = [(1, w.packed.bind(OP)?), (2, w.absmax.bind(OP)?), (3, x.bind(OP)?), (4, y.bind(OP)?)];
-            let groups = [t.div_ceil(UT) as u32, n.div_ceil(LX as usize * UN) as u32, 1];
-            g.dispatch(Kernel { shader: &shaders::MATMUL_NF4, entry: "forward" }, &[("LX", LX)], &params, &bufs, groups)?;
+            // Below FEW_TOKENS tokens a workgroup per token beats computing UT clamped copies.
+            let (entry, per_group) = if t < FEW_TOKENS { ("forward_few", 1) } else { ("forward", UT) };
+            let groups = [t.div_ceil(per_group) as u32, n.div_ceil(LX as usize * UN) as u32, 1];
+            g.dispatch(Kernel { shader: &shaders::MATMUL_NF4, entry }, &[("LX", LX)], &params, &bufs, groups)?;
         }
     }
     Ok(y)
