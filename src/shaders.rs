@@ -19,6 +19,8 @@ macro_rules! shaders {
 
 shaders! {
     MATMUL => "matmul.wgsl",
+    QUANT_NF4 => "quant_nf4.wgsl",
+    MATMUL_NF4 => "matmul_nf4.wgsl",
     EMBEDDING => "embedding.wgsl",
     RMSNORM => "rmsnorm.wgsl",
     ROPE => "rope.wgsl",

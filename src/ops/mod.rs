@@ -10,6 +10,8 @@ pub mod cross_entropy;
 pub mod elementwise;
 pub mod embedding;
 pub mod matmul;
+pub mod matmul_nf4;
+pub mod quant_nf4;
 pub mod rmsnorm;
 pub mod rope;
 pub mod swiglu;

@@ -8,6 +8,8 @@ mod cross_entropy;
 mod elementwise;
 mod embedding;
 mod matmul;
+mod matmul_nf4;
+mod quant_nf4;
 mod rmsnorm;
 mod rope;
 mod swiglu;
