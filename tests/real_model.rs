@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 
 use flexlora::device::block_on;
 use flexlora::model::generate::{generate, GenerateOptions, Sampling};
-use flexlora::model::load;
+use flexlora::model::{load, WeightFormat};
 
 fn model_path() -> Option<PathBuf> {
     let p = std::env::var_os("FLEXLORA_MODEL_GGUF")
@@ -46,7 +46,7 @@ fn extract_python(text: &str) -> Option<String> {
 fn greedy_chat_writes_a_working_sum_function() {
     let Some(path) = model_path() else { return };
     let dev = common::cpu();
-    let (model, tok) = load::open(&dev, &path).unwrap();
+    let (model, tok) = load::open(&dev, &path, WeightFormat::F32).unwrap();
     let prompt = tok.chat_prompt(None, "Write a Python function that returns the sum of a list of numbers.");
     let ids = tok.encode(&prompt, true).unwrap();
     let opts = GenerateOptions { max_new_tokens: 160, sampling: Sampling::default(), stop: vec![] };
@@ -76,7 +76,7 @@ fn gpu_and_cpu_next_token_logits_agree() {
     let Some(gpu) = common::gpu() else { return };
     let cpu = common::cpu();
     let logits = |dev: &flexlora::Device| {
-        let (model, tok) = load::open(dev, &path).unwrap();
+        let (model, tok) = load::open(dev, &path, WeightFormat::F32).unwrap();
         let ids = tok.encode(&tok.chat_prompt(None, "def fibonacci(n):"), true).unwrap();
         let mut cache = model.new_cache(dev, 1, ids.len());
         common::read(dev, &model.forward(dev, &ids, &mut cache, false).unwrap())

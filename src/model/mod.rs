@@ -13,4 +13,4 @@ pub mod weights;
 
 pub use config::{Arch, Config, HfConfig};
 pub use forward::KvCache;
-pub use weights::{Linear, MemorySource, Model, WeightSource};
+pub use weights::{Linear, MemorySource, Model, Weight, WeightFormat, WeightSource};

@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::model::config::Config;
-use crate::ops::{elementwise, matmul, rope::RopeTables};
+use crate::ops::quant_nf4::{self, Nf4Tensor};
+use crate::ops::{elementwise, matmul, matmul_nf4, rope::RopeTables};
 use crate::tensor::Tensor;
 
 /// Where weights come from: a safetensors directory, a GGUF file, or memory (tests). Tensors are
@@ -36,17 +37,55 @@ impl WeightSource for MemorySource {
     }
 }
 
+/// How frozen linear weights are held on the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightFormat {
+    F32,
+    /// NF4 with one f32 scale per block (QLoRA's base-weight format), quantized as each tensor
+    /// arrives: on the GPU by the `quant_nf4` kernel, on the CPU by its twin.
+    Nf4 {
+        blocksize: usize,
+    },
+}
+
+/// A frozen linear weight [out, in].
+#[derive(Debug)]
+pub enum Weight {
+    F32(Tensor),
+    Nf4(Nf4Tensor),
+}
+
+impl Weight {
+    pub fn shape(&self) -> &[usize] {
+        match self {
+            Weight::F32(t) => t.shape(),
+            Weight::Nf4(q) => &q.shape,
+        }
+    }
+
+    /// Bytes held on the device.
+    pub fn bytes(&self) -> u64 {
+        match self {
+            Weight::F32(t) => t.bytes(),
+            Weight::Nf4(q) => q.packed.bytes() + q.absmax.bytes(),
+        }
+    }
+}
+
 /// A frozen linear layer y = x · Wᵀ (+ bias).
 #[derive(Debug)]
 pub struct Linear {
-    pub weight: Tensor,       // [out, in]
+    pub weight: Weight,       // [out, in]
     pub bias: Option<Tensor>, // [out]
 }
 
 impl Linear {
     /// x [N, in] -> y [N, out].
     pub fn forward(&self, dev: &Device, x: &Tensor) -> Result<Tensor> {
-        let mut y = matmul::forward(dev, x, &self.weight, false, true)?;
+        let mut y = match &self.weight {
+            Weight::F32(w) => matmul::forward(dev, x, w, false, true)?,
+            Weight::Nf4(q) => matmul_nf4::forward(dev, x, q)?,
+        };
         if let Some(b) = &self.bias {
             elementwise::add_bias(dev, &mut y, b)?;
         }
@@ -111,8 +150,9 @@ pub fn tensor_names(cfg: &Config) -> Vec<(String, Vec<usize>)> {
 const MAX_ROPE_POSITIONS: usize = 32_768;
 
 impl Model {
-    /// Loads every tensor from `src` one at a time, checking each shape against `cfg`.
-    pub fn load(dev: &Device, cfg: Config, src: &mut dyn WeightSource) -> Result<Model> {
+    /// Loads every tensor from `src` one at a time, checking each shape against `cfg`; linear
+    /// weights are stored as `format` says (embedding and norms stay f32).
+    pub fn load(dev: &Device, cfg: Config, src: &mut dyn WeightSource, format: WeightFormat) -> Result<Model> {
         let mut take = |name: &str, shape: &[usize]| -> Result<Tensor> {
             let (got, data) = src.get(name)?;
             if got != shape {
@@ -130,7 +170,12 @@ impl Model {
         for i in 0..cfg.layers {
             let p = format!("model.layers.{i}");
             let mut lin = |name: &str, rows: usize, cols: usize, bias: bool| -> Result<Linear> {
-                let weight = take(&format!("{p}.{name}.weight"), &[rows, cols])?;
+                let name_w = format!("{p}.{name}.weight");
+                let dense = take(&name_w, &[rows, cols])?;
+                let weight = match format {
+                    WeightFormat::F32 => Weight::F32(dense),
+                    WeightFormat::Nf4 { blocksize } => Weight::Nf4(quant_nf4::quantize(dev, &dense, blocksize)?),
+                };
                 let bias = if bias { Some(take(&format!("{p}.{name}.bias"), &[rows])?) } else { None };
                 Ok(Linear { weight, bias })
             };
@@ -147,8 +192,34 @@ impl Model {
             layers.push(Layer { attn_norm, q, k, v, o, mlp_norm, gate, up, down });
         }
         let norm = take("model.norm.weight", &[c])?;
-        let lm_head = if cfg.tied { None } else { Some(Linear { weight: take("lm_head.weight", &[cfg.vocab, c])?, bias: None }) };
+        let lm_head =
+            if cfg.tied { None } else { Some(Linear { weight: Weight::F32(take("lm_head.weight", &[cfg.vocab, c])?), bias: None }) };
         let rope = RopeTables::new(dev, &cfg.inv_freq(), cfg.max_pos.clamp(1, MAX_ROPE_POSITIONS))?;
         Ok(Model { cfg, embed, layers, norm, lm_head, rope })
+    }
+}
+
+impl Model {
+    /// Device bytes of all weights and the parameter count (for "bytes per parameter" reports).
+    pub fn weight_bytes(&self) -> (u64, usize) {
+        let mut bytes = self.embed.bytes() + self.norm.bytes();
+        let mut params = self.embed.numel() + self.norm.numel();
+        let mut lin = |l: &Linear| {
+            bytes += l.weight.bytes() + l.bias.as_ref().map_or(0, |b| b.bytes());
+            params += l.weight.shape().iter().product::<usize>() + l.bias.as_ref().map_or(0, |b| b.numel());
+        };
+        for layer in &self.layers {
+            for l in [&layer.q, &layer.k, &layer.v, &layer.o, &layer.gate, &layer.up, &layer.down] {
+                lin(l);
+            }
+        }
+        if let Some(h) = &self.lm_head {
+            lin(h);
+        }
+        for layer in &self.layers {
+            bytes += layer.attn_norm.bytes() + layer.mlp_norm.bytes();
+            params += layer.attn_norm.numel() + layer.mlp_norm.numel();
+        }
+        (bytes, params)
     }
 }

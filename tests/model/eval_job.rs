@@ -7,7 +7,7 @@ use crate::common::*;
 use crate::formats::{tmpdir, write_hf};
 use crate::forward::{random_weights, tiny_config};
 use flexlora::eval::job::{self, EvalConfig, TaskSet};
-use flexlora::model::{load, Arch};
+use flexlora::model::{load, Arch, WeightFormat};
 
 fn data_dir() -> Option<PathBuf> {
     let d = std::env::var_os("FLEXLORA_DATA")
@@ -31,7 +31,7 @@ fn tiny_model_eval_writes_well_formed_results_and_resumes() {
     std::fs::create_dir_all(&model_dir).unwrap();
     write_hf(&model_dir, &cfg, &random_weights(&cfg, 31));
     let dev = cpu();
-    let (model, tok) = load::open(&dev, &model_dir).unwrap();
+    let (model, tok) = load::open(&dev, &model_dir, WeightFormat::F32).unwrap();
     let ecfg = EvalConfig {
         model: model_dir.display().to_string(),
         task: TaskSet::Humaneval,

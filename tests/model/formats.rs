@@ -8,7 +8,7 @@ use crate::common::*;
 use crate::forward::{random_weights, tiny_config};
 use flexlora::model::load::{self, gguf::Value, safetensors, GgufWriter};
 use flexlora::model::tokenizer::gpt2_tokenizer_json;
-use flexlora::model::{weights::tensor_names, Arch, Config, MemorySource};
+use flexlora::model::{weights::tensor_names, Arch, Config, MemorySource, WeightFormat};
 
 pub fn tmpdir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("flexlora-formats-{tag}-{}", std::process::id()));
@@ -97,7 +97,7 @@ fn write_gguf(path: &Path, cfg: &Config, w: &MemorySource, arch: &str) {
 
 fn logits_of(path: &Path) -> Vec<f32> {
     let dev = cpu();
-    let (model, _) = load::open(&dev, path).unwrap();
+    let (model, _) = load::open(&dev, path, WeightFormat::F32).unwrap();
     let mut cache = model.new_cache(&dev, 1, 8);
     read(&dev, &model.forward(&dev, &[0, 5, 17, 9, 33], &mut cache, true).unwrap())
 }
@@ -128,7 +128,7 @@ fn bad_inputs_name_the_file() {
     // A GGUF of an architecture flexlora does not run.
     let gguf = dir.join("gpt2.gguf");
     write_gguf(&gguf, &cfg, &w, "gpt2");
-    let err = load::open(&cpu(), &gguf).unwrap_err().to_string();
+    let err = load::open(&cpu(), &gguf, WeightFormat::F32).unwrap_err().to_string();
     assert!(err.contains("gpt2.gguf") && err.contains("not supported") && err.contains("llama"), "{err}");
     // A truncated safetensors file.
     let hf = dir.join("hf");
@@ -137,7 +137,7 @@ fn bad_inputs_name_the_file() {
     let st = hf.join("model.safetensors");
     let bytes = std::fs::read(&st).unwrap();
     std::fs::write(&st, &bytes[..bytes.len() / 2]).unwrap();
-    let err = load::open(&cpu(), &hf).unwrap_err().to_string();
+    let err = load::open(&cpu(), &hf, WeightFormat::F32).unwrap_err().to_string();
     assert!(err.contains("model.safetensors"), "{err}");
     // A tokenizer larger than the embedding.
     write_hf(&hf, &cfg, &w);
@@ -145,10 +145,10 @@ fn bad_inputs_name_the_file() {
     toks.extend((0..10).map(|i| format!("<extra{i}>")));
     types.extend([1; 10]);
     std::fs::write(hf.join("tokenizer.json"), gpt2_tokenizer_json(&toks, &[], &types, "smollm", None).unwrap().to_string()).unwrap();
-    let err = load::open(&cpu(), &hf).unwrap_err().to_string();
+    let err = load::open(&cpu(), &hf, WeightFormat::F32).unwrap_err().to_string();
     assert!(err.contains("do not match") && err.contains(&cfg.vocab.to_string()), "{err}");
     // A missing path says how to get the default model.
-    let err = load::open(&cpu(), &dir.join("nope.gguf")).unwrap_err().to_string();
+    let err = load::open(&cpu(), &dir.join("nope.gguf"), WeightFormat::F32).unwrap_err().to_string();
     assert!(err.contains("nope.gguf") && err.contains("fetch-model"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }

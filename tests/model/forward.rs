@@ -1,5 +1,5 @@
 use crate::common::*;
-use flexlora::model::{weights::tensor_names, Arch, Config, MemorySource, Model};
+use flexlora::model::{weights::tensor_names, Arch, Config, MemorySource, Model, WeightFormat};
 use flexlora::Device;
 
 pub fn tiny_config(arch: Arch) -> Config {
@@ -120,7 +120,7 @@ fn reference_logits(cfg: &Config, w: &MemorySource, tokens: &[u32]) -> Vec<f32> 
 }
 
 fn load(dev: &Device, cfg: &Config, w: &MemorySource) -> Model {
-    Model::load(dev, cfg.clone(), &mut w.clone()).unwrap()
+    Model::load(dev, cfg.clone(), &mut w.clone(), WeightFormat::F32).unwrap()
 }
 
 #[test]
@@ -183,7 +183,7 @@ fn wrong_shape_names_the_tensor() {
     let cfg = tiny_config(Arch::Llama);
     let mut w = random_weights(&cfg, 10);
     w.0.get_mut("model.layers.1.mlp.up_proj.weight").unwrap().0 = vec![cfg.c, cfg.f];
-    let err = Model::load(&cpu(), cfg, &mut w).unwrap_err().to_string();
+    let err = Model::load(&cpu(), cfg, &mut w, WeightFormat::F32).unwrap_err().to_string();
     assert!(err.contains("model.layers.1.mlp.up_proj.weight") && err.contains("[44, 32]"), "{err}");
 }
 
@@ -212,4 +212,57 @@ fn config_json_parses_llama3_scaling_and_rejects_unknown_architectures() {
     let bad = json.replace(r#""model_type":"llama""#, r#""model_type":"mistral""#);
     let err = serde_json::from_str::<flexlora::model::HfConfig>(&bad).unwrap().validate("config.json").unwrap_err().to_string();
     assert!(err.contains("mistral") && err.contains("supported"), "{err}");
+}
+
+/// NF4 base weights (quantized while loading) give the logits of an f32 model holding the
+/// dequantized weights, take 4.5 bits per linear weight, and agree on GPU and CPU.
+#[test]
+fn nf4_weights_track_f32_and_agree_across_devices() {
+    // K must be a multiple of 8 for the GPU kernels: F = 48.
+    let cfg = Config { f: 48, ..tiny_config(Arch::Llama) };
+    let w = random_weights(&cfg, 12);
+    let tokens = [1u32, 7, 30, 2, 44, 9];
+    let nf4 = WeightFormat::Nf4 { blocksize: 64 };
+    let dev = cpu();
+    let logits = |format| {
+        let model = Model::load(&dev, cfg.clone(), &mut w.clone(), format).unwrap();
+        let mut cache = model.new_cache(&dev, 1, 8);
+        read(&dev, &model.forward(&dev, &tokens, &mut cache, true).unwrap())
+    };
+    let q = logits(nf4);
+    // The same model with every linear weight replaced by its NF4 round trip, run in f32.
+    let mut rt = w.clone();
+    for (name, (_, data)) in rt.0.iter_mut() {
+        if name.ends_with("_proj.weight") {
+            let packed = flexlora::quant::nf4::quantize(data, 64).unwrap();
+            let mut back = vec![0f32; data.len()];
+            flexlora::quant::nf4::dequantize_into(&packed.packed, &packed.absmax, 64, &mut back).unwrap();
+            *data = back;
+        }
+    }
+    let model_rt = Model::load(&dev, cfg.clone(), &mut rt, WeightFormat::F32).unwrap();
+    let mut cache = model_rt.new_cache(&dev, 1, 8);
+    assert_close(
+        "NF4 model vs f32 model of dequantized weights",
+        &q,
+        &read(&dev, &model_rt.forward(&dev, &tokens, &mut cache, true).unwrap()),
+        1e-4,
+        1e-4,
+    );
+    let full = logits(WeightFormat::F32);
+    let err = (full.iter().zip(&q).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>()
+        / full.iter().map(|a| (*a as f64).powi(2)).sum::<f64>())
+    .sqrt();
+    assert!(err > 1e-4 && err < 0.5, "relative L2 distance of NF4 and f32 logits {err}");
+    let model = Model::load(&dev, cfg.clone(), &mut w.clone(), nf4).unwrap();
+    let (bytes, params) = model.weight_bytes();
+    let linear = cfg.layers * (cfg.c * cfg.h * cfg.d * 2 + cfg.c * cfg.kv * cfg.d * 2 + 3 * cfg.c * cfg.f);
+    let dense = params - linear; // embedding and norms stay f32
+    let linear_bytes = bytes as f64 - 4.0 * dense as f64;
+    assert!((linear_bytes * 8.0 / linear as f64 - 4.5).abs() < 0.05, "{} bits per NF4 weight", linear_bytes * 8.0 / linear as f64);
+    cpu_vs_gpu("NF4 model", 1e-4, 1e-3, |dev| {
+        let model = Model::load(dev, cfg.clone(), &mut w.clone(), nf4).unwrap();
+        let mut cache = model.new_cache(dev, 1, 8);
+        vec![read(dev, &model.forward(dev, &tokens, &mut cache, true).unwrap())]
+    });
 }

@@ -35,6 +35,7 @@ pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> crate::error::Resul
 pub fn open(
     dev: &crate::device::Device,
     path: &std::path::Path,
+    format: crate::model::WeightFormat,
 ) -> crate::error::Result<(crate::model::Model, crate::model::tokenizer::Tokenizer)> {
     use crate::error::Error;
     use crate::model::{tokenizer::Tokenizer, Model};
@@ -56,13 +57,13 @@ pub fn open(
             .and_then(|v| v.get("chat_template").and_then(|t| t.as_str()).map(String::from));
         let tok = Tokenizer::from_json(&tok_path.display().to_string(), json, cfg.bos, cfg.eos.clone(), template)?;
         check_vocab(path, &tok, &cfg)?;
-        let model = Model::load(dev, cfg, &mut src)?;
+        let model = Model::load(dev, cfg, &mut src, format)?;
         Ok((model, tok))
     } else {
         let file = GgufFile::open(path)?;
         let cfg = gguf_model::config(&file)?;
         let tok = gguf_model::tokenizer(&file, &cfg)?;
-        let model = Model::load(dev, cfg.clone(), &mut gguf_model::GgufSource { file: &file, cfg })?;
+        let model = Model::load(dev, cfg.clone(), &mut gguf_model::GgufSource { file: &file, cfg }, format)?;
         Ok((model, tok))
     }
 }
@@ -74,7 +75,7 @@ pub fn convert_to_hf(input: &std::path::Path, out: &std::path::Path) -> crate::e
         let cfg = safetensors::read_config(input)?;
         let mut src = safetensors::SafetensorsDir::open(input)?;
         let dev = crate::device::Device::cpu();
-        let (_, tok) = open(&dev, input)?;
+        let (_, tok) = open(&dev, input, crate::model::WeightFormat::F32)?;
         convert::to_hf_dir(&cfg, &mut src, &tok, out)
     } else {
         let file = GgufFile::open(input)?;
