@@ -101,3 +101,57 @@ pub fn generate(dev: &Device, model: &crate::model::Model, prompt: usize, decode
     );
     Ok(())
 }
+
+/// Fused NF4 matmul (x · deq(W)ᵀ) against the f32 matmul on the same shapes and device: the
+/// training/prefill shape T=512 and the decode shape T=1, for SmolLM2's MLP and a 7B layer
+/// (4096 x 11008); plus weight bytes read per token in decode.
+pub fn nf4(devices: &[&Device], reps: usize, out: &mut impl Write) -> Result<()> {
+    let shapes: [(usize, usize, &str); 3] =
+        [(1536, 576, "SmolLM2 up 576->1536"), (576, 1536, "SmolLM2 down 1536->576"), (11008, 4096, "7B up 4096->11008")];
+    for &dev in devices {
+        let _ = writeln!(out, "{}", dev.name());
+        for &(n, k, label) in &shapes {
+            // A shape this device cannot hold (e.g. a 180 MB f32 weight above lavapipe's 128 MiB
+            // binding limit) is reported and skipped.
+            if let Err(e) = nf4_shape(dev, n, k, label, reps, out) {
+                let _ = writeln!(out, "  {label:<24} not measured: {e}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn nf4_shape(dev: &Device, n: usize, k: usize, label: &str, reps: usize, out: &mut impl Write) -> Result<()> {
+    use crate::ops::{matmul_nf4, quant_nf4};
+    let w = Tensor::from_f32(dev, "w", &[n, k], &seeded(n * k, 3))?;
+    let q = quant_nf4::quantize(dev, &w, 64)?;
+    let f32_bytes = (n * k * 4) as f64;
+    let nf4_bytes = (q.packed.bytes() + q.absmax.bytes()) as f64;
+    for t in [512usize, 1] {
+        if t == 512 && n * k > 20_000_000 && dev.gpu().is_some_and(|g| g.is_software()) {
+            let _ = writeln!(out, "  {label:<24} T={t:<4} skipped on a software adapter (minutes per run)");
+            continue;
+        }
+        let x = Tensor::from_f32(dev, "x", &[t, k], &seeded(t * k, 4))?;
+        let s32 = time(dev, reps, || matmul::forward(dev, &x, &w, false, true))?;
+        let s4 = time(dev, reps, || matmul_nf4::forward(dev, &x, &q))?;
+        let gf = |s: f64| 2.0 * (t * n * k) as f64 / s / 1e9;
+        let _ = writeln!(
+            out,
+            "  {label:<24} T={t:<4} f32 {:8.2} ms {:7.1} GFLOP/s | nf4 {:8.2} ms {:7.1} GFLOP/s | nf4/f32 speed {:.2}x",
+            s32 * 1e3,
+            gf(s32),
+            s4 * 1e3,
+            gf(s4),
+            s32 / s4
+        );
+    }
+    let _ = writeln!(
+        out,
+        "  {label:<24} weight bytes per decoded token: f32 {:.1} MB, nf4 {:.1} MB ({:.2}x less)",
+        f32_bytes / 1e6,
+        nf4_bytes / 1e6,
+        f32_bytes / nf4_bytes
+    );
+    Ok(())
+}

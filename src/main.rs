@@ -50,6 +50,13 @@ enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         reps: usize,
     },
+    /// Fused NF4 matmul vs f32 matmul (T=512 and T=1; SmolLM2 and 7B layer shapes).
+    Nf4 {
+        #[command(flatten)]
+        gpu: GpuFlags,
+        #[arg(long, default_value_t = 2)]
+        reps: usize,
+    },
     /// Prefill (T tokens in one pass) and decode tokens/s of a model, and peak memory.
     Generate {
         #[arg(long, default_value = "models/SmolLM2-135M-Instruct.Q4_1.gguf")]
@@ -220,6 +227,14 @@ fn main() -> Result<()> {
         Command::Bench { what: BenchCommand::Matmul { gpu, reps } } => {
             let gpu_dev = if gpu.no_gpu { None } else { Some(block_on(None, device::select(DeviceChoice::Gpu, gpu.backend))?) };
             flexlora::bench::matmul(gpu_dev.map(|s| s.device).as_ref(), reps, &mut std::io::stdout())?;
+            Ok(())
+        }
+        Command::Bench { what: BenchCommand::Nf4 { gpu, reps } } => {
+            let cpu = flexlora::Device::cpu();
+            let gpu_dev = if gpu.no_gpu { None } else { Some(block_on(None, device::select(DeviceChoice::Gpu, gpu.backend))?.device) };
+            let mut devs = vec![&cpu];
+            devs.extend(gpu_dev.as_ref());
+            flexlora::bench::nf4(&devs, reps, &mut std::io::stdout())?;
             Ok(())
         }
         Command::Bench { what: BenchCommand::Generate { model, prompt_tokens, decode_tokens, dev } } => {
