@@ -57,11 +57,17 @@ pub fn for_each_chunk2<T: Send, U: Send>(
     a.chunks_mut(ca).zip(b.chunks_mut(cb)).enumerate().for_each(|(i, (x, y))| f(i, x, y));
 }
 
-/// Strided single-precision GEMM: `c = beta_c * c + a · b` where `a` is [m, k] read as
+/// Strided single-precision GEMM: `c (+)= a · b` where `a` is [m, k] read as
 /// `a[i*a_rs + p*a_cs]`, `b` is [k, n] read as `b[p*b_rs + j*b_cs]`, and `c` is row-major [m, n].
 /// Strides express transposes for free, which is all matmul's backward needs.
 #[allow(clippy::too_many_arguments)]
-pub fn gemm(
+pub fn gemm(m: usize, n: usize, k: usize, a: &[f32], a_s: (usize, usize), b: &[f32], b_s: (usize, usize), c: &mut [f32], accumulate: bool) {
+    gemm_strided(m, n, k, a, a_s, b, b_s, c, n, accumulate)
+}
+
+/// `gemm` writing row i of the product at `c[i * c_rs..]` (a column block of a wider matrix).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_strided(
     m: usize,
     n: usize,
     k: usize,
@@ -70,15 +76,18 @@ pub fn gemm(
     b: &[f32],
     (b_rs, b_cs): (usize, usize),
     c: &mut [f32],
+    c_rs: usize,
     accumulate: bool,
 ) {
-    assert!(c.len() >= m * n, "gemm: output too small");
+    assert!(c_rs >= n && (m == 0 || c.len() >= (m - 1) * c_rs + n), "gemm: output too small");
     if m == 0 || n == 0 {
         return;
     }
     if k == 0 {
         if !accumulate {
-            c[..m * n].fill(0.0);
+            for i in 0..m {
+                c[i * c_rs..i * c_rs + n].fill(0.0);
+            }
         }
         return;
     }
@@ -88,7 +97,8 @@ pub fn gemm(
     // GEMM crate would pack all of W for a handful of dot products, so take them directly,
     // streaming W once.
     if m <= 4 && a_cs == 1 && b_rs == 1 {
-        for_each_chunk(&mut c[..m * n], n, |i, row| {
+        for_each_chunk(&mut c[..(m - 1) * c_rs + n], c_rs, |i, row| {
+            let row = &mut row[..n];
             let x = &a[i * a_rs..i * a_rs + k];
             for_each_chunk(row, 256, |jc, out| {
                 for (jj, o) in out.iter_mut().enumerate() {
@@ -117,7 +127,7 @@ pub fn gemm(
             k,
             c.as_mut_ptr(),
             1,
-            n as isize,
+            c_rs as isize,
             accumulate,
             a.as_ptr(),
             a_cs as isize,

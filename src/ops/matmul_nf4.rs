@@ -144,17 +144,52 @@ fn dequantize_range(packed: &[u8], absmax: &[f32], bs: usize, start: usize, out:
         let e0 = start + done;
         let seg = (bs - e0 % bs).min(out.len() - done);
         let scale = absmax[e0 / bs];
-        for (j, v) in out[done..done + seg].iter_mut().enumerate() {
-            *v = NF4_CODE[code_at(packed, e0 + j) as usize] * scale;
+        let dst = &mut out[done..done + seg];
+        if e0 % 2 == 0 {
+            // Whole bytes: both codes of a byte at once (high nibble first).
+            let bytes = &packed[e0 / 2..(e0 + seg) / 2];
+            for (pair, &b) in dst.chunks_exact_mut(2).zip(bytes) {
+                pair[0] = NF4_CODE[(b >> 4) as usize] * scale;
+                pair[1] = NF4_CODE[(b & 15) as usize] * scale;
+            }
+            if seg % 2 == 1 {
+                dst[seg - 1] = NF4_CODE[code_at(packed, e0 + seg - 1) as usize] * scale;
+            }
+        } else {
+            for (j, v) in dst.iter_mut().enumerate() {
+                *v = NF4_CODE[code_at(packed, e0 + j) as usize] * scale;
+            }
         }
         done += seg;
     }
 }
 
-/// CPU twin of `forward`: tasks of `ROWS_PER_TASK` weight rows, each row dequantized once into a
-/// [K] buffer and dotted with every token; results land in yᵀ [N, T], then are transposed.
+/// From this many tokens on, the CPU twins dequantize W a tile of `TILE_ROWS` rows at a time and
+/// hand the tile to the GEMM: the dequantization is then shared by all tokens.
+const MANY_TOKENS: usize = 16;
+const TILE_ROWS: usize = 128;
+
+/// Dequantizes weight rows `n0..n0 + rows` (of K each) into `tile`, in parallel.
+fn dequantize_tile(packed: &[u8], absmax: &[f32], bs: usize, n0: usize, k: usize, tile: &mut [f32]) {
+    cpu::for_each_chunk(tile, k, |r, row| dequantize_range(packed, absmax, bs, (n0 + r) * k, row));
+}
+
+/// CPU twin of `forward`. Few tokens: tasks of `ROWS_PER_TASK` weight rows, each row dequantized
+/// once into a [K] buffer and dotted with every token; results land in yᵀ [N, T], then are
+/// transposed. Many tokens: tiles of rows dequantized and multiplied by the GEMM, so only one
+/// tile ([TILE_ROWS, K]) is ever dequantized at a time.
 #[allow(clippy::too_many_arguments)]
 pub fn cpu_forward(x: &[f32], packed: &[u8], absmax: &[f32], bs: usize, y: &mut [f32], t: usize, n: usize, k: usize) {
+    if t >= MANY_TOKENS {
+        let mut tile = vec![0f32; TILE_ROWS * k];
+        for n0 in (0..n).step_by(TILE_ROWS) {
+            let rows = TILE_ROWS.min(n - n0);
+            dequantize_tile(packed, absmax, bs, n0, k, &mut tile[..rows * k]);
+            // y[:, n0..n0+rows] = x · tileᵀ
+            cpu::gemm_strided(t, rows, k, x, (k, 1), &tile, (1, k), &mut y[n0..], n, false);
+        }
+        return;
+    }
     let mut yt = vec![0f32; n * t];
     cpu::for_each_chunk(&mut yt, ROWS_PER_TASK * t, |task, out| {
         let mut row = vec![0f32; k];
@@ -162,7 +197,7 @@ pub fn cpu_forward(x: &[f32], packed: &[u8], absmax: &[f32], bs: usize, y: &mut 
             let nn = task * ROWS_PER_TASK + r;
             dequantize_range(packed, absmax, bs, nn * k, &mut row);
             for (ti, v) in yr.iter_mut().enumerate() {
-                *v = dot(&x[ti * k..(ti + 1) * k], &row);
+                *v = cpu::dot(&x[ti * k..(ti + 1) * k], &row);
             }
         }
     });
@@ -173,24 +208,20 @@ pub fn cpu_forward(x: &[f32], packed: &[u8], absmax: &[f32], bs: usize, y: &mut 
     }
 }
 
-/// Σ a·b over 8 independent lanes, so the compiler can keep them in one vector register (a
-/// single running sum is a serial dependency it may not reorder).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0f32; 8];
-    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ac.zip(bc) {
-        for l in 0..8 {
-            lanes[l] += x[l] * y[l];
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
-}
-
 /// CPU twin of `backward_dx`: tasks of `COLS_PER_TASK` columns of W; each walks the N rows,
 /// dequantizing its slice of the row and accumulating dy[t, n] · slice into a [T, cols] buffer.
 #[allow(clippy::too_many_arguments)]
 pub fn cpu_backward_dx(dy: &[f32], packed: &[u8], absmax: &[f32], bs: usize, dx: &mut [f32], t: usize, n: usize, k: usize) {
+    if t >= MANY_TOKENS {
+        // dx += dy[:, n0..n0+rows] · tile, tile by tile.
+        let mut tile = vec![0f32; TILE_ROWS * k];
+        for n0 in (0..n).step_by(TILE_ROWS) {
+            let rows = TILE_ROWS.min(n - n0);
+            dequantize_tile(packed, absmax, bs, n0, k, &mut tile[..rows * k]);
+            cpu::gemm(t, k, rows, &dy[n0..], (n, 1), &tile, (k, 1), dx, n0 > 0);
+        }
+        return;
+    }
     let tasks = k.div_ceil(COLS_PER_TASK);
     let mut scratch = vec![0f32; tasks * t * COLS_PER_TASK];
     cpu::for_each_chunk(&mut scratch, t * COLS_PER_TASK, |task, acc| {
