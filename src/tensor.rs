@@ -254,6 +254,13 @@ impl Tensor {
     }
 }
 
+/// [rows, cols] of a tensor whose leading dimensions are flattened into rows.
+pub fn dims2(t: &Tensor) -> (usize, usize) {
+    let s = t.shape();
+    let cols = *s.last().unwrap_or(&1);
+    (if cols == 0 { 0 } else { t.numel() / cols }, cols)
+}
+
 /// Checks that `t` has exactly `shape`, naming the tensor and op on failure.
 pub fn check_shape(op: &'static str, t: &Tensor, shape: &[usize]) -> Result<()> {
     if t.shape() != shape {

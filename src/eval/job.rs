@@ -134,7 +134,7 @@ pub fn run(
     let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&samples_path).map_err(io_at(&samples_path, "open"))?;
     let opts_for = |t: &Task| GenerateOptions {
         max_new_tokens: cfg.max_new_tokens,
-        sampling: Sampling { temperature: cfg.temperature, top_p: cfg.top_p, top_k: 0, seed: cfg.seed ^ fxhash(&t.id) },
+        sampling: Sampling { temperature: cfg.temperature, top_p: cfg.top_p, top_k: 0, seed: cfg.seed ^ fnv1a(&t.id) },
         stop: t.stop.clone(),
     };
     let t0 = Instant::now();
@@ -192,7 +192,7 @@ pub fn run(
 }
 
 /// A stable per-task seed offset, so a task's samples do not depend on which tasks ran before.
-fn fxhash(s: &str) -> u64 {
+fn fnv1a(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
 }
 

@@ -41,6 +41,10 @@ impl Tokenizer {
         self.inner.token_to_id(token)
     }
 
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
     /// Token ids of `text`. With `add_special`, the tokenizer's own post-processing applies (e.g.
     /// a BOS token for models that want one). Special tokens written in the text (`<|im_start|>`)
     /// become their ids either way.

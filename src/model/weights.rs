@@ -216,9 +216,10 @@ impl Model {
         if let Some(h) = &self.lm_head {
             lin(h);
         }
-        for layer in &self.layers {
-            bytes += layer.attn_norm.bytes() + layer.mlp_norm.bytes();
-            params += layer.attn_norm.numel() + layer.mlp_norm.numel();
+        let norms = self.layers.iter().flat_map(|l| [&l.attn_norm, &l.mlp_norm]);
+        for n in norms {
+            bytes += n.bytes();
+            params += n.numel();
         }
         (bytes, params)
     }

@@ -3,9 +3,9 @@
 
 use crate::device::{cpu, gpu::Kernel, Device};
 use crate::error::Result;
-use crate::ops::{groups, matmul::dims2};
+use crate::ops::groups;
 use crate::shaders;
-use crate::tensor::{check_shape, DType, Tensor};
+use crate::tensor::{check_shape, dims2, DType, Tensor};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]

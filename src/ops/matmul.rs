@@ -9,7 +9,7 @@
 use crate::device::{cpu, gpu::Kernel, Device};
 use crate::error::{Error, Result};
 use crate::shaders;
-use crate::tensor::{DType, Tensor};
+use crate::tensor::{dims2, DType, Tensor};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -45,13 +45,6 @@ impl<'a> View<'a> {
     fn t(self) -> Self {
         View { t: self.t, rs: self.cs, cs: self.rs }
     }
-}
-
-/// [rows, cols] of a tensor whose leading dimensions are flattened into rows.
-pub fn dims2(t: &Tensor) -> (usize, usize) {
-    let s = t.shape();
-    let cols = *s.last().unwrap_or(&1);
-    (if cols == 0 { 0 } else { t.numel() / cols }, cols)
 }
 
 /// Which GPU kernel runs a product (see `shaders/matmul.wgsl`). `Auto` takes `Tiled` on hardware

@@ -6,11 +6,10 @@
 
 use crate::device::{cpu, gpu::Kernel, Device};
 use crate::error::{Error, Result};
-use crate::ops::matmul::dims2;
 use crate::ops::quant_nf4::Nf4Tensor;
 use crate::quant::nf4::{code_at, NF4_CODE};
 use crate::shaders;
-use crate::tensor::{DType, Tensor};
+use crate::tensor::{dims2, DType, Tensor};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]

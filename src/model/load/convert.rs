@@ -49,9 +49,7 @@ pub fn to_hf_dir(cfg: &Config, src: &mut dyn WeightSource, tok: &Tokenizer, out:
         serde_json::from_str(&tok.json).map_err(|e| Error::Config { file: "tokenizer.json".into(), detail: e.to_string() })?;
     write_json("tokenizer.json", &tok_json)?;
     let mut tc = serde_json::json!({"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": false});
-    let name = |id: Option<u32>| {
-        id.and_then(|i| tok_json["model"]["vocab"].as_object()?.iter().find(|(_, v)| v.as_u64() == Some(i as u64)).map(|(k, _)| k.clone()))
-    };
+    let name = |id: Option<u32>| id.and_then(|i| tok.id_to_token(i));
     if let Some(b) = name(tok.bos) {
         tc["bos_token"] = b.into();
     }

@@ -37,26 +37,12 @@ pub fn open(
     path: &std::path::Path,
     format: crate::model::WeightFormat,
 ) -> crate::error::Result<(crate::model::Model, crate::model::tokenizer::Tokenizer)> {
-    use crate::error::Error;
-    use crate::model::{tokenizer::Tokenizer, Model};
-    if !path.exists() {
-        return Err(Error::Config {
-            file: path.display().to_string(),
-            detail: "no such file or directory; pass --model a .gguf file or a Hugging Face model directory (scripts/fetch-model.sh gets the default)".into(),
-        });
-    }
+    use crate::model::Model;
+    check_exists(path)?;
     if path.is_dir() {
         let cfg = safetensors::read_config(path)?;
         let mut src = safetensors::SafetensorsDir::open(path)?;
-        let tok_path = path.join("tokenizer.json");
-        let json = std::fs::read_to_string(&tok_path)
-            .map_err(|e| Error::Config { file: tok_path.display().to_string(), detail: e.to_string() })?;
-        let template = std::fs::read_to_string(path.join("tokenizer_config.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|v| v.get("chat_template").and_then(|t| t.as_str()).map(String::from));
-        let tok = Tokenizer::from_json(&tok_path.display().to_string(), json, cfg.bos, cfg.eos.clone(), template)?;
-        check_vocab(path, &tok, &cfg)?;
+        let tok = hf_tokenizer(path, &cfg)?;
         let model = Model::load(dev, cfg, &mut src, format)?;
         Ok((model, tok))
     } else {
@@ -71,11 +57,11 @@ pub fn open(
 /// Converts the model at `input` (GGUF file or HF directory) into a Hugging Face directory `out`.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn convert_to_hf(input: &std::path::Path, out: &std::path::Path) -> crate::error::Result<()> {
+    check_exists(input)?;
     if input.is_dir() {
         let cfg = safetensors::read_config(input)?;
         let mut src = safetensors::SafetensorsDir::open(input)?;
-        let dev = crate::device::Device::cpu();
-        let (_, tok) = open(&dev, input, crate::model::WeightFormat::F32)?;
+        let tok = hf_tokenizer(input, &cfg)?;
         convert::to_hf_dir(&cfg, &mut src, &tok, out)
     } else {
         let file = GgufFile::open(input)?;
@@ -85,12 +71,31 @@ pub fn convert_to_hf(input: &std::path::Path, out: &std::path::Path) -> crate::e
     }
 }
 
-/// A tokenizer with more ids than the embedding has rows would index past it.
 #[cfg(not(target_arch = "wasm32"))]
-fn check_vocab(path: &std::path::Path, tok: &crate::model::tokenizer::Tokenizer, cfg: &crate::model::Config) -> crate::error::Result<()> {
+fn check_exists(path: &std::path::Path) -> crate::error::Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    Err(crate::error::Error::Config {
+        file: path.display().to_string(),
+        detail: "no such file or directory; pass --model a .gguf file or a Hugging Face model directory (scripts/fetch-model.sh gets the default)".into(),
+    })
+}
+
+/// A Hugging Face directory's tokenizer.json, with the chat template from tokenizer_config.json.
+/// A tokenizer with more ids than the embedding has rows would index past it: that is an error.
+#[cfg(not(target_arch = "wasm32"))]
+fn hf_tokenizer(dir: &std::path::Path, cfg: &crate::model::Config) -> crate::error::Result<crate::model::tokenizer::Tokenizer> {
+    let tok_path = dir.join("tokenizer.json");
+    let json = std::fs::read_to_string(&tok_path).map_err(crate::error::io_at(&tok_path, "read"))?;
+    let template = std::fs::read_to_string(dir.join("tokenizer_config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v.get("chat_template").and_then(|t| t.as_str()).map(String::from));
+    let tok = crate::model::tokenizer::Tokenizer::from_json(&tok_path.display().to_string(), json, cfg.bos, cfg.eos.clone(), template)?;
     if tok.vocab_size() > cfg.vocab {
         return Err(crate::error::Error::Config {
-            file: path.display().to_string(),
+            file: dir.display().to_string(),
             detail: format!(
                 "tokenizer.json has {} tokens but the embedding has {} rows: tokenizer and model do not match",
                 tok.vocab_size(),
@@ -98,5 +103,5 @@ fn check_vocab(path: &std::path::Path, tok: &crate::model::tokenizer::Tokenizer,
             ),
         });
     }
-    Ok(())
+    Ok(tok)
 }
