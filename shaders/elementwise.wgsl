@@ -1,12 +1,13 @@
 // Elementwise ops on f32 vectors of length N: c = a + b, c = alpha * a, in-place a += alpha * b
-// (gradient accumulation), and in-place x[r, j] += bias[j] (bias of a linear layer).
+// (gradient accumulation), in-place x[r, j] += bias[j] (bias of a linear layer), and inverted
+// dropout c = a * keep / (1 - p) with keep a pure function of (seed, index).
 // add's backward passes dc through to both inputs; scale's backward is scale by the same alpha;
 // add_bias's backward sums dx over rows (dbias).
 
 struct Params {
     n: u32,
     alpha: f32,
-    cols: u32, // add_bias: row length
+    cols: u32, // add_bias: row length; dropout: seed (alpha is then the drop probability)
     _pad: u32,
 }
 
@@ -48,4 +49,20 @@ fn accumulate(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
 fn add_bias(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let i = index(wid, nwg, lid);
     if i < p.n { target_acc[i] += b[i % p.cols]; }
+}
+
+// PCG output permutation of one LCG step; src/ops/elementwise.rs `hash` is the same function.
+fn pcg_hash(v: u32) -> u32 {
+    let state = v * 747796405u + 2891336453u;
+    let word = ((state >> ((state >> 28u) + 4u)) ^ state) * 277803737u;
+    return (word >> 22u) ^ word;
+}
+
+@compute @workgroup_size(WG)
+fn dropout(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = index(wid, nwg, lid);
+    if i < p.n {
+        let u = f32(pcg_hash(i ^ pcg_hash(p.cols)) >> 8u) * (1.0 / 16777216.0);
+        c[i] = select(0.0, a[i] / (1.0 - p.alpha), u >= p.alpha);
+    }
 }

@@ -8,9 +8,11 @@ pub mod config;
 pub mod forward;
 pub mod generate;
 pub mod load;
+pub mod lora;
 pub mod tokenizer;
 pub mod weights;
 
 pub use config::{Arch, Config, HfConfig};
 pub use forward::KvCache;
+pub use lora::{LoraConfig, Target};
 pub use weights::{Linear, MemorySource, Model, Weight, WeightFormat, WeightSource};

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::model::config::Config;
+use crate::model::lora::{Lora, LoraConfig};
 use crate::ops::quant_nf4::{self, Nf4Tensor};
 use crate::ops::{elementwise, matmul, matmul_nf4, rope::RopeTables};
 use crate::tensor::Tensor;
@@ -72,11 +73,12 @@ impl Weight {
     }
 }
 
-/// A frozen linear layer y = x · Wᵀ (+ bias).
+/// A frozen linear layer y = x · Wᵀ (+ bias), with an optional trainable LoRA adapter.
 #[derive(Debug)]
 pub struct Linear {
     pub weight: Weight,       // [out, in]
     pub bias: Option<Tensor>, // [out]
+    pub lora: Option<Lora>,
 }
 
 impl Linear {
@@ -88,6 +90,9 @@ impl Linear {
         };
         if let Some(b) = &self.bias {
             elementwise::add_bias(dev, &mut y, b)?;
+        }
+        if let Some(l) = &self.lora {
+            l.add_to(dev, x, &mut y)?;
         }
         Ok(y)
     }
@@ -119,6 +124,8 @@ pub struct Model {
     /// The output projection [V, C]; `None` when tied to `embed`.
     pub lm_head: Option<Linear>,
     pub rope: RopeTables,
+    /// The attached adapter's configuration (the tensors live in each `Linear`).
+    pub lora: Option<LoraConfig>,
 }
 
 /// The Hugging Face names of every tensor of `cfg`'s model, with their shapes.
@@ -177,7 +184,7 @@ impl Model {
                     WeightFormat::Nf4 { blocksize } => Weight::Nf4(quant_nf4::quantize(dev, &dense, blocksize)?),
                 };
                 let bias = if bias { Some(take(&format!("{p}.{name}.bias"), &[rows])?) } else { None };
-                Ok(Linear { weight, bias })
+                Ok(Linear { weight, bias, lora: None })
             };
             let b = cfg.qkv_bias;
             let q = lin("self_attn.q_proj", hd, c, b)?;
@@ -192,10 +199,13 @@ impl Model {
             layers.push(Layer { attn_norm, q, k, v, o, mlp_norm, gate, up, down });
         }
         let norm = take("model.norm.weight", &[c])?;
-        let lm_head =
-            if cfg.tied { None } else { Some(Linear { weight: Weight::F32(take("lm_head.weight", &[cfg.vocab, c])?), bias: None }) };
+        let lm_head = if cfg.tied {
+            None
+        } else {
+            Some(Linear { weight: Weight::F32(take("lm_head.weight", &[cfg.vocab, c])?), bias: None, lora: None })
+        };
         let rope = RopeTables::new(dev, &cfg.inv_freq(), cfg.max_pos.clamp(1, MAX_ROPE_POSITIONS))?;
-        Ok(Model { cfg, embed, layers, norm, lm_head, rope })
+        Ok(Model { cfg, embed, layers, norm, lm_head, rope, lora: None })
     }
 }
 

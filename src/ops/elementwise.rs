@@ -1,7 +1,7 @@
-//! Elementwise f32 ops: c = a + b, c = α·a, in-place a += α·b for gradient accumulation, and
-//! in-place x[r] += bias (a linear layer's bias; its backward is the column sum of dx).
-//! Kernels: `shaders/elementwise.wgsl`. Backward: add passes dc to both inputs; scale is its own
-//! backward (dc scaled by the same α).
+//! Elementwise f32 ops: c = a + b, c = α·a, in-place a += α·b for gradient accumulation,
+//! in-place x[r] += bias (a linear layer's bias; its backward is the column sum of dx), and
+//! inverted dropout. Kernels: `shaders/elementwise.wgsl`. Backward: add passes dc to both inputs;
+//! scale is its own backward (dc scaled by the same α); dropout too (same seed, same mask).
 
 use crate::device::{cpu, gpu::Kernel, Device};
 use crate::error::Result;
@@ -126,4 +126,46 @@ pub fn add_bias(dev: &Device, x: &mut Tensor, bias: &Tensor) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The counter-based hash behind dropout masks (PCG's output permutation of an LCG step): the
+/// WGSL kernel computes the same bits, so a mask is a pure function of (seed, index) on every device.
+pub fn hash(v: u32) -> u32 {
+    let state = v.wrapping_mul(747_796_405).wrapping_add(2_891_336_453);
+    let word = ((state >> ((state >> 28) + 4)) ^ state).wrapping_mul(277_803_737);
+    (word >> 22) ^ word
+}
+
+/// Whether dropout with probability `p` keeps element `i` under `seed`.
+pub fn keeps(seed: u32, i: u32, p: f32) -> bool {
+    (hash(i ^ hash(seed)) >> 8) as f32 * (1.0 / 16_777_216.0) >= p
+}
+
+/// Inverted dropout: y = x·keep/(1-p), keep drawn from (seed, index). Also its own backward:
+/// dx = dropout(dy) with the same seed.
+pub fn dropout(dev: &Device, x: &Tensor, p: f32, seed: u32) -> Result<Tensor> {
+    const OP: &str = "dropout";
+    if !(0.0..1.0).contains(&p) {
+        return Err(crate::Error::InvalidArgument { flag: "dropout", detail: format!("probability {p} is outside [0, 1)") });
+    }
+    let n = x.numel();
+    let mut y = Tensor::zeros(dev, "dropout.y", x.shape(), DType::F32);
+    let keep_scale = 1.0 / (1.0 - p);
+    match dev {
+        Device::Cpu(_) => {
+            let x = x.host_f32(OP)?;
+            cpu::for_each_chunk(y.host_f32_mut(OP)?, CHUNK, |k, y| {
+                for (i, yi) in y.iter_mut().enumerate() {
+                    let at = k * CHUNK + i;
+                    *yi = if keeps(seed, at as u32, p) { x[at] * keep_scale } else { 0.0 };
+                }
+            });
+        }
+        Device::Gpu(g) => {
+            let bufs = [(1, x.bind(OP)?), (3, y.bind(OP)?)];
+            let params = Params { cols: seed, ..Params::new(n, p) };
+            g.dispatch(kernel("dropout"), &[("WG", WG)], &params, &bufs, groups(g, n, WG))?;
+        }
+    }
+    Ok(y)
 }

@@ -7,3 +7,4 @@ mod common;
 mod eval_job;
 mod formats;
 mod forward;
+mod train_grad;

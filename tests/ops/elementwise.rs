@@ -47,3 +47,25 @@ fn oversized_binding_is_a_clear_error() {
     let err = elementwise::scale(g, &big, 2.0).unwrap_err().to_string();
     assert!(err.contains("huge.weight") && err.contains(&limit.to_string()), "{err}");
 }
+
+/// Dropout keeps about 1-p of the elements, scales them by 1/(1-p), is a pure function of the
+/// seed (so it is its own backward), and the GPU draws exactly the CPU's mask.
+#[test]
+fn dropout_mask_is_seeded_and_identical_on_every_device() {
+    let n = 100_003;
+    let x: Vec<f32> = (0..n).map(|i| 1.0 + (i % 7) as f32).collect();
+    let p = 0.25;
+    let dev = cpu();
+    let y = read(&dev, &elementwise::dropout(&dev, &up(&dev, &[n], &x), p, 7).unwrap());
+    let kept = y.iter().filter(|&&v| v != 0.0).count() as f64 / n as f64;
+    assert!((kept - 0.75).abs() < 0.01, "kept share {kept}");
+    for (i, (&yi, &xi)) in y.iter().zip(&x).enumerate() {
+        assert!(yi == 0.0 || (yi - xi / 0.75).abs() < 1e-6, "element {i}: {yi} from {xi}");
+    }
+    let again = read(&dev, &elementwise::dropout(&dev, &up(&dev, &[n], &x), p, 7).unwrap());
+    assert_eq!(y, again, "same seed, same mask");
+    let other = read(&dev, &elementwise::dropout(&dev, &up(&dev, &[n], &x), p, 8).unwrap());
+    assert_ne!(y, other, "another seed, another mask");
+    assert!(elementwise::dropout(&dev, &up(&dev, &[n], &x), 1.0, 7).is_err());
+    cpu_vs_gpu("dropout", 0.0, 1e-6, |dev| vec![read(dev, &elementwise::dropout(dev, &up(dev, &[n], &x), p, 7).unwrap())]);
+}

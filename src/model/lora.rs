@@ -1,0 +1,266 @@
+//! LoRA adapters (Hu et al. 2021) on the frozen linear layers: y = x·Wᵀ + s·(drop(x)·Aᵀ)·Bᵀ with
+//! A [R, in], B [out, R] and s = alpha/R (or alpha/√R with rsLoRA, Kalajdzievski 2023).
+//!
+//! A starts as PEFT's `kaiming_uniform_(a=√5)`, i.e. uniform in ±1/√in, and B at zero, so a fresh
+//! adapter leaves the model's outputs exactly as they were. Names follow PEFT's state dict
+//! (`base_model.model.model.layers.{i}.mlp.gate_proj.lora_A.weight`), so `adapter_model.safetensors`
+//! loads in Hugging Face PEFT and PEFT adapters load here (`load::peft`).
+
+use serde::{Deserialize, Serialize};
+
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::model::weights::{Linear, Model};
+use crate::ops::{elementwise, matmul};
+use crate::rng::Rng;
+use crate::tensor::Tensor;
+
+/// A linear layer LoRA can adapt, named as in Hugging Face Llama/Qwen2 modules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Target {
+    #[serde(rename = "q_proj")]
+    Q,
+    #[serde(rename = "k_proj")]
+    K,
+    #[serde(rename = "v_proj")]
+    V,
+    #[serde(rename = "o_proj")]
+    O,
+    #[serde(rename = "gate_proj")]
+    Gate,
+    #[serde(rename = "up_proj")]
+    Up,
+    #[serde(rename = "down_proj")]
+    Down,
+}
+
+impl Target {
+    pub const ALL: [Target; 7] = [Target::Q, Target::K, Target::V, Target::O, Target::Gate, Target::Up, Target::Down];
+
+    /// The module's name inside a layer (`self_attn.q_proj`, `mlp.gate_proj`, ...).
+    pub fn module(self) -> &'static str {
+        match self {
+            Target::Q => "self_attn.q_proj",
+            Target::K => "self_attn.k_proj",
+            Target::V => "self_attn.v_proj",
+            Target::O => "self_attn.o_proj",
+            Target::Gate => "mlp.gate_proj",
+            Target::Up => "mlp.up_proj",
+            Target::Down => "mlp.down_proj",
+        }
+    }
+
+    /// The short name users write (`q_proj`, `gate_proj`, ...); also accepts `q`, `gate`, ....
+    pub fn name(self) -> &'static str {
+        self.module().rsplit('.').next().unwrap_or_default()
+    }
+
+    pub fn parse(s: &str) -> Result<Target> {
+        let s = s.trim();
+        Target::ALL.into_iter().find(|t| t.name() == s || t.name().trim_end_matches("_proj") == s).ok_or_else(|| Error::InvalidArgument {
+            flag: "--lora-targets",
+            detail: format!("unknown module `{s}`; choose from q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj"),
+        })
+    }
+}
+
+/// What to adapt and how. Defaults: r = 8, alpha = 16, dropout 0.05 on the MLP (FLeX's best
+/// targets), plain alpha/r scaling.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoraConfig {
+    pub rank: usize,
+    pub alpha: f32,
+    pub dropout: f32,
+    pub rslora: bool,
+    pub targets: Vec<Target>,
+}
+
+impl Default for LoraConfig {
+    fn default() -> Self {
+        LoraConfig { rank: 8, alpha: 16.0, dropout: 0.05, rslora: false, targets: vec![Target::Gate, Target::Up, Target::Down] }
+    }
+}
+
+impl LoraConfig {
+    pub fn scale(&self) -> f32 {
+        if self.rslora {
+            self.alpha / (self.rank as f32).sqrt()
+        } else {
+            self.alpha / self.rank as f32
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let bad = |flag, detail: String| Err(Error::InvalidArgument { flag, detail });
+        if self.rank == 0 {
+            return bad("--lora-rank", "the rank must be at least 1".into());
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return bad("--lora-dropout", format!("{} is outside [0, 1)", self.dropout));
+        }
+        if self.targets.is_empty() {
+            return bad("--lora-targets", "choose at least one module".into());
+        }
+        Ok(())
+    }
+}
+
+/// One adapter pair on a linear layer.
+#[derive(Debug)]
+pub struct Lora {
+    pub a: Tensor, // [R, in]
+    pub b: Tensor, // [out, R]
+    pub scale: f32,
+    pub dropout: f32,
+}
+
+impl Lora {
+    /// The adapter's term s·(x·Aᵀ)·Bᵀ for x [N, in] (no dropout: inference), added into y [N, out].
+    pub fn add_to(&self, dev: &Device, x: &Tensor, y: &mut Tensor) -> Result<()> {
+        let xa = matmul::forward(dev, x, &self.a, false, true)?;
+        elementwise::accumulate(dev, y, &matmul::forward(dev, &xa, &self.b, false, true)?, self.scale)
+    }
+}
+
+impl Linear {
+    /// This layer's adapter, for the loops that walk every trainable tensor.
+    pub fn lora(&self) -> Option<&Lora> {
+        self.lora.as_ref()
+    }
+}
+
+/// The PEFT state-dict names of layer `layer`'s adapter on `target`: (lora_A, lora_B).
+pub fn peft_names(layer: usize, target: Target) -> (String, String) {
+    let p = format!("base_model.model.model.layers.{layer}.{}", target.module());
+    (format!("{p}.lora_A.weight"), format!("{p}.lora_B.weight"))
+}
+
+impl Model {
+    /// The linear layer `target` of layer `i`.
+    pub fn linear(&self, i: usize, target: Target) -> &Linear {
+        let l = &self.layers[i];
+        match target {
+            Target::Q => &l.q,
+            Target::K => &l.k,
+            Target::V => &l.v,
+            Target::O => &l.o,
+            Target::Gate => &l.gate,
+            Target::Up => &l.up,
+            Target::Down => &l.down,
+        }
+    }
+
+    pub fn linear_mut(&mut self, i: usize, target: Target) -> &mut Linear {
+        let l = &mut self.layers[i];
+        match target {
+            Target::Q => &mut l.q,
+            Target::K => &mut l.k,
+            Target::V => &mut l.v,
+            Target::O => &mut l.o,
+            Target::Gate => &mut l.gate,
+            Target::Up => &mut l.up,
+            Target::Down => &mut l.down,
+        }
+    }
+
+    /// Attaches a fresh adapter to every target of every layer: A from PEFT's Kaiming-uniform
+    /// init drawn from `seed`, B zero. Replaces any adapter already attached.
+    pub fn attach_lora(&mut self, dev: &Device, cfg: &LoraConfig, seed: u64) -> Result<()> {
+        cfg.validate()?;
+        self.lora = Some(cfg.clone());
+        let mut rng = Rng::new(seed);
+        for i in 0..self.layers.len() {
+            for &t in &cfg.targets {
+                let lin = self.linear_mut(i, t);
+                let (out, inp) = (lin.weight.shape()[0], lin.weight.shape()[1]);
+                let bound = 1.0 / (inp as f64).sqrt();
+                let a: Vec<f32> = (0..cfg.rank * inp).map(|_| ((rng.uniform() * 2.0 - 1.0) * bound) as f32).collect();
+                let (na, nb) = peft_names(i, t);
+                lin.lora = Some(Lora {
+                    a: Tensor::from_f32(dev, &na, &[cfg.rank, inp], &a)?,
+                    b: Tensor::zeros(dev, &nb, &[out, cfg.rank], crate::tensor::DType::F32),
+                    scale: cfg.scale(),
+                    dropout: cfg.dropout,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Attaches an adapter from PEFT-named tensors (`get(name)` gives shape and values), checking
+    /// every shape against the model. `origin` names the file in errors.
+    pub fn attach_lora_from(
+        &mut self,
+        dev: &Device,
+        cfg: &LoraConfig,
+        origin: &str,
+        get: &mut dyn FnMut(&str) -> Result<Option<(Vec<usize>, Vec<f32>)>>,
+    ) -> Result<()> {
+        cfg.validate()?;
+        for i in 0..self.layers.len() {
+            for &t in &cfg.targets {
+                let (na, nb) = peft_names(i, t);
+                let lin = self.linear_mut(i, t);
+                let (out, inp) = (lin.weight.shape()[0], lin.weight.shape()[1]);
+                let mut take = |name: &str, shape: [usize; 2]| -> Result<Tensor> {
+                    let (got, data) = get(name)?.ok_or_else(|| Error::MissingTensor {
+                        file: origin.into(),
+                        tensor: name.into(),
+                        needed_by: format!("the adapter config (targets {:?}) at layer {i}", cfg.targets),
+                        hint: "the adapter was saved for another model or other target modules",
+                    })?;
+                    if got != shape {
+                        return Err(Error::Weights {
+                            file: origin.into(),
+                            tensor: name.into(),
+                            detail: format!("shape {got:?}, but this model with rank {} needs {shape:?}", cfg.rank),
+                        });
+                    }
+                    Tensor::from_f32(dev, name, &shape, &data)
+                };
+                let a = take(&na, [cfg.rank, inp])?;
+                let b = take(&nb, [out, cfg.rank])?;
+                lin.lora = Some(Lora { a, b, scale: cfg.scale(), dropout: cfg.dropout });
+            }
+        }
+        self.lora = Some(cfg.clone());
+        Ok(())
+    }
+
+    /// Every adapter tensor with its PEFT name, in a fixed order (layer, target, A then B): the
+    /// order of gradients, optimizer state and checkpoints.
+    pub fn lora_tensors(&self) -> Vec<(String, &Tensor)> {
+        let mut out = Vec::new();
+        for i in 0..self.layers.len() {
+            for t in Target::ALL {
+                if let Some(l) = self.linear(i, t).lora() {
+                    let (na, nb) = peft_names(i, t);
+                    out.push((na, &l.a));
+                    out.push((nb, &l.b));
+                }
+            }
+        }
+        out
+    }
+
+    /// Mutable adapter tensors in `lora_tensors` order.
+    pub fn lora_tensors_mut(&mut self) -> Vec<&mut Tensor> {
+        let mut out = Vec::new();
+        for layer in &mut self.layers {
+            for lin in [&mut layer.q, &mut layer.k, &mut layer.v, &mut layer.o, &mut layer.gate, &mut layer.up, &mut layer.down] {
+                if let Some(l) = lin.lora.as_mut() {
+                    out.push(&mut l.a);
+                    out.push(&mut l.b);
+                }
+            }
+        }
+        out
+    }
+
+    /// (trainable parameters, all parameters including the frozen base).
+    pub fn trainable_params(&self) -> (usize, usize) {
+        let lora: usize = self.lora_tensors().iter().map(|(_, t)| t.numel()).sum();
+        (lora, self.weight_bytes().1 + lora)
+    }
+}
