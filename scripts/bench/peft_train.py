@@ -5,12 +5,16 @@ wraps it with PEFT LoRA, and times what flexlora times: full training steps (for
 backward, AdamW step, zero_grad) on one sequence of random token ids (fixed seed). One warmup step
 is not timed. Prints one JSON line; peak resident memory is ru_maxrss of this process (KiB on
 Linux), so it includes Python, torch and the loaded model. For benchmarks only; never used by tests.
+Run it on a quiet machine: with 2 threads and another process busy on one of the 2 cores, torch's
+OpenMP threads wait on each other and a step gets several times slower (the JSON reports the 1-minute
+load average seen before the timed steps, to spot this).
 
     python3 -m venv /tmp/venv-peer && /tmp/venv-peer/bin/pip install torch transformers peft
     /tmp/venv-peer/bin/python scripts/bench/peft_train.py --model DIR [--steps 3] [--seq 512]
 """
 import argparse
 import json
+import os
 import resource
 import time
 
@@ -61,6 +65,7 @@ def main():
         return loss.item()
 
     step()  # warmup: allocator, optimizer state, first-call overheads
+    load = os.getloadavg()[0]
     losses = []
     t0 = time.perf_counter()
     for _ in range(args.steps):
@@ -77,6 +82,7 @@ def main():
                 "seq": args.seq,
                 "batch": args.batch,
                 "threads": torch.get_num_threads(),
+                "load_avg_1m_before": load,
                 "rank": args.rank,
                 "targets": args.targets.split(","),
                 "trainable_params": sum(p.numel() for p in trainable),
