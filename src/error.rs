@@ -88,6 +88,12 @@ pub enum Error {
     #[error("{path}, line {line}: {detail}")]
     DataFormat { path: String, line: usize, detail: String },
 
+    #[error("checkpoint `{path}`: {detail}")]
+    Checkpoint { path: String, detail: String },
+
+    #[error("training stopped at step {step}: {detail}. {hint}")]
+    Training { step: usize, detail: String, hint: String },
+
     #[error("sandbox: {detail}; {hint}")]
     Sandbox { detail: String, hint: &'static str },
 }

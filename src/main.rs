@@ -25,6 +25,9 @@ enum Command {
     /// Evaluate a model: pass@k on HumanEval, MBPP (test split), MBJP or HumanEval-Java, with the
     /// generated programs run in a sandbox.
     Eval(EvalArgs),
+    /// Fine-tune a LoRA adapter over the frozen (4-bit) model: with no arguments, SmolLM2-135M-Instruct
+    /// on MBPP's train split. Settings come from --config FILE.toml, then the flags.
+    Train(Box<TrainArgs>),
     /// Write a model (GGUF file or HF directory) as a Hugging Face directory: config.json,
     /// tokenizer.json, tokenizer_config.json, model.safetensors (f32).
     Convert {
@@ -194,6 +197,173 @@ struct EvalArgs {
     dev: DeviceFlags,
 }
 
+#[derive(Args)]
+struct TrainArgs {
+    /// A TOML file with any of the settings below (flags override it).
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
+    /// Continue the run whose output directory (or checkpoint directory) this is.
+    #[arg(long)]
+    resume: Option<std::path::PathBuf>,
+    /// A .gguf file or a Hugging Face model directory.
+    #[arg(long)]
+    model: Option<std::path::PathBuf>,
+    /// `mbpp` (train split), `mbpp:validation`, or a JSONL file of {"prompt","completion"} or {"text"} lines.
+    #[arg(long)]
+    data: Option<String>,
+    /// Dataset directory (default: $FLEXLORA_DATA, else ../shared/data).
+    #[arg(long)]
+    data_dir: Option<std::path::PathBuf>,
+    /// Output directory: checkpoints, metrics.jsonl, loss.svg, adapter/, summary.json.
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
+    /// Frozen base weights: nf4 (QLoRA, default) or f32.
+    #[arg(long)]
+    weights: Option<String>,
+    #[arg(long)]
+    max_len: Option<usize>,
+    /// Train on the prompt tokens too (by default only the completion is in the loss).
+    #[arg(long)]
+    no_mask_prompt: bool,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    #[arg(long)]
+    grad_accum: Option<usize>,
+    /// Optimizer steps (default: --epochs passes over the data).
+    #[arg(long)]
+    steps: Option<usize>,
+    #[arg(long)]
+    epochs: Option<usize>,
+    #[arg(long)]
+    lr: Option<f32>,
+    /// constant, linear or cosine (after --warmup-steps of linear warmup).
+    #[arg(long)]
+    schedule: Option<String>,
+    #[arg(long)]
+    warmup_steps: Option<usize>,
+    #[arg(long)]
+    min_lr_ratio: Option<f32>,
+    /// Global gradient-norm clip (0 disables).
+    #[arg(long)]
+    clip: Option<f32>,
+    /// adamw or sophia.
+    #[arg(long)]
+    optimizer: Option<String>,
+    /// Sophia: Hessian estimate every k steps.
+    #[arg(long)]
+    hessian_every: Option<usize>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Checkpoint every N steps (0: only at the end).
+    #[arg(long)]
+    save_every: Option<usize>,
+    /// Recompute activations per layer during backward (less memory).
+    #[arg(long)]
+    recompute: bool,
+    #[arg(long)]
+    lora_rank: Option<usize>,
+    #[arg(long)]
+    lora_alpha: Option<f32>,
+    #[arg(long)]
+    lora_dropout: Option<f32>,
+    /// Comma-separated modules: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj.
+    #[arg(long)]
+    lora_targets: Option<String>,
+    /// Scale by alpha/sqrt(r) (rsLoRA) instead of alpha/r.
+    #[arg(long)]
+    rslora: bool,
+    /// FLeX spectral penalty: off, train (with gradient) or published (logged only, like the paper's code).
+    #[arg(long)]
+    flex_mode: Option<String>,
+    #[arg(long)]
+    flex_lambda: Option<f32>,
+    /// T: the frequency share (of n = N/2+1) where the penalty weight reaches 1 - phi_high.
+    #[arg(long)]
+    flex_threshold: Option<f32>,
+    #[arg(long)]
+    flex_phi_low: Option<f32>,
+    #[arg(long)]
+    flex_phi_high: Option<f32>,
+    /// Which LoRA matrices: a, b or both.
+    #[arg(long)]
+    flex_matrices: Option<String>,
+    /// Flatten each row separately instead of the whole matrix.
+    #[arg(long)]
+    flex_per_row: bool,
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    device: DeviceChoice,
+    #[arg(long, value_enum)]
+    backend: Option<BackendChoice>,
+}
+
+/// A TOML-spelled enum value from a flag.
+fn enum_flag<T: serde::de::DeserializeOwned>(flag: &str, v: &str) -> Result<T> {
+    serde_json::from_value(serde_json::Value::String(v.to_lowercase())).map_err(|_| anyhow::anyhow!("invalid value `{v}` for {flag}"))
+}
+
+impl TrainArgs {
+    fn config(&self) -> Result<flexlora::train::config::TrainConfig> {
+        let mut c = match &self.config {
+            Some(p) => flexlora::train::config::TrainConfig::from_toml(p)?,
+            None => Default::default(),
+        };
+        macro_rules! set {
+            ($($field:ident).+ = $flag:expr) => {
+                if let Some(v) = $flag.clone() {
+                    c.$($field).+ = v;
+                }
+            };
+        }
+        set!(model = self.model);
+        set!(data = self.data);
+        if self.data_dir.is_some() {
+            c.data_dir = self.data_dir.clone();
+        }
+        set!(out = self.out);
+        set!(weights = self.weights);
+        set!(max_len = self.max_len);
+        set!(batch_size = self.batch_size);
+        set!(grad_accum = self.grad_accum);
+        set!(steps = self.steps);
+        set!(epochs = self.epochs);
+        set!(lr = self.lr);
+        set!(warmup_steps = self.warmup_steps);
+        set!(min_lr_ratio = self.min_lr_ratio);
+        set!(clip = self.clip);
+        set!(hessian_every = self.hessian_every);
+        set!(seed = self.seed);
+        set!(save_every = self.save_every);
+        set!(lora.rank = self.lora_rank);
+        set!(lora.alpha = self.lora_alpha);
+        set!(lora.dropout = self.lora_dropout);
+        set!(flex.lambda = self.flex_lambda);
+        set!(flex.threshold = self.flex_threshold);
+        set!(flex.phi_low = self.flex_phi_low);
+        set!(flex.phi_high = self.flex_phi_high);
+        c.mask_prompt &= !self.no_mask_prompt;
+        c.recompute |= self.recompute;
+        c.lora.rslora |= self.rslora;
+        c.flex.per_row |= self.flex_per_row;
+        if let Some(s) = &self.schedule {
+            c.schedule = enum_flag("--schedule", s)?;
+        }
+        if let Some(s) = &self.optimizer {
+            c.optimizer = enum_flag("--optimizer", s)?;
+        }
+        if let Some(s) = &self.flex_mode {
+            c.flex.mode = enum_flag("--flex-mode", s)?;
+        }
+        if let Some(s) = &self.flex_matrices {
+            c.flex.matrices = enum_flag("--flex-matrices", s)?;
+        }
+        if let Some(t) = &self.lora_targets {
+            c.lora.targets = t.split(',').map(flexlora::model::Target::parse).collect::<flexlora::Result<_>>()?;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum EvalTask {
     Humaneval,
@@ -219,6 +389,7 @@ fn main() -> Result<()> {
         Command::Devices { backend } => devices(backend),
         Command::Generate(args) => generate(args),
         Command::Eval(args) => eval(args),
+        Command::Train(args) => train(*args),
         Command::Convert { input, output } => {
             flexlora::model::load::convert_to_hf(&input, &output)?;
             eprintln!("wrote {}", output.display());
@@ -248,6 +419,81 @@ fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Loads a PEFT LoRA adapter onto the model, when one is given.
+fn attach_adapter(dev: &flexlora::Device, model: &mut flexlora::model::Model, adapter: Option<&std::path::Path>) -> Result<()> {
+    if let Some(path) = adapter {
+        let cfg = flexlora::model::load::peft::load(dev, model, path)?;
+        let (trainable, _) = model.trainable_params();
+        eprintln!("adapter {}: rank {}, alpha {}, {:?}, {trainable} parameters", path.display(), cfg.rank, cfg.alpha, cfg.targets);
+    }
+    Ok(())
+}
+
+fn train(a: TrainArgs) -> Result<()> {
+    use flexlora::train::run::{self, Event, Trainer};
+    let cfg = a.config()?;
+    let sel = block_on(None, device::select(a.device, a.backend))?;
+    eprintln!("device: {} ({})", sel.device.name(), sel.reason);
+    let t0 = std::time::Instant::now();
+    let (model, tok) = run::load_model(&sel.device, &cfg)?;
+    let (bytes, params) = model.weight_bytes();
+    eprintln!(
+        "loaded {} ({} weights) in {:.1} s: {:.1}M parameters in {:.0} MiB",
+        cfg.model.display(),
+        cfg.weights,
+        t0.elapsed().as_secs_f64(),
+        params as f64 / 1e6,
+        bytes as f64 / (1 << 20) as f64
+    );
+    let tr = Trainer::new(sel.device, model, &tok, cfg, a.resume.as_deref())?;
+    let bar = indicatif::ProgressBar::new(tr.total_steps as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("[{bar:30}] {pos}/{len} steps  {msg}  {elapsed_precise} ETA {eta}")
+            .unwrap()
+            .progress_chars("=> "),
+    );
+    let mut tok_s = 0.0;
+    let summary = run::run(tr, &mut |e| match e {
+        Event::Started { trainer } => {
+            let (trainable, total) = trainer.model.trainable_params();
+            let s = &trainer.stats;
+            bar.println(format!(
+                "trainable parameters: {trainable} of {total} ({:.3}%); data: {} examples ({} truncated to {} tokens), {} tokens, {} trained",
+                100.0 * trainable as f64 / total as f64,
+                s.examples,
+                s.truncated,
+                trainer.cfg.max_len,
+                s.tokens,
+                s.target_tokens
+            ));
+            if let Some(p) = &trainer.resumed_from {
+                bar.println(format!("resumed from {} at step {}", p.display(), trainer.step));
+            }
+            bar.set_position(trainer.step as u64);
+        }
+        Event::Step(r) => {
+            tok_s = if tok_s == 0.0 { r.tokens as f64 / r.seconds } else { 0.8 * tok_s + 0.2 * r.tokens as f64 / r.seconds };
+            let flex = r.flex_penalty.map(|p| format!(" flex {p:.4}")).unwrap_or_default();
+            bar.set_message(format!("loss {:.4}{flex}  lr {:.2e}  |g| {:.3}  {tok_s:.0} tok/s", r.loss, r.lr, r.grad_norm));
+            bar.set_position(r.step as u64);
+        }
+        Event::Saved(p) => bar.println(format!("checkpoint {}", p.display())),
+    })?;
+    bar.finish();
+    println!(
+        "trained {} steps, loss {:.4} -> {:.4}, {} tokens in {:.1} s ({:.1} tokens/s), peak memory {:.0} MiB",
+        summary.steps,
+        summary.first_loss.unwrap_or(f64::NAN),
+        summary.final_loss.unwrap_or(f64::NAN),
+        summary.tokens,
+        summary.seconds,
+        summary.tokens_per_s,
+        summary.peak_rss_mib.unwrap_or(0.0)
+    );
+    println!("adapter: {} (load it with --adapter, or PEFT's PeftModel.from_pretrained)", summary.adapter.display());
+    Ok(())
 }
 
 fn devices(backend: Option<BackendChoice>) -> Result<()> {
@@ -286,13 +532,11 @@ fn devices(backend: Option<BackendChoice>) -> Result<()> {
 fn generate(a: GenerateArgs) -> Result<()> {
     use flexlora::model::generate::{generate, GenerateOptions, Sampling};
     use std::io::Write;
-    if a.adapter.is_some() {
-        anyhow::bail!("--adapter: LoRA adapters are not supported yet (they arrive with `flexlora train`)");
-    }
     let sel = block_on(None, device::select(a.dev.device, a.dev.backend))?;
     eprintln!("device: {} ({})", sel.device.name(), sel.reason);
     let dev = sel.device;
-    let (model, tok) = open_model(&dev, &a.model, &a.dev)?;
+    let (mut model, tok) = open_model(&dev, &a.model, &a.dev)?;
+    attach_adapter(&dev, &mut model, a.adapter.as_deref())?;
     let text = if a.chat { tok.chat_prompt(a.system.as_deref(), &a.prompt) } else { a.prompt.clone() };
     let ids = tok.encode(&text, true)?;
     let opts = GenerateOptions {
@@ -324,9 +568,6 @@ fn generate(a: GenerateArgs) -> Result<()> {
 
 fn eval(a: EvalArgs) -> Result<()> {
     use flexlora::eval::job::{self, EvalConfig, Progress, TaskSet};
-    if a.adapter.is_some() {
-        anyhow::bail!("--adapter: LoRA adapters are not supported yet (they arrive with `flexlora train`)");
-    }
     let task = match a.task {
         EvalTask::Humaneval => TaskSet::Humaneval,
         EvalTask::Mbpp => TaskSet::Mbpp,
@@ -335,9 +576,13 @@ fn eval(a: EvalArgs) -> Result<()> {
     };
     let sel = block_on(None, device::select(a.dev.device, a.dev.backend))?;
     eprintln!("device: {} ({})", sel.device.name(), sel.reason);
-    let (model, tok) = open_model(&sel.device, &a.model, &a.dev)?;
+    let (mut model, tok) = open_model(&sel.device, &a.model, &a.dev)?;
+    attach_adapter(&sel.device, &mut model, a.adapter.as_deref())?;
     let cfg = EvalConfig {
-        model: a.model.display().to_string(),
+        model: match &a.adapter {
+            Some(ad) => format!("{} + adapter {}", a.model.display(), ad.display()),
+            None => a.model.display().to_string(),
+        },
         task,
         limit: a.limit,
         samples: a.samples,

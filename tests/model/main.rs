@@ -7,4 +7,6 @@ mod common;
 mod eval_job;
 mod formats;
 mod forward;
+mod lora_oracle;
 mod train_grad;
+mod train_loop;

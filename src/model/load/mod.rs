@@ -7,12 +7,15 @@
 //! - `gguf_model`: a model's config, tensors (HF names) and tokenizer from a GGUF file.
 //! - `safetensors` (native): Hugging Face model directories, memory-mapped.
 //! - `convert` (native): any model we read, written as a Hugging Face directory.
+//! - `peft` (native): LoRA adapters in Hugging Face PEFT's directory layout.
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod convert;
 pub mod ggml_blocks;
 pub mod gguf;
 pub mod gguf_model;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod peft;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod safetensors;
 

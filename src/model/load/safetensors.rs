@@ -119,3 +119,22 @@ pub fn write(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)], metadata: 
     let bytes = safetensors::serialize(views, metadata).map_err(|e| io_err(path, e))?;
     crate::model::load::write_atomic(path, &bytes)
 }
+
+/// Tensors of one small safetensors file (adapters, optimizer state) as f32, with the file's
+/// metadata. Errors name the file and say whether it looks truncated.
+pub fn read_all(path: &Path) -> Result<(HashMap<String, (Vec<usize>, Vec<f32>)>, HashMap<String, String>)> {
+    let bytes = std::fs::read(path).map_err(|e| io_err(path, e))?;
+    let (_, meta) =
+        SafeTensors::read_metadata(&bytes).map_err(|e| io_err(path, format!("not a valid safetensors file ({e}); is it truncated?")))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| io_err(path, format!("not a valid safetensors file ({e}); is it truncated?")))?;
+    let mut out = HashMap::new();
+    for (name, view) in st.tensors() {
+        let data = to_f32(view.dtype(), view.data()).ok_or_else(|| Error::Weights {
+            file: path.display().to_string(),
+            tensor: name.clone(),
+            detail: format!("dtype {:?} is not supported (F32, F16, BF16)", view.dtype()),
+        })?;
+        out.insert(name, (view.shape().to_vec(), data));
+    }
+    Ok((out, meta.metadata().clone().unwrap_or_default()))
+}

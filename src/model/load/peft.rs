@@ -1,0 +1,125 @@
+//! LoRA adapters as Hugging Face PEFT saves them: a directory with `adapter_config.json` and
+//! `adapter_model.safetensors` (tensors named `base_model.model.model.layers.{i}.{module}.lora_A.weight`).
+//! What flexlora writes, `PeftModel.from_pretrained` loads, and the other way round.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde_json::json;
+
+use crate::device::{block_on, Device};
+use crate::error::{Error, Result};
+use crate::model::lora::{LoraConfig, Target};
+use crate::model::load::{safetensors, write_atomic};
+use crate::model::weights::Model;
+
+pub const CONFIG_FILE: &str = "adapter_config.json";
+pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
+
+fn config_err(path: &Path, detail: impl Into<String>) -> Error {
+    Error::Config { file: path.display().to_string(), detail: detail.into() }
+}
+
+/// The PEFT `adapter_config.json` for `cfg`.
+pub fn config_json(cfg: &LoraConfig, base_model: &str) -> String {
+    let v = json!({
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model,
+        "r": cfg.rank,
+        "lora_alpha": cfg.alpha,
+        "lora_dropout": cfg.dropout,
+        "use_rslora": cfg.rslora,
+        "target_modules": cfg.targets.iter().map(|t| t.name()).collect::<Vec<_>>(),
+        "bias": "none",
+        "fan_in_fan_out": false,
+        "inference_mode": true,
+        "init_lora_weights": true,
+        "modules_to_save": null,
+        "layers_to_transform": null,
+        "use_dora": false,
+    });
+    serde_json::to_string_pretty(&v).unwrap_or_default()
+}
+
+/// Parses a PEFT `adapter_config.json`, rejecting what flexlora cannot apply (DoRA, other PEFT
+/// types, biases, extra trained modules) with a message naming the key.
+pub fn parse_config(path: &Path, text: &str) -> Result<LoraConfig> {
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| config_err(path, e.to_string()))?;
+    let get = |k: &str| v.get(k).filter(|x| !x.is_null());
+    if let Some(t) = get("peft_type").and_then(|t| t.as_str()) {
+        if t != "LORA" {
+            return Err(config_err(path, format!("peft_type `{t}` is not supported; flexlora applies LoRA adapters")));
+        }
+    }
+    for (key, ok) in [("use_dora", json!(false)), ("bias", json!("none")), ("fan_in_fan_out", json!(false))] {
+        if let Some(x) = get(key) {
+            if *x != ok {
+                return Err(config_err(path, format!("`{key}` = {x} is not supported (flexlora needs {ok})")));
+            }
+        }
+    }
+    if get("modules_to_save").and_then(|m| m.as_array()).is_some_and(|m| !m.is_empty()) {
+        return Err(config_err(path, "`modules_to_save` is not supported: flexlora trains and loads LoRA matrices only"));
+    }
+    let rank = get("r").and_then(|r| r.as_u64()).ok_or_else(|| config_err(path, "`r` (the LoRA rank) is missing"))? as usize;
+    let alpha = get("lora_alpha").and_then(|a| a.as_f64()).unwrap_or(8.0) as f32;
+    let dropout = get("lora_dropout").and_then(|d| d.as_f64()).unwrap_or(0.0) as f32;
+    let rslora = get("use_rslora").and_then(|r| r.as_bool()).unwrap_or(false);
+    let names: Vec<String> = match get("target_modules") {
+        Some(serde_json::Value::String(s)) => vec![s.clone()],
+        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_str().map(String::from)).collect(),
+        _ => return Err(config_err(path, "`target_modules` is missing")),
+    };
+    let mut targets = Vec::new();
+    for n in &names {
+        let t = Target::parse(n).map_err(|_| {
+            config_err(path, format!("target module `{n}` is not a Llama linear layer (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj)"))
+        })?;
+        if !targets.contains(&t) {
+            targets.push(t);
+        }
+    }
+    targets.sort_by_key(|t| Target::ALL.iter().position(|x| x == t));
+    let cfg = LoraConfig { rank, alpha, dropout, rslora, targets };
+    cfg.validate().map_err(|e| config_err(path, e.to_string()))?;
+    Ok(cfg)
+}
+
+/// The adapter's tensors read back to the host, PEFT-named, in `lora_tensors` order.
+pub fn host_tensors(dev: &Device, model: &Model) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    let mut out = Vec::new();
+    for (name, t) in model.lora_tensors() {
+        out.push((name, t.shape().to_vec(), block_on(Some(dev), t.to_vec_f32(dev))?));
+    }
+    Ok(out)
+}
+
+/// Writes the model's adapter into `dir` (created if needed) in PEFT's layout, each file atomically.
+pub fn save(dev: &Device, model: &Model, dir: &Path, base_model: &str) -> Result<()> {
+    let cfg = model.lora.as_ref().ok_or_else(|| config_err(dir, "the model has no adapter to save"))?;
+    std::fs::create_dir_all(dir).map_err(|e| config_err(dir, format!("cannot create the directory: {e}")))?;
+    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::write(&dir.join(WEIGHTS_FILE), &host_tensors(dev, model)?, Some(meta))?;
+    write_atomic(&dir.join(CONFIG_FILE), config_json(cfg, base_model).as_bytes())
+}
+
+/// Reads a PEFT adapter directory (or its `adapter_model.safetensors`) and attaches it to `model`.
+pub fn load(dev: &Device, model: &mut Model, path: &Path) -> Result<LoraConfig> {
+    let dir = if path.is_file() { path.parent().unwrap_or(Path::new(".")) } else { path };
+    let cfg_path = dir.join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&cfg_path)
+        .map_err(|e| config_err(&cfg_path, format!("{e}; an adapter directory holds {CONFIG_FILE} and {WEIGHTS_FILE} as PEFT saves them")))?;
+    let cfg = parse_config(&cfg_path, &text)?;
+    let weights = dir.join(WEIGHTS_FILE);
+    if !weights.exists() && dir.join("adapter_model.bin").exists() {
+        return Err(config_err(&weights, "only adapter_model.bin (a pickle) is present; save the adapter with safe_serialization=True"));
+    }
+    let (mut tensors, _) = safetensors::read_all(&weights)?;
+    let origin = weights.display().to_string();
+    // PEFT saves without the adapter name; older versions sometimes kept `.default`.
+    model.attach_lora_from(dev, &cfg, &origin, &mut |name| {
+        Ok(tensors.remove(name).or_else(|| tensors.remove(&name.replace(".weight", ".default.weight"))))
+    })?;
+    Ok(cfg)
+}

@@ -1,0 +1,366 @@
+//! The training loop: batches from the data loader, forward and backward per micro-batch with
+//! gradients accumulated on the device, the FLeX penalty, global-norm clipping, one optimizer step,
+//! metrics, checkpoints. `Trainer` is one run; `run` drives it to the end with metrics, the loss
+//! curve and a summary in the output directory.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::device::{block_on, Device};
+use crate::error::{Error, Result};
+use crate::eval::tasks::MbppSplit;
+use crate::model::load;
+use crate::model::tokenizer::Tokenizer;
+use crate::model::weights::{Model, WeightFormat};
+use crate::ops::{elementwise, optim, spectral};
+use crate::tensor::{DType, Tensor};
+use crate::train::checkpoint::{self, State};
+use crate::train::config::{FlexMatrices, FlexMode, OptimizerKind, TrainConfig};
+use crate::train::data::{self, Cursor, Example, Loader, Source, TokenStats};
+use crate::train::grad::Options;
+
+/// What one optimizer step did.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct StepReport {
+    pub step: usize,
+    pub loss: f64,
+    pub lr: f32,
+    pub grad_norm: f64,
+    /// FLeX penalty λ·mean_W penalty(W) (before the step), when the mode is not `off`.
+    pub flex_penalty: Option<f64>,
+    /// Tokens in the step's batches (padding excluded) and the targets among them.
+    pub tokens: usize,
+    pub targets: usize,
+    pub seconds: f64,
+}
+
+/// The data source named by the `data` setting.
+pub fn parse_source(data: &str) -> Result<Source> {
+    let split = |s: &str| match s {
+        "train" => Ok(MbppSplit::Train),
+        "validation" => Ok(MbppSplit::Validation),
+        "test" => Ok(MbppSplit::Test),
+        "all" => Ok(MbppSplit::All),
+        _ => Err(Error::InvalidArgument { flag: "--data", detail: format!("unknown MBPP split `{s}` (train, validation, test, all)") }),
+    };
+    match data.split_once(':') {
+        None if data == "mbpp" => Ok(Source::Mbpp { split: MbppSplit::Train }),
+        Some(("mbpp", s)) => Ok(Source::Mbpp { split: split(s)? }),
+        _ => Ok(Source::Jsonl(PathBuf::from(data))),
+    }
+}
+
+/// Optimizer state: first moments `m` and second moments (AdamW's `v`, Sophia's Hessian `h`).
+struct OptState {
+    m: Vec<Tensor>,
+    s: Vec<Tensor>,
+}
+
+pub struct Trainer {
+    pub dev: Device,
+    pub model: Model,
+    pub cfg: TrainConfig,
+    pub stats: TokenStats,
+    examples: Vec<Example>,
+    loader: Loader,
+    opt: OptState,
+    grads: Vec<Tensor>,
+    pad: u32,
+    pub step: usize,
+    pub total_steps: usize,
+    pub tokens: u64,
+    pub elapsed_s: f64,
+    /// The checkpoint this run resumed from.
+    pub resumed_from: Option<PathBuf>,
+}
+
+fn opt_names(model: &Model, kind: OptimizerKind) -> Vec<(String, Vec<usize>)> {
+    let second = if kind == OptimizerKind::Sophia { "h" } else { "v" };
+    let params: Vec<(String, Vec<usize>)> = model.lora_tensors().into_iter().map(|(n, t)| (n, t.shape().to_vec())).collect();
+    let m = params.iter().map(|(n, s)| (format!("m.{n}"), s.clone()));
+    let s = params.iter().map(|(n, s)| (format!("{second}.{n}"), s.clone()));
+    m.chain(s).collect()
+}
+
+impl Trainer {
+    /// Sets up a run: a fresh adapter, or the state of the checkpoint `resume` points at (whose
+    /// saved config then replaces `cfg`, except for `steps`, which may be extended).
+    pub fn new(dev: Device, model: Model, tok: &Tokenizer, mut cfg: TrainConfig, resume: Option<&Path>) -> Result<Trainer> {
+        let mut model = model;
+        let mut resumed = None;
+        let mut state = None;
+        if let Some(path) = resume {
+            let ckpt = checkpoint::resolve(path)?;
+            let st = checkpoint::load_state(&ckpt)?;
+            let shape = format!("{:?}", model.cfg);
+            if st.model_shape != shape {
+                return Err(Error::Checkpoint {
+                    path: ckpt.display().to_string(),
+                    detail: format!("it was trained on a model of shape {}, not this one ({shape}); pass the same --model", st.model_shape),
+                });
+            }
+            let steps = cfg.steps;
+            cfg = st.config.clone();
+            if steps > cfg.steps {
+                cfg.steps = steps;
+            }
+            load::peft::load(&dev, &mut model, &ckpt)?;
+            if model.lora.as_ref() != Some(&cfg.lora) {
+                return Err(Error::Checkpoint {
+                    path: ckpt.display().to_string(),
+                    detail: format!("its adapter ({:?}) differs from its saved config ({:?})", model.lora, cfg.lora),
+                });
+            }
+            resumed = Some(ckpt);
+            state = Some(st);
+        } else {
+            model.attach_lora(&dev, &cfg.lora, cfg.seed)?;
+        }
+        cfg.validate()?;
+        let data_dir = crate::eval::job::data_dir(cfg.data_dir.clone());
+        let texts = data::load(&parse_source(&cfg.data)?, &data_dir)?;
+        let (examples, stats) = data::tokenize(tok, &texts, cfg.max_len, cfg.mask_prompt)?;
+        if examples.is_empty() {
+            return Err(Error::InvalidArgument { flag: "--data", detail: format!("`{}` has no examples", cfg.data) });
+        }
+        let per_step = cfg.batch_size * cfg.grad_accum;
+        let total_steps = if cfg.steps > 0 { cfg.steps } else { (examples.len() * cfg.epochs).div_ceil(per_step) };
+        let names = opt_names(&model, cfg.optimizer);
+        let opt_tensors = match &resumed {
+            Some(ckpt) => checkpoint::load_optimizer(&dev, ckpt, &names)?,
+            None => names.iter().map(|(n, s)| Tensor::zeros(&dev, n, s, DType::F32)).collect(),
+        };
+        let half = opt_tensors.len() / 2;
+        let mut it = opt_tensors.into_iter();
+        let m: Vec<Tensor> = it.by_ref().take(half).collect();
+        let s: Vec<Tensor> = it.collect();
+        let cursor = state.as_ref().map(|s| s.cursor.clone()).unwrap_or(Cursor { epoch: 0, index: 0 });
+        let loader = Loader::new(examples.len(), cfg.seed, cursor);
+        let pad = tok.eos.first().copied().unwrap_or(0);
+        let grads = model.zero_grads(&dev);
+        Ok(Trainer {
+            dev,
+            model,
+            stats,
+            examples,
+            loader,
+            opt: OptState { m, s },
+            grads,
+            pad,
+            step: state.as_ref().map_or(0, |s| s.step),
+            total_steps,
+            tokens: state.as_ref().map_or(0, |s| s.tokens),
+            elapsed_s: state.as_ref().map_or(0.0, |s| s.elapsed_s),
+            resumed_from: resumed,
+            cfg,
+        })
+    }
+
+    pub fn done(&self) -> bool {
+        self.step >= self.total_steps
+    }
+
+    /// Seeds for step `step`, micro-batch `j`: dropout and Sophia's label sampling.
+    fn seed(&self, step: usize, j: usize, salt: u32) -> u32 {
+        let s = self.cfg.seed;
+        elementwise::hash((s as u32) ^ elementwise::hash((s >> 32) as u32 ^ elementwise::hash(step as u32 ^ elementwise::hash(j as u32 * 2 + salt))))
+    }
+
+    /// One optimizer step over `grad_accum` micro-batches.
+    pub fn step(&mut self) -> Result<StepReport> {
+        let t0 = Instant::now();
+        let (dev, cfg) = (&self.dev, &self.cfg);
+        let step = self.step;
+        let mut tokens = 0;
+        let micro: Vec<data::Batch> = (0..cfg.grad_accum)
+            .map(|_| {
+                let idx = self.loader.next_indices(cfg.batch_size);
+                let refs: Vec<&Example> = idx.iter().map(|&i| &self.examples[i]).collect();
+                tokens += refs.iter().map(|e| e.ids.len()).sum::<usize>();
+                data::make_batch(&refs, self.pad)
+            })
+            .collect();
+        let targets: usize = micro.iter().map(|b| b.n_targets).sum();
+        for g in &mut self.grads {
+            *g = Tensor::zeros(dev, g.label(), &g.shape().to_vec(), DType::F32);
+        }
+        let scale = 1.0 / targets.max(1) as f32;
+        let sophia_step = cfg.optimizer == OptimizerKind::Sophia && step % cfg.hessian_every == 0;
+        let mut loss_sum = 0f64;
+        for (j, batch) in micro.iter().enumerate() {
+            let tgt = Tensor::from_u32(dev, "targets", &[batch.targets.len()], &batch.targets)?;
+            let opts = Options { recompute: cfg.recompute, dropout_seed: Some(self.seed(step, j, 0)) };
+            let fwd = self.model.forward_train(dev, &batch.ids, &tgt, batch.b, opts)?;
+            self.model.backward(dev, &fwd, &tgt, scale, &mut self.grads)?;
+            if sophia_step && j + 1 == micro.len() && batch.n_targets > 0 {
+                // Gauss-Newton-Bartlett: the gradient of the loss on labels the model samples itself.
+                let labels = optim::sample_labels(dev, &fwd.logits, &tgt, self.seed(step, j, 1))?;
+                let mut ghat = self.model.zero_grads(dev);
+                self.model.backward(dev, &fwd, &labels, 1.0 / batch.n_targets as f32, &mut ghat)?;
+                for (h, g) in self.opt.s.iter_mut().zip(&ghat) {
+                    optim::sophia_hessian(dev, h, g, cfg.sophia.beta2, batch.n_targets as f32)?;
+                }
+            }
+            loss_sum += block_on(Some(dev), fwd.loss.to_vec_f32(dev))?.iter().map(|&l| l as f64).sum::<f64>();
+        }
+        let loss = loss_sum * scale as f64;
+        let flex_penalty = self.flex()?;
+        let (dev, cfg) = (&self.dev, &self.cfg);
+        let norm2 = block_on(Some(dev), optim::sum_squares(dev, &self.grads.iter().collect::<Vec<_>>())?.to_vec_f32(dev))?[0] as f64;
+        let grad_norm = norm2.sqrt();
+        if !loss.is_finite() || !grad_norm.is_finite() {
+            let last = checkpoint::list(&self.cfg.out.join("checkpoints"))?.pop();
+            return Err(Error::Training {
+                step: step + 1,
+                detail: format!("the loss is {loss} and the gradient norm {grad_norm}"),
+                hint: match last {
+                    Some((s, p)) => format!("The last good checkpoint (step {s}) is {}; resume from it with a lower --lr", p.display()),
+                    None => "No checkpoint was written yet; lower --lr or check the data".into(),
+                },
+            });
+        }
+        let clip = if cfg.clip > 0.0 && grad_norm > cfg.clip as f64 { (cfg.clip as f64 / grad_norm) as f32 } else { 1.0 };
+        let lr = cfg.lr_at(step, self.total_steps);
+        let mut params = self.model.lora_tensors_mut();
+        for (i, p) in params.iter_mut().enumerate() {
+            let (g, m, s) = (&self.grads[i], &mut self.opt.m[i], &mut self.opt.s[i]);
+            match cfg.optimizer {
+                OptimizerKind::Adamw => optim::adamw(dev, p, g, m, s, &cfg.adamw, lr, step as u32 + 1, clip)?,
+                OptimizerKind::Sophia => optim::sophia(dev, p, g, m, s, &cfg.sophia, lr, clip)?,
+            }
+        }
+        dev.flush();
+        self.step += 1;
+        self.tokens += tokens as u64;
+        let seconds = t0.elapsed().as_secs_f64();
+        self.elapsed_s += seconds;
+        Ok(StepReport { step: self.step, loss, lr, grad_norm, flex_penalty, tokens, targets, seconds })
+    }
+
+    /// FLeX: λ·mean over the chosen LoRA matrices of their spectral penalty; in `train` mode its
+    /// gradient is added to the LoRA gradients on the device.
+    fn flex(&mut self) -> Result<Option<f64>> {
+        let f = &self.cfg.flex;
+        if f.mode == FlexMode::Off {
+            return Ok(None);
+        }
+        let names: Vec<String> = self.model.lora_tensors().into_iter().map(|(n, _)| n).collect();
+        let chosen: Vec<usize> = (0..names.len())
+            .filter(|&i| match f.matrices {
+                FlexMatrices::A => names[i].contains("lora_A"),
+                FlexMatrices::B => names[i].contains("lora_B"),
+                FlexMatrices::Both => true,
+            })
+            .collect();
+        let coef = f.lambda / chosen.len().max(1) as f32;
+        let sp = f.spectral();
+        let params = self.model.lora_tensors();
+        let mut values = Vec::with_capacity(chosen.len());
+        for &i in &chosen {
+            let grad = if f.mode == FlexMode::Train { Some(&mut self.grads[i]) } else { None };
+            values.push(spectral::penalty(&self.dev, params[i].1, grad, coef, &sp)?);
+        }
+        let mut total = 0f64;
+        for v in values {
+            total += block_on(Some(&self.dev), v.to_vec_f32(&self.dev))?[0] as f64;
+        }
+        Ok(Some(coef as f64 * total))
+    }
+
+    /// The optimizer state as (name, tensor) pairs, for checkpoints.
+    fn opt_named(&self) -> Vec<(String, &Tensor)> {
+        let names = opt_names(&self.model, self.cfg.optimizer);
+        names.into_iter().map(|(n, _)| n).zip(self.opt.m.iter().chain(&self.opt.s)).collect()
+    }
+
+    /// Writes a checkpoint of the current step.
+    pub fn save(&self) -> Result<PathBuf> {
+        let state = State {
+            step: self.step,
+            total_steps: self.total_steps,
+            cursor: self.loader.cursor(),
+            tokens: self.tokens,
+            elapsed_s: self.elapsed_s,
+            model_shape: format!("{:?}", self.model.cfg),
+            config: self.cfg.clone(),
+        };
+        checkpoint::save(&self.dev, &self.cfg.out.join("checkpoints"), &self.model, &self.opt_named(), &state, self.cfg.keep_checkpoints)
+    }
+}
+
+/// Where `run` reports progress.
+pub enum Event<'a> {
+    Started { trainer: &'a Trainer },
+    Step(&'a StepReport),
+    Saved(&'a Path),
+}
+
+/// The run's end: what `run` writes to `<out>/summary.json`.
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub steps: usize,
+    pub first_loss: Option<f64>,
+    pub final_loss: Option<f64>,
+    pub tokens: u64,
+    pub seconds: f64,
+    pub tokens_per_s: f64,
+    pub peak_rss_mib: Option<f64>,
+    pub trainable_params: usize,
+    pub total_params: usize,
+    pub adapter: PathBuf,
+}
+
+/// Loads the model named by `cfg` on `dev` in the configured weight format, with its tokenizer.
+pub fn load_model(dev: &Device, cfg: &TrainConfig) -> Result<(Model, Tokenizer)> {
+    let format = if cfg.weights == "f32" { WeightFormat::F32 } else { WeightFormat::Nf4 { blocksize: 64 } };
+    load::open(dev, &cfg.model, format)
+}
+
+/// Trains to the end: metrics to `<out>/metrics.jsonl` (one line per step; lines past a resumed
+/// checkpoint are dropped first), checkpoints, the final adapter in `<out>/adapter`, the loss curve
+/// `<out>/loss.svg` and `<out>/summary.json`.
+pub fn run(mut tr: Trainer, on: &mut dyn FnMut(Event)) -> Result<Summary> {
+    let out = tr.cfg.out.clone();
+    std::fs::create_dir_all(&out).map_err(crate::error::io_at(&out, "create"))?;
+    load::write_atomic(&out.join("config.toml"), tr.cfg.to_toml().as_bytes())?;
+    let metrics_path = out.join("metrics.jsonl");
+    let mut history = crate::train::metrics::read(&metrics_path, tr.step)?;
+    crate::train::metrics::rewrite(&metrics_path, &history)?;
+    let mut metrics = std::fs::OpenOptions::new().append(true).create(true).open(&metrics_path).map_err(crate::error::io_at(&metrics_path, "open"))?;
+    on(Event::Started { trainer: &tr });
+    let t0 = Instant::now();
+    let tokens0 = tr.tokens;
+    while !tr.done() {
+        let report = tr.step()?;
+        let line = serde_json::to_string(&report).unwrap_or_default();
+        writeln!(metrics, "{line}").map_err(crate::error::io_at(&metrics_path, "append to"))?;
+        history.push(report.clone());
+        on(Event::Step(&report));
+        if tr.done() || (tr.cfg.save_every > 0 && tr.step % tr.cfg.save_every == 0) {
+            let p = tr.save()?;
+            on(Event::Saved(&p));
+        }
+    }
+    let adapter = out.join("adapter");
+    load::peft::save(&tr.dev, &tr.model, &adapter, &tr.cfg.model.display().to_string())?;
+    load::write_atomic(&out.join("loss.svg"), crate::train::metrics::loss_svg(&history).as_bytes())?;
+    let seconds = t0.elapsed().as_secs_f64();
+    let (trainable, total) = tr.model.trainable_params();
+    let summary = Summary {
+        steps: tr.step,
+        first_loss: history.first().map(|r| r.loss),
+        final_loss: history.last().map(|r| r.loss),
+        tokens: tr.tokens,
+        seconds,
+        tokens_per_s: (tr.tokens - tokens0) as f64 / seconds.max(1e-9),
+        peak_rss_mib: crate::bench::peak_rss().map(|b| b as f64 / (1 << 20) as f64),
+        trainable_params: trainable,
+        total_params: total,
+        adapter,
+    };
+    load::write_atomic(&out.join("summary.json"), serde_json::to_string_pretty(&summary).unwrap_or_default().as_bytes())?;
+    Ok(summary)
+}
