@@ -31,6 +31,9 @@ pub enum Error {
     #[error("{op}: {detail} (limit {limit}); {hint}")]
     Limit { op: &'static str, detail: String, limit: u64, hint: &'static str },
 
+    #[error("{op}: {detail}; {hint}")]
+    Optimizer { op: &'static str, detail: String, hint: &'static str },
+
     #[error("reading tensor `{tensor}` back from the GPU failed: {detail}")]
     Readback { tensor: String, detail: String },
 

@@ -1,0 +1,205 @@
+// Optimizer steps, in place on f32 vectors of length N: AdamW (decoupled weight decay) and SophiaG
+// with its Hessian EMA; the sum of squares (global gradient norm) as a two-pass reduction; and the
+// labels Sophia's Gauss-Newton-Bartlett estimator samples from the model's own softmax.
+// Everything that comes from the host arrives in the uniform params (bias corrections included),
+// so a step never waits on a read-back.
+
+struct AdamParams {
+    n: u32,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    decay: f32,      // 1 - lr * weight_decay
+    step_size: f32,  // lr / (1 - beta1^t)
+    bc2_sqrt: f32,   // sqrt(1 - beta2^t)
+    grad_scale: f32, // multiplies g first (clipping factor, 1 / accumulation steps)
+}
+
+struct SophiaParams {
+    n: u32,
+    beta1: f32,
+    rho: f32,
+    eps: f32,
+    decay: f32, // 1 - lr * weight_decay
+    lr: f32,
+    grad_scale: f32,
+    _pad: u32,
+}
+
+struct HessianParams {
+    n: u32,
+    beta2: f32,
+    scale: f32, // B in the paper's B * ghat * ghat
+    _pad: u32,
+}
+
+struct ReduceParams {
+    n: u32,      // elements of x
+    chunk: u32,  // elements per workgroup
+    offset: u32, // where this pass's first partial goes in `partials`
+    square: u32, // 1: sum x^2, 0: sum x
+}
+
+struct SampleParams {
+    rows: u32,
+    vocab: u32,
+    seed: u32,
+    ignore: u32,
+}
+
+@group(0) @binding(0) var<uniform> adam_p: AdamParams;
+@group(0) @binding(0) var<uniform> sophia_p: SophiaParams;
+@group(0) @binding(0) var<uniform> hessian_p: HessianParams;
+@group(0) @binding(0) var<uniform> reduce_p: ReduceParams;
+@group(0) @binding(0) var<uniform> sample_p: SampleParams;
+
+// adamw: g, then p, m, v updated in place
+@group(0) @binding(1) var<storage, read> g: array<f32>;              // [N]
+@group(0) @binding(2) var<storage, read_write> param: array<f32>;    // [N]
+@group(0) @binding(3) var<storage, read_write> m: array<f32>;        // [N]
+@group(0) @binding(4) var<storage, read_write> v: array<f32>;        // [N]
+// sophia: g, h, then p and m in place
+@group(0) @binding(2) var<storage, read> h: array<f32>;              // [N]
+@group(0) @binding(3) var<storage, read_write> sophia_param: array<f32>; // [N]
+@group(0) @binding(4) var<storage, read_write> sophia_m: array<f32>; // [N]
+// sophia_hessian: ghat, then h in place
+@group(0) @binding(1) var<storage, read> ghat: array<f32>;           // [N]
+@group(0) @binding(2) var<storage, read_write> h_ema: array<f32>;    // [N]
+// reduce: x -> partials[offset + workgroup]
+@group(0) @binding(1) var<storage, read> x: array<f32>;              // [N]
+@group(0) @binding(2) var<storage, read_write> partials: array<f32>; // [workgroups of all passes]
+// sample_labels
+@group(0) @binding(1) var<storage, read> logits: array<f32>;         // [N, V]
+@group(0) @binding(2) var<storage, read> targets: array<u32>;        // [N]
+@group(0) @binding(3) var<storage, read_write> labels: array<u32>;   // [N]
+
+override WG: u32 = 256u;
+
+fn index(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
+    return (wid.y * nwg.x + wid.x) * WG + lid.x;
+}
+
+// PyTorch's AdamW: decay the weight first, then the bias-corrected Adam step with eps outside
+// the square root.
+@compute @workgroup_size(WG)
+fn adamw(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = index(wid, nwg, lid);
+    if i >= adam_p.n { return; }
+    let gi = adam_p.grad_scale * g[i];
+    let mi = adam_p.beta1 * m[i] + (1.0 - adam_p.beta1) * gi;
+    let vi = adam_p.beta2 * v[i] + (1.0 - adam_p.beta2) * gi * gi;
+    m[i] = mi;
+    v[i] = vi;
+    let denom = sqrt(vi) / adam_p.bc2_sqrt + adam_p.eps;
+    param[i] = param[i] * adam_p.decay - adam_p.step_size * mi / denom;
+}
+
+// SophiaG: the momentum preconditioned by the Hessian EMA, clipped per coordinate to [-1, 1], so
+// no coordinate moves more than lr (sign descent where the curvature is small or negative).
+@compute @workgroup_size(WG)
+fn sophia(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = index(wid, nwg, lid);
+    if i >= sophia_p.n { return; }
+    let gi = sophia_p.grad_scale * g[i];
+    let mi = sophia_p.beta1 * sophia_m[i] + (1.0 - sophia_p.beta1) * gi;
+    sophia_m[i] = mi;
+    let ratio = clamp(mi / max(sophia_p.rho * h[i], sophia_p.eps), -1.0, 1.0);
+    sophia_param[i] = sophia_param[i] * sophia_p.decay - sophia_p.lr * ratio;
+}
+
+@compute @workgroup_size(WG)
+fn sophia_hessian(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = index(wid, nwg, lid);
+    if i >= hessian_p.n { return; }
+    let gi = ghat[i];
+    h_ema[i] = hessian_p.beta2 * h_ema[i] + (1.0 - hessian_p.beta2) * (hessian_p.scale * gi * gi);
+}
+
+var<workgroup> sums: array<f32, WG>;
+
+// One workgroup sums `chunk` consecutive elements (each thread a strided slice, then a tree), and
+// writes one partial. The final pass runs this again on the partials with one workgroup.
+@compute @workgroup_size(WG)
+fn reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let wg_index = wid.y * nwg.x + wid.x;
+    let start = wg_index * reduce_p.chunk;
+    let end = min(start + reduce_p.chunk, reduce_p.n);
+    var s = 0.0;
+    for (var i = start + lid.x; i < end; i += WG) {
+        let xi = x[i];
+        if reduce_p.square == 1u {
+            s += xi * xi;
+        } else {
+            s += xi;
+        }
+    }
+    sums[lid.x] = s;
+    workgroupBarrier();
+    for (var k = WG / 2u; k > 0u; k = k >> 1u) {
+        if lid.x < k {
+            sums[lid.x] += sums[lid.x + k];
+        }
+        workgroupBarrier();
+    }
+    if lid.x == 0u && start < reduce_p.n {
+        partials[reduce_p.offset + wg_index] = sums[0];
+    }
+}
+
+// PCG hash (Jarzynski and Olano 2020); u32 arithmetic wraps, as in the Rust twin.
+fn pcg(x: u32) -> u32 {
+    let state = x * 747796405u + 2891336453u;
+    let word = ((state >> ((state >> 28u) + 4u)) ^ state) * 277803737u;
+    return (word >> 22u) ^ word;
+}
+
+// Uniform in (0, 1) from 23 hash bits: (k + 1/2) / 2^23 is exact in f32, so both devices see the
+// same u, never 0 or 1.
+fn unit_interval(bits: u32) -> f32 {
+    return (f32(bits >> 9u) + 0.5) * (1.0 / 8388608.0);
+}
+
+var<workgroup> best_val: array<f32, WG>;
+var<workgroup> best_idx: array<u32, WG>;
+
+// (val, idx) beats (bv, bi): larger value, ties to the smaller index; NaN never wins. A total
+// order, so any reduction order gives the CPU twin's answer.
+fn beats(val: f32, idx: u32, bv: f32, bi: u32) -> bool {
+    return val > bv || (val == bv && idx < bi);
+}
+
+// One workgroup per row: Gumbel-max sampling, argmax_v (logit_v - ln(-ln u_v)) ~ softmax(row).
+@compute @workgroup_size(WG)
+fn sample_labels(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row = wid.y * nwg.x + wid.x;
+    if row >= sample_p.rows { return; }
+    let base = row * sample_p.vocab;
+    let row_key = pcg(pcg(sample_p.seed) ^ row);
+    var bv = -3.0e38;
+    var bi = sample_p.ignore;
+    for (var t = lid.x; t < sample_p.vocab; t += WG) {
+        let u = unit_interval(pcg(row_key ^ t));
+        let val = logits[base + t] - log(-log(u));
+        if beats(val, t, bv, bi) {
+            bv = val;
+            bi = t;
+        }
+    }
+    best_val[lid.x] = bv;
+    best_idx[lid.x] = bi;
+    workgroupBarrier();
+    for (var k = WG / 2u; k > 0u; k = k >> 1u) {
+        if lid.x < k && beats(best_val[lid.x + k], best_idx[lid.x + k], best_val[lid.x], best_idx[lid.x]) {
+            best_val[lid.x] = best_val[lid.x + k];
+            best_idx[lid.x] = best_idx[lid.x + k];
+        }
+        workgroupBarrier();
+    }
+    if lid.x == 0u {
+        if targets[row] == sample_p.ignore {
+            labels[row] = sample_p.ignore;
+        } else {
+            labels[row] = best_idx[0];
+        }
+    }
+}
