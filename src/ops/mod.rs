@@ -14,6 +14,7 @@ pub mod matmul_nf4;
 pub mod optim;
 pub mod quant_nf4;
 pub mod rmsnorm;
+pub mod spectral;
 pub mod rope;
 pub mod swiglu;
 
