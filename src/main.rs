@@ -23,7 +23,7 @@ enum Command {
     /// Generate text with a model, streaming tokens as they are produced.
     Generate(GenerateArgs),
     /// Evaluate a model: pass@k on HumanEval, MBPP (test split), MBJP or HumanEval-Java, with the
-    /// generated programs run in a sandbox.
+    /// generated programs run in a sandbox; or perplexity on held-out text (--task ppl --data FILE).
     Eval(EvalArgs),
     /// Write a model (GGUF file or HF directory) as a Hugging Face directory: config.json,
     /// tokenizer.json, tokenizer_config.json, model.safetensors (f32).
@@ -187,19 +187,28 @@ struct EvalArgs {
     /// Output directory; re-running with the same one reuses finished samples.
     #[arg(long)]
     out: std::path::PathBuf,
-    /// Dataset directory (default: $FLEXLORA_DATA, else ../shared/data).
+    /// Dataset directory (default: $FLEXLORA_DATA, else ../shared/data). For --task ppl: the file
+    /// to score, JSONL ({"prompt", "completion"} or {"text"} per line) or .txt (one text).
     #[arg(long)]
     data: Option<std::path::PathBuf>,
+    /// ppl: tokens per sequence (longer JSONL lines are truncated; .txt is cut into windows).
+    #[arg(long, default_value_t = 512)]
+    max_len: usize,
+    /// ppl: also score the prompt of prompt/completion lines (default: only the completion).
+    #[arg(long)]
+    score_prompt: bool,
     #[command(flatten)]
     dev: DeviceFlags,
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
 enum EvalTask {
     Humaneval,
     Mbpp,
     Mbjp,
     HumanevalJava,
+    /// Perplexity of the text in --data.
+    Ppl,
 }
 
 /// GPU selection for commands that always compare against the CPU backend.
@@ -332,6 +341,7 @@ fn eval(a: EvalArgs) -> Result<()> {
         EvalTask::Mbpp => TaskSet::Mbpp,
         EvalTask::Mbjp => TaskSet::Mbjp,
         EvalTask::HumanevalJava => TaskSet::HumanevalJava,
+        EvalTask::Ppl => return eval_ppl(a),
     };
     let sel = block_on(None, device::select(a.dev.device, a.dev.backend))?;
     eprintln!("device: {} ({})", sel.device.name(), sel.reason);
@@ -378,5 +388,36 @@ fn eval(a: EvalArgs) -> Result<()> {
         report.generation_secs, report.generated_tokens, report.reused_tasks, report.execution_secs, report.isolation
     );
     println!("results in {}", a.out.display());
+    Ok(())
+}
+
+fn eval_ppl(a: EvalArgs) -> Result<()> {
+    use flexlora::eval::ppl::{self, PplConfig};
+    let Some(data) = a.data.clone() else { anyhow::bail!("--task ppl needs --data FILE (JSONL or .txt) to score") };
+    let sel = block_on(None, device::select(a.dev.device, a.dev.backend))?;
+    eprintln!("device: {} ({})", sel.device.name(), sel.reason);
+    let (model, tok) = open_model(&sel.device, &a.model, &a.dev)?;
+    let cfg = PplConfig {
+        model: a.model.display().to_string(),
+        data: data.display().to_string(),
+        max_len: a.max_len,
+        mask_prompt: !a.score_prompt,
+    };
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("scoring [{bar:40}] {pos}/{len} sequences  {elapsed_precise} ETA {eta}")
+            .unwrap()
+            .progress_chars("=> "),
+    );
+    let report = ppl::run(&sel.device, &model, &tok, &a.out, &cfg, &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
+    println!("{}: {} sequences ({} truncated to {} tokens)", cfg.data, report.sequences, report.truncated, cfg.max_len);
+    println!("tokens scored {}", report.tokens);
+    println!("mean NLL      {:.4} nats/token", report.mean_nll);
+    println!("perplexity    {:.4}", report.perplexity);
+    println!("{:.1} s; summary in {}", report.secs, a.out.join("summary.json").display());
     Ok(())
 }

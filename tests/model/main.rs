@@ -5,5 +5,6 @@
 mod common;
 
 mod eval_job;
+mod eval_ppl;
 mod formats;
 mod forward;
