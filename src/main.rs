@@ -23,7 +23,7 @@ enum Command {
     /// Generate text with a model, streaming tokens as they are produced.
     Generate(GenerateArgs),
     /// Evaluate a model: pass@k on HumanEval, MBPP (test split), MBJP or HumanEval-Java, with the
-    /// generated programs run in a sandbox.
+    /// generated programs run in a sandbox; or perplexity on held-out text (--task ppl --data FILE).
     Eval(EvalArgs),
     /// Fine-tune a LoRA adapter over the frozen (4-bit) model: with no arguments, SmolLM2-135M-Instruct
     /// on MBPP's train split. Settings come from --config FILE.toml, then the flags.
@@ -190,9 +190,16 @@ struct EvalArgs {
     /// Output directory; re-running with the same one reuses finished samples.
     #[arg(long)]
     out: std::path::PathBuf,
-    /// Dataset directory (default: $FLEXLORA_DATA, else ../shared/data).
+    /// Dataset directory (default: $FLEXLORA_DATA, else ../shared/data). For --task ppl: the file
+    /// to score, JSONL ({"prompt", "completion"} or {"text"} per line) or .txt (one text).
     #[arg(long)]
     data: Option<std::path::PathBuf>,
+    /// ppl: tokens per sequence (longer JSONL lines are truncated; .txt is cut into windows).
+    #[arg(long, default_value_t = 512)]
+    max_len: usize,
+    /// ppl: also score the prompt of prompt/completion lines (default: only the completion).
+    #[arg(long)]
+    score_prompt: bool,
     #[command(flatten)]
     dev: DeviceFlags,
 }
@@ -364,12 +371,14 @@ impl TrainArgs {
     }
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
 enum EvalTask {
     Humaneval,
     Mbpp,
     Mbjp,
     HumanevalJava,
+    /// Perplexity of the text in --data.
+    Ppl,
 }
 
 /// GPU selection for commands that always compare against the CPU backend.
@@ -455,11 +464,13 @@ fn train(a: TrainArgs) -> Result<()> {
             .progress_chars("=> "),
     );
     let mut tok_s = 0.0;
+    // indicatif hides the bar (and its println) when stderr is not a terminal; logs still matter then.
+    let say = |line: String| if bar.is_hidden() { eprintln!("{line}") } else { bar.println(line) };
     let summary = run::run(tr, &mut |e| match e {
         Event::Started { trainer } => {
             let (trainable, total) = trainer.model.trainable_params();
             let s = &trainer.stats;
-            bar.println(format!(
+            say(format!(
                 "trainable parameters: {trainable} of {total} ({:.3}%); data: {} examples ({} truncated to {} tokens), {} tokens, {} trained",
                 100.0 * trainable as f64 / total as f64,
                 s.examples,
@@ -469,7 +480,7 @@ fn train(a: TrainArgs) -> Result<()> {
                 s.target_tokens
             ));
             if let Some(p) = &trainer.resumed_from {
-                bar.println(format!("resumed from {} at step {}", p.display(), trainer.step));
+                say(format!("resumed from {} at step {}", p.display(), trainer.step));
             }
             bar.set_position(trainer.step as u64);
         }
@@ -479,7 +490,7 @@ fn train(a: TrainArgs) -> Result<()> {
             bar.set_message(format!("loss {:.4}{flex}  lr {:.2e}  |g| {:.3}  {tok_s:.0} tok/s", r.loss, r.lr, r.grad_norm));
             bar.set_position(r.step as u64);
         }
-        Event::Saved(p) => bar.println(format!("checkpoint {}", p.display())),
+        Event::Saved(p) => say(format!("checkpoint {}", p.display())),
     })?;
     bar.finish();
     println!(
@@ -573,6 +584,7 @@ fn eval(a: EvalArgs) -> Result<()> {
         EvalTask::Mbpp => TaskSet::Mbpp,
         EvalTask::Mbjp => TaskSet::Mbjp,
         EvalTask::HumanevalJava => TaskSet::HumanevalJava,
+        EvalTask::Ppl => return eval_ppl(a),
     };
     let sel = block_on(None, device::select(a.dev.device, a.dev.backend))?;
     eprintln!("device: {} ({})", sel.device.name(), sel.reason);
@@ -623,5 +635,40 @@ fn eval(a: EvalArgs) -> Result<()> {
         report.generation_secs, report.generated_tokens, report.reused_tasks, report.execution_secs, report.isolation
     );
     println!("results in {}", a.out.display());
+    Ok(())
+}
+
+fn eval_ppl(a: EvalArgs) -> Result<()> {
+    use flexlora::eval::ppl::{self, PplConfig};
+    let Some(data) = a.data.clone() else { anyhow::bail!("--task ppl needs --data FILE (JSONL or .txt) to score") };
+    let sel = block_on(None, device::select(a.dev.device, a.dev.backend))?;
+    eprintln!("device: {} ({})", sel.device.name(), sel.reason);
+    let (mut model, tok) = open_model(&sel.device, &a.model, &a.dev)?;
+    attach_adapter(&sel.device, &mut model, a.adapter.as_deref())?;
+    let cfg = PplConfig {
+        model: match &a.adapter {
+            Some(ad) => format!("{} + adapter {}", a.model.display(), ad.display()),
+            None => a.model.display().to_string(),
+        },
+        data: data.display().to_string(),
+        max_len: a.max_len,
+        mask_prompt: !a.score_prompt,
+    };
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("scoring [{bar:40}] {pos}/{len} sequences  {elapsed_precise} ETA {eta}")
+            .unwrap()
+            .progress_chars("=> "),
+    );
+    let report = ppl::run(&sel.device, &model, &tok, &a.out, &cfg, &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
+    println!("{}: {} sequences ({} truncated to {} tokens)", cfg.data, report.sequences, report.truncated, cfg.max_len);
+    println!("tokens scored {}", report.tokens);
+    println!("mean NLL      {:.4} nats/token", report.mean_nll);
+    println!("perplexity    {:.4}", report.perplexity);
+    println!("{:.1} s; summary in {}", report.secs, a.out.join("summary.json").display());
     Ok(())
 }

@@ -8,11 +8,14 @@
 //! `SampleResult` per sample (a JSONL line each); `passk` turns pass counts into pass@k.
 //!
 //! `tasks` and `passk` are plain text and arithmetic and build everywhere; the sandbox spawns
-//! processes with Linux namespaces and exists only on Linux.
+//! processes with Linux namespaces and exists only on Linux. `ppl` (native) is the other kind of
+//! evaluation: perplexity of held-out text, no generation.
 
 #[cfg(target_os = "linux")]
 pub mod job;
 pub mod passk;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod ppl;
 #[cfg(target_os = "linux")]
 pub mod sandbox;
 pub mod tasks;

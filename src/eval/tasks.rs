@@ -206,7 +206,9 @@ struct MbxpRecord {
     canonical_solution: Option<String>,
 }
 
-fn parse_jsonl<T: for<'de> Deserialize<'de>>(text: &str, path: &str) -> Result<Vec<T>> {
+/// One record per non-blank line; an error names the file and the line. Shared with
+/// `train::data`.
+pub(crate) fn parse_jsonl<T: for<'de> Deserialize<'de>>(text: &str, path: &str) -> Result<Vec<T>> {
     let rows = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
     rows.map(|(i, l)| serde_json::from_str(l).map_err(|e| Error::DataFormat { path: path.into(), line: i + 1, detail: e.to_string() }))
         .collect()

@@ -14,8 +14,8 @@ pub mod matmul_nf4;
 pub mod optim;
 pub mod quant_nf4;
 pub mod rmsnorm;
-pub mod spectral;
 pub mod rope;
+pub mod spectral;
 pub mod swiglu;
 
 use crate::device::{gpu::groups_1d, GpuDevice};

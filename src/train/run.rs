@@ -166,7 +166,9 @@ impl Trainer {
     /// Seeds for step `step`, micro-batch `j`: dropout and Sophia's label sampling.
     fn seed(&self, step: usize, j: usize, salt: u32) -> u32 {
         let s = self.cfg.seed;
-        elementwise::hash((s as u32) ^ elementwise::hash((s >> 32) as u32 ^ elementwise::hash(step as u32 ^ elementwise::hash(j as u32 * 2 + salt))))
+        elementwise::hash(
+            (s as u32) ^ elementwise::hash((s >> 32) as u32 ^ elementwise::hash(step as u32 ^ elementwise::hash(j as u32 * 2 + salt))),
+        )
     }
 
     /// One optimizer step over `grad_accum` micro-batches.
@@ -329,7 +331,8 @@ pub fn run(mut tr: Trainer, on: &mut dyn FnMut(Event)) -> Result<Summary> {
     let metrics_path = out.join("metrics.jsonl");
     let mut history = crate::train::metrics::read(&metrics_path, tr.step)?;
     crate::train::metrics::rewrite(&metrics_path, &history)?;
-    let mut metrics = std::fs::OpenOptions::new().append(true).create(true).open(&metrics_path).map_err(crate::error::io_at(&metrics_path, "open"))?;
+    let mut metrics =
+        std::fs::OpenOptions::new().append(true).create(true).open(&metrics_path).map_err(crate::error::io_at(&metrics_path, "open"))?;
     on(Event::Started { trainer: &tr });
     let t0 = Instant::now();
     let tokens0 = tr.tokens;

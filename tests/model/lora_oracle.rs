@@ -27,7 +27,10 @@ fn fixture() -> Case {
     for (name, v) in st.tensors() {
         match v.dtype() {
             Dtype::F32 => {
-                f32s.insert(name, (v.shape().to_vec(), v.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()));
+                f32s.insert(
+                    name,
+                    (v.shape().to_vec(), v.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()),
+                );
             }
             Dtype::I32 => {
                 i32s.insert(name, v.data().chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap())).collect());
@@ -52,8 +55,7 @@ fn check_case(dev: &Device, case: &Case, n: usize) {
     let labels = &case.i32s[&format!("{p}labels")];
     let (b, t) = (2, ids.len() / 2);
     // HF shifts inside the model: position j predicts labels[j + 1].
-    let targets: Vec<u32> =
-        (0..b * t).map(|i| if i % t + 1 < t && labels[i + 1] >= 0 { labels[i + 1] as u32 } else { IGNORE }).collect();
+    let targets: Vec<u32> = (0..b * t).map(|i| if i % t + 1 < t && labels[i + 1] >= 0 { labels[i + 1] as u32 } else { IGNORE }).collect();
     let n_targets = targets.iter().filter(|&&x| x != IGNORE).count();
     let tgt = up_u32(dev, &[b * t], &targets);
     let opts = Options { recompute: false, dropout_seed: None };
@@ -62,9 +64,7 @@ fn check_case(dev: &Device, case: &Case, n: usize) {
     assert_close(&format!("case{n} base logits"), &read(dev, &base_fwd.logits), &case.f32s[&format!("{p}base_logits")].1, 2e-5, 1e-4);
 
     let mut adapter = case.f32s.clone();
-    model
-        .attach_lora_from(dev, &lora, "oracle adapter", &mut |name| Ok(adapter.remove(&format!("{p}adapter.{name}"))))
-        .unwrap();
+    model.attach_lora_from(dev, &lora, "oracle adapter", &mut |name| Ok(adapter.remove(&format!("{p}adapter.{name}")))).unwrap();
     let fwd = model.forward_train(dev, &ids, &tgt, b, opts).unwrap();
     assert_close(&format!("case{n} LoRA logits"), &read(dev, &fwd.logits), &case.f32s[&format!("{p}logits")].1, 2e-5, 1e-4);
     let loss = read(dev, &fwd.loss).iter().map(|&l| l as f64).sum::<f64>() / n_targets as f64;

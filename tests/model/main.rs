@@ -5,6 +5,7 @@
 mod common;
 
 mod eval_job;
+mod eval_ppl;
 mod formats;
 mod forward;
 mod lora_oracle;

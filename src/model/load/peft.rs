@@ -9,8 +9,8 @@ use serde_json::json;
 
 use crate::device::{block_on, Device};
 use crate::error::{Error, Result};
-use crate::model::lora::{LoraConfig, Target};
 use crate::model::load::{safetensors, write_atomic};
+use crate::model::lora::{LoraConfig, Target};
 use crate::model::weights::Model;
 
 pub const CONFIG_FILE: &str = "adapter_config.json";
@@ -74,7 +74,10 @@ pub fn parse_config(path: &Path, text: &str) -> Result<LoraConfig> {
     let mut targets = Vec::new();
     for n in &names {
         let t = Target::parse(n).map_err(|_| {
-            config_err(path, format!("target module `{n}` is not a Llama linear layer (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj)"))
+            config_err(
+                path,
+                format!("target module `{n}` is not a Llama linear layer (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj)"),
+            )
         })?;
         if !targets.contains(&t) {
             targets.push(t);
@@ -108,8 +111,9 @@ pub fn save(dev: &Device, model: &Model, dir: &Path, base_model: &str) -> Result
 pub fn load(dev: &Device, model: &mut Model, path: &Path) -> Result<LoraConfig> {
     let dir = if path.is_file() { path.parent().unwrap_or(Path::new(".")) } else { path };
     let cfg_path = dir.join(CONFIG_FILE);
-    let text = std::fs::read_to_string(&cfg_path)
-        .map_err(|e| config_err(&cfg_path, format!("{e}; an adapter directory holds {CONFIG_FILE} and {WEIGHTS_FILE} as PEFT saves them")))?;
+    let text = std::fs::read_to_string(&cfg_path).map_err(|e| {
+        config_err(&cfg_path, format!("{e}; an adapter directory holds {CONFIG_FILE} and {WEIGHTS_FILE} as PEFT saves them"))
+    })?;
     let cfg = parse_config(&cfg_path, &text)?;
     let weights = dir.join(WEIGHTS_FILE);
     if !weights.exists() && dir.join("adapter_model.bin").exists() {
