@@ -155,3 +155,95 @@ fn nf4_shape(dev: &Device, n: usize, k: usize, label: &str, reps: usize, out: &m
     );
     Ok(())
 }
+
+/// Seeded random weights for any config, generated tensor by tensor (norm weights near 1, others
+/// small): a model of real shapes without a file, for training benchmarks.
+pub struct RandomSource {
+    pub cfg: crate::model::Config,
+    pub seed: u32,
+}
+
+impl crate::model::WeightSource for RandomSource {
+    fn origin(&self) -> String {
+        "random weights".into()
+    }
+    fn contains(&self, name: &str) -> bool {
+        crate::model::weights::tensor_names(&self.cfg).iter().any(|(n, _)| n == name)
+    }
+    fn get(&mut self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+        let (_, shape) = crate::model::weights::tensor_names(&self.cfg).into_iter().find(|(n, _)| n == name).ok_or_else(|| {
+            crate::Error::Weights { file: self.origin(), tensor: name.into(), detail: "not a tensor of this config".into() }
+        })?;
+        self.seed = self.seed.wrapping_add(1);
+        let n: usize = shape.iter().product();
+        let scale = 1.0 / (*shape.last().unwrap_or(&1) as f32).sqrt();
+        let data = seeded(n, self.seed);
+        let data = if name.ends_with("norm.weight") {
+            data.iter().map(|x| 1.0 + 0.1 * x).collect()
+        } else {
+            data.iter().map(|x| x * scale).collect()
+        };
+        Ok((shape, data))
+    }
+}
+
+/// Code Llama 7B's shapes (Llama 2 7B with a 16k context and RoPE base 1e6).
+pub fn codellama_7b() -> crate::model::Config {
+    crate::model::Config {
+        arch: crate::model::Arch::Llama,
+        c: 4096,
+        f: 11008,
+        h: 32,
+        kv: 32,
+        d: 128,
+        layers: 32,
+        vocab: 32016,
+        eps: 1e-5,
+        rope_base: 1e6,
+        rope_scaling: None,
+        max_pos: 16384,
+        tied: false,
+        qkv_bias: false,
+        bos: Some(1),
+        eos: vec![2],
+    }
+}
+
+/// Tokens/s and memory of LoRA training steps on one sequence of `t` random tokens, every target
+/// trained: forward, backward to the adapter, global norm, AdamW — what `flexlora train` does
+/// per micro-batch. Returns the mean seconds per step after one warm-up step.
+pub fn train(dev: &Device, model: &mut crate::model::Model, t: usize, steps: usize, recompute: bool, out: &mut impl Write) -> Result<f64> {
+    use crate::ops::{cross_entropy::IGNORE, optim};
+    let v = model.cfg.vocab as u32;
+    let ids: Vec<u32> = (0..t as u32).map(|i| (i.wrapping_mul(7919) + 13) % v).collect();
+    let mut targets: Vec<u32> = ids[1..].to_vec();
+    targets.push(IGNORE);
+    let tgt = Tensor::from_u32(dev, "targets", &[t], &targets)?;
+    let names: Vec<Vec<usize>> = model.lora_tensors().iter().map(|(_, p)| p.shape().to_vec()).collect();
+    let zeros = |label: &str| -> Vec<Tensor> { names.iter().map(|s| Tensor::zeros(dev, label, s, crate::DType::F32)).collect() };
+    let (mut m, mut s) = (zeros("m"), zeros("v"));
+    let hp = optim::AdamW::default();
+    let mut total = 0.0;
+    for step in 0..=steps {
+        let t0 = Instant::now();
+        let fwd = model.forward_train(dev, &ids, &tgt, 1, crate::train::grad::Options { recompute, dropout_seed: Some(step as u32) })?;
+        let mut grads = model.zero_grads(dev);
+        model.backward(dev, &fwd, &tgt, 1.0 / (t - 1) as f32, &mut grads)?;
+        let loss: f32 = block_on(Some(dev), fwd.loss.to_vec_f32(dev))?.iter().sum::<f32>() / (t - 1) as f32;
+        drop(fwd);
+        let norm = block_on(Some(dev), optim::sum_squares(dev, &grads.iter().collect::<Vec<_>>())?.to_vec_f32(dev))?[0].sqrt();
+        for (i, p) in model.lora_tensors_mut().into_iter().enumerate() {
+            optim::adamw(dev, p, &grads[i], &mut m[i], &mut s[i], &hp, 1e-4, step as u32 + 1, 1.0)?;
+        }
+        if let Device::Gpu(g) = dev {
+            g.wait();
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        let what = if step == 0 { "warm-up" } else { "step" };
+        let _ = writeln!(out, "  {what} {step}: {secs:.2} s ({:.1} tokens/s), loss {loss:.4}, |g| {norm:.4}", t as f64 / secs);
+        if step > 0 {
+            total += secs;
+        }
+    }
+    Ok(total / steps.max(1) as f64)
+}

@@ -60,6 +60,27 @@ enum BenchCommand {
         #[arg(long, default_value_t = 2)]
         reps: usize,
     },
+    /// LoRA training steps (forward, backward, AdamW) on one sequence: tokens/s and peak memory.
+    Train {
+        #[arg(long, default_value = "models/SmolLM2-135M-Instruct.Q4_1.gguf")]
+        model: std::path::PathBuf,
+        /// Random weights with Code Llama 7B's shapes instead of --model.
+        #[arg(long)]
+        random_7b: bool,
+        #[arg(long, default_value_t = 512)]
+        seq: usize,
+        #[arg(long, default_value_t = 3)]
+        steps: usize,
+        #[arg(long, default_value_t = 8)]
+        lora_rank: usize,
+        /// Comma-separated LoRA targets (default: gate_proj,up_proj,down_proj).
+        #[arg(long, default_value = "gate_proj,up_proj,down_proj")]
+        lora_targets: String,
+        #[arg(long)]
+        recompute: bool,
+        #[command(flatten)]
+        dev: DeviceFlags,
+    },
     /// Prefill (T tokens in one pass) and decode tokens/s of a model, and peak memory.
     Generate {
         #[arg(long, default_value = "models/SmolLM2-135M-Instruct.Q4_1.gguf")]
@@ -415,6 +436,38 @@ fn main() -> Result<()> {
             let mut devs = vec![&cpu];
             devs.extend(gpu_dev.as_ref());
             flexlora::bench::nf4(&devs, reps, &mut std::io::stdout())?;
+            Ok(())
+        }
+        Command::Bench { what: BenchCommand::Train { model, random_7b, seq, steps, lora_rank, lora_targets, recompute, dev } } => {
+            let sel = block_on(None, device::select(dev.device, dev.backend))?;
+            let t0 = std::time::Instant::now();
+            let mut m = if random_7b {
+                let cfg = flexlora::bench::codellama_7b();
+                let mut src = flexlora::bench::RandomSource { cfg: cfg.clone(), seed: 1 };
+                flexlora::model::Model::load(&sel.device, cfg, &mut src, dev.format())?
+            } else {
+                open_model(&sel.device, &model, &dev)?.0
+            };
+            let lora = flexlora::model::LoraConfig {
+                rank: lora_rank,
+                targets: lora_targets.split(',').map(flexlora::model::Target::parse).collect::<flexlora::Result<_>>()?,
+                ..Default::default()
+            };
+            m.attach_lora(&sel.device, &lora, 0)?;
+            let (trainable, total) = m.trainable_params();
+            let what = if random_7b { "random Code Llama 7B shapes".to_string() } else { model.display().to_string() };
+            println!(
+                "{what} on {} ({} base weights, loaded in {:.1} s): LoRA r={lora_rank} on {lora_targets}, {trainable} of {total} parameters, T={seq}{}",
+                sel.device.name(),
+                if matches!(dev.weights, WeightsArg::Nf4) { "NF4" } else { "f32" },
+                t0.elapsed().as_secs_f64(),
+                if recompute { ", recomputing activations" } else { "" }
+            );
+            let secs = flexlora::bench::train(&sel.device, &mut m, seq, steps, recompute, &mut std::io::stdout())?;
+            println!("  mean step {secs:.2} s: {:.1} tokens/s", seq as f64 / secs);
+            if let Some(rss) = flexlora::bench::peak_rss() {
+                println!("  peak resident memory: {:.0} MiB", rss as f64 / (1 << 20) as f64);
+            }
             Ok(())
         }
         Command::Bench { what: BenchCommand::Generate { model, prompt_tokens, decode_tokens, dev } } => {

@@ -145,6 +145,9 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 pub fn cpu_forward(q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], lse: &mut [f32], dims: Dims) {
+    if dims.t >= GEMM_ROWS {
+        return gemm_forward(q, k, v, o, lse, dims);
+    }
     let Dims { t, s, h, kv, d, scale, s_cap, .. } = dims;
     let group = h / kv;
     // o is [B, T, H, D]; parallelize over (b, i) rows, each holding all H heads. lse is [B, H, T],
@@ -199,6 +202,9 @@ pub fn cpu_backward(
     dv: &mut [f32],
     dims: Dims,
 ) {
+    if dims.t >= GEMM_ROWS {
+        return gemm_backward(q, k, v, o, lse, dout, dq, dk, dv, dims);
+    }
     let Dims { b: nb, t, s, h, kv, d, scale, s_cap } = dims;
     let group = h / kv;
     let q_at = |b: usize, hh: usize, i: usize| ((b * t + i) * h + hh) * d;
@@ -250,4 +256,128 @@ pub fn cpu_backward(
             }
         }
     });
+}
+
+/// From this many queries on, the CPU twin works per head on the whole [T, S] score matrix with
+/// GEMMs (prefill and training); below it (decode) it walks rows, which needs no T x S buffer.
+const GEMM_ROWS: usize = 8;
+
+/// Per (batch, head) views for the GEMM path: row strides of q/o/dout ([B*T, H*D]) and k/v
+/// ([B*S_cap, K*D]) and the offsets of one head's first row.
+struct HeadView {
+    q_off: usize,
+    k_off: usize,
+    q_rs: usize,
+    k_rs: usize,
+}
+
+fn head_view(dims: &Dims, b: usize, hh: usize) -> HeadView {
+    let Dims { t, h, kv, d, s_cap, .. } = *dims;
+    HeadView { q_off: (b * t * h + hh) * d, k_off: (b * s_cap * kv + hh / (h / kv)) * d, q_rs: h * d, k_rs: kv * d }
+}
+
+/// Query rows per block: block r only multiplies against the keys its last row can see, which
+/// skips most of the masked upper triangle (T=512: 56% of the full score matrix is computed).
+const ROW_BLOCK: usize = 64;
+
+/// For query rows r0..r1 and the first `n` keys (all they can see): p[i, j] = exp(scale·q_i·k_j -
+/// lse_i) for visible keys j ≤ i + S - T, else 0, in `p` rows of stride S. With `lse = None` each
+/// row's log-sum-exp is computed and written to `lse_out[i]`.
+#[allow(clippy::too_many_arguments)]
+fn probabilities(
+    q: &[f32],
+    k: &[f32],
+    dims: &Dims,
+    hv: &HeadView,
+    rows: (usize, usize),
+    n: usize,
+    p: &mut [f32],
+    lse: Option<&[f32]>,
+    lse_out: &mut [f32],
+) {
+    let Dims { t, s, d, scale, .. } = *dims;
+    let (r0, r1) = rows;
+    let p = &mut p[r0 * s..r1 * s];
+    cpu::gemm_strided(r1 - r0, n, d, &q[hv.q_off + r0 * hv.q_rs..], (hv.q_rs, 1), &k[hv.k_off..], (1, hv.k_rs), p, s, false);
+    cpu::for_each_chunk2(p, s, &mut lse_out[r0..r1], 1, |ii, row, out| {
+        let i = r0 + ii;
+        let last = i + s - t;
+        row[last + 1..n].fill(0.0);
+        let vis = &mut row[..=last];
+        let l = match lse {
+            Some(l) => l[i],
+            None => {
+                let m = vis.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) * scale;
+                let sum: f32 = vis.iter().map(|&x| (x * scale - m).exp()).sum();
+                m + sum.ln()
+            }
+        };
+        vis.iter_mut().for_each(|x| *x = (*x * scale - l).exp());
+        out[0] = l;
+    });
+}
+
+/// Row blocks of the T queries with the number of keys each block sees.
+fn blocks(dims: &Dims) -> impl Iterator<Item = ((usize, usize), usize)> {
+    let (t, s) = (dims.t, dims.s);
+    (0..t.div_ceil(ROW_BLOCK)).map(move |b| {
+        let (r0, r1) = (b * ROW_BLOCK, ((b + 1) * ROW_BLOCK).min(t));
+        ((r0, r1), r1 + s - t)
+    })
+}
+
+fn gemm_forward(q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], lse: &mut [f32], dims: Dims) {
+    let Dims { b: nb, t, s, h, d, .. } = dims;
+    let mut p = vec![0f32; t * s];
+    for b in 0..nb {
+        for hh in 0..h {
+            let hv = head_view(&dims, b, hh);
+            let row = (b * h + hh) * t;
+            for ((r0, r1), n) in blocks(&dims) {
+                probabilities(q, k, &dims, &hv, (r0, r1), n, &mut p, None, &mut lse[row..row + t]);
+                let o_at = hv.q_off + r0 * hv.q_rs;
+                cpu::gemm_strided(r1 - r0, d, n, &p[r0 * s..], (s, 1), &v[hv.k_off..], (hv.k_rs, 1), &mut o[o_at..], hv.q_rs, false);
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gemm_backward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    o: &[f32],
+    lse: &[f32],
+    dout: &[f32],
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+    dims: Dims,
+) {
+    let Dims { b: nb, t, s, h, d, scale, .. } = dims;
+    let (mut p, mut dp) = (vec![0f32; t * s], vec![0f32; t * s]);
+    let mut scratch = vec![0f32; t];
+    for b in 0..nb {
+        for hh in 0..h {
+            let hv = head_view(&dims, b, hh);
+            let row = (b * h + hh) * t;
+            for ((r0, r1), n) in blocks(&dims) {
+                let m = r1 - r0;
+                let qa = hv.q_off + r0 * hv.q_rs;
+                probabilities(q, k, &dims, &hv, (r0, r1), n, &mut p, Some(&lse[row..row + t]), &mut scratch);
+                let (pb, dpb) = (&mut p[r0 * s..r1 * s], &mut dp[r0 * s..r1 * s]);
+                // dV += Pᵀ·dO; dP = dO·Vᵀ; dS = P ⊙ (dP - delta)·scale; dQ = dS·K; dK += dSᵀ·Q.
+                cpu::gemm_strided(n, d, m, pb, (1, s), &dout[qa..], (hv.q_rs, 1), &mut dv[hv.k_off..], hv.k_rs, true);
+                cpu::gemm_strided(m, n, d, &dout[qa..], (hv.q_rs, 1), &v[hv.k_off..], (1, hv.k_rs), dpb, s, false);
+                cpu::for_each_chunk2(dpb, s, pb, s, |ii, dpr, pr| {
+                    let at = qa + ii * hv.q_rs;
+                    let delta = dot(&dout[at..at + d], &o[at..at + d]);
+                    dpr[..n].iter_mut().zip(&pr[..n]).for_each(|(x, &pij)| *x = pij * (*x - delta) * scale);
+                });
+                cpu::gemm_strided(m, d, n, dpb, (s, 1), &k[hv.k_off..], (hv.k_rs, 1), &mut dq[qa..], hv.q_rs, false);
+                cpu::gemm_strided(n, d, m, dpb, (1, s), &q[qa..], (hv.q_rs, 1), &mut dk[hv.k_off..], hv.k_rs, true);
+            }
+        }
+    }
 }

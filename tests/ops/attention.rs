@@ -44,6 +44,11 @@ fn cpu_forward_matches_naive_with_cache_and_gqa() {
         Dims { b: 2, t: 5, s: 5, h: 4, kv: 2, d: 8, scale: 0.35, s_cap: 5 },
         Dims { b: 1, t: 3, s: 7, h: 3, kv: 1, d: 5, scale: 0.5, s_cap: 7 },
         Dims { b: 2, t: 2, s: 6, h: 2, kv: 1, d: 4, scale: 0.5, s_cap: 9 },
+        // From 8 queries on the CPU twin takes its per-head GEMM path.
+        Dims { b: 2, t: 9, s: 12, h: 4, kv: 2, d: 8, scale: 0.35, s_cap: 14 },
+        Dims { b: 1, t: 33, s: 33, h: 3, kv: 1, d: 16, scale: 0.25, s_cap: 33 },
+        // Several 64-row blocks, the last one partial, with a cache in front.
+        Dims { b: 1, t: 150, s: 170, h: 2, kv: 1, d: 8, scale: 0.3, s_cap: 171 },
     ] {
         let (q, k, v, _) = inputs(dm, 70);
         let (o, _) = attention::forward(
@@ -60,7 +65,12 @@ fn cpu_forward_matches_naive_with_cache_and_gqa() {
 
 #[test]
 fn cpu_backward_matches_finite_differences() {
-    let dm = Dims { b: 2, t: 4, s: 6, h: 4, kv: 2, d: 3, scale: 0.6, s_cap: 8 };
+    // Row-walking path (T < 8) and per-head GEMM path, both with cached positions (S > T).
+    cpu_backward_fd(Dims { b: 2, t: 4, s: 6, h: 4, kv: 2, d: 3, scale: 0.6, s_cap: 8 });
+    cpu_backward_fd(Dims { b: 2, t: 9, s: 11, h: 4, kv: 2, d: 3, scale: 0.6, s_cap: 12 });
+}
+
+fn cpu_backward_fd(dm: Dims) {
     let (q, k, v, dout) = inputs(dm, 71);
     let dev = cpu();
     let (qs, ks) = ([dm.b * dm.t, dm.h * dm.d], [dm.b * dm.s_cap, dm.kv * dm.d]);
@@ -81,6 +91,8 @@ fn gpu_matches_cpu() {
         Dims { b: 2, t: 13, s: 13, h: 9, kv: 3, d: 64, scale: 0.125, s_cap: 13 },
         Dims { b: 1, t: 5, s: 21, h: 4, kv: 4, d: 24, scale: 0.2, s_cap: 21 },
         Dims { b: 2, t: 3, s: 10, h: 6, kv: 2, d: 16, scale: 0.25, s_cap: 17 },
+        Dims { b: 2, t: 9, s: 12, h: 4, kv: 2, d: 8, scale: 0.35, s_cap: 14 },
+        Dims { b: 1, t: 150, s: 170, h: 2, kv: 1, d: 8, scale: 0.3, s_cap: 171 },
     ] {
         let (q, k, v, dout) = inputs(dm, 72);
         let (qs, ks) = ([dm.b * dm.t, dm.h * dm.d], [dm.b * dm.s_cap, dm.kv * dm.d]);
