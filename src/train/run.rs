@@ -260,15 +260,12 @@ impl Trainer {
         let coef = f.lambda / chosen.len().max(1) as f32;
         let sp = f.spectral();
         let params = self.model.lora_tensors();
-        let mut values = Vec::with_capacity(chosen.len());
-        for &i in &chosen {
-            let grad = if f.mode == FlexMode::Train { Some(&mut self.grads[i]) } else { None };
-            values.push(spectral::penalty(&self.dev, params[i].1, grad, coef, &sp)?);
-        }
-        let mut total = 0f64;
-        for v in values {
-            total += block_on(Some(&self.dev), v.to_vec_f32(&self.dev))?[0] as f64;
-        }
+        let ws: Vec<&Tensor> = chosen.iter().map(|&i| params[i].1).collect();
+        let mut gs: Vec<&mut Tensor> = self.grads.iter_mut().enumerate().filter(|(i, _)| chosen.contains(i)).map(|(_, g)| g).collect();
+        let grads = if f.mode == FlexMode::Train { Some(gs.as_mut_slice()) } else { None };
+        // penalty_batch stacks same-shape matrices into one batched transform.
+        let value = spectral::penalty_batch(&self.dev, &ws, grads, coef, &f.spectral())?;
+        let total = block_on(Some(&self.dev), value.to_vec_f32(&self.dev))?[0] as f64;
         Ok(Some(coef as f64 * total))
     }
 

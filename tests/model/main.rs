@@ -9,5 +9,6 @@ mod eval_ppl;
 mod formats;
 mod forward;
 mod lora_oracle;
+mod train_flex;
 mod train_grad;
 mod train_loop;

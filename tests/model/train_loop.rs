@@ -13,7 +13,7 @@ use flexlora::train::run::{self, Trainer};
 use flexlora::Device;
 
 /// A tiny model directory (NF4-friendly widths) and a JSONL file of prompt/completion pairs.
-fn fixture(tag: &str) -> (PathBuf, PathBuf) {
+pub fn fixture(tag: &str) -> (PathBuf, PathBuf) {
     let dir = tmpdir(tag);
     let mut cfg = tiny_config(Arch::Llama);
     cfg.f = 48;
@@ -29,7 +29,7 @@ fn fixture(tag: &str) -> (PathBuf, PathBuf) {
     (dir, data)
 }
 
-fn config(model: &Path, data: &Path, out: &Path) -> TrainConfig {
+pub fn config(model: &Path, data: &Path, out: &Path) -> TrainConfig {
     let mut c = TrainConfig {
         model: model.to_path_buf(),
         data: data.display().to_string(),
