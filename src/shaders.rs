@@ -28,4 +28,5 @@ shaders! {
     SWIGLU => "swiglu.wgsl",
     CROSS_ENTROPY => "cross_entropy.wgsl",
     ELEMENTWISE => "elementwise.wgsl",
+    SPECTRAL => "spectral.wgsl",
 }

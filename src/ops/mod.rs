@@ -14,6 +14,7 @@ pub mod matmul_nf4;
 pub mod quant_nf4;
 pub mod rmsnorm;
 pub mod rope;
+pub mod spectral;
 pub mod swiglu;
 
 use crate::device::{gpu::groups_1d, GpuDevice};

@@ -12,4 +12,5 @@ mod matmul_nf4;
 mod quant_nf4;
 mod rmsnorm;
 mod rope;
+mod spectral;
 mod swiglu;
