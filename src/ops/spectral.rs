@@ -116,6 +116,68 @@ pub fn penalty(dev: &Device, w: &Tensor, grad: Option<&mut Tensor>, coef: f32, s
     }
 }
 
+/// The sum of `penalty` over `ws`, as one [1] tensor, with the same gradients added into `grads`
+/// (paired with `ws`). Matrices of one shape are stacked and transformed as one batch, so a GPU runs
+/// about a dozen dispatches per distinct shape instead of per matrix: on small LoRA matrices the
+/// per-dispatch cost, not the arithmetic, is what a step pays (see `bench::flex`).
+pub fn penalty_batch(dev: &Device, ws: &[&Tensor], mut grads: Option<&mut [&mut Tensor]>, coef: f32, sp: &Spectral) -> Result<Tensor> {
+    if let Some(g) = &grads {
+        if g.len() != ws.len() {
+            return Err(Error::shape(OP, format!("{} gradients for {} matrices", g.len(), ws.len())));
+        }
+        for (g, w) in g.iter().zip(ws) {
+            check_shape(OP, g, w.shape())?;
+        }
+    }
+    // (rows, N) -> indices into ws, in first-seen order.
+    let mut stacks: Vec<((usize, usize), Vec<usize>)> = Vec::new();
+    for (i, w) in ws.iter().enumerate() {
+        let key = if sp.per_row { dims2(w) } else { (1, w.numel()) };
+        match stacks.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, v)) => v.push(i),
+            None => stacks.push((key, vec![i])),
+        }
+    }
+    // A stack is rows of length N: per_row over it is exactly the sum of the members' penalties.
+    let stacked_sp = Spectral { per_row: true, ..*sp };
+    let mut total: Option<Tensor> = None;
+    for ((rows, n), members) in stacks {
+        let len = rows * n;
+        let p = if members.len() == 1 {
+            let i = members[0];
+            penalty(dev, ws[i], grads.as_deref_mut().map(|g| &mut *g[i]), coef, sp)?
+        } else {
+            let shape = [members.len() * rows, n];
+            let mut w = Tensor::zeros(dev, "spectral.stacked", &shape, DType::F32);
+            for (s, &i) in members.iter().enumerate() {
+                w.copy_from(dev, ws[i], 0, s * len, len)?;
+            }
+            match grads.as_deref_mut() {
+                None => penalty(dev, &w, None, coef, &stacked_sp)?,
+                Some(grads) => {
+                    let mut g = Tensor::zeros(dev, "spectral.stacked_grad", &shape, DType::F32);
+                    for (s, &i) in members.iter().enumerate() {
+                        g.copy_from(dev, grads[i], 0, s * len, len)?;
+                    }
+                    let p = penalty(dev, &w, Some(&mut g), coef, &stacked_sp)?;
+                    for (s, &i) in members.iter().enumerate() {
+                        grads[i].copy_from(dev, &g, s * len, 0, len)?;
+                    }
+                    p
+                }
+            }
+        };
+        total = Some(match total {
+            None => p,
+            Some(t) => crate::ops::elementwise::add(dev, &t, &p)?,
+        });
+    }
+    match total {
+        Some(t) => Ok(t),
+        None => Tensor::from_f32(dev, "spectral.penalty", &[1], &[0.0]),
+    }
+}
+
 thread_local! {
     /// rustfft caches plans (twiddles) per length inside the planner.
     static PLANNER: RefCell<FftPlanner<f32>> = RefCell::new(FftPlanner::new());

@@ -178,6 +178,38 @@ fn gpu_grad_matches_cpu() {
     }
 }
 
+/// penalty_batch stacks same-shape matrices: it must equal per-matrix calls, values and gradients.
+#[test]
+fn batch_equals_per_matrix() {
+    let mut rng = Rng::new(73);
+    let shapes = [[8, 576], [1536, 8], [8, 576], [576, 8], [7, 13], [1536, 8], [8, 1536]];
+    let xs: Vec<Vec<f32>> = shapes.iter().map(|s| rng.vec(s[0] * s[1], 0.05)).collect();
+    let g0: Vec<Vec<f32>> = shapes.iter().map(|s| rng.vec(s[0] * s[1], 1e-3)).collect();
+    for dev in devices() {
+        for per_row in [false, true] {
+            let sp = Spectral { per_row, ..Spectral::default() };
+            let ws: Vec<_> = shapes.iter().zip(&xs).map(|(s, x)| up(dev, s, x)).collect();
+            let mut each = 0f64;
+            let mut want = Vec::new();
+            for ((s, x), g) in shapes.iter().zip(&xs).zip(&g0) {
+                let (p, g) = run(dev, s, x, Some(g), 0.01, &sp);
+                each += p;
+                want.push(g.unwrap());
+            }
+            let mut gs: Vec<_> = shapes.iter().zip(&g0).map(|(s, g)| up(dev, s, g)).collect();
+            let mut grefs: Vec<&mut flexlora::Tensor> = gs.iter_mut().collect();
+            let wrefs: Vec<_> = ws.iter().collect();
+            let p = spectral::penalty_batch(dev, &wrefs, Some(&mut grefs), 0.01, &sp).unwrap();
+            assert_rel(&format!("{} per_row={per_row} batch penalty", dev.kind()), read(dev, &p)[0] as f64, each, 1e-5);
+            let p_only = spectral::penalty_batch(dev, &wrefs, None, 0.01, &sp).unwrap();
+            assert_rel(&format!("{} per_row={per_row} batch penalty, no grad", dev.kind()), read(dev, &p_only)[0] as f64, each, 1e-5);
+            for (i, (g, w)) in gs.iter().zip(&want).enumerate() {
+                assert_close(&format!("{} per_row={per_row} matrix {i} grad", dev.kind()), &read(dev, g), w, 1e-7, 1e-5);
+            }
+        }
+    }
+}
+
 /// The op's timing on SmolLM2-135M's MLP LoRA matrices (r=8, 180 of them): `cargo test --test ops
 /// spectral_bench -- --ignored --nocapture`.
 #[test]
