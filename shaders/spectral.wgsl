@@ -52,6 +52,20 @@ fn conj(a: vec2<f32>) -> vec2<f32> {
     return vec2<f32>(a.x, -a.y);
 }
 
+// a * (-i) = e^{-i pi/2} a.
+fn neg_i(a: vec2<f32>) -> vec2<f32> {
+    return vec2<f32>(a.y, -a.x);
+}
+
+// y_q = sum_r a_r (-i)^{rq}: the forward 4-point DFT.
+fn dft4(a: array<vec2<f32>, 4>) -> array<vec2<f32>, 4> {
+    let s02 = a[0] + a[2];
+    let d02 = a[0] - a[2];
+    let s13 = a[1] + a[3];
+    let d13 = neg_i(a[1] - a[3]);
+    return array<vec2<f32>, 4>(s02 + s13, d02 + d13, s02 - s13, d02 - d13);
+}
+
 // rho(k) = 1 - [phi_low + (phi_high - phi_low) * min(1, k / (n T))], as Spectral::rho computes it.
 fn rho(k: u32) -> f32 {
     let edge = f32(p.n_freq) * p.threshold;
@@ -100,6 +114,33 @@ fn stage(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
         v[r] = cmul(src[base + j + r * per], table[r * k * tw_step]);
     }
     let out = base + (j / p.ns) * span + k;
+    // Radices 8, 4 and 2 as butterflies (8 = two 4-point DFTs of the even and odd inputs joined by
+    // w_8^q): a few additions instead of R complex products per output.
+    if p.radix == 8u {
+        let e = dft4(array<vec2<f32>, 4>(v[0], v[2], v[4], v[6]));
+        var o = dft4(array<vec2<f32>, 4>(v[1], v[3], v[5], v[7]));
+        let c = 0.70710678118654752;
+        o[1] = c * vec2<f32>(o[1].x + o[1].y, o[1].y - o[1].x); // * w_8 = (c, -c)
+        o[2] = neg_i(o[2]);                                        // * w_8^2 = -i
+        o[3] = c * vec2<f32>(o[3].y - o[3].x, -o[3].x - o[3].y); // * w_8^3 = (-c, -c)
+        for (var q = 0u; q < 4u; q++) {
+            dst[out + q * p.ns] = e[q] + o[q];
+            dst[out + (q + 4u) * p.ns] = e[q] - o[q];
+        }
+        return;
+    }
+    if p.radix == 4u {
+        let y = dft4(array<vec2<f32>, 4>(v[0], v[1], v[2], v[3]));
+        for (var q = 0u; q < 4u; q++) {
+            dst[out + q * p.ns] = y[q];
+        }
+        return;
+    }
+    if p.radix == 2u {
+        dst[out] = v[0] + v[1];
+        dst[out + p.ns] = v[0] - v[1];
+        return;
+    }
     for (var q = 0u; q < p.radix; q++) {
         var acc = v[0];
         var e = 0u; // (r q) mod R, stepped without a multiply
