@@ -18,17 +18,20 @@
 //! GPU FFT. Both transforms are complex DFTs of length N of a real (then complex) signal, batched over
 //! rows; no real-input packing (simplicity over 2x). Lengths a model produces are not powers of two
 //! (SmolLM2 r=8: 4608 = 2⁹·3², 12288 = 2¹²·3; Code Llama 7B: 88064 = 2¹¹·43), so:
-//! - a Stockham autosort mixed-radix FFT: radix 8/4/2 for powers of two, 9 and small primes in a
-//!   register stage (radix ≤ 16), primes up to `MAX_DIRECT_PRIME` in a generic direct-DFT stage
-//!   (43 costs 43 complex products per element in one pass, cheaper than any detour);
-//!   natural order in and out, no bit reversal, one dispatch per pass;
+//! - a Stockham autosort mixed-radix FFT: radix 8/4/2 butterflies for powers of two, 9 and small
+//!   primes as direct DFTs in registers (radix ≤ 16), primes up to `MAX_DIRECT_PRIME` in a generic
+//!   direct-DFT stage (43 costs 43 complex products per element in one pass, cheaper than any
+//!   detour); natural order in and out, no bit reversal, one dispatch per pass;
 //! - Bluestein's chirp-z for lengths with a larger prime factor: X_k = c_k Σ_j (x_j c_j) conj(c_{k-j})
 //!   with c_k = e^{-πi k²/N}, a circular convolution of length M = 2^⌈log₂(2N-1)⌉ done with the
 //!   power-of-two FFT (inverse = conjugate, forward, conjugate).
+//!
 //! Both are exact algorithms (no approximation beyond f32 rounding). Twiddles, chirps and the
 //! Bluestein filter are computed in f64 on the host, uploaded once and cached per (device, N, rows)
 //! together with the scratch buffers. The penalty is a device reduction (per-workgroup partials, then
-//! one workgroup), returned as a [1] tensor that stays on the device.
+//! one workgroup), returned as a [1] tensor that stays on the device. On small matrices the cost is
+//! per dispatch (about a dozen per call), so `penalty_batch` stacks same-shape matrices into one
+//! batched transform.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
