@@ -144,7 +144,19 @@ pub fn penalty_batch(dev: &Device, ws: &[&Tensor], mut grads: Option<&mut [&mut 
     // A stack is rows of length N: per_row over it is exactly the sum of the members' penalties.
     let stacked_sp = Spectral { per_row: true, ..*sp };
     let mut total: Option<Tensor> = None;
-    for ((rows, n), members) in stacks {
+    // The stacked FFT scratch ([rows, L] complex) must fit one storage binding, so large stacks
+    // (e.g. every 7B projection) are split.
+    let chunked = stacks.into_iter().flat_map(|((rows, n), members)| {
+        let cap = match dev {
+            Device::Gpu(g) => {
+                let fft_len = if radices(n).is_some() { n } else { (2 * n - 1).next_power_of_two() };
+                (g.limits.max_storage_buffer_binding_size as usize / (8 * rows * fft_len).max(1)).max(1)
+            }
+            Device::Cpu(_) => usize::MAX,
+        };
+        members.chunks(cap).map(|c| ((rows, n), c.to_vec())).collect::<Vec<_>>()
+    });
+    for ((rows, n), members) in chunked {
         let len = rows * n;
         let p = if members.len() == 1 {
             let i = members[0];
