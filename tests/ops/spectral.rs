@@ -88,7 +88,7 @@ fn penalty_matches_reference() {
         }
         // per_row, with a non-default ρ so the ramp edge falls between bins.
         let sp = Spectral { threshold: 0.3, phi_low: 0.8, phi_high: 0.05, per_row: true };
-        for (r, c) in [(8, 576), (1536, 8), (576, 8), (5, 97), (3, 4099)] {
+        for (r, c) in [(8, 576), (1536, 8), (576, 8), (5, 97), (3, 4099), (4, 1), (3, 2)] {
             let x = rng.vec(r * c, 0.05);
             let (got, _) = run(dev, &[r, c], &x, None, 1.0, &sp);
             assert_rel(&format!("{} per_row {r}x{c}", dev.kind()), got, ref_penalty(&x, c, &sp), 1e-4);
