@@ -1,8 +1,10 @@
 // FLeX spectral penalty and its gradient, for a batch of real signals x [B, N] (B = 1, or the rows
-// of a LoRA matrix with per_row).
+// of a LoRA matrix with per_row, or stacked matrices).
 //   P = sum_b sum_{k < n} rho_k |X_bk|^2,  X = DFT_N(x) (unnormalized), n = N/2 + 1
-//   dP/dx_bj = 2 Re DFT_N(Y_b)_j,  Y_bk = rho_k conj(X_bk) for k < n, 0 otherwise
-// (derivation in src/ops/spectral.rs). Both transforms are forward complex DFTs of length N, run as
+//   dP/dx_bj = DFT_N(H_b)_j (real),  H_bk = (r_k + r_{(N-k) mod N}) conj(X_bk),  r_k = rho_k [k < n]
+// (derivation in src/ops/spectral.rs). Real signals go two at a time through one complex transform:
+// z = x_a + i x_b gives X_a,k = (Z_k + conj Z_{N-k})/2, X_b,k = (Z_k - conj Z_{N-k})/(2i), and, H
+// being Hermitian, DFT(H_a + i H_b) = g_a + i g_b; so P = [P/2] complex signals of length N. Both transforms are forward complex DFTs of length N, run as
 // Stockham autosort stages (`stage`, `stage_large`) of length L = N, or, when N has a prime factor too
 // large for a direct stage, as Bluestein's chirp-z convolution through a power-of-two FFT of
 // length L = M >= 2N - 1 (`load`/`weigh` with chirp, `chirp_mul`, `chirp_out`).
@@ -11,7 +13,7 @@
 struct Params {
     n: u32,         // signal length N
     len: u32,       // FFT length L (N, or M for Bluestein)
-    batch: u32,     // B
+    batch: u32,     // complex signals: ceil(B / 2)
     radix: u32,     // stage: radix R of this pass
     ns: u32,        // stage: length of the sub-transforms finished before this pass
     chirp: u32,     // load/weigh: 1 = multiply by the Bluestein chirp (table) and pad to L
@@ -21,15 +23,19 @@ struct Params {
     threshold: f32, // rho ramp end, as a fraction of n
     phi_low: f32,
     phi_high: f32,
+    rows: u32,      // B real signals
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 // stage: roots [L] = exp(-2 pi i e / L); load, weigh, chirp_out: chirp [N] = exp(-pi i k^2 / N);
 // chirp_mul: filter [M] = DFT_M(conj chirp, wrapped) / M
 @group(0) @binding(1) var<storage, read> table: array<vec2<f32>>;
-@group(0) @binding(2) var<storage, read> src: array<vec2<f32>>;         // [B, L] or [B, N]
+@group(0) @binding(2) var<storage, read> src: array<vec2<f32>>;         // [B/2, L] or [B/2, N]
 @group(0) @binding(2) var<storage, read> w_real: array<f32>;            // load: [B, N]
-@group(0) @binding(3) var<storage, read_write> dst: array<vec2<f32>>;   // [B, L] or [B, N]
+@group(0) @binding(3) var<storage, read_write> dst: array<vec2<f32>>;   // [B/2, L] or [B/2, N]
 @group(0) @binding(4) var<storage, read_write> partials: array<f32>;    // [count]
 @group(0) @binding(5) var<storage, read_write> penalty_out: array<f32>; // [1]
 @group(0) @binding(5) var<storage, read_write> grad_acc: array<f32>;    // [B, N]
@@ -76,7 +82,7 @@ fn rho(k: u32) -> f32 {
     return 1.0 - (p.phi_low + (p.phi_high - p.phi_low) * ramp);
 }
 
-// dst [B, L] = x [B, N] as complex numbers (times the chirp for Bluestein), zero-padded to L.
+// dst [B/2, L] = x_2b + i x_2b+1 from x [B, N] (times the chirp for Bluestein), zero-padded to L.
 @compute @workgroup_size(WG)
 fn load(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let t = index(wid, nwg, lid);
@@ -85,10 +91,12 @@ fn load(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let j = t % p.len;
     var v = vec2<f32>(0.0, 0.0);
     if j < p.n {
-        let x = w_real[b * p.n + j];
-        v = vec2<f32>(x, 0.0);
+        v.x = w_real[2u * b * p.n + j];
+        if 2u * b + 1u < p.rows {
+            v.y = w_real[(2u * b + 1u) * p.n + j];
+        }
         if p.chirp != 0u {
-            v = x * table[j];
+            v = cmul(v, table[j]);
         }
     }
     dst[t] = v;
@@ -198,8 +206,9 @@ fn chirp_out(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     dst[t] = cmul(table[k], conj(src[b * p.len + k]));
 }
 
-// From the spectrum X = src [B, N]: partials[workgroup] = sum of rho_k |X_bk|^2 over this
-// workgroup's bins, and dst [B, L] = Y (times the chirp for Bluestein), zero past n.
+// From the paired spectrum Z = src [B/2, N]: partials[workgroup] = sum of rho_k (|X_a,k|^2 +
+// |X_b,k|^2) over this workgroup's bins k < n, and dst [B/2, L] = H_a + i H_b (times the chirp for
+// Bluestein), zero-padded to L.
 @compute @workgroup_size(WG)
 fn weigh(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let t = index(wid, nwg, lid);
@@ -208,11 +217,23 @@ fn weigh(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
         let b = t / p.len;
         let k = t % p.len;
         var y = vec2<f32>(0.0, 0.0);
-        if k < p.n_freq {
-            let x = src[b * p.n + k];
-            let r = rho(k);
-            c = r * dot(x, x);
-            y = r * conj(x);
+        if k < p.n {
+            let zk = src[b * p.n + k];
+            let km = (p.n - k) % p.n;
+            let zm = conj(src[b * p.n + km]);
+            let xa = 0.5 * (zk + zm);
+            let xb = 0.5 * neg_i(zk - zm);
+            var r = 0.0;
+            if k < p.n_freq {
+                r = rho(k);
+            }
+            var rm = 0.0;
+            if km < p.n_freq {
+                rm = rho(km);
+            }
+            c = r * (dot(xa, xa) + dot(xb, xb));
+            // conj(xa) + i conj(xb)
+            y = (r + rm) * vec2<f32>(xa.x + xb.y, xb.x - xa.y);
             if p.chirp != 0u {
                 y = cmul(y, table[k]);
             }
@@ -252,10 +273,12 @@ fn sum(@builtin(local_invocation_id) lid: vec3<u32>) {
     }
 }
 
-// grad [B, N] += coef * 2 Re(src) where src [B, N] = DFT_N(Y).
+// grad [B, N] += coef * g, where src [B/2, N] = DFT_N(H_a + i H_b) = g_a + i g_b.
 @compute @workgroup_size(WG)
 fn grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let t = index(wid, nwg, lid);
-    if t >= p.batch * p.n { return; }
-    grad_acc[t] += 2.0 * p.coef * src[t].x;
+    if t >= p.rows * p.n { return; }
+    let b = t / p.n;
+    let z = src[(b / 2u) * p.n + t % p.n];
+    grad_acc[t] += p.coef * select(z.x, z.y, b % 2u == 1u);
 }

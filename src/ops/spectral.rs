@@ -254,6 +254,8 @@ struct Params {
     threshold: f32,
     phi_low: f32,
     phi_high: f32,
+    rows: u32,
+    _pad: [u32; 3],
 }
 
 /// Radices of a direct Stockham FFT of length `n`, or None when a prime factor exceeds
@@ -286,13 +288,14 @@ struct Plan {
     n: usize,
     /// FFT length L: N, or M for Bluestein.
     len: usize,
+    /// Complex signals per transform: ceil(rows / 2), two real rows in each.
     batch: usize,
     radices: Vec<usize>,
     /// [L] roots of unity e^{-2πi e/L}.
     roots: wgpu::Buffer,
     /// Bluestein: chirp [N] and filter [M].
     bluestein: Option<(wgpu::Buffer, wgpu::Buffer)>,
-    /// Ping-pong [B, L] buffers, and [B, N] for Bluestein's spectra.
+    /// Ping-pong [B/2, L] buffers, and [B/2, N] for Bluestein's spectra.
     bufs: [wgpu::Buffer; 3],
     partials: wgpu::Buffer,
 }
@@ -430,12 +433,14 @@ fn gpu_penalty(
     n: usize,
     batch: usize,
 ) -> Result<Tensor> {
-    let plan = plan(g, n, batch);
-    let wgs = groups(g, batch * plan.len, WG);
+    // Two real rows per complex transform (see the shader header).
+    let plan = plan(g, n, batch.div_ceil(2));
+    let wgs = groups(g, plan.batch * plan.len, WG);
     let base = Params {
         n: n as u32,
         len: plan.len as u32,
-        batch: batch as u32,
+        batch: plan.batch as u32,
+        rows: batch as u32,
         chirp: plan.bluestein.is_some() as u32,
         n_freq: (n / 2 + 1) as u32,
         count: wgs[0] * wgs[1],
@@ -446,7 +451,7 @@ fn gpu_penalty(
         ..Params::default()
     };
     let run = Run { g, plan: &plan, base };
-    let total = batch * plan.len;
+    let total = plan.batch * plan.len;
     run.go("load", base, &[(1, run.chirp()), (2, w.bind(OP)?), (3, run.buf(0))], total)?;
     let x_at = run.dft(0)?;
     // Y goes where the next transform starts: the free ping-pong buffer (bufs[0] after Bluestein).

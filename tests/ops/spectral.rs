@@ -203,8 +203,10 @@ fn batch_equals_per_matrix() {
             assert_rel(&format!("{} per_row={per_row} batch penalty", dev.kind()), read(dev, &p)[0] as f64, each, 1e-5);
             let p_only = spectral::penalty_batch(dev, &wrefs, None, 0.01, &sp).unwrap();
             assert_rel(&format!("{} per_row={per_row} batch penalty, no grad", dev.kind()), read(dev, &p_only)[0] as f64, each, 1e-5);
+            // Stacking changes which rows share a transform on the GPU, so f32 rounding differs.
             for (i, (g, w)) in gs.iter().zip(&want).enumerate() {
-                assert_close(&format!("{} per_row={per_row} matrix {i} grad", dev.kind()), &read(dev, g), w, 1e-7, 1e-5);
+                let scale = w.iter().fold(0f32, |m, v| m.max(v.abs()));
+                assert_close(&format!("{} per_row={per_row} matrix {i} grad", dev.kind()), &read(dev, g), w, 1e-5 * scale, 1e-4);
             }
         }
     }
