@@ -13,10 +13,17 @@
 //!   Y_k = ρ_k conj(X_k) for k < n, 0 for n ≤ k < N,
 //! which equals 2 Re Σ_{k<n} ρ_k X_k e^{+2πi jk/N} (the real part of a conjugate). So the gradient is
 //! a second *forward* DFT of length N, with the same plan as the first. (Check: N = 1 gives
-//! P = ρ_0 x², ∂P/∂x = 2ρ_0 x.)
+//! P = ρ_0 x², ∂P/∂x = 2ρ_0 x.) The CPU twin computes exactly this.
 //!
-//! GPU FFT. Both transforms are complex DFTs of length N of a real (then complex) signal, batched over
-//! rows; no real-input packing (simplicity over 2x). Lengths a model produces are not powers of two
+//! Equivalently, with r_k = ρ_k [k < n] and X_{N-k} = conj(X_k) for real x,
+//!   ∂P/∂x_j = DFT_N(H)_j,  H_k = Y_k + conj(Y_{(N-k) mod N}) = (r_k + r_{(N-k) mod N}) conj(X_k),
+//! where H is Hermitian, so DFT_N(H) is real. The GPU uses this form: it sends two real rows a, b
+//! through one complex transform (z = x_a + i x_b, then X_a,k = (Z_k + conj Z_{N-k})/2 and
+//! X_b,k = (Z_k - conj Z_{N-k})/(2i)), and DFT_N(H_a + i H_b) = g_a + i g_b gives both gradients:
+//! half the transforms for any N, odd lengths included.
+//!
+//! GPU FFT. Both transforms are complex DFTs of length N, batched over pairs of rows. Lengths a
+//! model produces are not powers of two
 //! (SmolLM2 r=8: 4608 = 2⁹·3², 12288 = 2¹²·3; Code Llama 7B: 88064 = 2¹¹·43), so:
 //! - a Stockham autosort mixed-radix FFT: radix 8/4/2 butterflies for powers of two, 9 and small
 //!   primes as direct DFTs in registers (radix ≤ 16), primes up to `MAX_DIRECT_PRIME` in a generic
