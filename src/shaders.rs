@@ -29,4 +29,5 @@ shaders! {
     CROSS_ENTROPY => "cross_entropy.wgsl",
     ELEMENTWISE => "elementwise.wgsl",
     OPTIM => "optim.wgsl",
+    SPECTRAL => "spectral.wgsl",
 }

@@ -258,7 +258,6 @@ impl Trainer {
             })
             .collect();
         let coef = f.lambda / chosen.len().max(1) as f32;
-        let sp = f.spectral();
         let params = self.model.lora_tensors();
         let ws: Vec<&Tensor> = chosen.iter().map(|&i| params[i].1).collect();
         let mut gs: Vec<&mut Tensor> = self.grads.iter_mut().enumerate().filter(|(i, _)| chosen.contains(i)).map(|(_, g)| g).collect();

@@ -13,4 +13,5 @@ mod optim;
 mod quant_nf4;
 mod rmsnorm;
 mod rope;
+mod spectral;
 mod swiglu;
