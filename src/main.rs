@@ -81,6 +81,25 @@ enum BenchCommand {
         #[command(flatten)]
         dev: DeviceFlags,
     },
+    /// FLeX penalty + gradient time per step (MLP LoRA, r=8) and its share of a training step.
+    Flex {
+        #[arg(long, default_value = "models/SmolLM2-135M-Instruct.Q4_1.gguf")]
+        model: std::path::PathBuf,
+        /// Code Llama 7B's shapes instead of --model (random weights).
+        #[arg(long)]
+        random_7b: bool,
+        #[arg(long, default_value_t = 8)]
+        lora_rank: usize,
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Also time one training step (sequence 512) on the same device for the share.
+        #[arg(long)]
+        with_step: bool,
+        #[arg(long, default_value_t = 512)]
+        seq: usize,
+        #[command(flatten)]
+        dev: DeviceFlags,
+    },
     /// Prefill (T tokens in one pass) and decode tokens/s of a model, and peak memory.
     Generate {
         #[arg(long, default_value = "models/SmolLM2-135M-Instruct.Q4_1.gguf")]
@@ -467,6 +486,28 @@ fn main() -> Result<()> {
             println!("  mean step {secs:.2} s: {:.1} tokens/s", seq as f64 / secs);
             if let Some(rss) = flexlora::bench::peak_rss() {
                 println!("  peak resident memory: {:.0} MiB", rss as f64 / (1 << 20) as f64);
+            }
+            Ok(())
+        }
+        Command::Bench { what: BenchCommand::Flex { model, random_7b, lora_rank, reps, with_step, seq, dev } } => {
+            let sel = block_on(None, device::select(dev.device, dev.backend))?;
+            let load = |flags: &DeviceFlags| -> Result<flexlora::model::Model> {
+                Ok(if random_7b {
+                    let cfg = flexlora::bench::codellama_7b();
+                    let mut src = flexlora::bench::RandomSource { cfg: cfg.clone(), seed: 1 };
+                    flexlora::model::Model::load(&sel.device, cfg, &mut src, flags.format())?
+                } else {
+                    open_model(&sel.device, &model, flags)?.0
+                })
+            };
+            let cfg = if random_7b { flexlora::bench::codellama_7b() } else { flexlora::model::load::open_config(&model)? };
+            println!("{} on {}", if random_7b { "Code Llama 7B shapes".into() } else { model.display().to_string() }, sel.device.name());
+            let flex = flexlora::bench::flex(&sel.device, &cfg, lora_rank, reps, &mut std::io::stdout())?;
+            if with_step {
+                let mut m = load(&dev)?;
+                m.attach_lora(&sel.device, &flexlora::model::LoraConfig { rank: lora_rank, ..Default::default() }, 0)?;
+                let step = flexlora::bench::train(&sel.device, &mut m, seq, 1, false, &mut std::io::stdout())?;
+                println!("  training step (T={seq}) {step:.2} s: the penalty adds {:.2}%", 100.0 * flex / step);
             }
             Ok(())
         }

@@ -308,11 +308,11 @@ fn probabilities(
             Some(l) => l[i],
             None => {
                 let m = vis.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) * scale;
-                let sum: f32 = vis.iter().map(|&x| (x * scale - m).exp()).sum();
+                let sum: f32 = vis.iter().map(|&x| cpu::exp(x * scale - m)).sum();
                 m + sum.ln()
             }
         };
-        vis.iter_mut().for_each(|x| *x = (*x * scale - l).exp());
+        vis.iter_mut().for_each(|x| *x = cpu::exp(*x * scale - l));
         out[0] = l;
     });
 }

@@ -65,11 +65,11 @@ impl FlexConfig {
 }
 
 impl Default for FlexConfig {
-    /// The paper's best run: λ = 0.02, T = 0.5, φ_low = 1.0, φ_high = 0.1, on A and B, off by default.
+    /// FLeX as the paper defines it, with its best run: λ = 0.02, T = 0.5, φ_low = 1.0, φ_high = 0.1, on A and B.
     fn default() -> Self {
         let s = Spectral::default();
         FlexConfig {
-            mode: FlexMode::Off,
+            mode: FlexMode::Train,
             lambda: 0.02,
             matrices: FlexMatrices::Both,
             threshold: s.threshold,

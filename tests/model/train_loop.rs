@@ -176,3 +176,50 @@ fn damaged_or_mismatched_checkpoints_are_refused() {
     }
     assert_eq!(err(&cfg, &dir), "");
 }
+
+/// A loss that turns NaN/inf stops the run with a message naming the step and the last good
+/// checkpoint, and that checkpoint stays intact.
+#[test]
+fn diverging_run_stops_and_keeps_the_last_good_checkpoint() {
+    let (dir, data) = fixture("nan");
+    let out = dir.join("run");
+    let mut cfg = config(&dir, &data, &out);
+    cfg.save_every = 1;
+    cfg.clip = 0.0;
+    cfg.warmup_steps = 0;
+    cfg.schedule = flexlora::train::config::Schedule::Constant;
+    let dev = Device::cpu();
+    let (model, tok) = run::load_model(&dev, &cfg).unwrap();
+    let mut tr = Trainer::new(dev, model, &tok, cfg, None).unwrap();
+    tr.step().unwrap();
+    let good = tr.save().unwrap();
+    // An absurd learning rate from here on makes the adapter overflow within a few steps.
+    tr.cfg.lr = 1e30;
+    let err = (0..20).find_map(|_| tr.step().err()).expect("the loss never became non-finite").to_string();
+    assert!(err.contains("training stopped at step") && err.contains(&good.display().to_string()), "{err}");
+    let state = flexlora::train::checkpoint::load_state(&good).unwrap();
+    assert_eq!(state.step, 1);
+    assert!(flexlora::train::checkpoint::resolve(&out).unwrap() == good);
+}
+
+/// `--config FILE.toml` holds any setting; unknown keys are refused with the file named.
+#[test]
+fn toml_config_round_trips_and_rejects_unknown_keys() {
+    let dir = tmpdir("toml");
+    let path = dir.join("run.toml");
+    std::fs::write(
+        &path,
+        "steps = 7\nlr = 0.001\noptimizer = \"sophia\"\n[lora]\nrank = 4\ntargets = [\"q_proj\", \"down_proj\"]\n[flex]\nmode = \"published\"\nlambda = 0.5\n",
+    )
+    .unwrap();
+    let c = TrainConfig::from_toml(&path).unwrap();
+    assert_eq!((c.steps, c.lr, c.optimizer, c.lora.rank), (7, 1e-3, OptimizerKind::Sophia, 4));
+    assert_eq!(c.lora.targets, vec![flexlora::model::Target::Q, flexlora::model::Target::Down]);
+    assert_eq!((c.flex.mode, c.flex.lambda), (flexlora::train::config::FlexMode::Published, 0.5));
+    assert_eq!(c.max_len, TrainConfig::default().max_len, "unset keys keep their defaults");
+    let again: TrainConfig = toml::from_str(&c.to_toml()).unwrap();
+    assert_eq!(again, c);
+    std::fs::write(&path, "steps = 7\nlearning_rate = 0.1\n").unwrap();
+    let e = TrainConfig::from_toml(&path).unwrap_err().to_string();
+    assert!(e.contains("run.toml") && e.contains("learning_rate"), "{e}");
+}

@@ -108,3 +108,14 @@ fn hf_tokenizer(dir: &std::path::Path, cfg: &crate::model::Config) -> crate::err
     }
     Ok(tok)
 }
+
+/// The configuration of a model file or directory, without loading its weights.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn open_config(path: &std::path::Path) -> crate::error::Result<crate::model::Config> {
+    check_exists(path)?;
+    if path.is_dir() {
+        safetensors::read_config(path)
+    } else {
+        gguf_model::config(&GgufFile::open(path)?)
+    }
+}
