@@ -52,7 +52,7 @@ pub fn backward(dev: &Device, g: &Tensor, u: &Tensor, dh: &Tensor) -> Result<(Te
 }
 
 fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
+    1.0 / (1.0 + cpu::exp(-x))
 }
 
 const CHUNK: usize = 4096;
