@@ -268,11 +268,7 @@ pub fn flex(dev: &Device, cfg: &crate::model::Config, r: usize, reps: usize, out
         spectral::penalty_batch(dev, &refs, Some(&mut grefs), coef, &sp)
     })?;
     let lengths: Vec<usize> = shapes.iter().map(|s| s[0] * s[1]).collect();
-    let _ = writeln!(
-        out,
-        "  FLeX penalty + gradient, {} matrices (flattened lengths {lengths:?}): {:.2} ms per step",
-        mats.len(),
-        secs * 1e3
-    );
+    let _ =
+        writeln!(out, "  FLeX penalty + gradient, {} matrices (flattened lengths {lengths:?}): {:.2} ms per step", mats.len(), secs * 1e3);
     Ok(secs)
 }

@@ -211,11 +211,3 @@ fn batch_equals_per_matrix() {
         }
     }
 }
-
-/// The op's timing on SmolLM2-135M's MLP LoRA matrices (r=8, 180 of them): `cargo test --test ops
-/// spectral_bench -- --ignored --nocapture`.
-#[test]
-#[ignore]
-fn spectral_bench() {
-    flexlora::bench::flex(&devices(), 3, &mut std::io::stdout()).unwrap();
-}
