@@ -218,7 +218,6 @@ pub fn train(dev: &Device, model: &mut crate::model::Model, t: usize, steps: usi
     let ids: Vec<u32> = (0..t as u32).map(|i| (i.wrapping_mul(7919) + 13) % v).collect();
     let mut targets: Vec<u32> = ids[1..].to_vec();
     targets.push(IGNORE);
-    let tgt = Tensor::from_u32(dev, "targets", &[t], &targets)?;
     let names: Vec<Vec<usize>> = model.lora_tensors().iter().map(|(_, p)| p.shape().to_vec()).collect();
     let zeros = |label: &str| -> Vec<Tensor> { names.iter().map(|s| Tensor::zeros(dev, label, s, crate::DType::F32)).collect() };
     let (mut m, mut s) = (zeros("m"), zeros("v"));
@@ -226,9 +225,10 @@ pub fn train(dev: &Device, model: &mut crate::model::Model, t: usize, steps: usi
     let mut total = 0.0;
     for step in 0..=steps {
         let t0 = Instant::now();
-        let fwd = model.forward_train(dev, &ids, &tgt, 1, crate::train::grad::Options { recompute, dropout_seed: Some(step as u32) })?;
+        let opts = crate::train::grad::Options { recompute, dropout_seed: Some(step as u32), all_logits: false };
+        let fwd = model.forward_train(dev, &ids, &targets, 1, opts)?;
         let mut grads = model.zero_grads(dev);
-        model.backward(dev, &fwd, &tgt, 1.0 / (t - 1) as f32, &mut grads)?;
+        model.backward(dev, &fwd, None, 1.0 / (t - 1) as f32, &mut grads)?;
         let loss: f32 = block_on(Some(dev), fwd.loss.to_vec_f32(dev))?.iter().sum::<f32>() / (t - 1) as f32;
         drop(fwd);
         let norm = block_on(Some(dev), optim::sum_squares(dev, &grads.iter().collect::<Vec<_>>())?.to_vec_f32(dev))?[0].sqrt();

@@ -29,6 +29,10 @@ pub struct Options {
     pub recompute: bool,
     /// Dropout seed for this micro-batch; `None` turns dropout off (evaluation, gradient checks).
     pub dropout_seed: Option<u32>,
+    /// Logits for every position. By default only positions with a target are projected to the
+    /// vocabulary (the costliest product of a small model; MBPP with masked prompts trains ~1/3
+    /// of its positions).
+    pub all_logits: bool,
 }
 
 /// What a layer's backward pass needs.
@@ -58,10 +62,14 @@ pub struct Forward {
     x: Tensor,                 // last layer's output
     xn: Tensor,
     rstd: Tensor,
-    pub logits: Tensor, // [B*T, V]
-    pub lse: Tensor,    // [B*T]
-    /// Per-position loss, 0 where the target is ignored.
-    pub loss: Tensor, // [B*T]
+    /// Which positions `logits` holds (`None`: all B*T, in order).
+    rows: Option<Tensor>,
+    /// Logits of those positions [M, V], and their targets [M] (u32, IGNORE where untrained).
+    pub logits: Tensor,
+    pub targets: Tensor,
+    pub lse: Tensor, // [M]
+    /// Loss per row of `logits`, 0 where the target is ignored.
+    pub loss: Tensor, // [M]
     seed: Option<u32>,
 }
 
@@ -177,10 +185,13 @@ impl Model {
 
     /// Runs a batch (`ids` and `targets` [B, T] row-major, targets `cross_entropy::IGNORE` where
     /// not trained) through the model, keeping what `backward` needs.
-    pub fn forward_train(&self, dev: &Device, ids: &[u32], targets: &Tensor, b: usize, opts: Options) -> Result<Forward> {
+    pub fn forward_train(&self, dev: &Device, ids: &[u32], targets: &[u32], b: usize, opts: Options) -> Result<Forward> {
         let cfg = &self.cfg;
-        if b == 0 || ids.is_empty() || ids.len() % b != 0 {
-            return Err(Error::shape("forward_train", format!("{} tokens do not split into {b} sequences", ids.len())));
+        if b == 0 || ids.is_empty() || ids.len() % b != 0 || targets.len() != ids.len() {
+            return Err(Error::shape(
+                "forward_train",
+                format!("{} tokens and {} targets do not split into {b} sequences", ids.len(), targets.len()),
+            ));
         }
         let t = ids.len() / b;
         if t > self.rope.max_pos {
@@ -204,18 +215,32 @@ impl Model {
             x = y;
         }
         let (xn, rstd) = rmsnorm::forward(dev, &x, &self.norm, cfg.eps)?;
-        let logits = match &self.lm_head {
-            Some(head) => head.forward(dev, &xn)?,
-            None => matmul::forward(dev, &xn, &self.embed, false, true)?,
+        let mut picked: Vec<u32> = (0..ids.len() as u32).filter(|&i| targets[i as usize] != cross_entropy::IGNORE).collect();
+        if picked.is_empty() {
+            picked.push(0); // a batch with nothing to train still has one (ignored) row
+        }
+        let (rows, kept) = if opts.all_logits || picked.len() == ids.len() {
+            (None, targets.to_vec())
+        } else {
+            let kept = picked.iter().map(|&i| targets[i as usize]).collect();
+            (Some(Tensor::from_u32(dev, "trained positions", &[picked.len()], &picked)?), kept)
         };
-        let (loss, lse) = cross_entropy::forward(dev, &logits, targets)?;
-        Ok(Forward { b, t, inputs, saved, x, xn, rstd, logits, lse, loss, seed: opts.dropout_seed })
+        let targets = Tensor::from_u32(dev, "targets", &[kept.len()], &kept)?;
+        let xs = rows.as_ref().map(|r| embedding::forward(dev, r, &xn)).transpose()?; // gathers rows
+        let head_in = xs.as_ref().unwrap_or(&xn);
+        let logits = match &self.lm_head {
+            Some(head) => head.forward(dev, head_in)?,
+            None => matmul::forward(dev, head_in, &self.embed, false, true)?,
+        };
+        let (loss, lse) = cross_entropy::forward(dev, &logits, &targets)?;
+        Ok(Forward { b, t, inputs, saved, x, xn, rstd, rows, logits, targets, lse, loss, seed: opts.dropout_seed })
     }
 
     /// Backpropagates `scale`·Σ loss(targets) from a forward pass and adds the adapter gradients
-    /// into `grads` (`lora_tensors` order). `targets` may differ from the forward's (Sophia's
-    /// sampled labels); the log-sum-exp depends on the logits alone.
-    pub fn backward(&self, dev: &Device, fwd: &Forward, targets: &Tensor, scale: f32, grads: &mut [Tensor]) -> Result<()> {
+    /// into `grads` (`lora_tensors` order). `targets` (one per row of `fwd.logits`) default to the
+    /// forward's; Sophia passes labels it sampled, since the log-sum-exp depends on the logits alone.
+    pub fn backward(&self, dev: &Device, fwd: &Forward, targets: Option<&Tensor>, scale: f32, grads: &mut [Tensor]) -> Result<()> {
+        let targets = targets.unwrap_or(&fwd.targets);
         if grads.len() != self.lora_tensors().len() {
             return Err(Error::shape(
                 "backward",
@@ -223,11 +248,15 @@ impl Model {
             ));
         }
         let dlogits = cross_entropy::backward(dev, &fwd.logits, targets, &fwd.lse, scale)?;
-        let dxn = match &self.lm_head {
+        let dxs = match &self.lm_head {
             Some(head) => linear_backward(dev, head, &fwd.xn, None, &dlogits, None, None)?,
             None => matmul::forward(dev, &dlogits, &self.embed, false, false)?,
         };
         drop(dlogits);
+        let dxn = match &fwd.rows {
+            Some(r) => embedding::backward(dev, r, fwd.b * fwd.t, &dxs)?, // scatters rows back
+            None => dxs,
+        };
         let (mut dx, _) = rmsnorm::backward(dev, &fwd.x, &self.norm, &fwd.rstd, &dxn)?;
         let slots = self.grad_slots();
         for i in (0..self.layers.len()).rev() {

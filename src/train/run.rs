@@ -193,15 +193,14 @@ impl Trainer {
         let sophia_step = cfg.optimizer == OptimizerKind::Sophia && step % cfg.hessian_every == 0;
         let mut loss_sum = 0f64;
         for (j, batch) in micro.iter().enumerate() {
-            let tgt = Tensor::from_u32(dev, "targets", &[batch.targets.len()], &batch.targets)?;
-            let opts = Options { recompute: cfg.recompute, dropout_seed: Some(self.seed(step, j, 0)) };
-            let fwd = self.model.forward_train(dev, &batch.ids, &tgt, batch.b, opts)?;
-            self.model.backward(dev, &fwd, &tgt, scale, &mut self.grads)?;
+            let opts = Options { recompute: cfg.recompute, dropout_seed: Some(self.seed(step, j, 0)), all_logits: false };
+            let fwd = self.model.forward_train(dev, &batch.ids, &batch.targets, batch.b, opts)?;
+            self.model.backward(dev, &fwd, None, scale, &mut self.grads)?;
             if sophia_step && j + 1 == micro.len() && batch.n_targets > 0 {
                 // Gauss-Newton-Bartlett: the gradient of the loss on labels the model samples itself.
-                let labels = optim::sample_labels(dev, &fwd.logits, &tgt, self.seed(step, j, 1))?;
+                let labels = optim::sample_labels(dev, &fwd.logits, &fwd.targets, self.seed(step, j, 1))?;
                 let mut ghat = self.model.zero_grads(dev);
-                self.model.backward(dev, &fwd, &labels, 1.0 / batch.n_targets as f32, &mut ghat)?;
+                self.model.backward(dev, &fwd, Some(&labels), 1.0 / batch.n_targets as f32, &mut ghat)?;
                 for (h, g) in self.opt.s.iter_mut().zip(&ghat) {
                     optim::sophia_hessian(dev, h, g, cfg.sophia.beta2, batch.n_targets as f32)?;
                 }
