@@ -64,7 +64,18 @@ pub fn loss_svg(reports: &[StepReport]) -> String {
     let _ = write!(s, r#"<text x="{}" y="{}" text-anchor="middle">optimizer step</text>"#, w / 2.0, h - 12.0);
     let _ = write!(s, r#"<text x="{m}" y="{}">training loss (mean cross-entropy per target token)</text>"#, m - 20.0);
     let path: Vec<String> = pts.iter().map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y))).collect();
-    let _ = write!(s, r#"<polyline fill="none" stroke="steelblue" stroke-width="1.5" points="{}"/>"#, path.join(" "));
+    let _ = write!(s, r#"<polyline fill="none" stroke="lightsteelblue" stroke-width="1" points="{}"/>"#, path.join(" "));
+    // An exponential moving average (weight 0.1 per step) shows the trend through batch noise.
+    let mut ema = pts[0].1;
+    let smooth: Vec<String> = pts
+        .iter()
+        .map(|&(x, y)| {
+            ema = 0.9 * ema + 0.1 * y;
+            format!("{:.1},{:.1}", sx(x), sy(ema))
+        })
+        .collect();
+    let _ = write!(s, r#"<polyline fill="none" stroke="darkorange" stroke-width="2" points="{}"/>"#, smooth.join(" "));
+    let _ = write!(s, r#"<text x="{}" y="{}" text-anchor="end" fill="darkorange">moving average</text>"#, w - m, m - 20.0);
     s.push_str("</svg>\n");
     s
 }
