@@ -102,6 +102,7 @@ fn killed_run_resumes_to_the_same_loss_sequence() {
         let mut cmd = Command::new(bin);
         cmd.args(["train", "--device", "cpu", "--model"]).arg(&dir).arg("--data").arg(&data).arg("--out").arg(out);
         cmd.args(["--steps", "150", "--batch-size", "2", "--lr", "0.01", "--save-every", "1", "--lora-rank", "4", "--seed", "3"]);
+        cmd.args(["--lora-targets", "down_proj,q_proj,gate_proj"]); // any order resumes
         cmd.args(extra);
         cmd
     };
