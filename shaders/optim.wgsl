@@ -146,7 +146,8 @@ fn reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     }
 }
 
-// PCG hash (Jarzynski and Olano 2020); u32 arithmetic wraps, as in the Rust twin.
+// PCG hash (Jarzynski and Olano 2020); u32 arithmetic wraps, as in the Rust twin
+// (`ops::elementwise::hash`; elementwise.wgsl has the same function: WGSL has no includes).
 fn pcg(x: u32) -> u32 {
     let state = x * 747796405u + 2891336453u;
     let word = ((state >> ((state >> 28u) + 4u)) ^ state) * 277803737u;

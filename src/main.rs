@@ -460,13 +460,7 @@ fn main() -> Result<()> {
         Command::Bench { what: BenchCommand::Train { model, random_7b, seq, steps, lora_rank, lora_targets, recompute, dev } } => {
             let sel = block_on(None, device::select(dev.device, dev.backend))?;
             let t0 = std::time::Instant::now();
-            let mut m = if random_7b {
-                let cfg = flexlora::bench::codellama_7b();
-                let mut src = flexlora::bench::RandomSource { cfg: cfg.clone(), seed: 1 };
-                flexlora::model::Model::load(&sel.device, cfg, &mut src, dev.format())?
-            } else {
-                open_model(&sel.device, &model, &dev)?.0
-            };
+            let mut m = bench_model(&sel.device, random_7b, &model, &dev)?;
             let lora = flexlora::model::LoraConfig {
                 rank: lora_rank,
                 targets: lora_targets.split(',').map(flexlora::model::Target::parse).collect::<flexlora::Result<_>>()?,
@@ -491,20 +485,11 @@ fn main() -> Result<()> {
         }
         Command::Bench { what: BenchCommand::Flex { model, random_7b, lora_rank, reps, with_step, seq, dev } } => {
             let sel = block_on(None, device::select(dev.device, dev.backend))?;
-            let load = |flags: &DeviceFlags| -> Result<flexlora::model::Model> {
-                Ok(if random_7b {
-                    let cfg = flexlora::bench::codellama_7b();
-                    let mut src = flexlora::bench::RandomSource { cfg: cfg.clone(), seed: 1 };
-                    flexlora::model::Model::load(&sel.device, cfg, &mut src, flags.format())?
-                } else {
-                    open_model(&sel.device, &model, flags)?.0
-                })
-            };
             let cfg = if random_7b { flexlora::bench::codellama_7b() } else { flexlora::model::load::open_config(&model)? };
             println!("{} on {}", if random_7b { "Code Llama 7B shapes".into() } else { model.display().to_string() }, sel.device.name());
             let flex = flexlora::bench::flex(&sel.device, &cfg, lora_rank, reps, &mut std::io::stdout())?;
             if with_step {
-                let mut m = load(&dev)?;
+                let mut m = bench_model(&sel.device, random_7b, &model, &dev)?;
                 m.attach_lora(&sel.device, &flexlora::model::LoraConfig { rank: lora_rank, ..Default::default() }, 0)?;
                 let step = flexlora::bench::train(&sel.device, &mut m, seq, 1, false, &mut std::io::stdout())?;
                 println!("  training step (T={seq}) {step:.2} s: the penalty adds {:.2}%", 100.0 * flex / step);
@@ -522,6 +507,16 @@ fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The model a training benchmark runs: random weights with Code Llama 7B's shapes, or a file.
+fn bench_model(dev: &flexlora::Device, random_7b: bool, path: &std::path::Path, flags: &DeviceFlags) -> Result<flexlora::model::Model> {
+    if !random_7b {
+        return Ok(open_model(dev, path, flags)?.0);
+    }
+    let cfg = flexlora::bench::codellama_7b();
+    let mut src = flexlora::bench::RandomSource { cfg: cfg.clone(), seed: 1 };
+    Ok(flexlora::model::Model::load(dev, cfg, &mut src, flags.format())?)
 }
 
 /// Loads a PEFT LoRA adapter onto the model, when one is given.

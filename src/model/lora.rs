@@ -35,7 +35,12 @@ pub enum Target {
 }
 
 impl Target {
+    /// In layer order; `index` is the position here.
     pub const ALL: [Target; 7] = [Target::Q, Target::K, Target::V, Target::O, Target::Gate, Target::Up, Target::Down];
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
 
     /// The module's name inside a layer (`self_attn.q_proj`, `mlp.gate_proj`, ...).
     pub fn module(self) -> &'static str {
@@ -139,29 +144,11 @@ pub fn peft_names(layer: usize, target: Target) -> (String, String) {
 impl Model {
     /// The linear layer `target` of layer `i`.
     pub fn linear(&self, i: usize, target: Target) -> &Linear {
-        let l = &self.layers[i];
-        match target {
-            Target::Q => &l.q,
-            Target::K => &l.k,
-            Target::V => &l.v,
-            Target::O => &l.o,
-            Target::Gate => &l.gate,
-            Target::Up => &l.up,
-            Target::Down => &l.down,
-        }
+        self.layers[i].linears()[target.index()]
     }
 
     pub fn linear_mut(&mut self, i: usize, target: Target) -> &mut Linear {
-        let l = &mut self.layers[i];
-        match target {
-            Target::Q => &mut l.q,
-            Target::K => &mut l.k,
-            Target::V => &mut l.v,
-            Target::O => &mut l.o,
-            Target::Gate => &mut l.gate,
-            Target::Up => &mut l.up,
-            Target::Down => &mut l.down,
-        }
+        self.layers[i].linears_mut().into_iter().nth(target.index()).expect("Layer::linears_mut has every target")
     }
 
     /// Attaches a fresh adapter to every target of every layer: A from PEFT's Kaiming-uniform
@@ -248,7 +235,7 @@ impl Model {
     pub fn lora_tensors_mut(&mut self) -> Vec<&mut Tensor> {
         let mut out = Vec::new();
         for layer in &mut self.layers {
-            for lin in [&mut layer.q, &mut layer.k, &mut layer.v, &mut layer.o, &mut layer.gate, &mut layer.up, &mut layer.down] {
+            for lin in layer.linears_mut() {
                 if let Some(l) = lin.lora.as_mut() {
                     out.push(&mut l.a);
                     out.push(&mut l.b);

@@ -82,8 +82,8 @@ pub struct Linear {
 }
 
 impl Linear {
-    /// x [N, in] -> y [N, out].
-    pub fn forward(&self, dev: &Device, x: &Tensor) -> Result<Tensor> {
+    /// The frozen part, x [N, in] -> x·Wᵀ + bias [N, out].
+    pub fn base(&self, dev: &Device, x: &Tensor) -> Result<Tensor> {
         let mut y = match &self.weight {
             Weight::F32(w) => matmul::forward(dev, x, w, false, true)?,
             Weight::Nf4(q) => matmul_nf4::forward(dev, x, q)?,
@@ -91,6 +91,12 @@ impl Linear {
         if let Some(b) = &self.bias {
             elementwise::add_bias(dev, &mut y, b)?;
         }
+        Ok(y)
+    }
+
+    /// x [N, in] -> y [N, out], adapter included (no dropout).
+    pub fn forward(&self, dev: &Device, x: &Tensor) -> Result<Tensor> {
+        let mut y = self.base(dev, x)?;
         if let Some(l) = &self.lora {
             l.add_to(dev, x, &mut y)?;
         }
@@ -113,6 +119,17 @@ pub struct Layer {
     pub gate: Linear,      // [F, C]
     pub up: Linear,        // [F, C]
     pub down: Linear,      // [C, F]
+}
+
+impl Layer {
+    /// The seven linear layers in `lora::Target::ALL` order (q, k, v, o, gate, up, down).
+    pub fn linears(&self) -> [&Linear; 7] {
+        [&self.q, &self.k, &self.v, &self.o, &self.gate, &self.up, &self.down]
+    }
+
+    pub fn linears_mut(&mut self) -> [&mut Linear; 7] {
+        [&mut self.q, &mut self.k, &mut self.v, &mut self.o, &mut self.gate, &mut self.up, &mut self.down]
+    }
 }
 
 #[derive(Debug)]
@@ -219,7 +236,7 @@ impl Model {
             params += l.weight.shape().iter().product::<usize>() + l.bias.as_ref().map_or(0, |b| b.numel());
         };
         for layer in &self.layers {
-            for l in [&layer.q, &layer.k, &layer.v, &layer.o, &layer.gate, &layer.up, &layer.down] {
+            for l in layer.linears() {
                 lin(l);
             }
         }

@@ -9,6 +9,8 @@
 use crate::device::{gpu::Kernel, Device};
 use crate::error::{Error, Result};
 use crate::ops::cross_entropy::IGNORE;
+// PCG hash (Jarzynski and Olano 2020), the kernel's `pcg`; dropout masks use the same function.
+use crate::ops::elementwise::hash as pcg;
 use crate::ops::groups;
 use crate::shaders;
 use crate::tensor::{check_shape, dims2, DType, Tensor};
@@ -325,13 +327,6 @@ pub fn sample_labels(dev: &Device, logits: &Tensor, targets: &Tensor, seed: u32)
             Ok(labels)
         }
     }
-}
-
-/// PCG hash (Jarzynski and Olano 2020, "Hash Functions for GPU Rendering"), as in the kernel.
-fn pcg(x: u32) -> u32 {
-    let state = x.wrapping_mul(747_796_405).wrapping_add(2_891_336_453);
-    let word = ((state >> ((state >> 28) + 4)) ^ state).wrapping_mul(277_803_737);
-    (word >> 22) ^ word
 }
 
 /// (k + 1/2) / 2^23 for the top 23 bits k: exact in f32 on every device, never 0 or 1.

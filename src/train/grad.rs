@@ -74,23 +74,13 @@ pub struct Forward {
 }
 
 fn linear_seed(seed: u32, layer: usize, target: Target) -> u32 {
-    let slot = layer * Target::ALL.len() + Target::ALL.iter().position(|&t| t == target).unwrap_or(0);
+    let slot = layer * Target::ALL.len() + target.index();
     elementwise::hash(seed ^ elementwise::hash(slot as u32 + 1))
-}
-
-fn slot(t: Target) -> usize {
-    Target::ALL.iter().position(|&x| x == t).unwrap_or(0)
 }
 
 /// y = x·Wᵀ + bias + s·(drop(x)·Aᵀ)·Bᵀ; also returns xa = drop(x)·Aᵀ when adapted.
 fn linear_forward(dev: &Device, lin: &Linear, x: &Tensor, seed: Option<u32>) -> Result<(Tensor, Option<Tensor>)> {
-    let mut y = match &lin.weight {
-        Weight::F32(w) => matmul::forward(dev, x, w, false, true)?,
-        Weight::Nf4(q) => matmul_nf4::forward(dev, x, q)?,
-    };
-    if let Some(bias) = &lin.bias {
-        elementwise::add_bias(dev, &mut y, bias)?;
-    }
+    let mut y = lin.base(dev, x)?;
     let Some(l) = &lin.lora else { return Ok((y, None)) };
     let xa = match seed {
         Some(s) if l.dropout > 0.0 => matmul::forward(dev, &elementwise::dropout(dev, x, l.dropout, s)?, &l.a, false, true)?,
@@ -166,7 +156,7 @@ impl Model {
         let (h1, rstd1) = rmsnorm::forward(dev, x, &layer.attn_norm, cfg.eps)?;
         let mut lin = |target: Target, input: &Tensor| -> Result<Tensor> {
             let (y, saved) = linear_forward(dev, self.linear(i, target), input, ls(target))?;
-            xa[slot(target)] = saved;
+            xa[target.index()] = saved;
             Ok(y)
         };
         let q = lin(Target::Q, &h1)?.reshape(&[n, cfg.h, cfg.d])?;
@@ -290,16 +280,16 @@ impl Model {
         let (cfg, layer): (_, &Layer) = (&self.cfg, &self.layers[i]);
         let n = b * t;
         let mut lin = |target: Target, input: &Tensor, d: &Tensor| -> Result<Tensor> {
-            let g = slots[slot(target)].map(|j| {
+            let g = slots[target.index()].map(|j| {
                 let (a, rest) = grads[j..].split_at_mut(1);
                 (&mut a[0], &mut rest[0])
             });
-            let xa = s.xa[slot(target)].as_ref();
+            let xa = s.xa[target.index()].as_ref();
             linear_backward(dev, self.linear(i, target), input, xa, d, seed.map(|sd| linear_seed(sd, i, target)), g)
         };
         // MLP: y = m + down(swiglu(gate(h2), up(h2))).
         // down_proj's input is needed only for its adapter's dA.
-        let a = if slots[slot(Target::Down)].is_some() { Some(swiglu::forward(dev, &s.g, &s.u)?) } else { None };
+        let a = if slots[Target::Down.index()].is_some() { Some(swiglu::forward(dev, &s.g, &s.u)?) } else { None };
         let da = lin(Target::Down, a.as_ref().unwrap_or(dy), dy)?;
         drop(a);
         let (dg, du) = swiglu::backward(dev, &s.g, &s.u, &da)?;

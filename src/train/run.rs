@@ -91,7 +91,7 @@ impl Trainer {
     pub fn new(dev: Device, model: Model, tok: &Tokenizer, mut cfg: TrainConfig, resume: Option<&Path>) -> Result<Trainer> {
         let mut model = model;
         // One order for targets (PEFT's config lists them as a set): resume compares configs.
-        cfg.lora.targets.sort_by_key(|t| crate::model::lora::Target::ALL.iter().position(|x| x == t));
+        cfg.lora.targets.sort_by_key(|t| t.index());
         cfg.lora.targets.dedup();
         let mut resumed = None;
         let mut state = None;

@@ -58,7 +58,7 @@ fn losses(out: &Path) -> Vec<f64> {
 fn packed_bases(model: &flexlora::model::Model) -> Vec<u32> {
     let mut out = Vec::new();
     for l in &model.layers {
-        for lin in [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down] {
+        for lin in l.linears() {
             match &lin.weight {
                 Weight::Nf4(q) => out.extend_from_slice(q.packed.host_u32("test").unwrap()),
                 Weight::F32(_) => panic!("expected NF4 base weights"),

@@ -28,7 +28,13 @@ pub use gguf::{GgufFile, GgufWriter, TensorInfo, TensorView, Value};
 pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> crate::error::Result<()> {
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
     let fail = |e: std::io::Error| crate::error::Error::Config { file: path.display().to_string(), detail: format!("cannot write: {e}") };
-    std::fs::write(&tmp, bytes).map_err(fail)?;
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all() // the bytes are on disk before the name points at them
+    };
+    write().map_err(fail)?;
     std::fs::rename(&tmp, path).map_err(fail)
 }
 

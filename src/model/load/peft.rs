@@ -83,7 +83,7 @@ pub fn parse_config(path: &Path, text: &str) -> Result<LoraConfig> {
             targets.push(t);
         }
     }
-    targets.sort_by_key(|t| Target::ALL.iter().position(|x| x == t));
+    targets.sort_by_key(|t| t.index());
     let cfg = LoraConfig { rank, alpha, dropout, rslora, targets };
     cfg.validate().map_err(|e| config_err(path, e.to_string()))?;
     Ok(cfg)
