@@ -110,39 +110,63 @@ pub fn gemm_strided(
         });
         return;
     }
-    #[cfg(not(target_arch = "wasm32"))]
-    let par = if (m * n * k) as f64 > 64.0 * 64.0 * 64.0 {
-        gemm::Parallelism::Rayon(rayon::current_num_threads())
-    } else {
-        gemm::Parallelism::None
-    };
-    #[cfg(target_arch = "wasm32")]
-    let par = gemm::Parallelism::None;
+    let threads = if (m * n * k) as f64 > 64.0 * 64.0 * 64.0 { usize::MAX } else { 1 };
     // SAFETY: the asserts above keep every strided access inside the slices; `c` is exclusively
     // borrowed, and `a`/`b` are shared borrows that cannot alias it.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            c_rs as isize,
-            accumulate,
-            a.as_ptr(),
-            a_cs as isize,
-            a_rs as isize,
-            b.as_ptr(),
-            b_cs as isize,
-            b_rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            par,
-        );
-    }
+    unsafe { gemm_ptr(m, n, k, a.as_ptr(), (a_rs, a_cs), b.as_ptr(), (b_rs, b_cs), c.as_mut_ptr(), c_rs, accumulate, threads) }
+}
+
+/// The GEMM of `gemm_strided` on raw pointers, on at most `threads` threads (1: the calling thread
+/// only). For callers that split one output between their own parallel tasks.
+///
+/// # Safety
+/// Every strided access must be in bounds of its allocation, and no other thread may read or
+/// write the elements of `c` this call writes while it runs.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_ptr(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: *const f32,
+    (a_rs, a_cs): (usize, usize),
+    b: *const f32,
+    (b_rs, b_cs): (usize, usize),
+    c: *mut f32,
+    c_rs: usize,
+    accumulate: bool,
+    threads: usize,
+) {
+    #[cfg(not(target_arch = "wasm32"))]
+    let par = match threads.min(rayon::current_num_threads()) {
+        0 | 1 => gemm::Parallelism::None,
+        t => gemm::Parallelism::Rayon(t),
+    };
+    #[cfg(target_arch = "wasm32")]
+    let par = {
+        let _ = threads;
+        gemm::Parallelism::None
+    };
+    gemm::gemm(
+        m,
+        n,
+        k,
+        c,
+        1,
+        c_rs as isize,
+        accumulate,
+        a,
+        a_cs as isize,
+        a_rs as isize,
+        b,
+        b_cs as isize,
+        b_rs as isize,
+        1.0,
+        1.0,
+        false,
+        false,
+        false,
+        par,
+    );
 }
 
 /// Dot product of two equal-length slices, vectorized with AVX2/FMA when the CPU has them.

@@ -145,9 +145,10 @@ fn dequantize_range(packed: &[u8], absmax: &[f32], bs: usize, start: usize, out:
         let scale = absmax[e0 / bs];
         let dst = &mut out[done..done + seg];
         if e0 % 2 == 0 {
-            // Whole bytes: both codes of a byte at once (high nibble first).
+            // Whole bytes, high nibble first: 32 codes at a time with SIMD, the rest by pairs.
             let bytes = &packed[e0 / 2..(e0 + seg) / 2];
-            for (pair, &b) in dst.chunks_exact_mut(2).zip(bytes) {
+            let simd = dequantize_bytes(bytes, scale, dst);
+            for (pair, &b) in dst[2 * simd..].chunks_exact_mut(2).zip(&bytes[simd..]) {
                 pair[0] = NF4_CODE[(b >> 4) as usize] * scale;
                 pair[1] = NF4_CODE[(b & 15) as usize] * scale;
             }
@@ -163,37 +164,198 @@ fn dequantize_range(packed: &[u8], absmax: &[f32], bs: usize, start: usize, out:
     }
 }
 
+/// y[ti] = Σ_j deq(row)[j]·x[ti·k + j] for every token, with the codes decoded in registers and
+/// never stored. Needs AVX-512 and rows made of whole blocks of at least 32 codes; returns false
+/// (nothing done) otherwise.
+fn row_dot(packed: &[u8], absmax: &[f32], bs: usize, x: &[f32], k: usize, y: &mut [f32]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if k % bs == 0 && bs >= 32 && std::arch::is_x86_feature_detected!("avx512f") {
+        assert!(packed.len() >= k / 2 && absmax.len() >= k / bs && x.len() >= y.len() * k);
+        for (ti, ys) in y.chunks_mut(4).enumerate() {
+            let x = &x[4 * ti * k..];
+            // SAFETY: the feature was detected; the assert bounds every access.
+            unsafe {
+                match ys.len() {
+                    1 => simd::row_dot_avx512::<1>(packed, absmax, bs, x, k, ys),
+                    2 => simd::row_dot_avx512::<2>(packed, absmax, bs, x, k, ys),
+                    3 => simd::row_dot_avx512::<3>(packed, absmax, bs, x, k, ys),
+                    _ => simd::row_dot_avx512::<4>(packed, absmax, bs, x, k, ys),
+                }
+            }
+        }
+        return true;
+    }
+    let _ = (packed, absmax, bs, x, k, y);
+    false
+}
+
+/// Dequantizes the leading multiple of 16 of `bytes` (32 codes each) into `out` with the widest
+/// SIMD the CPU has, and returns how many bytes it did (0 without AVX2).
+fn dequantize_bytes(bytes: &[u8], scale: f32, out: &mut [f32]) -> usize {
+    let n = bytes.len() / 16 * 16;
+    assert!(out.len() >= 2 * n);
+    #[cfg(target_arch = "x86_64")]
+    {
+        if n > 0 && std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the feature was just detected; the assert bounds every access.
+            unsafe { simd::dequantize_avx512(&bytes[..n], scale, out) };
+            return n;
+        }
+        if n > 0 && std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: as above.
+            unsafe { simd::dequantize_avx2(&bytes[..n], scale, out) };
+            return n;
+        }
+    }
+    let _ = (scale, out);
+    0
+}
+
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use super::NF4_CODE;
+    use std::arch::x86_64::*;
+
+    /// 16 packed bytes -> their 32 codes as bytes in element order (high nibble first).
+    #[inline(always)]
+    unsafe fn codes(p: *const u8) -> (__m128i, __m128i) {
+        let b = _mm_loadu_si128(p as *const __m128i);
+        let mask = _mm_set1_epi8(15);
+        let hi = _mm_and_si128(_mm_srli_epi16::<4>(b), mask);
+        let lo = _mm_and_si128(b, mask);
+        (_mm_unpacklo_epi8(hi, lo), _mm_unpackhi_epi8(hi, lo))
+    }
+
+    /// The codebook lookup is one 16-entry permute per 16 codes.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dequantize_avx512(bytes: &[u8], scale: f32, out: &mut [f32]) {
+        let lut = _mm512_loadu_ps(NF4_CODE.as_ptr());
+        let s = _mm512_set1_ps(scale);
+        for (i, chunk) in bytes.chunks_exact(16).enumerate() {
+            let (c0, c1) = codes(chunk.as_ptr());
+            let dst = out.as_mut_ptr().add(32 * i);
+            _mm512_storeu_ps(dst, _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_cvtepu8_epi32(c0), lut), s));
+            _mm512_storeu_ps(dst.add(16), _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_cvtepu8_epi32(c1), lut), s));
+        }
+    }
+
+    /// `row_dot` for T tokens: per block, two accumulators per token (codes 0-15 and 16-31 of
+    /// every 32), scaled by the block's absmax once at the block's end.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn row_dot_avx512<const T: usize>(packed: &[u8], absmax: &[f32], bs: usize, x: &[f32], k: usize, y: &mut [f32]) {
+        let lut = _mm512_loadu_ps(NF4_CODE.as_ptr());
+        let mut total = [_mm512_setzero_ps(); T];
+        for (b, &scale) in absmax[..k / bs].iter().enumerate() {
+            let mut acc = [[_mm512_setzero_ps(); 2]; T];
+            for j in (b * bs..(b + 1) * bs).step_by(32) {
+                let (c0, c1) = codes(packed.as_ptr().add(j / 2));
+                let w0 = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(c0), lut);
+                let w1 = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(c1), lut);
+                for (ti, a) in acc.iter_mut().enumerate() {
+                    let xp = x.as_ptr().add(ti * k + j);
+                    a[0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xp), a[0]);
+                    a[1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xp.add(16)), a[1]);
+                }
+            }
+            let s = _mm512_set1_ps(scale);
+            for (tot, a) in total.iter_mut().zip(&acc) {
+                *tot = _mm512_fmadd_ps(_mm512_add_ps(a[0], a[1]), s, *tot);
+            }
+        }
+        for (v, tot) in y.iter_mut().zip(&total) {
+            *v = _mm512_reduce_add_ps(*tot);
+        }
+    }
+
+    /// Two 8-entry permutes per 8 codes, blended on the code's bit 3.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn dequantize_avx2(bytes: &[u8], scale: f32, out: &mut [f32]) {
+        let lo_lut = _mm256_loadu_ps(NF4_CODE.as_ptr());
+        let hi_lut = _mm256_loadu_ps(NF4_CODE.as_ptr().add(8));
+        let s = _mm256_set1_ps(scale);
+        for (i, chunk) in bytes.chunks_exact(16).enumerate() {
+            let (c0, c1) = codes(chunk.as_ptr());
+            for (j, c) in [c0, _mm_srli_si128::<8>(c0), c1, _mm_srli_si128::<8>(c1)].into_iter().enumerate() {
+                let idx = _mm256_cvtepu8_epi32(c);
+                let lo = _mm256_permutevar8x32_ps(lo_lut, idx);
+                let hi = _mm256_permutevar8x32_ps(hi_lut, idx);
+                let w = _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32::<28>(idx)));
+                _mm256_storeu_ps(out.as_mut_ptr().add(32 * i + 8 * j), _mm256_mul_ps(w, s));
+            }
+        }
+    }
+}
+
 /// From this many tokens on, the CPU twins dequantize W a tile of `TILE_ROWS` rows at a time and
 /// hand the tile to the GEMM: the dequantization is then shared by all tokens.
 const MANY_TOKENS: usize = 16;
 const TILE_ROWS: usize = 128;
 
-/// Dequantizes weight rows `n0..n0 + rows` (of K each) into `tile`, in parallel.
-fn dequantize_tile(packed: &[u8], absmax: &[f32], bs: usize, n0: usize, k: usize, tile: &mut [f32]) {
-    cpu::for_each_chunk(tile, k, |r, row| dequantize_range(packed, absmax, bs, (n0 + r) * k, row));
+/// A pointer into an output that parallel tasks write in disjoint parts.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+// SAFETY: only used where every task writes its own elements (see the callers).
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+impl Out {
+    /// The pointer `i` floats on (a method, so closures capture the `Sync` wrapper, not the field).
+    fn at(self, i: usize) -> *mut f32 {
+        // SAFETY: callers stay inside the output they wrapped.
+        unsafe { self.0.add(i) }
+    }
+}
+
+fn cpu_threads() -> usize {
+    #[cfg(not(target_arch = "wasm32"))]
+    return rayon::current_num_threads();
+    #[cfg(target_arch = "wasm32")]
+    return 1;
+}
+
+/// Runs `f(tile_index, tile_buffer)` for `tiles` tiles in parallel, each task reusing one
+/// `len`-float buffer per thread.
+fn for_each_tile(tiles: usize, len: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        use rayon::prelude::*;
+        (0..tiles).into_par_iter().with_max_len(1).for_each_init(|| vec![0f32; len], |buf, i| f(i, buf));
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        let mut buf = vec![0f32; len];
+        (0..tiles).for_each(|i| f(i, &mut buf));
+    }
 }
 
 /// CPU twin of `forward`. Few tokens: tasks of `ROWS_PER_TASK` weight rows, each row dequantized
 /// once into a [K] buffer and dotted with every token; results land in yᵀ [N, T], then are
-/// transposed. Many tokens: tiles of rows dequantized and multiplied by the GEMM, so only one
-/// tile ([TILE_ROWS, K]) is ever dequantized at a time.
+/// transposed. Many tokens: one parallel pass over tiles of `TILE_ROWS` rows, each task
+/// dequantizing its tile and multiplying it on its own thread into its columns of y, so only one
+/// tile per thread is ever dequantized.
 #[allow(clippy::too_many_arguments)]
 pub fn cpu_forward(x: &[f32], packed: &[u8], absmax: &[f32], bs: usize, y: &mut [f32], t: usize, n: usize, k: usize) {
+    assert!(x.len() >= t * k && y.len() >= t * n, "matmul_nf4: buffers too small");
     if t >= MANY_TOKENS {
-        let mut tile = vec![0f32; TILE_ROWS * k];
-        for n0 in (0..n).step_by(TILE_ROWS) {
-            let rows = TILE_ROWS.min(n - n0);
-            dequantize_tile(packed, absmax, bs, n0, k, &mut tile[..rows * k]);
-            // y[:, n0..n0+rows] = x · tileᵀ
-            cpu::gemm_strided(t, rows, k, x, (k, 1), &tile, (1, k), &mut y[n0..], n, false);
-        }
+        let out = Out(y.as_mut_ptr());
+        for_each_tile(n.div_ceil(TILE_ROWS), TILE_ROWS * k, |i, tile| {
+            let (n0, rows) = (i * TILE_ROWS, TILE_ROWS.min(n - i * TILE_ROWS));
+            let tile = &mut tile[..rows * k];
+            dequantize_range(packed, absmax, bs, n0 * k, tile);
+            // y[:, n0..n0+rows] = x · tileᵀ. SAFETY: in bounds by the assert; tasks write
+            // disjoint column blocks of y.
+            unsafe { cpu::gemm_ptr(t, rows, k, x.as_ptr(), (k, 1), tile.as_ptr(), (1, k), out.at(n0), n, false, 1) };
+        });
         return;
     }
     let mut yt = vec![0f32; n * t];
-    cpu::for_each_chunk(&mut yt, ROWS_PER_TASK * t, |task, out| {
+    let rows_per_task = n.div_ceil(4 * cpu_threads()).max(ROWS_PER_TASK);
+    cpu::for_each_chunk(&mut yt, rows_per_task * t, |task, out| {
         let mut row = vec![0f32; k];
         for (r, yr) in out.chunks_mut(t).enumerate() {
-            let nn = task * ROWS_PER_TASK + r;
+            let nn = task * rows_per_task + r;
+            if row_dot(&packed[nn * k / 2..], &absmax[nn * k / bs..], bs, x, k, yr) {
+                continue;
+            }
             dequantize_range(packed, absmax, bs, nn * k, &mut row);
             for (ti, v) in yr.iter_mut().enumerate() {
                 *v = cpu::dot(&x[ti * k..(ti + 1) * k], &row);
@@ -211,14 +373,24 @@ pub fn cpu_forward(x: &[f32], packed: &[u8], absmax: &[f32], bs: usize, y: &mut 
 /// dequantizing its slice of the row and accumulating dy[t, n] · slice into a [T, cols] buffer.
 #[allow(clippy::too_many_arguments)]
 pub fn cpu_backward_dx(dy: &[f32], packed: &[u8], absmax: &[f32], bs: usize, dx: &mut [f32], t: usize, n: usize, k: usize) {
+    assert!(dy.len() >= t * n && dx.len() >= t * k, "matmul_nf4: buffers too small");
     if t >= MANY_TOKENS {
-        // dx += dy[:, n0..n0+rows] · tile, tile by tile.
-        let mut tile = vec![0f32; TILE_ROWS * k];
-        for n0 in (0..n).step_by(TILE_ROWS) {
-            let rows = TILE_ROWS.min(n - n0);
-            dequantize_tile(packed, absmax, bs, n0, k, &mut tile[..rows * k]);
-            cpu::gemm(t, k, rows, &dy[n0..], (n, 1), &tile, (k, 1), dx, n0 > 0);
-        }
+        // One task per column block of dx (a multiple of the block size, so dequantization starts
+        // on block boundaries): dx[:, k0..k0+kw] = Σ_tiles dy[:, n0..n0+rows] · W[n0..n0+rows, k0..k0+kw].
+        let width = k.div_ceil(cpu_threads()).next_multiple_of(bs.min(64));
+        let out = Out(dx.as_mut_ptr());
+        for_each_tile(k.div_ceil(width), TILE_ROWS * width, |i, tile| {
+            let (k0, kw) = (i * width, width.min(k - i * width));
+            for n0 in (0..n).step_by(TILE_ROWS) {
+                let rows = TILE_ROWS.min(n - n0);
+                let tile = &mut tile[..rows * kw];
+                for (r, row) in tile.chunks_exact_mut(kw).enumerate() {
+                    dequantize_range(packed, absmax, bs, (n0 + r) * k + k0, row);
+                }
+                // SAFETY: in bounds by the assert; tasks write disjoint column blocks of dx.
+                unsafe { cpu::gemm_ptr(t, kw, rows, dy.as_ptr().add(n0), (n, 1), tile.as_ptr(), (kw, 1), out.at(k0), k, n0 > 0, 1) };
+            }
+        });
         return;
     }
     let tasks = k.div_ceil(COLS_PER_TASK);
