@@ -19,7 +19,7 @@ use super::tasks::{self, MbppPrompt, MbppSplit, Task};
 use super::{counts, run_samples};
 use crate::device::{block_on, Device};
 use crate::error::{io_at, Error, Result};
-use crate::model::generate::{generate, GenerateOptions, Sampling};
+use crate::model::generate::{generate_many, GenerateOptions, Request, Sampling};
 use crate::model::{tokenizer::Tokenizer, Model};
 
 /// Which benchmark.
@@ -87,7 +87,10 @@ pub fn load_tasks(data: &Path, cfg: &EvalConfig) -> Result<Vec<Task>> {
     Ok(tasks)
 }
 
-/// Runs the evaluation. `progress` is called as work advances.
+/// Runs the evaluation, decoding up to `batch` sequences together (`generate_many`); the batch
+/// size changes speed, not settings, so a re-run may use another. `progress` is called as work
+/// advances.
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     dev: &Device,
     model: &Model,
@@ -95,6 +98,7 @@ pub fn run(
     data: &Path,
     out: &Path,
     cfg: &EvalConfig,
+    batch: usize,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<EvalReport> {
     if cfg.samples == 0 {
@@ -138,29 +142,40 @@ pub fn run(
         stop: t.stop.clone(),
     };
     let t0 = Instant::now();
-    let (mut generated_tokens, mut reused) = (0, 0);
-    let mut completions: Vec<Vec<String>> = Vec::with_capacity(tasks.len());
+    let mut completions: Vec<Option<Vec<String>>> = vec![None; tasks.len()];
+    let (mut requests, mut owner) = (Vec::new(), Vec::new());
     for (i, task) in tasks.iter().enumerate() {
-        progress(Progress::Generating { done: i, total: tasks.len() });
         if let Some(c) = done.get(&task.id).filter(|c| c.len() >= cfg.samples) {
-            completions.push(c[..cfg.samples].to_vec());
-            reused += 1;
+            completions[i] = Some(c[..cfg.samples].to_vec());
             continue;
         }
-        let ids = tok.encode(&task.prompt, true)?;
-        let (gens, timing) = block_on(Some(dev), generate(model, dev, tok, &ids, cfg.samples, &opts_for(task), &mut |_, _| {}))?;
-        generated_tokens += timing.generated_tokens;
-        let mut lines = String::new();
-        let mut texts = Vec::with_capacity(gens.len());
-        for (s, g) in gens.into_iter().enumerate() {
-            let completion = tasks::truncate_at_stop(&g.text, &task.stop).to_string();
-            let line = SampleLine { task_id: task.id.clone(), sample: s, completion: completion.clone(), finish: g.finish.into() };
-            lines += &(serde_json::to_string(&line).expect("sample serializes") + "\n");
-            texts.push(completion);
-        }
-        file.write_all(lines.as_bytes()).and_then(|_| file.flush()).map_err(io_at(&samples_path, "write"))?;
-        completions.push(texts);
+        requests.push(Request { prompt: tok.encode(&task.prompt, true)?, samples: cfg.samples, opts: opts_for(task) });
+        owner.push(i);
     }
+    let reused = tasks.len() - requests.len();
+    let mut finished = reused;
+    progress(Progress::Generating { done: finished, total: tasks.len() });
+    let timing = block_on(
+        Some(dev),
+        generate_many(model, dev, tok, &requests, batch, &mut |_, _, _| {}, &mut |r, gens| {
+            let task = &tasks[owner[r]];
+            let mut lines = String::new();
+            let mut texts = Vec::with_capacity(gens.len());
+            for (s, g) in gens.into_iter().enumerate() {
+                let completion = tasks::truncate_at_stop(&g.text, &task.stop).to_string();
+                let line = SampleLine { task_id: task.id.clone(), sample: s, completion: completion.clone(), finish: g.finish.into() };
+                lines += &(serde_json::to_string(&line).expect("sample serializes") + "\n");
+                texts.push(completion);
+            }
+            file.write_all(lines.as_bytes()).and_then(|_| file.flush()).map_err(io_at(&samples_path, "write"))?;
+            completions[owner[r]] = Some(texts);
+            finished += 1;
+            progress(Progress::Generating { done: finished, total: tasks.len() });
+            Ok(())
+        }),
+    )?;
+    let generated_tokens = timing.generated_tokens;
+    let completions: Vec<Vec<String>> = completions.into_iter().map(|c| c.expect("every task generated or reused")).collect();
     progress(Progress::Generating { done: tasks.len(), total: tasks.len() });
     let generation_secs = t0.elapsed().as_secs_f64();
 

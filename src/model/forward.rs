@@ -51,33 +51,18 @@ impl Model {
                 hint: "shorten the prompt or --max-new-tokens",
             });
         }
-        if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= cfg.vocab) {
-            return Err(Error::shape("forward", format!("token id {bad} is outside the vocabulary of {}", cfg.vocab)));
-        }
         let (h, kv, d) = (cfg.h, cfg.kv, cfg.d);
-        let ids = Tensor::from_u32(dev, "tokens", &[b * t], tokens)?;
-        let mut x = embedding::forward(dev, &ids, &self.embed)?; // [B*T, C]
         let dims = attention::Dims { b, t, s, h, kv, d, scale: 1.0 / (d as f32).sqrt(), s_cap: cache.cap };
-        for (i, layer) in self.layers.iter().enumerate() {
-            let (hn, _) = rmsnorm::forward(dev, &x, &layer.attn_norm, cfg.eps)?;
-            let q = layer.q.forward(dev, &hn)?.reshape(&[b * t, h, d])?;
-            let k = layer.k.forward(dev, &hn)?.reshape(&[b * t, kv, d])?;
-            let v = layer.v.forward(dev, &hn)?;
-            let q = rope::forward(dev, &q, &self.rope, t, cache.len, rope::Layout::HalfSplit)?.reshape(&[b * t, h * d])?;
-            let k = rope::forward(dev, &k, &self.rope, t, cache.len, rope::Layout::HalfSplit)?;
+        let x = self.layers_with(dev, tokens, &mut |i, q, k, v| {
+            let q = rope::forward(dev, &q.reshape(&[b * t, h, d])?, &self.rope, t, cache.len, rope::Layout::HalfSplit)?;
+            let k = rope::forward(dev, &k.reshape(&[b * t, kv, d])?, &self.rope, t, cache.len, rope::Layout::HalfSplit)?;
             for bi in 0..b {
                 let (from, to, n) = (bi * t * kv * d, (bi * cache.cap + cache.len) * kv * d, t * kv * d);
                 cache.k[i].copy_from(dev, &k, from, to, n)?;
                 cache.v[i].copy_from(dev, &v, from, to, n)?;
             }
-            let (o, _) = attention::forward(dev, &q, &cache.k[i], &cache.v[i], dims)?;
-            elementwise::accumulate(dev, &mut x, &layer.o.forward(dev, &o)?, 1.0)?;
-            let (hn, _) = rmsnorm::forward(dev, &x, &layer.mlp_norm, cfg.eps)?;
-            let g = layer.gate.forward(dev, &hn)?;
-            let u = layer.up.forward(dev, &hn)?;
-            let mlp = layer.down.forward(dev, &swiglu::forward(dev, &g, &u)?)?;
-            elementwise::accumulate(dev, &mut x, &mlp, 1.0)?;
-        }
+            Ok(attention::forward(dev, &q.reshape(&[b * t, h * d])?, &cache.k[i], &cache.v[i], dims)?.0)
+        })?;
         cache.len = s;
         let x = if all_positions || t == 1 {
             x
@@ -88,7 +73,83 @@ impl Model {
             }
             last
         };
-        let (xn, _) = rmsnorm::forward(dev, &x, &self.norm, cfg.eps)?;
+        self.logits(dev, &x)
+    }
+
+    /// One decode step for several independent sequences, each with its own cache (of one
+    /// sequence): `tokens[i]` continues `caches[i]`. The linears see the sequences as one [S, C]
+    /// batch, so each weight is read once per step for all of them; RoPE and attention run per
+    /// sequence at its own position. Returns the logits [S, V].
+    pub fn decode_step(&self, dev: &Device, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        if tokens.is_empty() || tokens.len() != caches.len() || caches.iter().any(|c| c.b != 1) {
+            return Err(Error::shape("decode_step", format!("{} tokens for {} single-sequence caches", tokens.len(), caches.len())));
+        }
+        if let Some(c) = caches.iter().find(|c| c.len + 1 > c.cap || c.len + 1 > self.rope.max_pos) {
+            return Err(Error::Limit {
+                op: "decode_step",
+                detail: format!("sequence of {} positions", c.len + 1),
+                limit: c.cap.min(self.rope.max_pos) as u64,
+                hint: "shorten the prompt or --max-new-tokens",
+            });
+        }
+        let (h, kv, d) = (cfg.h, cfg.kv, cfg.d);
+        let x = self.layers_with(dev, tokens, &mut |i, q, k, v| {
+            let mut o = Tensor::zeros(dev, "decode.o", &[tokens.len(), h * d], DType::F32);
+            for (si, cache) in caches.iter_mut().enumerate() {
+                let row = |src: &Tensor, width: usize, shape: &[usize]| -> Result<Tensor> {
+                    let mut r = Tensor::zeros(dev, "decode.row", &[1, width], DType::F32);
+                    r.copy_from(dev, src, si * width, 0, width)?;
+                    r.reshape(shape)
+                };
+                let qi = rope::forward(dev, &row(&q, h * d, &[1, h, d])?, &self.rope, 1, cache.len, rope::Layout::HalfSplit)?;
+                let ki = rope::forward(dev, &row(&k, kv * d, &[1, kv, d])?, &self.rope, 1, cache.len, rope::Layout::HalfSplit)?;
+                cache.k[i].copy_from(dev, &ki, 0, cache.len * kv * d, kv * d)?;
+                cache.v[i].copy_from(dev, &v, si * kv * d, cache.len * kv * d, kv * d)?;
+                let dims = attention::Dims { b: 1, t: 1, s: cache.len + 1, h, kv, d, scale: 1.0 / (d as f32).sqrt(), s_cap: cache.cap };
+                let (oi, _) = attention::forward(dev, &qi.reshape(&[1, h * d])?, &cache.k[i], &cache.v[i], dims)?;
+                o.copy_from(dev, &oi, 0, si * h * d, h * d)?;
+            }
+            Ok(o)
+        })?;
+        for cache in caches.iter_mut() {
+            cache.len += 1;
+        }
+        self.logits(dev, &x)
+    }
+
+    /// Embeds `tokens` and runs every layer; `attend(layer, q, k, v)` turns the projections
+    /// [rows, H*D], [rows, K*D], [rows, K*D] into the attention output [rows, H*D] (RoPE, cache and
+    /// attention are where `forward` and `decode_step` differ). Returns the residual stream.
+    fn layers_with(
+        &self,
+        dev: &Device,
+        tokens: &[u32],
+        attend: &mut dyn FnMut(usize, Tensor, Tensor, Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= cfg.vocab) {
+            return Err(Error::shape("forward", format!("token id {bad} is outside the vocabulary of {}", cfg.vocab)));
+        }
+        let ids = Tensor::from_u32(dev, "tokens", &[tokens.len()], tokens)?;
+        let mut x = embedding::forward(dev, &ids, &self.embed)?; // [rows, C]
+        for (i, layer) in self.layers.iter().enumerate() {
+            let (hn, _) = rmsnorm::forward(dev, &x, &layer.attn_norm, cfg.eps)?;
+            let (q, k, v) = (layer.q.forward(dev, &hn)?, layer.k.forward(dev, &hn)?, layer.v.forward(dev, &hn)?);
+            let o = attend(i, q, k, v)?;
+            elementwise::accumulate(dev, &mut x, &layer.o.forward(dev, &o)?, 1.0)?;
+            let (hn, _) = rmsnorm::forward(dev, &x, &layer.mlp_norm, cfg.eps)?;
+            let g = layer.gate.forward(dev, &hn)?;
+            let u = layer.up.forward(dev, &hn)?;
+            let mlp = layer.down.forward(dev, &swiglu::forward(dev, &g, &u)?)?;
+            elementwise::accumulate(dev, &mut x, &mlp, 1.0)?;
+        }
+        Ok(x)
+    }
+
+    /// logits [rows, V] = rmsnorm(x)·Eᵀ, or through lm_head when untied.
+    fn logits(&self, dev: &Device, x: &Tensor) -> Result<Tensor> {
+        let (xn, _) = rmsnorm::forward(dev, x, &self.norm, self.cfg.eps)?;
         match &self.lm_head {
             Some(head) => head.forward(dev, &xn),
             None => matmul::forward(dev, &xn, &self.embed, false, true),

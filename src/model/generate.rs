@@ -3,6 +3,7 @@
 
 use crate::device::Device;
 use crate::error::Result;
+use crate::model::forward::KvCache;
 use crate::model::tokenizer::Tokenizer;
 use crate::model::weights::Model;
 use crate::rng::Rng;
@@ -110,82 +111,159 @@ pub async fn generate(
     opts: &GenerateOptions,
     on_text: &mut dyn FnMut(usize, &str),
 ) -> Result<(Vec<Generation>, Timing)> {
-    // Generation stops at the model's context length rather than failing.
-    let max_pos = model.rope.max_pos;
-    if prompt.is_empty() || prompt.len() >= max_pos {
-        return Err(crate::error::Error::Limit {
-            op: "generate",
-            detail: format!("a prompt of {} tokens", prompt.len()),
-            limit: max_pos as u64 - 1,
-            hint: "the prompt must be non-empty and shorter than the model's context",
-        });
-    }
-    let max_new_tokens = opts.max_new_tokens.min(max_pos - prompt.len());
-    let cap = prompt.len() + max_new_tokens;
-    let mut timing = Timing { prompt_tokens: prompt.len(), ..Default::default() };
-    let t0 = now();
-    let mut one = model.new_cache(dev, 1, cap);
-    let first = model.forward(dev, prompt, &mut one, false)?.to_vec_f32(dev).await?;
-    timing.prefill_secs = now() - t0;
-    let mut cache = model.new_cache(dev, n, cap);
-    let kd = model.cfg.kv * model.cfg.d;
-    for (dst, src) in cache.k.iter_mut().zip(&one.k).chain(cache.v.iter_mut().zip(&one.v)) {
-        for b in 0..n {
-            dst.copy_from(dev, src, 0, b * cap * kd, prompt.len() * kd)?;
-        }
-    }
-    cache.len = prompt.len();
-    drop(one);
+    let req = Request { prompt: prompt.to_vec(), samples: n, opts: opts.clone() };
+    let mut out = Vec::new();
+    let timing = generate_many(model, dev, tok, std::slice::from_ref(&req), n, &mut |_, s, delta| on_text(s, delta), &mut |_, gens| {
+        out = gens;
+        Ok(())
+    })
+    .await?;
+    Ok((out, timing))
+}
 
-    let mut rng = Rng::new(opts.sampling.seed);
+/// One prompt to continue `samples` times.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub prompt: Vec<u32>,
+    pub samples: usize,
+    pub opts: GenerateOptions,
+}
+
+/// A sequence being decoded: sample `sample` of request `req`.
+struct Active {
+    req: usize,
+    sample: usize,
+    cache: KvCache,
+    logits: Vec<f32>,
+    ids: Vec<u32>,
+    /// Bytes of text already handed to `on_text`.
+    shown: usize,
+    max_new_tokens: usize,
+    finish: Option<&'static str>,
+}
+
+/// Generates for every request, decoding up to `batch` sequences together (a request's samples
+/// are admitted together, so a request with more samples than `batch` runs alone). Each sequence
+/// has its own cache; one `decode_step` advances all of them, so the weights are read once per
+/// step for the whole batch. A request's samples draw from one RNG seeded by its options, in
+/// sample order, so its output does not depend on what else is in the batch.
+/// `on_text(request, sample, delta)` streams text; `on_done(request, generations)` receives each
+/// request's samples as soon as all of them have finished.
+pub async fn generate_many(
+    model: &Model,
+    dev: &Device,
+    tok: &Tokenizer,
+    requests: &[Request],
+    batch: usize,
+    on_text: &mut dyn FnMut(usize, usize, &str),
+    on_done: &mut dyn FnMut(usize, Vec<Generation>) -> Result<()>,
+) -> Result<Timing> {
+    let max_pos = model.rope.max_pos;
     let v = model.cfg.vocab;
-    let mut logits: Vec<f32> = first.repeat(n);
-    let mut ids: Vec<Vec<u32>> = vec![vec![]; n];
-    let mut shown: Vec<usize> = vec![0; n];
-    let mut finish: Vec<Option<&'static str>> = vec![None; n];
-    let t1 = now();
-    for step in 0..max_new_tokens {
-        let mut next = vec![0u32; n];
-        for b in 0..n {
-            if finish[b].is_some() {
-                next[b] = tok.eos.first().copied().unwrap_or(0);
-                continue;
+    let mut timing = Timing::default();
+    let mut rngs: Vec<Rng> = requests.iter().map(|r| Rng::new(r.opts.sampling.seed)).collect();
+    let mut done: Vec<Vec<Option<Generation>>> = requests.iter().map(|r| vec![None; r.samples]).collect();
+    let mut active: Vec<Active> = Vec::new();
+    let mut next = 0;
+    let t_start = now();
+    loop {
+        // Admit whole requests while they fit.
+        while next < requests.len() && (active.is_empty() || active.len() + requests[next].samples <= batch.max(1)) {
+            let r = &requests[next];
+            if r.prompt.is_empty() || r.prompt.len() >= max_pos {
+                // Generation stops at the model's context length rather than failing.
+                return Err(crate::error::Error::Limit {
+                    op: "generate",
+                    detail: format!("a prompt of {} tokens", r.prompt.len()),
+                    limit: max_pos as u64 - 1,
+                    hint: "the prompt must be non-empty and shorter than the model's context",
+                });
             }
-            let id = sample(&logits[b * v..(b + 1) * v], &opts.sampling, &mut rng);
-            next[b] = id;
-            if tok.eos.contains(&id) {
-                finish[b] = Some("eos");
-                continue;
+            let max_new_tokens = r.opts.max_new_tokens.min(max_pos - r.prompt.len());
+            let cap = r.prompt.len() + max_new_tokens;
+            let t0 = now();
+            let mut one = model.new_cache(dev, 1, cap);
+            let logits = model.forward(dev, &r.prompt, &mut one, false)?.to_vec_f32(dev).await?;
+            timing.prefill_secs += now() - t0;
+            timing.prompt_tokens += r.prompt.len();
+            let mut one = Some(one);
+            for sample in 0..r.samples {
+                let cache = match sample + 1 == r.samples {
+                    true => one.take().expect("the last sample takes the prompt's cache"),
+                    false => copy_cache(model, dev, one.as_ref().expect("taken only by the last sample"))?,
+                };
+                let finish = (max_new_tokens == 0).then_some("length");
+                active.push(Active { req: next, sample, cache, logits: logits.clone(), ids: vec![], shown: 0, max_new_tokens, finish });
             }
-            ids[b].push(id);
-            timing.generated_tokens += 1;
-            let text = tok.decode(&ids[b])?;
-            if let Some(cut) = opts.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
-                if cut > shown[b] {
-                    on_text(b, &text[shown[b]..cut]);
-                }
-                shown[b] = cut;
-                finish[b] = Some("stop");
-            } else if !text.ends_with('\u{FFFD}') && text.len() > shown[b] && text.is_char_boundary(shown[b]) {
-                // Hold back text that ends in a partial UTF-8 character.
-                on_text(b, &text[shown[b]..]);
-                shown[b] = text.len();
+            if r.samples == 0 {
+                on_done(next, vec![])?;
             }
+            next += 1;
         }
-        if finish.iter().all(Option::is_some) || step + 1 == max_new_tokens {
+        if active.is_empty() {
             break;
         }
-        logits = model.forward(dev, &next, &mut cache, false)?.to_vec_f32(dev).await?;
+        for a in active.iter_mut().filter(|a| a.finish.is_none()) {
+            let r = &requests[a.req];
+            let id = sample(&a.logits, &r.opts.sampling, &mut rngs[a.req]);
+            if tok.eos.contains(&id) {
+                a.finish = Some("eos");
+                continue;
+            }
+            a.ids.push(id);
+            timing.generated_tokens += 1;
+            let text = tok.decode(&a.ids)?;
+            if let Some(cut) = r.opts.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
+                if cut > a.shown {
+                    on_text(a.req, a.sample, &text[a.shown..cut]);
+                }
+                a.shown = cut;
+                a.finish = Some("stop");
+            } else if !text.ends_with('\u{FFFD}') && text.len() > a.shown && text.is_char_boundary(a.shown) {
+                // Hold back text that ends in a partial UTF-8 character.
+                on_text(a.req, a.sample, &text[a.shown..]);
+                a.shown = text.len();
+            }
+            if a.finish.is_none() && a.ids.len() == a.max_new_tokens {
+                a.finish = Some("length");
+            }
+        }
+        // Retire finished sequences, keeping the others in order.
+        let mut still = Vec::with_capacity(active.len());
+        for mut a in active.drain(..) {
+            let Some(finish) = a.finish else {
+                still.push(a);
+                continue;
+            };
+            let full = tok.decode(&a.ids)?;
+            let text = if finish == "stop" { full[..a.shown.min(full.len())].to_string() } else { full };
+            done[a.req][a.sample] = Some(Generation { ids: std::mem::take(&mut a.ids), text, finish });
+            if done[a.req].iter().all(Option::is_some) {
+                on_done(a.req, done[a.req].iter_mut().map(|g| g.take().expect("all finished")).collect())?;
+            }
+        }
+        active = still;
+        if active.is_empty() {
+            continue;
+        }
+        let tokens: Vec<u32> = active.iter().map(|a| *a.ids.last().expect("unfinished sequences have a token")).collect();
+        let mut caches: Vec<&mut KvCache> = active.iter_mut().map(|a| &mut a.cache).collect();
+        let logits = model.decode_step(dev, &tokens, &mut caches)?.to_vec_f32(dev).await?;
+        for (a, row) in active.iter_mut().zip(logits.chunks_exact(v)) {
+            a.logits.copy_from_slice(row);
+        }
     }
-    timing.decode_secs = now() - t1;
-    let mut out = Vec::with_capacity(n);
-    for b in 0..n {
-        let full = tok.decode(&ids[b])?;
-        let text = match finish[b] {
-            Some("stop") => full[..shown[b].min(full.len())].to_string(),
-            _ => full,
-        };
-        out.push(Generation { ids: std::mem::take(&mut ids[b]), text, finish: finish[b].unwrap_or("length") });
+    timing.decode_secs = now() - t_start - timing.prefill_secs;
+    Ok(timing)
+}
+
+/// A copy of a one-sequence cache (for the other samples of a prompt).
+fn copy_cache(model: &Model, dev: &Device, src: &KvCache) -> Result<KvCache> {
+    let mut dst = model.new_cache(dev, 1, src.cap);
+    let n = src.len * model.cfg.kv * model.cfg.d;
+    for (d, s) in dst.k.iter_mut().zip(&src.k).chain(dst.v.iter_mut().zip(&src.v)) {
+        d.copy_from(dev, s, 0, 0, n)?;
     }
-    Ok((out, timing))
+    dst.len = src.len;
+    Ok(dst)
 }

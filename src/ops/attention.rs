@@ -150,36 +150,32 @@ pub fn cpu_forward(q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], lse: &mut [f3
     }
     let Dims { t, s, h, kv, d, scale, s_cap, .. } = dims;
     let group = h / kv;
-    // o is [B, T, H, D]; parallelize over (b, i) rows, each holding all H heads. lse is [B, H, T],
-    // so rows write it as [B, T, H] first and it is transposed after.
+    // o is [B, T, H, D]; parallelize over (b, i, head), so one decoded token still uses every
+    // thread. lse is [B, H, T], so tasks write it as [B, T, H] first and it is transposed after.
     let mut lse_bth = vec![0f32; lse.len()];
-    cpu::for_each_chunk2(o, h * d, &mut lse_bth, h, |bi, orow, lrow| {
-        let i = bi % t;
-        let b = bi / t;
-        let mut scores = vec![0f32; s];
-        for hh in 0..h {
-            let g = hh / group;
-            let qv = &q[(bi * h + hh) * d..][..d];
-            let last = i + s - t;
-            let mut m = f32::NEG_INFINITY;
-            for j in 0..=last {
-                scores[j] = scale * dot(qv, &k[((b * s_cap + j) * kv + g) * d..][..d]);
-                m = m.max(scores[j]);
-            }
-            let mut l = 0f32;
-            let out = &mut orow[hh * d..(hh + 1) * d];
-            out.fill(0.0);
-            for j in 0..=last {
-                let pj = (scores[j] - m).exp();
-                l += pj;
-                let vj = &v[((b * s_cap + j) * kv + g) * d..][..d];
-                for e in 0..d {
-                    out[e] += pj * vj[e];
-                }
-            }
-            out.iter_mut().for_each(|x| *x /= l);
-            lrow[hh] = m + l.ln();
+    cpu::for_each_chunk2(o, d, &mut lse_bth, 1, |bih, out, l| {
+        let (bi, hh) = (bih / h, bih % h);
+        let (b, i, g) = (bi / t, bi % t, hh / group);
+        let qv = &q[(bi * h + hh) * d..][..d];
+        let last = i + s - t;
+        let mut scores = vec![0f32; last + 1];
+        let mut m = f32::NEG_INFINITY;
+        for (j, sc) in scores.iter_mut().enumerate() {
+            *sc = scale * cpu::dot(qv, &k[((b * s_cap + j) * kv + g) * d..][..d]);
+            m = m.max(*sc);
         }
+        let mut sum = 0f32;
+        out.fill(0.0);
+        for (j, &sc) in scores.iter().enumerate() {
+            let pj = cpu::exp(sc - m);
+            sum += pj;
+            let vj = &v[((b * s_cap + j) * kv + g) * d..][..d];
+            for (o, &x) in out.iter_mut().zip(vj) {
+                *o += pj * x;
+            }
+        }
+        out.iter_mut().for_each(|x| *x /= sum);
+        l[0] = m + sum.ln();
     });
     for (bi, lrow) in lse_bth.chunks(h).enumerate() {
         let (b, i) = (bi / t, bi % t);

@@ -164,29 +164,42 @@ fn dequantize_range(packed: &[u8], absmax: &[f32], bs: usize, start: usize, out:
     }
 }
 
-/// y[ti] = Σ_j deq(row)[j]·x[ti·k + j] for every token, with the codes decoded in registers and
-/// never stored. Needs AVX-512 and rows made of whole blocks of at least 32 codes; returns false
-/// (nothing done) otherwise.
-fn row_dot(packed: &[u8], absmax: &[f32], bs: usize, x: &[f32], k: usize, y: &mut [f32]) -> bool {
+/// x [T, K] rearranged for `row_dot` (per token, its even-indexed then its odd-indexed elements,
+/// matching the high and low nibbles of the packed bytes), or None where `row_dot` does not apply:
+/// without AVX-512, or unless rows are whole blocks of at least 32 codes.
+fn row_dot_input(x: &[f32], t: usize, k: usize, bs: usize) -> Option<Vec<f32>> {
     #[cfg(target_arch = "x86_64")]
     if k % bs == 0 && bs >= 32 && std::arch::is_x86_feature_detected!("avx512f") {
-        assert!(packed.len() >= k / 2 && absmax.len() >= k / bs && x.len() >= y.len() * k);
-        for (ti, ys) in y.chunks_mut(4).enumerate() {
-            let x = &x[4 * ti * k..];
-            // SAFETY: the feature was detected; the assert bounds every access.
-            unsafe {
-                match ys.len() {
-                    1 => simd::row_dot_avx512::<1>(packed, absmax, bs, x, k, ys),
-                    2 => simd::row_dot_avx512::<2>(packed, absmax, bs, x, k, ys),
-                    3 => simd::row_dot_avx512::<3>(packed, absmax, bs, x, k, ys),
-                    _ => simd::row_dot_avx512::<4>(packed, absmax, bs, x, k, ys),
-                }
+        let mut xs = vec![0f32; t * k];
+        for (src, dst) in x[..t * k].chunks_exact(k).zip(xs.chunks_exact_mut(k)) {
+            let (even, odd) = dst.split_at_mut(k / 2);
+            for (j, pair) in src.chunks_exact(2).enumerate() {
+                (even[j], odd[j]) = (pair[0], pair[1]);
             }
         }
-        return true;
+        return Some(xs);
     }
-    let _ = (packed, absmax, bs, x, k, y);
-    false
+    let _ = (x, t, k, bs);
+    None
+}
+
+/// y[ti] = Σ_j deq(row)[j]·x[ti, j] for every token, with the codes decoded in registers and never
+/// stored. `xs` comes from `row_dot_input` (which says when this applies).
+fn row_dot(packed: &[u8], absmax: &[f32], bs: usize, xs: &[f32], k: usize, y: &mut [f32]) {
+    assert!(packed.len() >= k / 2 && absmax.len() >= k / bs && xs.len() >= y.len() * k);
+    #[cfg(target_arch = "x86_64")]
+    for (ti, ys) in y.chunks_mut(4).enumerate() {
+        let xs = &xs[4 * ti * k..];
+        // SAFETY: `row_dot_input` checked the feature; the assert bounds every access.
+        unsafe {
+            match ys.len() {
+                1 => simd::row_dot_avx512::<1>(packed, absmax, bs, xs, k, ys),
+                2 => simd::row_dot_avx512::<2>(packed, absmax, bs, xs, k, ys),
+                3 => simd::row_dot_avx512::<3>(packed, absmax, bs, xs, k, ys),
+                _ => simd::row_dot_avx512::<4>(packed, absmax, bs, xs, k, ys),
+            }
+        }
+    }
 }
 
 /// Dequantizes the leading multiple of 16 of `bytes` (32 codes each) into `out` with the widest
@@ -239,22 +252,24 @@ mod simd {
         }
     }
 
-    /// `row_dot` for T tokens: per block, two accumulators per token (codes 0-15 and 16-31 of
-    /// every 32), scaled by the block's absmax once at the block's end.
+    /// `row_dot` for T tokens. 16 packed bytes widen to 16 lanes; the permute reads only an
+    /// index's low 4 bits, so it looks up the low nibbles directly and the high nibbles after one
+    /// shift, and these multiply the odd and even halves of x. Two accumulators per token, scaled
+    /// by the block's absmax once at the block's end.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn row_dot_avx512<const T: usize>(packed: &[u8], absmax: &[f32], bs: usize, x: &[f32], k: usize, y: &mut [f32]) {
+    pub unsafe fn row_dot_avx512<const T: usize>(packed: &[u8], absmax: &[f32], bs: usize, xs: &[f32], k: usize, y: &mut [f32]) {
         let lut = _mm512_loadu_ps(NF4_CODE.as_ptr());
         let mut total = [_mm512_setzero_ps(); T];
         for (b, &scale) in absmax[..k / bs].iter().enumerate() {
             let mut acc = [[_mm512_setzero_ps(); 2]; T];
-            for j in (b * bs..(b + 1) * bs).step_by(32) {
-                let (c0, c1) = codes(packed.as_ptr().add(j / 2));
-                let w0 = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(c0), lut);
-                let w1 = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(c1), lut);
+            for p in (b * bs / 2..(b + 1) * bs / 2).step_by(16) {
+                let v = _mm512_cvtepu8_epi32(_mm_loadu_si128(packed.as_ptr().add(p) as *const __m128i));
+                let even = _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(v), lut);
+                let odd = _mm512_permutexvar_ps(v, lut);
                 for (ti, a) in acc.iter_mut().enumerate() {
-                    let xp = x.as_ptr().add(ti * k + j);
-                    a[0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xp), a[0]);
-                    a[1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xp.add(16)), a[1]);
+                    let xp = xs.as_ptr().add(ti * k + p);
+                    a[0] = _mm512_fmadd_ps(even, _mm512_loadu_ps(xp), a[0]);
+                    a[1] = _mm512_fmadd_ps(odd, _mm512_loadu_ps(xp.add(k / 2)), a[1]);
                 }
             }
             let s = _mm512_set1_ps(scale);
@@ -349,11 +364,13 @@ pub fn cpu_forward(x: &[f32], packed: &[u8], absmax: &[f32], bs: usize, y: &mut 
     }
     let mut yt = vec![0f32; n * t];
     let rows_per_task = n.div_ceil(4 * cpu_threads()).max(ROWS_PER_TASK);
+    let xs = row_dot_input(x, t, k, bs);
     cpu::for_each_chunk(&mut yt, rows_per_task * t, |task, out| {
         let mut row = vec![0f32; k];
         for (r, yr) in out.chunks_mut(t).enumerate() {
             let nn = task * rows_per_task + r;
-            if row_dot(&packed[nn * k / 2..], &absmax[nn * k / bs..], bs, x, k, yr) {
+            if let Some(xs) = &xs {
+                row_dot(&packed[nn * k / 2..], &absmax[nn * k / bs..], bs, xs, k, yr);
                 continue;
             }
             dequantize_range(packed, absmax, bs, nn * k, &mut row);

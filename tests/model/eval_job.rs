@@ -44,7 +44,7 @@ fn tiny_model_eval_writes_well_formed_results_and_resumes() {
         flex_template: false,
     };
     let out = dir.join("out");
-    let first = job::run(&dev, &model, &tok, &data, &out, &ecfg, &mut |_| {}).unwrap();
+    let first = job::run(&dev, &model, &tok, &data, &out, &ecfg, 3, &mut |_| {}).unwrap();
     assert_eq!((first.summary.tasks, first.samples, first.reused_tasks), (2, 6, 0));
     // Random weights cannot solve HumanEval: every sample fails, with a reason.
     assert_eq!(first.passed, 0);
@@ -60,10 +60,10 @@ fn tiny_model_eval_writes_well_formed_results_and_resumes() {
     assert_eq!(summary["report"]["summary"]["pass_at"][0]["k"], 1);
     assert_eq!(summary["report"]["summary"]["pass_at"][0]["value"], 0.0);
     // Same settings: nothing is generated again. Other settings: refused.
-    let second = job::run(&dev, &model, &tok, &data, &out, &ecfg, &mut |_| {}).unwrap();
+    let second = job::run(&dev, &model, &tok, &data, &out, &ecfg, 3, &mut |_| {}).unwrap();
     assert_eq!((second.reused_tasks, second.generated_tokens), (2, 0));
     let other = EvalConfig { samples: 4, ..ecfg };
-    let err = job::run(&dev, &model, &tok, &data, &out, &other, &mut |_| {}).unwrap_err().to_string();
+    let err = job::run(&dev, &model, &tok, &data, &out, &other, 3, &mut |_| {}).unwrap_err().to_string();
     assert!(err.contains("other settings"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -8,6 +8,7 @@ mod eval_job;
 mod eval_ppl;
 mod formats;
 mod forward;
+mod generate;
 mod lora_oracle;
 mod train_flex;
 mod train_grad;

@@ -1,0 +1,76 @@
+//! Batched generation (`generate_many`): decoding several requests together gives each the
+//! tokens it gets alone, sampled or greedy, whatever the batch size.
+
+use crate::common::*;
+use crate::formats::{tmpdir, write_hf};
+use crate::forward::{random_weights, tiny_config};
+use flexlora::device::block_on;
+use flexlora::model::generate::{generate, generate_many, GenerateOptions, Generation, Request, Sampling};
+use flexlora::model::{load, Arch, WeightFormat};
+
+#[test]
+fn batched_generation_equals_one_request_at_a_time() {
+    let cfg = flexlora::model::Config { max_pos: 48, ..tiny_config(Arch::Llama) };
+    let dir = tmpdir("generate");
+    write_hf(&dir, &cfg, &random_weights(&cfg, 5));
+    let dev = cpu();
+    let (model, tok) = load::open(&dev, &dir, WeightFormat::F32).unwrap();
+    // Prompts of different lengths; greedy and sampled; one request with 3 samples; max_new_tokens
+    // that differ and one that the context length cuts short.
+    let request = |prompt: &[u32], samples, temperature, max_new_tokens, seed| Request {
+        prompt: prompt.to_vec(),
+        samples,
+        opts: GenerateOptions { max_new_tokens, sampling: Sampling { temperature, top_p: 0.9, top_k: 0, seed }, stop: vec![] },
+    };
+    let requests = [
+        request(&[1, 17, 42, 5], 1, 0.0, 9, 0),
+        request(&[1, 3], 3, 1.0, 7, 11),
+        request(&[1, 60, 33, 2, 8, 9, 10], 2, 0.7, 12, 12),
+        request(&[1; 40], 1, 0.0, 30, 0),
+        request(&[1, 4], 1, 1.5, 5, 13),
+    ];
+    let run = |batch: usize| -> Vec<Vec<Generation>> {
+        let mut out = vec![vec![]; requests.len()];
+        let mut order = vec![];
+        block_on(
+            None,
+            generate_many(&model, &dev, &tok, &requests, batch, &mut |_, _, _| {}, &mut |r, g| {
+                order.push(r);
+                out[r] = g;
+                Ok(())
+            }),
+        )
+        .unwrap();
+        assert_eq!(
+            {
+                order.sort();
+                order
+            },
+            (0..requests.len()).collect::<Vec<_>>(),
+            "each request finishes once"
+        );
+        out
+    };
+    let alone: Vec<Vec<Generation>> = requests
+        .iter()
+        .map(|r| block_on(None, generate(&model, &dev, &tok, &r.prompt, r.samples, &r.opts, &mut |_, _| {})).unwrap().0)
+        .collect();
+    for (ri, gens) in alone.iter().enumerate() {
+        assert_eq!(gens.len(), requests[ri].samples);
+        for g in gens {
+            assert!(!g.ids.is_empty() || g.finish == "eos", "request {ri}: nothing generated");
+        }
+    }
+    let cut = &alone[3][0];
+    assert!(cut.ids.len() == 48 - 40 && cut.finish == "length" || cut.finish == "eos", "the context length cuts request 3 short: {cut:?}");
+    // Sampled samples of one request differ from each other (the RNG advances between them).
+    assert_ne!(alone[1][0].ids, alone[1][1].ids);
+    for batch in [1, 2, 4, 16] {
+        let got = run(batch);
+        for (ri, (g, want)) in got.iter().zip(&alone).enumerate() {
+            let ids = |v: &[Generation]| v.iter().map(|g| (g.ids.clone(), g.finish)).collect::<Vec<_>>();
+            assert_eq!(ids(g), ids(want), "batch {batch}, request {ri}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
