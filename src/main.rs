@@ -451,6 +451,14 @@ struct GpuFlags {
 fn main() -> Result<()> {
     keep_freed_memory();
     let cli = Cli::parse();
+    // Run the command on a worker of the thread pool: each parallel op then starts from a worker
+    // (the others join it) instead of waking the pool from outside and sleeping until it is done,
+    // which cost a futex round trip per op, thousands per training step.
+    let pool = rayon::ThreadPoolBuilder::new().build()?;
+    pool.install(|| run(cli))
+}
+
+fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Devices { backend } => devices(backend),
         Command::Generate(args) => generate(args),
