@@ -9,6 +9,7 @@ mod eval_ppl;
 mod formats;
 mod forward;
 mod lora_oracle;
+mod tokenizer_spm;
 mod train_flex;
 mod train_grad;
 mod train_loop;

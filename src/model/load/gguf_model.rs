@@ -4,7 +4,7 @@
 use crate::error::{Error, Result};
 use crate::model::config::{Arch, Config, SUPPORTED};
 use crate::model::load::GgufFile;
-use crate::model::tokenizer::{gpt2_tokenizer_json, Tokenizer};
+use crate::model::tokenizer::{gpt2_tokenizer_json, llama_spm_tokenizer_json, Tokenizer};
 use crate::model::weights::WeightSource;
 
 /// Reads the model configuration from `<arch>.*` metadata keys.
@@ -135,27 +135,42 @@ impl WeightSource for GgufSource<'_> {
     }
 }
 
-/// The tokenizer embedded in a GGUF file (GPT-2 style byte-level BPE vocabularies).
+/// The tokenizer embedded in a GGUF file: GPT-2 style byte-level BPE (`gpt2`) or SentencePiece
+/// BPE (`llama`).
 pub fn tokenizer(f: &GgufFile, cfg: &Config) -> Result<Tokenizer> {
     let model = f.get_str("tokenizer.ggml.model")?;
-    if model != "gpt2" {
-        return Err(Error::Config {
-            file: f.name().into(),
-            detail: format!("tokenizer.ggml.model `{model}` is not supported yet (gpt2-style BPE is); use the Hugging Face directory with tokenizer.json"),
-        });
-    }
     let tokens = f.get_str_array("tokenizer.ggml.tokens")?;
-    let merges = f.get_str_array("tokenizer.ggml.merges")?;
     let types = f.opt_i32_array("tokenizer.ggml.token_type")?.map(|t| t.to_vec()).unwrap_or_else(|| vec![1; tokens.len()]);
-    let pre = f.opt_str("tokenizer.ggml.pre")?.unwrap_or("default");
     if tokens.len() != cfg.vocab {
         return Err(Error::Config {
             file: f.name().into(),
             detail: format!("the tokenizer has {} tokens but token_embd has {} rows", tokens.len(), cfg.vocab),
         });
     }
-    let add_bos = f.opt_bool("tokenizer.ggml.add_bos_token")?.unwrap_or(false);
-    let json = gpt2_tokenizer_json(tokens, merges, &types, pre, if add_bos { cfg.bos } else { None })?;
+    let json = match model {
+        "gpt2" => {
+            let add_bos = f.opt_bool("tokenizer.ggml.add_bos_token")?.unwrap_or(false);
+            let merges = f.get_str_array("tokenizer.ggml.merges")?;
+            let pre = f.opt_str("tokenizer.ggml.pre")?.unwrap_or("default");
+            gpt2_tokenizer_json(tokens, merges, &types, pre, if add_bos { cfg.bos } else { None })?
+        }
+        "llama" => {
+            // llama.cpp adds BOS to SentencePiece vocabularies unless the file says otherwise.
+            let add_bos = f.opt_bool("tokenizer.ggml.add_bos_token")?.unwrap_or(true);
+            let scores = f.get_f32_array("tokenizer.ggml.scores")?;
+            let unk = f.opt_u32("tokenizer.ggml.unknown_token_id")?.unwrap_or(0);
+            llama_spm_tokenizer_json(tokens, scores, &types, unk, if add_bos { cfg.bos } else { None })
+                .map_err(|e| Error::Config { file: f.name().into(), detail: e.to_string() })?
+        }
+        other => {
+            return Err(Error::Config {
+                file: f.name().into(),
+                detail: format!(
+                    "tokenizer.ggml.model `{other}` is not supported yet (gpt2-style BPE and llama SentencePiece BPE are); use the Hugging Face directory with tokenizer.json"
+                ),
+            })
+        }
+    };
     let template = f.opt_str("tokenizer.chat_template")?.map(String::from);
     Tokenizer::from_json(f.name(), json.to_string(), cfg.bos, cfg.eos.clone(), template)
 }
