@@ -8,6 +8,7 @@ mod eval_job;
 mod eval_ppl;
 mod formats;
 mod forward;
+mod load_7b;
 mod lora_oracle;
 mod tokenizer_spm;
 mod train_flex;
