@@ -60,11 +60,12 @@ fn write_gguf(path: &Path, cfg: &Config, w: &MemorySource, arch: &str) {
         ("tokenizer.ggml.bos_token_id", Value::U32(0)),
         ("tokenizer.ggml.eos_token_id", Value::U32(1)),
     ];
-    write_gguf_with(path, cfg, w, arch, tokenizer);
+    write_gguf_with(path, cfg, w, arch, tokenizer, &[]);
 }
 
-/// A GGUF of the model in `w` with the given tokenizer metadata (and any extra keys).
-pub fn write_gguf_with(path: &Path, cfg: &Config, w: &MemorySource, arch: &str, extra: Vec<(&str, Value)>) {
+/// A GGUF of the model in `w` with the given tokenizer metadata (and any extra keys) and extra
+/// f32 tensors (name, values; 1-D).
+pub fn write_gguf_with(path: &Path, cfg: &Config, w: &MemorySource, arch: &str, extra: Vec<(&str, Value)>, tensors: &[(&str, Vec<f32>)]) {
     let mut g = GgufWriter::new();
     let a = |k: &str| format!("{arch}.{k}");
     g.add_metadata("general.architecture", Value::String(arch.into())).unwrap();
@@ -101,6 +102,9 @@ pub fn write_gguf_with(path: &Path, cfg: &Config, w: &MemorySource, arch: &str, 
             data = permute(&data, cfg.kv, *shape.last().unwrap());
         }
         g.add_f32(gname, &shape, &data).unwrap();
+    }
+    for (name, values) in tensors {
+        g.add_f32(*name, &[values.len()], values).unwrap();
     }
     g.write_file(path).unwrap();
 }

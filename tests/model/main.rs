@@ -10,6 +10,7 @@ mod formats;
 mod forward;
 mod load_7b;
 mod lora_oracle;
+mod rope_scaling;
 mod tokenizer_spm;
 mod train_flex;
 mod train_grad;

@@ -54,7 +54,7 @@ fn spm_gguf(fx: &Fixture, dir: &std::path::Path, add_bos: Option<bool>) -> std::
         meta.push(("tokenizer.ggml.add_bos_token", Value::Bool(b)));
     }
     let path = dir.join("spm.gguf");
-    write_gguf_with(&path, &cfg, &w, "llama", meta);
+    write_gguf_with(&path, &cfg, &w, "llama", meta, &[]);
     path
 }
 
