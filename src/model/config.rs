@@ -25,6 +25,18 @@ pub struct Llama3Scaling {
     pub original_max_position_embeddings: f64,
 }
 
+/// How RoPE frequencies are scaled for long contexts.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RopeScaling {
+    /// Llama 3's (`rope_scaling.rope_type == "llama3"`).
+    Llama3(Llama3Scaling),
+    /// Positions divided by `factor` (`rope_type == "linear"`, GGUF `rope.scaling.type = linear`).
+    Linear { factor: f64 },
+    /// One divisor per frequency pair [D/2]: GGUF's `rope_freqs` tensor, which is how llama.cpp's
+    /// converter stores Llama 3 scaling when its parameters cannot be recognized from it.
+    Divisors(Vec<f64>),
+}
+
 /// The validated configuration. Shapes: C width, F MLP width, H heads, K kv heads, D head size,
 /// L layers, V vocabulary.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,7 +51,7 @@ pub struct Config {
     pub vocab: usize,
     pub eps: f32,
     pub rope_base: f64,
-    pub rope_scaling: Option<Llama3Scaling>,
+    pub rope_scaling: Option<RopeScaling>,
     pub max_pos: usize,
     /// The output projection reuses the embedding matrix.
     pub tied: bool,
@@ -127,9 +139,15 @@ impl HfConfig {
             Some(v) => {
                 let kind = v.get("rope_type").or_else(|| v.get("type")).and_then(|t| t.as_str()).unwrap_or("");
                 match kind {
-                    "llama3" => Some(serde_json::from_value(v.clone()).map_err(|e| bad(format!("rope_scaling: {e}")))?),
+                    "llama3" => {
+                        Some(RopeScaling::Llama3(serde_json::from_value(v.clone()).map_err(|e| bad(format!("rope_scaling: {e}")))?))
+                    }
+                    "linear" => match v.get("factor").and_then(|f| f.as_f64()) {
+                        Some(factor) if factor > 0.0 => Some(RopeScaling::Linear { factor }),
+                        _ => return Err(bad("rope_scaling: linear scaling needs a positive `factor`".into())),
+                    },
                     "default" => None,
-                    other => return Err(bad(format!("rope_scaling type `{other}` is not supported (only llama3)"))),
+                    other => return Err(bad(format!("rope_scaling type `{other}` is not supported (llama3, linear)"))),
                 }
             }
         };
@@ -160,26 +178,15 @@ impl HfConfig {
 }
 
 impl Config {
-    /// RoPE inverse frequencies [D/2], with Llama 3 scaling applied when configured.
+    /// RoPE inverse frequencies [D/2], with the configured scaling applied.
     pub fn inv_freq(&self) -> Vec<f64> {
         let base = crate::ops::rope::RopeTables::inv_freq(self.d, self.rope_base);
-        let Some(s) = self.rope_scaling else { return base };
-        let low_wavelen = s.original_max_position_embeddings / s.low_freq_factor;
-        let high_wavelen = s.original_max_position_embeddings / s.high_freq_factor;
-        base.into_iter()
-            .map(|f| {
-                let wavelen = 2.0 * std::f64::consts::PI / f;
-                if wavelen > low_wavelen {
-                    f / s.factor
-                } else if wavelen < high_wavelen {
-                    f
-                } else {
-                    let smooth =
-                        (s.original_max_position_embeddings / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
-                    (1.0 - smooth) * f / s.factor + smooth * f
-                }
-            })
-            .collect()
+        match &self.rope_scaling {
+            None => base,
+            Some(RopeScaling::Llama3(s)) => llama3_inv_freq(&base, s),
+            Some(RopeScaling::Linear { factor }) => base.into_iter().map(|f| f / factor).collect(),
+            Some(RopeScaling::Divisors(div)) => base.into_iter().zip(div).map(|(f, d)| f / d).collect(),
+        }
     }
 
     /// The HF `config.json` for this configuration (used by `convert` and by tests).
@@ -208,9 +215,14 @@ impl Config {
         if self.arch == Arch::Llama && self.qkv_bias {
             v["attention_bias"] = true.into();
         }
-        if let Some(s) = self.rope_scaling {
-            v["rope_scaling"] = serde_json::json!({"rope_type": "llama3", "factor": s.factor, "low_freq_factor": s.low_freq_factor,
-                "high_freq_factor": s.high_freq_factor, "original_max_position_embeddings": s.original_max_position_embeddings});
+        // Divisors have no config.json form; `convert` refuses them before writing.
+        match &self.rope_scaling {
+            Some(RopeScaling::Llama3(s)) => {
+                v["rope_scaling"] = serde_json::json!({"rope_type": "llama3", "factor": s.factor, "low_freq_factor": s.low_freq_factor,
+                    "high_freq_factor": s.high_freq_factor, "original_max_position_embeddings": s.original_max_position_embeddings});
+            }
+            Some(RopeScaling::Linear { factor }) => v["rope_scaling"] = serde_json::json!({"rope_type": "linear", "factor": factor}),
+            Some(RopeScaling::Divisors(_)) | None => {}
         }
         if let Some(b) = self.bos {
             v["bos_token_id"] = b.into();
@@ -232,4 +244,24 @@ impl Config {
         let per_layer = attn + mlp + 2 * self.c;
         self.vocab * self.c * if self.tied { 1 } else { 2 } + self.layers * per_layer + self.c
     }
+}
+
+/// Llama 3 scaling of inverse frequencies `base` [D/2]: long wavelengths slowed by `factor`,
+/// short ones kept, a smooth blend between (as transformers' `_compute_llama3_parameters`).
+pub fn llama3_inv_freq(base: &[f64], s: &Llama3Scaling) -> Vec<f64> {
+    let low_wavelen = s.original_max_position_embeddings / s.low_freq_factor;
+    let high_wavelen = s.original_max_position_embeddings / s.high_freq_factor;
+    base.iter()
+        .map(|&f| {
+            let wavelen = 2.0 * std::f64::consts::PI / f;
+            if wavelen > low_wavelen {
+                f / s.factor
+            } else if wavelen < high_wavelen {
+                f
+            } else {
+                let smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+                (1.0 - smooth) * f / s.factor + smooth * f
+            }
+        })
+        .collect()
 }

@@ -12,7 +12,7 @@ pub mod lora;
 pub mod tokenizer;
 pub mod weights;
 
-pub use config::{Arch, Config, HfConfig};
+pub use config::{Arch, Config, HfConfig, Llama3Scaling, RopeScaling};
 pub use forward::KvCache;
 pub use lora::{LoraConfig, Target};
 pub use weights::{Linear, MemorySource, Model, Weight, WeightFormat, WeightSource};

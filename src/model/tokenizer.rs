@@ -1,5 +1,6 @@
 //! Tokenizers: Hugging Face `tokenizer.json` through the `tokenizers` crate, and the same JSON
-//! rebuilt from a GGUF vocabulary (`gpt2_tokenizer_json`), so both sources share one code path and
+//! rebuilt from a GGUF vocabulary (`gpt2_tokenizer_json` for byte-level BPE, `llama_spm_tokenizer_json`
+//! for SentencePiece BPE), so both sources share one code path and
 //! `convert` can write what it loads. Also the chat formats named by a model's chat template.
 
 use serde_json::{json, Value};
@@ -94,8 +95,34 @@ pub fn format_chat(template: Option<&str>, system: Option<&str>, user: &str) -> 
 }
 
 /// GGUF token types (llama.cpp `llama_token_type`).
+pub const TOKEN_UNKNOWN: i32 = 2;
 pub const TOKEN_CONTROL: i32 = 3;
 pub const TOKEN_USER_DEFINED: i32 = 4;
+
+/// Tokens matched whole in the text before the model sees it: the types in `special` (e.g.
+/// control) as special tokens, user-defined ones as plain added tokens.
+fn added_tokens(tokens: &[String], token_types: &[i32], special: &[i32]) -> Vec<Value> {
+    token_types
+        .iter()
+        .zip(tokens)
+        .enumerate()
+        .filter(|(_, (ty, _))| special.contains(ty) || **ty == TOKEN_USER_DEFINED)
+        .map(|(i, (ty, tok))| {
+            json!({"id": i, "content": tok, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": special.contains(ty)})
+        })
+        .collect()
+}
+
+/// A post-processor that prepends token `bos`, or none.
+fn bos_processor(tokens: &[String], bos: Option<u32>) -> Value {
+    match bos.and_then(|b| tokens.get(b as usize).map(|t| (b, t))) {
+        Some((id, tok)) => json!({"type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": tok, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": tok, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {tok.as_str(): {"id": tok, "ids": [id], "tokens": [tok]}}}),
+        None => Value::Null,
+    }
+}
 
 /// Builds a Hugging Face tokenizer.json for a GPT-2 style byte-level BPE vocabulary (GGUF
 /// `tokenizer.ggml.model == "gpt2"`): `pre` is GGUF's `tokenizer.ggml.pre` naming the
@@ -122,21 +149,7 @@ pub fn gpt2_tokenizer_json(tokens: &[String], merges: &[String], token_types: &[
             })
         }
     };
-    let added: Vec<Value> = token_types
-        .iter()
-        .enumerate()
-        .filter(|(_, &ty)| ty == TOKEN_CONTROL || ty == TOKEN_USER_DEFINED)
-        .map(|(i, &ty)| {
-            json!({"id": i, "content": tokens[i], "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": ty == TOKEN_CONTROL})
-        })
-        .collect();
-    let post_processor = match bos.and_then(|b| tokens.get(b as usize).map(|t| (b, t))) {
-        Some((id, tok)) => json!({"type": "TemplateProcessing",
-            "single": [{"SpecialToken": {"id": tok, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
-            "pair": [{"SpecialToken": {"id": tok, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
-            "special_tokens": {tok.as_str(): {"id": tok, "ids": [id], "tokens": [tok]}}}),
-        None => Value::Null,
-    };
+    let added = added_tokens(tokens, token_types, &[TOKEN_CONTROL]);
     Ok(json!({
         "version": "1.0",
         "truncation": null,
@@ -144,9 +157,78 @@ pub fn gpt2_tokenizer_json(tokens: &[String], merges: &[String], token_types: &[
         "added_tokens": added,
         "normalizer": null,
         "pre_tokenizer": pre_tokenizer,
-        "post_processor": post_processor,
+        "post_processor": bos_processor(tokens, bos),
         "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
         "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null, "end_of_word_suffix": null,
                   "fuse_unk": false, "byte_fallback": false, "ignore_merges": false, "vocab": vocab, "merges": merges},
+    }))
+}
+
+/// BPE merges implied by a SentencePiece vocabulary, which stores pieces and scores but no merges:
+/// every split of a piece into two pieces of the vocabulary is a merge, ranked by the merged
+/// piece's score, highest first. Ties keep vocabulary order, splits of one piece ordered by the
+/// ids of their halves, longer left halves first (transformers' `generate_merges` with scores,
+/// whose stable descending sort on (score, len(left), len(right)) this reproduces).
+pub fn spm_merges(tokens: &[String], scores: &[f32]) -> Vec<(String, String)> {
+    let ids: std::collections::HashMap<&str, usize> = tokens.iter().enumerate().map(|(i, t)| (t.as_str(), i)).collect();
+    // (score, chars of left, chars of right, left, right)
+    let mut merges: Vec<(f32, usize, usize, &str, &str)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (piece, &score) in tokens.iter().zip(scores) {
+        if !seen.insert(piece.as_str()) {
+            continue; // a repeated piece is one dict entry in the converter
+        }
+        let mut local: Vec<(f32, usize, usize, &str, &str)> = piece
+            .char_indices()
+            .skip(1)
+            .map(|(at, _)| piece.split_at(at))
+            .filter(|(l, r)| ids.contains_key(l) && ids.contains_key(r))
+            .map(|(l, r)| (score, l.chars().count(), r.chars().count(), l, r))
+            .collect();
+        local.sort_by_key(|m| (ids[m.3], ids[m.4]));
+        merges.extend(local);
+    }
+    merges.sort_by(|a, b| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)).then(b.2.cmp(&a.2)));
+    merges.into_iter().map(|(_, _, _, l, r)| (l.to_string(), r.to_string())).collect()
+}
+
+/// Builds a Hugging Face tokenizer.json for a SentencePiece BPE vocabulary (GGUF
+/// `tokenizer.ggml.model == "llama"`: Llama 2, Code Llama, TinyLlama), the way transformers'
+/// `LlamaConverter` (legacy) made the tokenizer.json published with those models: BPE with byte
+/// fallback to `<0xNN>` pieces, merges from the scores (`spm_merges`), a normalizer that
+/// prepends "▁" and turns spaces into "▁" (SentencePiece's dummy prefix), no pre-tokenizer, and
+/// the decoder undoing both. Unknown and control tokens are special. `bos` as in
+/// `gpt2_tokenizer_json`.
+pub fn llama_spm_tokenizer_json(tokens: &[String], scores: &[f32], token_types: &[i32], unk: u32, bos: Option<u32>) -> Result<Value> {
+    if scores.len() != tokens.len() || token_types.len() != tokens.len() {
+        return Err(Error::Config {
+            file: "tokenizer.ggml.scores".into(),
+            detail: format!(
+                "{} tokens but {} scores and {} token types; the GGUF's tokenizer arrays must have one entry per token",
+                tokens.len(),
+                scores.len(),
+                token_types.len()
+            ),
+        });
+    }
+    let unk_token = tokens.get(unk as usize).ok_or_else(|| Error::Config {
+        file: "tokenizer.ggml.unknown_token_id".into(),
+        detail: format!("unknown token id {unk} is past the {} tokens", tokens.len()),
+    })?;
+    let vocab: serde_json::Map<String, Value> = tokens.iter().enumerate().map(|(i, t)| (t.clone(), json!(i))).collect();
+    let merges: Vec<Value> = spm_merges(tokens, scores).into_iter().map(|(l, r)| json!([l, r])).collect();
+    let replace = |from: &str, to: &str| json!({"type": "Replace", "pattern": {"String": from}, "content": to});
+    Ok(json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added_tokens(tokens, token_types, &[TOKEN_UNKNOWN, TOKEN_CONTROL]),
+        "normalizer": {"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "\u{2581}"}, replace(" ", "\u{2581}")]},
+        "pre_tokenizer": null,
+        "post_processor": bos_processor(tokens, bos),
+        "decoder": {"type": "Sequence", "decoders": [replace("\u{2581}", " "), {"type": "ByteFallback"}, {"type": "Fuse"},
+                    {"type": "Strip", "content": " ", "start": 1, "stop": 0}]},
+        "model": {"type": "BPE", "dropout": null, "unk_token": unk_token, "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                  "fuse_unk": true, "byte_fallback": true, "ignore_merges": false, "vocab": vocab, "merges": merges},
     }))
 }

@@ -50,6 +50,22 @@ fn permute(data: &[f32], heads: usize, cols: usize) -> Vec<f32> {
 }
 
 fn write_gguf(path: &Path, cfg: &Config, w: &MemorySource, arch: &str) {
+    let (toks, types) = vocab(cfg.vocab);
+    let tokenizer = vec![
+        ("tokenizer.ggml.model", Value::String("gpt2".into())),
+        ("tokenizer.ggml.pre", Value::String("smollm".into())),
+        ("tokenizer.ggml.tokens", Value::Array(load::gguf::Array::String(toks))),
+        ("tokenizer.ggml.token_type", Value::Array(load::gguf::Array::I32(types))),
+        ("tokenizer.ggml.merges", Value::Array(load::gguf::Array::String(vec![]))),
+        ("tokenizer.ggml.bos_token_id", Value::U32(0)),
+        ("tokenizer.ggml.eos_token_id", Value::U32(1)),
+    ];
+    write_gguf_with(path, cfg, w, arch, tokenizer, &[]);
+}
+
+/// A GGUF of the model in `w` with the given tokenizer metadata (and any extra keys) and extra
+/// f32 tensors (name, values; 1-D).
+pub fn write_gguf_with(path: &Path, cfg: &Config, w: &MemorySource, arch: &str, extra: Vec<(&str, Value)>, tensors: &[(&str, Vec<f32>)]) {
     let mut g = GgufWriter::new();
     let a = |k: &str| format!("{arch}.{k}");
     g.add_metadata("general.architecture", Value::String(arch.into())).unwrap();
@@ -61,14 +77,9 @@ fn write_gguf(path: &Path, cfg: &Config, w: &MemorySource, arch: &str) {
     g.add_metadata(a("attention.layer_norm_rms_epsilon"), Value::F32(cfg.eps)).unwrap();
     g.add_metadata(a("rope.freq_base"), Value::F32(cfg.rope_base as f32)).unwrap();
     g.add_metadata(a("context_length"), Value::U32(cfg.max_pos as u32)).unwrap();
-    let (toks, types) = vocab(cfg.vocab);
-    g.add_metadata("tokenizer.ggml.model", Value::String("gpt2".into())).unwrap();
-    g.add_metadata("tokenizer.ggml.pre", Value::String("smollm".into())).unwrap();
-    g.add_metadata("tokenizer.ggml.tokens", Value::Array(load::gguf::Array::String(toks))).unwrap();
-    g.add_metadata("tokenizer.ggml.token_type", Value::Array(load::gguf::Array::I32(types))).unwrap();
-    g.add_metadata("tokenizer.ggml.merges", Value::Array(load::gguf::Array::String(vec![]))).unwrap();
-    g.add_metadata("tokenizer.ggml.bos_token_id", Value::U32(0)).unwrap();
-    g.add_metadata("tokenizer.ggml.eos_token_id", Value::U32(1)).unwrap();
+    for (k, v) in extra {
+        g.add_metadata(k, v).unwrap();
+    }
     for (name, shape) in tensor_names(cfg) {
         let mut data = w.0[&name].1.clone();
         let gname = name
@@ -92,10 +103,13 @@ fn write_gguf(path: &Path, cfg: &Config, w: &MemorySource, arch: &str) {
         }
         g.add_f32(gname, &shape, &data).unwrap();
     }
+    for (name, values) in tensors {
+        g.add_f32(*name, &[values.len()], values).unwrap();
+    }
     g.write_file(path).unwrap();
 }
 
-fn logits_of(path: &Path) -> Vec<f32> {
+pub fn logits_of(path: &Path) -> Vec<f32> {
     let dev = cpu();
     let (model, _) = load::open(&dev, path, WeightFormat::F32).unwrap();
     let mut cache = model.new_cache(&dev, 1, 8);

@@ -37,6 +37,11 @@ pub fn random_weights(cfg: &Config, seed: u64) -> MemorySource {
 /// A direct f64 implementation of the Llama forward pass over a whole sequence (no cache, no
 /// shared code with the engine): the independent check of how the ops are composed.
 fn reference_logits(cfg: &Config, w: &MemorySource, tokens: &[u32]) -> Vec<f32> {
+    reference_logits_pos_div(cfg, w, tokens, 1.0)
+}
+
+/// `reference_logits` with every RoPE position divided by `pos_div` (linear scaling).
+pub fn reference_logits_pos_div(cfg: &Config, w: &MemorySource, tokens: &[u32], pos_div: f64) -> Vec<f32> {
     let get = |n: &str| -> Vec<f64> { w.0[n].1.iter().map(|&x| x as f64).collect() };
     let (c, hh, kv, d, t) = (cfg.c, cfg.h, cfg.kv, cfg.d, tokens.len());
     let lin = |x: &[f64], wname: &str, out: usize, inp: usize| -> Vec<f64> {
@@ -72,7 +77,7 @@ fn reference_logits(cfg: &Config, w: &MemorySource, tokens: &[u32]) -> Vec<f32> 
         for pos in 0..t {
             for hd in 0..heads {
                 for i in 0..d / 2 {
-                    let ang = pos as f64 * cfg.rope_base.powf(-(2.0 * i as f64) / d as f64);
+                    let ang = pos as f64 / pos_div * cfg.rope_base.powf(-(2.0 * i as f64) / d as f64);
                     let o = (pos * heads + hd) * d;
                     let (a, b) = (x[o + i], x[o + i + d / 2]);
                     x[o + i] = a * ang.cos() - b * ang.sin();

@@ -7,12 +7,20 @@ use std::io::Write;
 use std::path::Path;
 
 use crate::error::{io_at, Error, Result};
-use crate::model::config::Config;
+use crate::model::config::{Config, RopeScaling};
 use crate::model::tokenizer::Tokenizer;
 use crate::model::weights::{tensor_names, WeightSource};
 
 /// Writes the model from `src` (configured by `cfg`) and its tokenizer into directory `out`.
 pub fn to_hf_dir(cfg: &Config, src: &mut dyn WeightSource, tok: &Tokenizer, out: &Path) -> Result<()> {
+    if let Some(RopeScaling::Divisors(_)) = cfg.rope_scaling {
+        return Err(Error::Config {
+            file: src.origin(),
+            detail: "its rope_freqs tensor is not Llama 3 scaling with recognizable parameters, and config.json has no way to \
+                     state per-frequency divisors; convert the original Hugging Face checkpoint instead"
+                .into(),
+        });
+    }
     std::fs::create_dir_all(out).map_err(io_at(out, "create"))?;
     let names = tensor_names(cfg);
     // safetensors layout: u64 header length, JSON header (offsets into the data), data.

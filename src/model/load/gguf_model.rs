@@ -2,9 +2,9 @@
 //! Hugging Face names (with llama.cpp's Q/K row permutation undone), and its tokenizer.
 
 use crate::error::{Error, Result};
-use crate::model::config::{Arch, Config, SUPPORTED};
+use crate::model::config::{llama3_inv_freq, Arch, Config, Llama3Scaling, RopeScaling, SUPPORTED};
 use crate::model::load::GgufFile;
-use crate::model::tokenizer::{gpt2_tokenizer_json, Tokenizer};
+use crate::model::tokenizer::{gpt2_tokenizer_json, llama_spm_tokenizer_json, Tokenizer};
 use crate::model::weights::WeightSource;
 
 /// Reads the model configuration from `<arch>.*` metadata keys.
@@ -44,13 +44,49 @@ pub fn config(f: &GgufFile) -> Result<Config> {
     };
     let mut cfg = hf.validate(f.name())?;
     cfg.eos = f.opt_u32("tokenizer.ggml.eos_token_id")?.into_iter().collect();
-    if f.opt_str(&key("rope.scaling.type"))?.is_some_and(|t| t != "none") {
-        return Err(Error::Config {
-            file: f.name().into(),
-            detail: "GGUF rope scaling is not supported yet; use the Hugging Face checkpoint".into(),
-        });
-    }
+    cfg.rope_scaling = rope_scaling(f, &arch_name, &cfg)?;
     Ok(cfg)
+}
+
+/// RoPE scaling from llama.cpp's conventions: `rope.scaling.type = linear` with
+/// `rope.scaling.factor` (or the older `rope.scale_linear`) divides positions by the factor; a
+/// `rope_freqs.weight` tensor [D/2] divides each pair's frequency (how Llama 3 scaling is
+/// stored). Such divisors are read back as Llama 3 scaling when they match its formula for
+/// `rope.scaling.original_context_length` (else 8192) and the published low/high frequency
+/// factors 1 and 4, so the model equals its Hugging Face twin exactly and `convert` can write
+/// config.json; otherwise they are used as they are. Other types (yarn, longrope) are errors.
+fn rope_scaling(f: &GgufFile, arch: &str, cfg: &Config) -> Result<Option<RopeScaling>> {
+    let key = |k: &str| format!("{arch}.{k}");
+    let bad = |detail: String| Error::Config { file: f.name().into(), detail };
+    let linear = match f.opt_str(&key("rope.scaling.type"))? {
+        None | Some("none") => f.opt_f64(&key("rope.scale_linear"))?.unwrap_or(1.0),
+        Some("linear") => f.opt_f64(&key("rope.scaling.factor"))?.ok_or_else(|| bad(format!("{} is missing", key("rope.scaling.factor"))))?,
+        Some(other) => {
+            return Err(bad(format!(
+                "GGUF rope scaling type `{other}` is not supported (linear, and llama3 through the rope_freqs tensor are); use the Hugging Face checkpoint"
+            )))
+        }
+    };
+    if !(linear > 0.0 && linear.is_finite()) {
+        return Err(bad(format!("rope scaling factor {linear} must be positive")));
+    }
+    let Some(view) = f.tensor_opt("rope_freqs.weight") else {
+        return Ok((linear != 1.0).then_some(RopeScaling::Linear { factor: linear }));
+    };
+    let div: Vec<f64> = view.to_f32()?.into_iter().map(|x| x as f64 * linear).collect();
+    if div.len() != cfg.d / 2 || div.iter().any(|&x| !(x > 0.0 && x.is_finite())) {
+        return Err(bad(format!("rope_freqs.weight has {} values, expected {} positive ones (head size / 2)", div.len(), cfg.d / 2)));
+    }
+    if div.iter().all(|&x| x == 1.0) {
+        return Ok(None);
+    }
+    let base = crate::ops::rope::RopeTables::inv_freq(cfg.d, cfg.rope_base);
+    let original = f.opt_usize(&key("rope.scaling.original_context_length"))?.unwrap_or(8192) as f64;
+    let factor = div.iter().cloned().fold(1.0, f64::max);
+    let s = Llama3Scaling { factor, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: original };
+    // The converter computes in f32: allow its rounding, nothing more.
+    let matches = llama3_inv_freq(&base, &s).iter().zip(&base).zip(&div).all(|((l, b), d)| ((b / l) / d - 1.0).abs() < 1e-5);
+    Ok(Some(if matches { RopeScaling::Llama3(s) } else { RopeScaling::Divisors(div) }))
 }
 
 /// The GGUF name of a Hugging Face tensor name.
@@ -135,27 +171,42 @@ impl WeightSource for GgufSource<'_> {
     }
 }
 
-/// The tokenizer embedded in a GGUF file (GPT-2 style byte-level BPE vocabularies).
+/// The tokenizer embedded in a GGUF file: GPT-2 style byte-level BPE (`gpt2`) or SentencePiece
+/// BPE (`llama`).
 pub fn tokenizer(f: &GgufFile, cfg: &Config) -> Result<Tokenizer> {
     let model = f.get_str("tokenizer.ggml.model")?;
-    if model != "gpt2" {
-        return Err(Error::Config {
-            file: f.name().into(),
-            detail: format!("tokenizer.ggml.model `{model}` is not supported yet (gpt2-style BPE is); use the Hugging Face directory with tokenizer.json"),
-        });
-    }
     let tokens = f.get_str_array("tokenizer.ggml.tokens")?;
-    let merges = f.get_str_array("tokenizer.ggml.merges")?;
     let types = f.opt_i32_array("tokenizer.ggml.token_type")?.map(|t| t.to_vec()).unwrap_or_else(|| vec![1; tokens.len()]);
-    let pre = f.opt_str("tokenizer.ggml.pre")?.unwrap_or("default");
     if tokens.len() != cfg.vocab {
         return Err(Error::Config {
             file: f.name().into(),
             detail: format!("the tokenizer has {} tokens but token_embd has {} rows", tokens.len(), cfg.vocab),
         });
     }
-    let add_bos = f.opt_bool("tokenizer.ggml.add_bos_token")?.unwrap_or(false);
-    let json = gpt2_tokenizer_json(tokens, merges, &types, pre, if add_bos { cfg.bos } else { None })?;
+    let json = match model {
+        "gpt2" => {
+            let add_bos = f.opt_bool("tokenizer.ggml.add_bos_token")?.unwrap_or(false);
+            let merges = f.get_str_array("tokenizer.ggml.merges")?;
+            let pre = f.opt_str("tokenizer.ggml.pre")?.unwrap_or("default");
+            gpt2_tokenizer_json(tokens, merges, &types, pre, if add_bos { cfg.bos } else { None })?
+        }
+        "llama" => {
+            // llama.cpp adds BOS to SentencePiece vocabularies unless the file says otherwise.
+            let add_bos = f.opt_bool("tokenizer.ggml.add_bos_token")?.unwrap_or(true);
+            let scores = f.get_f32_array("tokenizer.ggml.scores")?;
+            let unk = f.opt_u32("tokenizer.ggml.unknown_token_id")?.unwrap_or(0);
+            llama_spm_tokenizer_json(tokens, scores, &types, unk, if add_bos { cfg.bos } else { None })
+                .map_err(|e| Error::Config { file: f.name().into(), detail: e.to_string() })?
+        }
+        other => {
+            return Err(Error::Config {
+                file: f.name().into(),
+                detail: format!(
+                    "tokenizer.ggml.model `{other}` is not supported yet (gpt2-style BPE and llama SentencePiece BPE are); use the Hugging Face directory with tokenizer.json"
+                ),
+            })
+        }
+    };
     let template = f.opt_str("tokenizer.chat_template")?.map(String::from);
     Tokenizer::from_json(f.name(), json.to_string(), cfg.bos, cfg.eos.clone(), template)
 }

@@ -1,6 +1,8 @@
 //! Hugging Face model directories: `config.json`, `model.safetensors` or shards listed in
 //! `model.safetensors.index.json`. Files are memory-mapped and tensors converted to f32 one at a
-//! time (F32, F16, BF16), so loading never holds a second full copy of the model.
+//! time (F32, F16, BF16), so loading never holds a second full copy of the model. A tensor's
+//! mapped pages are released once it is converted: mapped file pages count as resident memory,
+//! and a 7B bf16 checkpoint read through the map would otherwise add its 13.5 GB to the peak.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -102,8 +104,25 @@ impl WeightSource for SafetensorsDir {
             tensor: name.into(),
             detail: format!("dtype {:?} is not supported (F32, F16, BF16)", view.dtype()),
         })?;
-        Ok((view.shape().to_vec(), data))
+        let (start, len) = (view.data().as_ptr() as usize - map.as_ptr() as usize, view.data().len());
+        let shape = view.shape().to_vec();
+        drop((view, st));
+        release(map, start, len);
+        Ok((shape, data))
     }
+}
+
+/// Drops the mapped pages of bytes `start..start + len` from this process's resident set (the
+/// page cache keeps them). Tensors are read once, so nothing faults them back in; if something
+/// did, it would read the same file bytes again. Failure only costs memory, so it is ignored.
+fn release(map: &memmap2::Mmap, start: usize, len: usize) {
+    #[cfg(unix)]
+    // SAFETY: MADV_DONTNEED on a private read-only file mapping discards the pages; a later read
+    // of the range faults the unchanged file contents back in. No borrow of the range is alive:
+    // the tensor was converted to an owned Vec before this call.
+    let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len) };
+    #[cfg(not(unix))]
+    let _ = (map, start, len);
 }
 
 /// Writes f32 tensors as one safetensors file, atomically (temp file + rename).
