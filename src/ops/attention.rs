@@ -276,6 +276,43 @@ fn head_view(dims: &Dims, b: usize, hh: usize) -> HeadView {
 /// skips most of the masked upper triangle (T=512: 56% of the full score matrix is computed).
 const ROW_BLOCK: usize = 64;
 
+/// c (+)= a·b on the calling thread: the per-head tasks below are the parallelism. `a` and `b` are
+/// bounds-checked as in `cpu::gemm_strided`.
+///
+/// # Safety
+/// `c` must be valid for every element the product writes, and no other thread may touch them.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm1(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    a_s: (usize, usize),
+    b: &[f32],
+    b_s: (usize, usize),
+    c: *mut f32,
+    c_rs: usize,
+    acc: bool,
+) {
+    let last = |(rs, cs): (usize, usize), r: usize, cc: usize| (r - 1) * rs + (cc - 1) * cs;
+    assert!(m == 0 || n == 0 || k == 0 || (a.len() > last(a_s, m, k) && b.len() > last(b_s, k, n)), "attention: gemm input too small");
+    cpu::gemm_ptr(m, n, k, a.as_ptr(), a_s, b.as_ptr(), b_s, c, c_rs, acc, 1)
+}
+
+/// A pointer into an output that the per-head tasks write in disjoint parts.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+// SAFETY: each task writes only its own head's elements (see the callers).
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+impl Out {
+    /// The pointer `i` floats on (a method, so closures capture the `Sync` wrapper, not the field).
+    fn at(self, i: usize) -> *mut f32 {
+        // SAFETY: callers stay inside the output they wrapped.
+        unsafe { self.0.add(i) }
+    }
+}
+
 /// For query rows r0..r1 and the first `n` keys (all they can see): p[i, j] = exp(scale·q_i·k_j -
 /// lse_i) for visible keys j ≤ i + S - T, else 0, in `p` rows of stride S. With `lse = None` each
 /// row's log-sum-exp is computed and written to `lse_out[i]`.
@@ -294,8 +331,9 @@ fn probabilities(
     let Dims { t, s, d, scale, .. } = *dims;
     let (r0, r1) = rows;
     let p = &mut p[r0 * s..r1 * s];
-    cpu::gemm_strided(r1 - r0, n, d, &q[hv.q_off + r0 * hv.q_rs..], (hv.q_rs, 1), &k[hv.k_off..], (1, hv.k_rs), p, s, false);
-    cpu::for_each_chunk2(p, s, &mut lse_out[r0..r1], 1, |ii, row, out| {
+    // SAFETY: p holds r1 - r0 rows of stride s ≥ n and is exclusively borrowed.
+    unsafe { gemm1(r1 - r0, n, d, &q[hv.q_off + r0 * hv.q_rs..], (hv.q_rs, 1), &k[hv.k_off..], (1, hv.k_rs), p.as_mut_ptr(), s, false) };
+    for (ii, row) in p.chunks_mut(s).enumerate() {
         let i = r0 + ii;
         let last = i + s - t;
         row[last + 1..n].fill(0.0);
@@ -309,8 +347,8 @@ fn probabilities(
             }
         };
         vis.iter_mut().for_each(|x| *x = cpu::exp(*x * scale - l));
-        out[0] = l;
-    });
+        lse_out[i] = l;
+    }
 }
 
 /// Row blocks of the T queries with the number of keys each block sees.
@@ -322,22 +360,28 @@ fn blocks(dims: &Dims) -> impl Iterator<Item = ((usize, usize), usize)> {
     })
 }
 
+/// One task per (batch, head), each working through its row blocks alone: a handful of large
+/// tasks instead of small parallel products and loops per block (thousands of fork-joins a step).
 fn gemm_forward(q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], lse: &mut [f32], dims: Dims) {
-    let Dims { b: nb, t, s, h, d, .. } = dims;
-    let mut p = vec![0f32; t * s];
-    for b in 0..nb {
-        for hh in 0..h {
-            let hv = head_view(&dims, b, hh);
-            let row = (b * h + hh) * t;
-            for ((r0, r1), n) in blocks(&dims) {
-                probabilities(q, k, &dims, &hv, (r0, r1), n, &mut p, None, &mut lse[row..row + t]);
-                let o_at = hv.q_off + r0 * hv.q_rs;
-                cpu::gemm_strided(r1 - r0, d, n, &p[r0 * s..], (s, 1), &v[hv.k_off..], (hv.k_rs, 1), &mut o[o_at..], hv.q_rs, false);
-            }
+    let Dims { t, s, h, d, .. } = dims;
+    assert!(o.len() >= q.len(), "attention: output too small");
+    let out = Out(o.as_mut_ptr());
+    // lse is [B, H, T]: one chunk per task.
+    cpu::for_each_chunk(lse, t, |bh, lse_h| {
+        let hv = head_view(&dims, bh / h, bh % h);
+        let mut p = vec![0f32; t * s];
+        for ((r0, r1), n) in blocks(&dims) {
+            probabilities(q, k, &dims, &hv, (r0, r1), n, &mut p, None, lse_h);
+            // SAFETY: o has q's layout; this head's columns of rows r0..r1 are written by this task only.
+            unsafe {
+                gemm1(r1 - r0, d, n, &p[r0 * s..], (s, 1), &v[hv.k_off..], (hv.k_rs, 1), out.at(hv.q_off + r0 * hv.q_rs), hv.q_rs, false)
+            };
         }
-    }
+    });
 }
 
+/// Per (batch, head) tasks as in `gemm_forward`. dQ columns belong to one head; dK and dV are
+/// shared by the heads of a KV group, so each task accumulates its own [S, D] pair, added up after.
 #[allow(clippy::too_many_arguments)]
 fn gemm_backward(
     q: &[f32],
@@ -352,27 +396,48 @@ fn gemm_backward(
     dims: Dims,
 ) {
     let Dims { b: nb, t, s, h, d, scale, .. } = dims;
-    let (mut p, mut dp) = (vec![0f32; t * s], vec![0f32; t * s]);
-    let mut scratch = vec![0f32; t];
-    for b in 0..nb {
-        for hh in 0..h {
-            let hv = head_view(&dims, b, hh);
-            let row = (b * h + hh) * t;
-            for ((r0, r1), n) in blocks(&dims) {
-                let m = r1 - r0;
-                let qa = hv.q_off + r0 * hv.q_rs;
-                probabilities(q, k, &dims, &hv, (r0, r1), n, &mut p, Some(&lse[row..row + t]), &mut scratch);
-                let (pb, dpb) = (&mut p[r0 * s..r1 * s], &mut dp[r0 * s..r1 * s]);
-                // dV += Pᵀ·dO; dP = dO·Vᵀ; dS = P ⊙ (dP - delta)·scale; dQ = dS·K; dK += dSᵀ·Q.
-                cpu::gemm_strided(n, d, m, pb, (1, s), &dout[qa..], (hv.q_rs, 1), &mut dv[hv.k_off..], hv.k_rs, true);
-                cpu::gemm_strided(m, n, d, &dout[qa..], (hv.q_rs, 1), &v[hv.k_off..], (1, hv.k_rs), dpb, s, false);
-                cpu::for_each_chunk2(dpb, s, pb, s, |ii, dpr, pr| {
-                    let at = qa + ii * hv.q_rs;
-                    let delta = dot(&dout[at..at + d], &o[at..at + d]);
-                    dpr[..n].iter_mut().zip(&pr[..n]).for_each(|(x, &pij)| *x = pij * (*x - delta) * scale);
-                });
-                cpu::gemm_strided(m, d, n, dpb, (s, 1), &k[hv.k_off..], (hv.k_rs, 1), &mut dq[qa..], hv.q_rs, false);
-                cpu::gemm_strided(n, d, m, dpb, (1, s), &q[qa..], (hv.q_rs, 1), &mut dk[hv.k_off..], hv.k_rs, true);
+    assert!(dq.len() >= q.len(), "attention: dq too small");
+    let dq_out = Out(dq.as_mut_ptr());
+    let mut dkv = vec![0f32; nb * h * 2 * s * d];
+    cpu::for_each_chunk(&mut dkv, 2 * s * d, |bh, dkv_h| {
+        let (b, hh) = (bh / h, bh % h);
+        let hv = head_view(&dims, b, hh);
+        let row = (b * h + hh) * t;
+        let (dk_h, dv_h) = dkv_h.split_at_mut(s * d);
+        let (mut p, mut dp, mut scratch) = (vec![0f32; t * s], vec![0f32; t * s], vec![0f32; t]);
+        for ((r0, r1), n) in blocks(&dims) {
+            let m = r1 - r0;
+            let qa = hv.q_off + r0 * hv.q_rs;
+            probabilities(q, k, &dims, &hv, (r0, r1), n, &mut p, Some(&lse[row..row + t]), &mut scratch);
+            let (pb, dpb) = (&mut p[r0 * s..r1 * s], &mut dp[r0 * s..r1 * s]);
+            // dV += Pᵀ·dO; dP = dO·Vᵀ; dS = P ⊙ (dP - delta)·scale; dQ = dS·K; dK += dSᵀ·Q.
+            // SAFETY: dk_h, dv_h, dpb are this task's own buffers ([S, D], [S, D], rows of stride S);
+            // dq is written only in this head's columns of rows r0..r1.
+            unsafe {
+                gemm1(n, d, m, pb, (1, s), &dout[qa..], (hv.q_rs, 1), dv_h.as_mut_ptr(), d, true);
+                gemm1(m, n, d, &dout[qa..], (hv.q_rs, 1), &v[hv.k_off..], (1, hv.k_rs), dpb.as_mut_ptr(), s, false);
+            }
+            for (ii, (dpr, pr)) in dpb.chunks_mut(s).zip(pb.chunks(s)).enumerate() {
+                let at = qa + ii * hv.q_rs;
+                let delta = cpu::dot(&dout[at..at + d], &o[at..at + d]);
+                dpr[..n].iter_mut().zip(&pr[..n]).for_each(|(x, &pij)| *x = pij * (*x - delta) * scale);
+            }
+            unsafe {
+                gemm1(m, d, n, dpb, (s, 1), &k[hv.k_off..], (hv.k_rs, 1), dq_out.at(qa), hv.q_rs, false);
+                gemm1(n, d, m, dpb, (1, s), &q[qa..], (hv.q_rs, 1), dk_h.as_mut_ptr(), d, true);
+            }
+        }
+    });
+    for (bh, dkv_h) in dkv.chunks(2 * s * d).enumerate() {
+        let hv = head_view(&dims, bh / h, bh % h);
+        let (dk_h, dv_h) = dkv_h.split_at(s * d);
+        for j in 0..s {
+            let at = hv.k_off + j * hv.k_rs;
+            for (x, &y) in dk[at..at + d].iter_mut().zip(&dk_h[j * d..(j + 1) * d]) {
+                *x += y;
+            }
+            for (x, &y) in dv[at..at + d].iter_mut().zip(&dv_h[j * d..(j + 1) * d]) {
+                *x += y;
             }
         }
     }

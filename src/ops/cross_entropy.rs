@@ -71,12 +71,38 @@ fn counted(t: u32, vocab: usize) -> bool {
 pub fn cpu_forward(logits: &[f32], targets: &[u32], loss: &mut [f32], lse: &mut [f32], vocab: usize) {
     cpu::for_each_chunk2(loss, 1, lse, 1, |r, loss, lse| {
         let row = &logits[r * vocab..(r + 1) * vocab];
-        let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-        // f64: a running f32 sum over ~50k terms drops the small ones (NLL ~1e-4 low).
-        let s: f64 = row.iter().map(|&x| cpu::exp(x - m) as f64).sum();
-        lse[0] = m + s.ln() as f32;
+        lse[0] = row_lse(row);
         loss[0] = if counted(targets[r], vocab) { lse[0] - row[targets[r] as usize] } else { 0.0 };
     });
+}
+
+/// log Σ exp(row), in lanes of 16 so it vectorizes. A running f32 sum over ~50k terms drops the
+/// small ones (NLL ~1e-4 low), so the lanes sum blocks of 256 terms and the blocks add up in f64.
+/// A NaN anywhere makes the result NaN (the training loop stops on it).
+fn row_lse(row: &[f32]) -> f32 {
+    const L: usize = 16;
+    let mut lanes = [f32::NEG_INFINITY; L];
+    let chunks = row.chunks_exact(L);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for i in 0..L {
+            lanes[i] = if c[i] > lanes[i] { c[i] } else { lanes[i] };
+        }
+    }
+    let m = lanes.iter().chain(tail).fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
+    let mut s = 0f64;
+    for block in row.chunks(256) {
+        let mut acc = [0f32; L];
+        let chunks = block.chunks_exact(L);
+        let rest: f32 = chunks.remainder().iter().map(|&x| cpu::exp(x - m)).sum();
+        for c in chunks {
+            for i in 0..L {
+                acc[i] += cpu::exp(c[i] - m);
+            }
+        }
+        s += (acc.iter().sum::<f32>() + rest) as f64;
+    }
+    m + s.ln() as f32
 }
 
 pub fn cpu_backward(logits: &[f32], targets: &[u32], lse: &[f32], scale: f32, dlogits: &mut [f32], vocab: usize) {

@@ -138,7 +138,13 @@ pub fn hash(v: u32) -> u32 {
 
 /// Whether dropout with probability `p` keeps element `i` under `seed`.
 pub fn keeps(seed: u32, i: u32, p: f32) -> bool {
-    (hash(i ^ hash(seed)) >> 8) as f32 * (1.0 / 16_777_216.0) >= p
+    keeps_hashed(hash(seed), i, p)
+}
+
+/// `keeps` with the seed already hashed (the form the CPU loop vectorizes).
+#[inline(always)]
+fn keeps_hashed(seed_hash: u32, i: u32, p: f32) -> bool {
+    (hash(i ^ seed_hash) >> 8) as f32 * (1.0 / 16_777_216.0) >= p
 }
 
 /// Inverted dropout: y = x·keep/(1-p), keep drawn from (seed, index). Also its own backward:
@@ -154,10 +160,11 @@ pub fn dropout(dev: &Device, x: &Tensor, p: f32, seed: u32) -> Result<Tensor> {
     match dev {
         Device::Cpu(_) => {
             let x = x.host_f32(OP)?;
+            let seed_hash = hash(seed);
             cpu::for_each_chunk(y.host_f32_mut(OP)?, CHUNK, |k, y| {
-                for (i, yi) in y.iter_mut().enumerate() {
-                    let at = k * CHUNK + i;
-                    *yi = if keeps(seed, at as u32, p) { x[at] * keep_scale } else { 0.0 };
+                let (base, len) = (k * CHUNK, y.len());
+                for (i, (yi, &xi)) in y.iter_mut().zip(&x[base..base + len]).enumerate() {
+                    *yi = if keeps_hashed(seed_hash, (base + i) as u32, p) { xi * keep_scale } else { 0.0 };
                 }
             });
         }
