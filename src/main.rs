@@ -121,9 +121,9 @@ struct DeviceFlags {
     /// Graphics API for the GPU (vulkan, metal, dx12, gl).
     #[arg(long, value_enum)]
     backend: Option<BackendChoice>,
-    /// How the frozen linear weights are held: f32, or NF4 (4-bit, block 64, quantized while
-    /// loading). NF4 takes ~7x less memory; on the CPU backend f32 decodes faster today.
-    #[arg(long, value_enum, default_value_t = WeightsArg::F32)]
+    /// How the frozen linear weights are held: NF4 (4-bit, block 64, quantized while loading:
+    /// QLoRA's base, ~7x less memory, and the faster decode on the CPU backend), or f32.
+    #[arg(long, value_enum, default_value_t = WeightsArg::Nf4)]
     weights: WeightsArg,
 }
 
