@@ -717,6 +717,7 @@ fn eval(a: EvalArgs) -> Result<()> {
         max_new_tokens: a.max_new_tokens,
         seed: a.seed,
         flex_template: a.flex_template,
+        protocol: job::PROTOCOL,
     };
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(

@@ -212,12 +212,17 @@ fn prompts_stops_and_entry_points() {
     if let Some(dir) = data_dir("HumanEval.jsonl.gz") {
         let he = tasks::load_humaneval(&dir).expect("humaneval");
         assert_eq!(tasks::truncate_at_stop("    return 1\n\ndef extra():\n    pass\n", &he[0].stop), "    return 1\n");
-        assert!(he[0].program("    return True\n").source.ends_with("check(has_close_elements)\n"));
+        assert!(he[0].program("\n    return True\n").source.ends_with("check(has_close_elements)\n"));
+        // The model continues the prompt without its trailing newline; the canonical solution
+        // carries it, so the reference program is the file's prompt + solution, byte for byte.
+        assert!(he.iter().all(|t| !t.prompt.ends_with(char::is_whitespace)));
+        let reference = he[0].program(he[0].canonical_solution.as_deref().unwrap()).source;
+        assert!(reference.contains("    \"\"\"\n    for idx, elem in enumerate(numbers):"), "{reference}");
     }
     if let Some(dir) = data_dir("humaneval_java_v1.1.jsonl") {
         let hj = tasks::load_humaneval_java(&dir).expect("humaneval-java");
         assert_eq!(hj.len(), 161);
-        assert!(hj.iter().all(|t| t.canonical_solution.is_none() && t.prompt.ends_with("{\n") && t.program_suffix.contains("class Main")));
+        assert!(hj.iter().all(|t| t.canonical_solution.is_none() && t.prompt.ends_with('{') && t.program_suffix.contains("class Main")));
     }
 }
 
@@ -238,7 +243,7 @@ fn run_samples_records() {
     let tasks = &all[..2];
     let completions: Vec<Vec<String>> = tasks
         .iter()
-        .map(|t| vec![t.canonical_solution.clone().unwrap_or_default(), "    return None\n".into(), "    exit(0)\n".into()])
+        .map(|t| vec![t.canonical_solution.clone().unwrap_or_default(), "\n    return None\n".into(), "\n    exit(0)\n".into()])
         .collect();
     let results = run_samples(&sandbox(), tasks, &completions).expect("run");
     let got: Vec<(String, usize, bool)> = results.iter().map(|r| (r.task_id.clone(), r.sample, r.passed())).collect();
@@ -248,7 +253,9 @@ fn run_samples_records() {
     assert_eq!(results[2].outcome, Outcome::RuntimeError);
     let line = serde_json::to_string(&results[1]).expect("json");
     assert!(
-        line.starts_with(r#"{"task_id":"HumanEval/0","sample":1,"completion":"    return None\n","outcome":"failed_assertion","reason":"#),
+        line.starts_with(
+            r#"{"task_id":"HumanEval/0","sample":1,"completion":"\n    return None\n","outcome":"failed_assertion","reason":"#
+        ),
         "{line}"
     );
     let c = counts(&results);

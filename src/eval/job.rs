@@ -46,7 +46,14 @@ pub struct EvalConfig {
     pub seed: u64,
     /// MBPP only: the FLeX training template instead of the few-shot prompt.
     pub flex_template: bool,
+    /// How prompts are built ([`PROTOCOL`]); runs written with other prompts are not reused.
+    #[serde(default)]
+    pub protocol: u32,
 }
+
+/// The prompt protocol of this version: 2 = HumanEval and Java prompts without trailing
+/// whitespace (`tasks::trim_prompt`); 0 (configs without the field) = prompts as in the files.
+pub const PROTOCOL: u32 = 2;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct SampleLine {

@@ -218,18 +218,32 @@ fn strings(s: &[&str]) -> Vec<String> {
     s.iter().map(|s| s.to_string()).collect()
 }
 
+/// The prompt the model continues, without its trailing whitespace (as bigcode's evaluation
+/// harness does), and the canonical solution with that whitespace in front, so reference programs
+/// stay byte for byte what the dataset gives. A prompt ending in "\n" splits the newline from the
+/// next line's indentation, a token boundary the model has rarely seen: small models then start a
+/// new top-level statement instead of the body (SmolLM2-135M did on 127 of 164 HumanEval tasks).
+fn trim_prompt(prompt: String, canonical: Option<String>) -> (String, Option<String>) {
+    let trimmed = prompt.trim_end().to_string();
+    let canonical = canonical.map(|c| format!("{}{c}", &prompt[trimmed.len()..]));
+    (trimmed, canonical)
+}
+
 /// HumanEval: the model completes the function body after the prompt.
 pub fn parse_humaneval(text: &str, path: &str) -> Result<Vec<Task>> {
     let records: Vec<HumanEvalRecord> = parse_jsonl(text, path)?;
-    let tasks = records.into_iter().map(|r| Task {
-        program_suffix: format!("\n{}\ncheck({})\n", r.test, r.entry_point),
-        program_prefix: r.prompt.clone(),
-        id: r.task_id,
-        language: Language::Python,
-        prompt: r.prompt,
-        stop: strings(&PYTHON_FUNCTION_STOPS),
-        entry_point: r.entry_point,
-        canonical_solution: Some(r.canonical_solution),
+    let tasks = records.into_iter().map(|r| {
+        let (prompt, canonical_solution) = trim_prompt(r.prompt, Some(r.canonical_solution));
+        Task {
+            program_suffix: format!("\n{}\ncheck({})\n", r.test, r.entry_point),
+            program_prefix: prompt.clone(),
+            id: r.task_id,
+            language: Language::Python,
+            prompt,
+            stop: strings(&PYTHON_FUNCTION_STOPS),
+            entry_point: r.entry_point,
+            canonical_solution,
+        }
     });
     Ok(tasks.collect())
 }
@@ -237,15 +251,18 @@ pub fn parse_humaneval(text: &str, path: &str) -> Result<Vec<Task>> {
 /// MBJP or HumanEval-Java: the model completes the method body after the prompt.
 pub fn parse_mbxp(text: &str, path: &str) -> Result<Vec<Task>> {
     let records: Vec<MbxpRecord> = parse_jsonl(text, path)?;
-    let tasks = records.into_iter().map(|r| Task {
-        program_prefix: r.prompt.clone(),
-        program_suffix: r.test,
-        id: r.task_id,
-        language: Language::Java,
-        prompt: r.prompt,
-        stop: strings(&JAVA_STOPS),
-        entry_point: r.entry_point,
-        canonical_solution: r.canonical_solution,
+    let tasks = records.into_iter().map(|r| {
+        let (prompt, canonical_solution) = trim_prompt(r.prompt, r.canonical_solution);
+        Task {
+            program_prefix: prompt.clone(),
+            program_suffix: r.test,
+            id: r.task_id,
+            language: Language::Java,
+            prompt,
+            stop: strings(&JAVA_STOPS),
+            entry_point: r.entry_point,
+            canonical_solution,
+        }
     });
     Ok(tasks.collect())
 }

@@ -42,6 +42,7 @@ fn tiny_model_eval_writes_well_formed_results_and_resumes() {
         max_new_tokens: 6,
         seed: 1,
         flex_template: false,
+        protocol: job::PROTOCOL,
     };
     let out = dir.join("out");
     let first = job::run(&dev, &model, &tok, &data, &out, &ecfg, 3, &mut |_| {}).unwrap();
