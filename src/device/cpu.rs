@@ -9,17 +9,50 @@ pub struct CpuDevice {
 
 impl CpuDevice {
     pub fn new() -> Self {
-        #[cfg(not(target_arch = "wasm32"))]
-        let threads = rayon::current_num_threads();
-        #[cfg(target_arch = "wasm32")]
-        let threads = 1;
-        CpuDevice { threads }
+        CpuDevice { threads: threads() }
     }
 }
 
 impl Default for CpuDevice {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// Threads the CPU twins run on (1 in the browser build).
+pub fn threads() -> usize {
+    #[cfg(not(target_arch = "wasm32"))]
+    return rayon::current_num_threads();
+    #[cfg(target_arch = "wasm32")]
+    return 1;
+}
+
+/// A pointer into an output that parallel tasks write in disjoint parts, for tasks that call
+/// `gemm_ptr` on their own block of a shared matrix.
+#[derive(Clone, Copy)]
+pub struct SharedOut(pub *mut f32);
+// SAFETY: only used where every task writes its own elements (see the callers).
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+impl SharedOut {
+    /// The pointer `i` floats on (a method, so closures capture the `Sync` wrapper, not the field).
+    pub fn at(self, i: usize) -> *mut f32 {
+        // SAFETY: callers stay inside the output they wrapped.
+        unsafe { self.0.add(i) }
+    }
+}
+
+/// Runs `f(i, buffer)` for i in 0..tasks in parallel, each thread reusing one `len`-float buffer.
+pub fn for_each_with_buffer(tasks: usize, len: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        use rayon::prelude::*;
+        (0..tasks).into_par_iter().with_max_len(1).for_each_init(|| vec![0f32; len], |buf, i| f(i, buf));
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        let mut buf = vec![0f32; len];
+        (0..tasks).for_each(|i| f(i, &mut buf));
     }
 }
 

@@ -299,20 +299,6 @@ unsafe fn gemm1(
     cpu::gemm_ptr(m, n, k, a.as_ptr(), a_s, b.as_ptr(), b_s, c, c_rs, acc, 1)
 }
 
-/// A pointer into an output that the per-head tasks write in disjoint parts.
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-// SAFETY: each task writes only its own head's elements (see the callers).
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
-impl Out {
-    /// The pointer `i` floats on (a method, so closures capture the `Sync` wrapper, not the field).
-    fn at(self, i: usize) -> *mut f32 {
-        // SAFETY: callers stay inside the output they wrapped.
-        unsafe { self.0.add(i) }
-    }
-}
-
 /// For query rows r0..r1 and the first `n` keys (all they can see): p[i, j] = exp(scale·q_i·k_j -
 /// lse_i) for visible keys j ≤ i + S - T, else 0, in `p` rows of stride S. With `lse = None` each
 /// row's log-sum-exp is computed and written to `lse_out[i]`.
@@ -365,7 +351,7 @@ fn blocks(dims: &Dims) -> impl Iterator<Item = ((usize, usize), usize)> {
 fn gemm_forward(q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], lse: &mut [f32], dims: Dims) {
     let Dims { t, s, h, d, .. } = dims;
     assert!(o.len() >= q.len(), "attention: output too small");
-    let out = Out(o.as_mut_ptr());
+    let out = cpu::SharedOut(o.as_mut_ptr());
     // lse is [B, H, T]: one chunk per task.
     cpu::for_each_chunk(lse, t, |bh, lse_h| {
         let hv = head_view(&dims, bh / h, bh % h);
@@ -397,7 +383,7 @@ fn gemm_backward(
 ) {
     let Dims { b: nb, t, s, h, d, scale, .. } = dims;
     assert!(dq.len() >= q.len(), "attention: dq too small");
-    let dq_out = Out(dq.as_mut_ptr());
+    let dq_out = cpu::SharedOut(dq.as_mut_ptr());
     let mut dkv = vec![0f32; nb * h * 2 * s * d];
     cpu::for_each_chunk(&mut dkv, 2 * s * d, |bh, dkv_h| {
         let (b, hh) = (bh / h, bh % h);

@@ -306,42 +306,6 @@ mod simd {
 const MANY_TOKENS: usize = 16;
 const TILE_ROWS: usize = 128;
 
-/// A pointer into an output that parallel tasks write in disjoint parts.
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-// SAFETY: only used where every task writes its own elements (see the callers).
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
-impl Out {
-    /// The pointer `i` floats on (a method, so closures capture the `Sync` wrapper, not the field).
-    fn at(self, i: usize) -> *mut f32 {
-        // SAFETY: callers stay inside the output they wrapped.
-        unsafe { self.0.add(i) }
-    }
-}
-
-fn cpu_threads() -> usize {
-    #[cfg(not(target_arch = "wasm32"))]
-    return rayon::current_num_threads();
-    #[cfg(target_arch = "wasm32")]
-    return 1;
-}
-
-/// Runs `f(tile_index, tile_buffer)` for `tiles` tiles in parallel, each task reusing one
-/// `len`-float buffer per thread.
-fn for_each_tile(tiles: usize, len: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        use rayon::prelude::*;
-        (0..tiles).into_par_iter().with_max_len(1).for_each_init(|| vec![0f32; len], |buf, i| f(i, buf));
-    }
-    #[cfg(target_arch = "wasm32")]
-    {
-        let mut buf = vec![0f32; len];
-        (0..tiles).for_each(|i| f(i, &mut buf));
-    }
-}
-
 /// CPU twin of `forward`. Few tokens: tasks of `ROWS_PER_TASK` weight rows, each row dequantized
 /// once into a [K] buffer and dotted with every token; results land in yᵀ [N, T], then are
 /// transposed. Many tokens: one parallel pass over tiles of `TILE_ROWS` rows, each task
@@ -351,8 +315,8 @@ fn for_each_tile(tiles: usize, len: usize, f: impl Fn(usize, &mut [f32]) + Sync 
 pub fn cpu_forward(x: &[f32], packed: &[u8], absmax: &[f32], bs: usize, y: &mut [f32], t: usize, n: usize, k: usize) {
     assert!(x.len() >= t * k && y.len() >= t * n, "matmul_nf4: buffers too small");
     if t >= MANY_TOKENS {
-        let out = Out(y.as_mut_ptr());
-        for_each_tile(n.div_ceil(TILE_ROWS), TILE_ROWS * k, |i, tile| {
+        let out = cpu::SharedOut(y.as_mut_ptr());
+        cpu::for_each_with_buffer(n.div_ceil(TILE_ROWS), TILE_ROWS * k, |i, tile| {
             let (n0, rows) = (i * TILE_ROWS, TILE_ROWS.min(n - i * TILE_ROWS));
             let tile = &mut tile[..rows * k];
             dequantize_range(packed, absmax, bs, n0 * k, tile);
@@ -363,7 +327,7 @@ pub fn cpu_forward(x: &[f32], packed: &[u8], absmax: &[f32], bs: usize, y: &mut 
         return;
     }
     let mut yt = vec![0f32; n * t];
-    let rows_per_task = n.div_ceil(4 * cpu_threads()).max(ROWS_PER_TASK);
+    let rows_per_task = n.div_ceil(4 * cpu::threads()).max(ROWS_PER_TASK);
     let xs = row_dot_input(x, t, k, bs);
     cpu::for_each_chunk(&mut yt, rows_per_task * t, |task, out| {
         let mut row = vec![0f32; k];
@@ -394,9 +358,9 @@ pub fn cpu_backward_dx(dy: &[f32], packed: &[u8], absmax: &[f32], bs: usize, dx:
     if t >= MANY_TOKENS {
         // One task per column block of dx (a multiple of the block size, so dequantization starts
         // on block boundaries): dx[:, k0..k0+kw] = Σ_tiles dy[:, n0..n0+rows] · W[n0..n0+rows, k0..k0+kw].
-        let width = k.div_ceil(cpu_threads()).next_multiple_of(bs.min(64));
-        let out = Out(dx.as_mut_ptr());
-        for_each_tile(k.div_ceil(width), TILE_ROWS * width, |i, tile| {
+        let width = k.div_ceil(cpu::threads()).next_multiple_of(bs.min(64));
+        let out = cpu::SharedOut(dx.as_mut_ptr());
+        cpu::for_each_with_buffer(k.div_ceil(width), TILE_ROWS * width, |i, tile| {
             let (k0, kw) = (i * width, width.min(k - i * width));
             for n0 in (0..n).step_by(TILE_ROWS) {
                 let rows = TILE_ROWS.min(n - n0);
