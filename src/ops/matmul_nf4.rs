@@ -254,31 +254,38 @@ mod simd {
 
     /// `row_dot` for T tokens. 16 packed bytes widen to 16 lanes; the permute reads only an
     /// index's low 4 bits, so it looks up the low nibbles directly and the high nibbles after one
-    /// shift, and these multiply the odd and even halves of x. Two accumulators per token, scaled
-    /// by the block's absmax once at the block's end.
+    /// shift, and these multiply the odd and even halves of x. The lookup table is scaled by each
+    /// chunk's absmax first (so weights are `code * absmax`, rounded as `dequantize` rounds them),
+    /// and two chunks per step feed four accumulators per token, enough independent FMAs to keep
+    /// the loop on the permute port instead of on FMA latency.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn row_dot_avx512<const T: usize>(packed: &[u8], absmax: &[f32], bs: usize, xs: &[f32], k: usize, y: &mut [f32]) {
         let lut = _mm512_loadu_ps(NF4_CODE.as_ptr());
-        let mut total = [_mm512_setzero_ps(); T];
-        for (b, &scale) in absmax[..k / bs].iter().enumerate() {
-            let mut acc = [[_mm512_setzero_ps(); 2]; T];
-            for p in (b * bs / 2..(b + 1) * bs / 2).step_by(16) {
-                let v = _mm512_cvtepu8_epi32(_mm_loadu_si128(packed.as_ptr().add(p) as *const __m128i));
-                let even = _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(v), lut);
-                let odd = _mm512_permutexvar_ps(v, lut);
-                for (ti, a) in acc.iter_mut().enumerate() {
-                    let xp = xs.as_ptr().add(ti * k + p);
-                    a[0] = _mm512_fmadd_ps(even, _mm512_loadu_ps(xp), a[0]);
-                    a[1] = _mm512_fmadd_ps(odd, _mm512_loadu_ps(xp.add(k / 2)), a[1]);
-                }
+        let shift = (bs / 32).trailing_zeros(); // 16-byte chunks per block = 1 << shift
+        let chunks = k / 32;
+        let mut acc = [[_mm512_setzero_ps(); 4]; T];
+        let step = |c: usize, l: __m512, acc: &mut [[__m512; 4]; T], slot: usize| {
+            let v = _mm512_cvtepu8_epi32(_mm_loadu_si128(packed.as_ptr().add(16 * c) as *const __m128i));
+            let even = _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(v), l);
+            let odd = _mm512_permutexvar_ps(v, l);
+            for (ti, a) in acc.iter_mut().enumerate() {
+                let xp = xs.as_ptr().add(ti * k + 16 * c);
+                a[slot] = _mm512_fmadd_ps(even, _mm512_loadu_ps(xp), a[slot]);
+                a[slot + 1] = _mm512_fmadd_ps(odd, _mm512_loadu_ps(xp.add(k / 2)), a[slot + 1]);
             }
-            let s = _mm512_set1_ps(scale);
-            for (tot, a) in total.iter_mut().zip(&acc) {
-                *tot = _mm512_fmadd_ps(_mm512_add_ps(a[0], a[1]), s, *tot);
-            }
+        };
+        let scaled = |c: usize| _mm512_mul_ps(lut, _mm512_set1_ps(*absmax.get_unchecked(c >> shift)));
+        let mut c = 0;
+        while c + 2 <= chunks {
+            step(c, scaled(c), &mut acc, 0);
+            step(c + 1, scaled(c + 1), &mut acc, 2);
+            c += 2;
         }
-        for (v, tot) in y.iter_mut().zip(&total) {
-            *v = _mm512_reduce_add_ps(*tot);
+        if c < chunks {
+            step(c, scaled(c), &mut acc, 0);
+        }
+        for (v, a) in y.iter_mut().zip(&acc) {
+            *v = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3])));
         }
     }
 
