@@ -17,17 +17,17 @@ struct Params {
     t: u32,
     n: u32,
     k: u32,
-    bs: u32,
+    block_shift: u32,
 }
 
 const OP: &str = "matmul_nf4";
-/// Tokens per workgroup (`UT` in the shader) and invocations per workgroup.
-const UT: usize = 8;
-const LX: u32 = 64;
 /// Token counts below this take the one-token-per-workgroup forward (`forward_few`).
 const FEW_TOKENS: usize = 4;
-/// Weight rows per forward invocation (`UN` in the shader).
-const UN: usize = 4;
+/// Weight rows per invocation: `forward` (`UN` in the shader) and `forward_few` (`UN_FEW`).
+const UN: usize = 8;
+const UN_FEW: usize = 4;
+/// Invocations per workgroup: at most LX_MAX, and (for `forward_few`) exactly that.
+const LX_MAX: usize = 64;
 /// CPU work items: weight rows per forward task, columns per dx task.
 const ROWS_PER_TASK: usize = 8;
 const COLS_PER_TASK: usize = 64;
@@ -71,6 +71,15 @@ fn gpu_params(t: usize, n: usize, k: usize, w: &Nf4Tensor) -> Result<Params> {
             hint: "dequantize this weight and use ops::matmul, or run on --device cpu",
         });
     }
+    // The kernels find a word's absmax block with a shift.
+    if !w.blocksize.is_power_of_two() || w.blocksize < 8 {
+        return Err(Error::Limit {
+            op: OP,
+            detail: format!("block size {} of `{}` is not a power of two of at least 8", w.blocksize, w.packed.label()),
+            limit: 8,
+            hint: "quantize with one of bitsandbytes' block sizes (64 for QLoRA), or run on --device cpu",
+        });
+    }
     let fits = |v: usize| u32::try_from(v).is_ok();
     if !fits(n * k) || !fits(t * n.max(k)) {
         return Err(Error::Limit {
@@ -80,7 +89,26 @@ fn gpu_params(t: usize, n: usize, k: usize, w: &Nf4Tensor) -> Result<Params> {
             hint: "split the batch into fewer tokens",
         });
     }
-    Ok(Params { t: t as u32, n: n as u32, k: k as u32, bs: w.blocksize as u32 })
+    Ok(Params { t: t as u32, n: n as u32, k: k as u32, block_shift: (w.blocksize / 8).trailing_zeros() })
+}
+
+/// Tokens per workgroup (`UT` in the shader, at most 32) for T tokens. 32 shares each unpacked
+/// weight word among the most tokens; few tokens take a smaller tile instead of computing clamped
+/// copies of the last token.
+fn token_tile(t: usize) -> usize {
+    match t {
+        0..=8 => 8,
+        9..=16 => 16,
+        _ => 32,
+    }
+}
+
+/// Invocations per workgroup (`LX`) when each owns `per` of `len` items (weight rows, words of K)
+/// in a workgroup of LX * per: the multiple of 8 up to LX_MAX that leaves the fewest idle
+/// invocations, the largest on ties (576 rows, 8 per invocation: 24, so 3 workgroups and none idle).
+fn lanes(len: usize, per: usize) -> usize {
+    let padded = |lx: usize| len.div_ceil(lx * per) * lx * per;
+    (8..=LX_MAX).step_by(8).min_by_key(|&lx| (padded(lx), std::cmp::Reverse(lx))).unwrap_or(LX_MAX)
 }
 
 /// y [.., N] = x [.., K] · deq(W)ᵀ for W [N, K].
@@ -101,10 +129,17 @@ pub fn forward(dev: &Device, x: &Tensor, w: &Nf4Tensor) -> Result<Tensor> {
                 return Ok(y);
             }
             let bufs = [(1, w.packed.bind(OP)?), (2, w.absmax.bind(OP)?), (3, x.bind(OP)?), (4, y.bind(OP)?)];
-            // Below FEW_TOKENS tokens a workgroup per token beats computing UT clamped copies.
-            let (entry, per_group) = if t < FEW_TOKENS { ("forward_few", 1) } else { ("forward", UT) };
-            let groups = [t.div_ceil(per_group) as u32, n.div_ceil(LX as usize * UN) as u32, 1];
-            g.dispatch(Kernel { shader: &shaders::MATMUL_NF4, entry }, &[("LX", LX)], &params, &bufs, groups)?;
+            // Below FEW_TOKENS tokens a workgroup per token beats computing clamped copies.
+            if t < FEW_TOKENS {
+                let groups = [t as u32, n.div_ceil(LX_MAX * UN_FEW) as u32, 1];
+                let kernel = Kernel { shader: &shaders::MATMUL_NF4, entry: "forward_few" };
+                g.dispatch(kernel, &[("LX", LX_MAX as u32)], &params, &bufs, groups)?;
+            } else {
+                let (ut, lx) = (token_tile(t), lanes(n, UN));
+                let groups = [t.div_ceil(ut) as u32, n.div_ceil(lx * UN) as u32, 1];
+                let consts = [("UT", ut as u32), ("LX", lx as u32)];
+                g.dispatch(Kernel { shader: &shaders::MATMUL_NF4, entry: "forward" }, &consts, &params, &bufs, groups)?;
+            }
         }
     }
     Ok(y)
@@ -127,9 +162,22 @@ pub fn backward_dx(dev: &Device, dy: &Tensor, w: &Nf4Tensor) -> Result<Tensor> {
             if t == 0 || k == 0 {
                 return Ok(dx);
             }
+            // The kernel reads dy as vec4s. When N % 4 != 0 its rows are not vec4-aligned and
+            // its buffer may end inside a vec4, so it reads a copy padded to whole vec4s.
+            let aligned = n % 4 == 0;
+            let padded;
+            let dy = if aligned {
+                dy
+            } else {
+                padded = Tensor::zeros(dev, "matmul_nf4.dy_padded", &[(t * n).next_multiple_of(4)], DType::F32);
+                g.copy(dy.bind(OP)?.1, 0, padded.bind(OP)?.1, 0, (t * n * 4) as u64);
+                &padded
+            };
             let bufs = [(1, w.packed.bind(OP)?), (2, w.absmax.bind(OP)?), (3, dy.bind(OP)?), (4, dx.bind(OP)?)];
-            let groups = [t.div_ceil(UT) as u32, (k / 8).div_ceil(LX as usize) as u32, 1];
-            g.dispatch(Kernel { shader: &shaders::MATMUL_NF4, entry: "backward_dx" }, &[("LX", LX)], &params, &bufs, groups)?;
+            let (ut, lx) = (token_tile(t), lanes(k / 8, 1));
+            let groups = [t.div_ceil(ut) as u32, (k / 8).div_ceil(lx) as u32, 1];
+            let consts = [("UT", ut as u32), ("LX", lx as u32), ("DY_ALIGNED", aligned as u32)];
+            g.dispatch(Kernel { shader: &shaders::MATMUL_NF4, entry: "backward_dx" }, &consts, &params, &bufs, groups)?;
         }
     }
     Ok(dx)

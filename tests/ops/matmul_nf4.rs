@@ -6,9 +6,12 @@ use flexlora::ops::{matmul, matmul_nf4, quant_nf4::Nf4Tensor};
 use flexlora::quant::nf4;
 use flexlora::Device;
 
-// T >= 16 takes the CPU's tiled path; (20, 300, 72) spans several tiles and a partial one.
-const SHAPES: [(usize, usize, usize); 7] =
-    [(7, 70, 192), (1, 70, 192), (3, 300, 64), (1, 33, 64), (19, 5, 200), (9, 130, 8), (20, 300, 72)];
+// T >= 16 takes the CPU's tiled path; (20, 300, 72) spans several tiles and a partial one. On the
+// GPU, T < 4 takes `forward_few`, T = 7, 9, 19 the token tiles of 8, 16 and 32; (45, 596, 88) and
+// (37, 131, 48) span two 32-token tiles with a partial one, and N that fills neither the forward's
+// row tiles nor (596 % 8 = 4) backward_dx's 8-row steps; N % 4 != 0 reads dy through a padded copy.
+const SHAPES: [(usize, usize, usize); 9] =
+    [(7, 70, 192), (1, 70, 192), (3, 300, 64), (1, 33, 64), (19, 5, 200), (9, 130, 8), (20, 300, 72), (45, 596, 88), (37, 131, 48)];
 
 fn weight(dev: &Device, n: usize, k: usize, seed: u64) -> (Nf4Tensor, Vec<f32>) {
     let w = Rng::new(seed).vec(n * k, 0.5);
