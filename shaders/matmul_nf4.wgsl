@@ -14,7 +14,8 @@
 // cheap, so the tiles are as large as lavapipe compiles well: 32 tokens x 8 weight rows per
 // forward invocation (256 accumulators), 32 tokens x 8 columns per backward invocation, walking
 // 8 weight rows per step. Each unpacked word then feeds 32 tokens and each uniform vec4 x / dy
-// load 32 FMAs (UT=8, UN=4 before: 8 tokens, 16 FMAs per x load, 8 per scalar dy load). Measured at SmolLM2's training shape (T=512, lavapipe, Mesa 25.0.7, 2 cores):
+// load 32 FMAs (UT=8, UN=4 before: 8 tokens, 16 FMAs per x load, 8 per scalar dy load).
+// Measured at SmolLM2's training shape (T=512, lavapipe, Mesa 25.0.7, 2 cores):
 //   forward, nf4 vs f32 (`multiply_nt4`), two runs of `flexlora bench nf4 --reps 2`:
 //     576->1536  147 / 153 ms vs 127 / 159 ms (0.86x / 1.03x; UT=8, UN=4 before: 233 ms, 0.65x)
 //     1536->576  155 / 149 ms vs 204 / 201 ms (1.31x / 1.34x; before: 303 ms, 0.65x)
