@@ -86,3 +86,20 @@ fn gpu_and_cpu_next_token_logits_agree() {
     let argmax = |v: &[f32]| v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
     assert_eq!(argmax(&got), argmax(&want));
 }
+
+#[test]
+fn decode_logits_through_the_8_bit_head_equal_the_f32_head() {
+    let Some(path) = model_path() else { return };
+    let cpu = common::cpu();
+    let (mut model, tok) = load::open(&cpu, &path, WeightFormat::Nf4 { blocksize: 64 }).unwrap();
+    assert!(model.head_q8.is_some(), "the default model's embedding is Q8_0, so its output projection must load as exact 8-bit");
+    let ids = tok.encode(&tok.chat_prompt(None, "def fibonacci(n):"), true).unwrap();
+    let logits = |model: &flexlora::model::Model| {
+        let mut cache = model.new_cache(&cpu, 1, ids.len());
+        common::read(&cpu, &model.forward(&cpu, &ids, &mut cache, false).unwrap())
+    };
+    let q8 = logits(&model);
+    model.head_q8 = None;
+    let f32_head = logits(&model);
+    common::assert_close("next-token logits, 8-bit vs f32 head", &q8, &f32_head, 1e-4, 1e-4);
+}

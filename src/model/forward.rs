@@ -9,7 +9,7 @@
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::model::weights::Model;
-use crate::ops::{attention, elementwise, embedding, matmul, rmsnorm, rope, swiglu};
+use crate::ops::{attention, elementwise, embedding, matmul, matmul_q8, rmsnorm, rope, swiglu};
 use crate::tensor::{DType, Tensor};
 
 /// Keys and values of every layer for B sequences, with room for `cap` positions each.
@@ -147,9 +147,16 @@ impl Model {
         Ok(x)
     }
 
-    /// logits [rows, V] = rmsnorm(x)·Eᵀ, or through lm_head when untied.
+    /// logits [rows, V] = rmsnorm(x)·Eᵀ, or through lm_head when untied; decode-sized batches on
+    /// the CPU read the exact 8-bit copy of the weight when there is one.
     fn logits(&self, dev: &Device, x: &Tensor) -> Result<Tensor> {
         let (xn, _) = rmsnorm::forward(dev, x, &self.norm, self.cfg.eps)?;
+        let rows = xn.shape()[0];
+        if let (Some(q8), true) = (&self.head_q8, rows < matmul_q8::MAX_TOKENS) {
+            let mut y = Tensor::zeros(dev, "logits", &[rows, self.cfg.vocab], DType::F32);
+            q8.forward(xn.host_f32("logits")?, rows, y.host_f32_mut("logits")?);
+            return Ok(y);
+        }
         match &self.lm_head {
             Some(head) => head.forward(dev, &xn),
             None => matmul::forward(dev, &xn, &self.embed, false, true),

@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::model::config::Config;
 use crate::model::lora::{Lora, LoraConfig};
 use crate::ops::quant_nf4::{self, Nf4Tensor};
-use crate::ops::{elementwise, matmul, matmul_nf4, rope::RopeTables};
+use crate::ops::{elementwise, matmul, matmul_nf4, matmul_q8::Q8Matrix, rope::RopeTables};
 use crate::tensor::Tensor;
 
 /// Where weights come from: a safetensors directory, a GGUF file, or memory (tests). Tensors are
@@ -140,6 +140,9 @@ pub struct Model {
     pub norm: Tensor, // [C]
     /// The output projection [V, C]; `None` when tied to `embed`.
     pub lm_head: Option<Linear>,
+    /// On the CPU, an exact 8-bit copy of the output projection for decode steps (see
+    /// `ops::matmul_q8`); `None` on the GPU or when the weight is not exactly 8-bit.
+    pub head_q8: Option<Q8Matrix>,
     pub rope: RopeTables,
     /// The attached adapter's configuration (the tensors live in each `Linear`).
     pub lora: Option<LoraConfig>,
@@ -216,20 +219,21 @@ impl Model {
             layers.push(Layer { attn_norm, q, k, v, o, mlp_norm, gate, up, down });
         }
         let norm = take("model.norm.weight", &[c])?;
-        let lm_head = if cfg.tied {
-            None
-        } else {
-            Some(Linear { weight: Weight::F32(take("lm_head.weight", &[cfg.vocab, c])?), bias: None, lora: None })
+        let head = if cfg.tied { None } else { Some(take("lm_head.weight", &[cfg.vocab, c])?) };
+        let head_q8 = match dev {
+            Device::Cpu(_) => Q8Matrix::exact(head.as_ref().unwrap_or(&embed).host_f32("load")?, cfg.vocab, c),
+            Device::Gpu(_) => None,
         };
+        let lm_head = head.map(|w| Linear { weight: Weight::F32(w), bias: None, lora: None });
         let rope = RopeTables::new(dev, &cfg.inv_freq(), cfg.max_pos.clamp(1, MAX_ROPE_POSITIONS))?;
-        Ok(Model { cfg, embed, layers, norm, lm_head, rope, lora: None })
+        Ok(Model { cfg, embed, layers, norm, lm_head, head_q8, rope, lora: None })
     }
 }
 
 impl Model {
     /// Device bytes of all weights and the parameter count (for "bytes per parameter" reports).
     pub fn weight_bytes(&self) -> (u64, usize) {
-        let mut bytes = self.embed.bytes() + self.norm.bytes();
+        let mut bytes = self.embed.bytes() + self.norm.bytes() + self.head_q8.as_ref().map_or(0, |h| h.bytes());
         let mut params = self.embed.numel() + self.norm.numel();
         let mut lin = |l: &Linear| {
             bytes += l.weight.bytes() + l.bias.as_ref().map_or(0, |b| b.bytes());

@@ -11,6 +11,7 @@ pub mod elementwise;
 pub mod embedding;
 pub mod matmul;
 pub mod matmul_nf4;
+pub mod matmul_q8;
 pub mod optim;
 pub mod quant_nf4;
 pub mod rmsnorm;

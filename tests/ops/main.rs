@@ -9,6 +9,7 @@ mod elementwise;
 mod embedding;
 mod matmul;
 mod matmul_nf4;
+mod matmul_q8;
 mod optim;
 mod quant_nf4;
 mod rmsnorm;
