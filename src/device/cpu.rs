@@ -202,17 +202,37 @@ pub unsafe fn gemm_ptr(
     );
 }
 
-/// Dot product of two equal-length slices, vectorized with AVX2/FMA when the CPU has them.
+/// Dot product of two equal-length slices, vectorized with AVX2/FMA when the CPU has them:
+/// inlined where the build targets FMA (the native builds of `.cargo/config.toml`), else through
+/// run-time detection.
+#[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(target_feature = "fma")]
+    return dot_with::<true>(a, b);
+    #[cfg(all(target_arch = "x86_64", not(target_feature = "fma")))]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the features were just detected.
         return unsafe { dot_avx2(a, b) };
     }
+    #[cfg(not(target_feature = "fma"))]
     dot_with::<false>(a, b)
 }
 
-#[cfg(target_arch = "x86_64")]
+/// Sum of a slice in 16 running partial sums (so it vectorizes).
+#[inline]
+pub fn sum(a: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let chunks = a.chunks_exact(16);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for i in 0..16 {
+            acc[i] += c[i];
+        }
+    }
+    fold16(acc) + tail
+}
+
+#[cfg(all(target_arch = "x86_64", not(target_feature = "fma")))]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
     // Compiled for AVX2 + FMA, the 16 accumulators become two 8-wide registers and mul_add one
@@ -230,7 +250,21 @@ fn dot_with<const FUSED: bool>(a: &[f32], b: &[f32]) -> f32 {
             acc[i] = if FUSED { x[i].mul_add(y[i], acc[i]) } else { acc[i] + x[i] * y[i] };
         }
     }
-    acc.iter().sum::<f32>() + tail
+    fold16(acc) + tail
+}
+
+/// The sum of 16 partial sums as a tree of halvings (vector adds and shuffles, not 15 dependent
+/// scalar adds: short dot products are dominated by this step).
+#[inline(always)]
+fn fold16(mut acc: [f32; 16]) -> f32 {
+    let mut w = 16;
+    while w > 1 {
+        w /= 2;
+        for i in 0..w {
+            acc[i] += acc[i + w];
+        }
+    }
+    acc[0]
 }
 
 /// e^x in f32 for the CPU twins' softmax loops, written so the compiler vectorizes it (libm's
@@ -244,10 +278,14 @@ pub fn exp(x: f32) -> f32 {
     const LN2_LO: f32 = 1.428_606_8e-6;
     const ROUND: f32 = 12_582_912.0; // 1.5·2²³: adding it rounds to an integer
     let x = x.clamp(-87.0, 88.0);
-    let k = (x * LOG2E + ROUND) - ROUND;
+    let rounded = x * LOG2E + ROUND;
+    let k = rounded - ROUND;
     let r = x - k * LN2_HI - k * LN2_LO;
     let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
-    p * f32::from_bits(((k as i32 + 127) as u32) << 23)
+    // k as an integer, read from the low bits of `rounded` (whose ulp is 1): unlike `k as i32`,
+    // which saturates element by element, this vectorizes.
+    let ki = rounded.to_bits().wrapping_sub(ROUND.to_bits()) as i32;
+    p * f32::from_bits(((ki + 127) as u32) << 23)
 }
 
 #[cfg(test)]

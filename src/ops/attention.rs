@@ -156,32 +156,107 @@ pub fn cpu_forward(q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], lse: &mut [f3
     cpu::for_each_chunk2(o, d, &mut lse_bth, 1, |bih, out, l| {
         let (bi, hh) = (bih / h, bih % h);
         let (b, i, g) = (bi / t, bi % t, hh / group);
-        let qv = &q[(bi * h + hh) * d..][..d];
-        let last = i + s - t;
-        let mut scores = vec![0f32; last + 1];
-        let mut m = f32::NEG_INFINITY;
-        for (j, sc) in scores.iter_mut().enumerate() {
-            *sc = scale * cpu::dot(qv, &k[((b * s_cap + j) * kv + g) * d..][..d]);
-            m = m.max(*sc);
-        }
-        let mut sum = 0f32;
-        out.fill(0.0);
-        for (j, &sc) in scores.iter().enumerate() {
-            let pj = cpu::exp(sc - m);
-            sum += pj;
-            let vj = &v[((b * s_cap + j) * kv + g) * d..][..d];
-            for (o, &x) in out.iter_mut().zip(vj) {
-                *o += pj * x;
-            }
-        }
-        out.iter_mut().for_each(|x| *x /= sum);
-        l[0] = m + sum.ln();
+        let keys = Keys { k, v, first: (b * s_cap * kv + g) * d, stride: kv * d, n: i + s - t + 1 };
+        l[0] = attend_row(&q[(bi * h + hh) * d..][..d], &keys, scale, out);
     });
     for (bi, lrow) in lse_bth.chunks(h).enumerate() {
         let (b, i) = (bi / t, bi % t);
         for (hh, &x) in lrow.iter().enumerate() {
             lse[(b * h + hh) * t + i] = x;
         }
+    }
+}
+
+/// The keys and values one query row sees: rows `first + j * stride` of k and v for j < n.
+struct Keys<'a> {
+    k: &'a [f32],
+    v: &'a [f32],
+    first: usize,
+    stride: usize,
+    n: usize,
+}
+
+impl Keys<'_> {
+    fn at(&self, j: usize) -> usize {
+        self.first + j * self.stride
+    }
+}
+
+/// One query row `q` of one head: out = softmax(scale·q·kⱼ)·V over the keys; returns the
+/// log-sum-exp. The decode step's attention, so its loops are written for speed.
+fn attend_row(q: &[f32], keys: &Keys, scale: f32, out: &mut [f32]) -> f32 {
+    let d = q.len();
+    assert!(out.len() == d && keys.n > 0 && keys.k.len().min(keys.v.len()) >= keys.first + (keys.n - 1) * keys.stride + d);
+    let mut p = vec![0f32; keys.n];
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") && d % 16 == 0 && d <= 128 {
+        // SAFETY: the feature was just detected; the assert bounds every row.
+        return unsafe {
+            match d / 16 {
+                1 => simd::attend_row::<1>(q, keys, scale, &mut p, out),
+                2 => simd::attend_row::<2>(q, keys, scale, &mut p, out),
+                3 => simd::attend_row::<3>(q, keys, scale, &mut p, out),
+                4 => simd::attend_row::<4>(q, keys, scale, &mut p, out),
+                5 => simd::attend_row::<5>(q, keys, scale, &mut p, out),
+                6 => simd::attend_row::<6>(q, keys, scale, &mut p, out),
+                7 => simd::attend_row::<7>(q, keys, scale, &mut p, out),
+                _ => simd::attend_row::<8>(q, keys, scale, &mut p, out),
+            }
+        };
+    }
+    for (j, pj) in p.iter_mut().enumerate() {
+        *pj = scale * cpu::dot(q, &keys.k[keys.at(j)..][..d]);
+    }
+    let (m, sum) = softmax_numerators(&mut p);
+    out.fill(0.0);
+    for (j, &pj) in p.iter().enumerate() {
+        for (o, &x) in out.iter_mut().zip(&keys.v[keys.at(j)..][..d]) {
+            *o += pj * x;
+        }
+    }
+    out.iter_mut().for_each(|x| *x /= sum);
+    m + sum.ln()
+}
+
+/// Scores -> exp(score - max) in place; returns (max, Σ exp).
+fn softmax_numerators(p: &mut [f32]) -> (f32, f32) {
+    let m = p.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    p.iter_mut().for_each(|x| *x = cpu::exp(*x - m)); // its own pass, so it vectorizes
+    (m, cpu::sum(p))
+}
+
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use super::{softmax_numerators, Keys};
+    use std::arch::x86_64::*;
+
+    /// `attend_row` for d = 16·C: q stays in C registers, each key's score is C FMAs and one
+    /// reduction (independent across keys, so they overlap), and the output accumulates in two
+    /// sets of C registers (even and odd keys) so consecutive FMAs do not wait on each other.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn attend_row<const C: usize>(q: &[f32], keys: &Keys, scale: f32, p: &mut [f32], out: &mut [f32]) -> f32 {
+        let qv: [__m512; C] = std::array::from_fn(|c| _mm512_loadu_ps(q.as_ptr().add(16 * c)));
+        for (j, pj) in p.iter_mut().enumerate() {
+            let kp = keys.k.as_ptr().add(keys.at(j));
+            let mut a = _mm512_mul_ps(qv[0], _mm512_loadu_ps(kp));
+            for (c, qc) in qv.iter().enumerate().skip(1) {
+                a = _mm512_fmadd_ps(*qc, _mm512_loadu_ps(kp.add(16 * c)), a);
+            }
+            *pj = scale * _mm512_reduce_add_ps(a);
+        }
+        let (m, sum) = softmax_numerators(p);
+        let mut acc = [[_mm512_setzero_ps(); C]; 2];
+        for (j, &pj) in p.iter().enumerate() {
+            let (vp, w, a) = (keys.v.as_ptr().add(keys.at(j)), _mm512_set1_ps(pj), &mut acc[j % 2]);
+            for (c, ac) in a.iter_mut().enumerate() {
+                *ac = _mm512_fmadd_ps(w, _mm512_loadu_ps(vp.add(16 * c)), *ac);
+            }
+        }
+        let inv = _mm512_set1_ps(1.0 / sum);
+        for c in 0..C {
+            _mm512_storeu_ps(out.as_mut_ptr().add(16 * c), _mm512_mul_ps(_mm512_add_ps(acc[0][c], acc[1][c]), inv));
+        }
+        m + sum.ln()
     }
 }
 

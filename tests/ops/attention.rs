@@ -1,10 +1,12 @@
 use crate::common::*;
 use flexlora::ops::attention::{self, Dims};
 
-/// Straightforward reference: full score matrix, explicit causal mask, f64 softmax.
-fn naive(q: &[f32], k: &[f32], v: &[f32], dm: Dims) -> Vec<f32> {
+/// Straightforward reference: full score matrix, explicit causal mask, f64 softmax. Returns the
+/// output and the log-sum-exp [B, H, T].
+fn naive(q: &[f32], k: &[f32], v: &[f32], dm: Dims) -> (Vec<f32>, Vec<f32>) {
     let Dims { b: nb, t, s, h, kv, d, scale, s_cap } = dm;
     let mut o = vec![0f32; nb * t * h * d];
+    let mut lse = vec![0f32; nb * h * t];
     for b in 0..nb {
         for hh in 0..h {
             let g = hh / (h / kv);
@@ -21,6 +23,7 @@ fn naive(q: &[f32], k: &[f32], v: &[f32], dm: Dims) -> Vec<f32> {
                     .collect();
                 let m = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let z: f64 = sc.iter().map(|x| (x - m).exp()).sum();
+                lse[(b * h + hh) * t + i] = (m + z.ln()) as f32;
                 for e in 0..d {
                     o[((b * t + i) * h + hh) * d + e] =
                         (0..s).map(|j| (sc[j] - m).exp() / z * v[((b * s_cap + j) * kv + g) * d + e] as f64).sum::<f64>() as f32;
@@ -28,7 +31,7 @@ fn naive(q: &[f32], k: &[f32], v: &[f32], dm: Dims) -> Vec<f32> {
             }
         }
     }
-    o
+    (o, lse)
 }
 
 fn inputs(dm: Dims, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
@@ -44,6 +47,11 @@ fn cpu_forward_matches_naive_with_cache_and_gqa() {
         Dims { b: 2, t: 5, s: 5, h: 4, kv: 2, d: 8, scale: 0.35, s_cap: 5 },
         Dims { b: 1, t: 3, s: 7, h: 3, kv: 1, d: 5, scale: 0.5, s_cap: 7 },
         Dims { b: 2, t: 2, s: 6, h: 2, kv: 1, d: 4, scale: 0.5, s_cap: 9 },
+        // Decode-sized rows with d a multiple of 16 take the AVX-512 row kernel where the CPU has
+        // it (d = 64: SmolLM2's heads, an odd number of keys; d = 48 and 128: 3 and 8 registers).
+        Dims { b: 2, t: 1, s: 37, h: 9, kv: 3, d: 64, scale: 0.125, s_cap: 40 },
+        Dims { b: 1, t: 3, s: 20, h: 4, kv: 2, d: 48, scale: 0.15, s_cap: 20 },
+        Dims { b: 1, t: 2, s: 11, h: 2, kv: 1, d: 128, scale: 0.09, s_cap: 12 },
         // From 8 queries on the CPU twin takes its per-head GEMM path.
         Dims { b: 2, t: 9, s: 12, h: 4, kv: 2, d: 8, scale: 0.35, s_cap: 14 },
         Dims { b: 1, t: 33, s: 33, h: 3, kv: 1, d: 16, scale: 0.25, s_cap: 33 },
@@ -51,7 +59,7 @@ fn cpu_forward_matches_naive_with_cache_and_gqa() {
         Dims { b: 1, t: 150, s: 170, h: 2, kv: 1, d: 8, scale: 0.3, s_cap: 171 },
     ] {
         let (q, k, v, _) = inputs(dm, 70);
-        let (o, _) = attention::forward(
+        let (o, lse) = attention::forward(
             &dev,
             &up(&dev, &[dm.b * dm.t, dm.h * dm.d], &q),
             &up(&dev, &[dm.b * dm.s_cap, dm.kv * dm.d], &k),
@@ -59,7 +67,9 @@ fn cpu_forward_matches_naive_with_cache_and_gqa() {
             dm,
         )
         .unwrap();
-        assert_close("attention vs naive", &read(&dev, &o), &naive(&q, &k, &v, dm), 1e-5, 1e-4);
+        let (want_o, want_lse) = naive(&q, &k, &v, dm);
+        assert_close(&format!("attention vs naive {dm:?}"), &read(&dev, &o), &want_o, 1e-5, 1e-4);
+        assert_close(&format!("lse vs naive {dm:?}"), &read(&dev, &lse), &want_lse, 1e-5, 1e-5);
     }
 }
 
