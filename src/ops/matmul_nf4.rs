@@ -231,20 +231,22 @@ fn row_dot_input(x: &[f32], t: usize, k: usize, bs: usize) -> Option<Vec<f32>> {
     None
 }
 
-/// y[ti] = Σ_j deq(row)[j]·x[ti, j] for every token, with the codes decoded in registers and never
-/// stored. `xs` comes from `row_dot_input` (which says when this applies).
-fn row_dot(packed: &[u8], absmax: &[f32], bs: usize, xs: &[f32], k: usize, y: &mut [f32]) {
-    assert!(packed.len() >= k / 2 && absmax.len() >= k / bs && xs.len() >= y.len() * k);
+/// y[r, ti] = Σ_j deq(row r)[j]·x[ti, j] for every row of `packed` (whole rows of K codes) and
+/// every token (y is [rows, T]), with the codes decoded in registers and never stored. `xs` comes
+/// from `row_dot_input` (which says when this applies).
+fn row_dot(packed: &[u8], absmax: &[f32], bs: usize, xs: &[f32], k: usize, t: usize, y: &mut [f32]) {
+    let rows = y.len() / t;
+    assert!(packed.len() >= rows * k / 2 && absmax.len() >= rows * k / bs && xs.len() >= t * k);
     #[cfg(target_arch = "x86_64")]
-    for (ti, ys) in y.chunks_mut(4).enumerate() {
-        let xs = &xs[4 * ti * k..];
+    for t0 in (0..t).step_by(4) {
+        let xs = &xs[t0 * k..];
         // SAFETY: `row_dot_input` checked the feature; the assert bounds every access.
         unsafe {
-            match ys.len() {
-                1 => simd::row_dot_avx512::<1>(packed, absmax, bs, xs, k, ys),
-                2 => simd::row_dot_avx512::<2>(packed, absmax, bs, xs, k, ys),
-                3 => simd::row_dot_avx512::<3>(packed, absmax, bs, xs, k, ys),
-                _ => simd::row_dot_avx512::<4>(packed, absmax, bs, xs, k, ys),
+            match (t - t0).min(4) {
+                1 => simd::row_dot_avx512::<1>(packed, absmax, bs, xs, k, rows, y, t, t0),
+                2 => simd::row_dot_avx512::<2>(packed, absmax, bs, xs, k, rows, y, t, t0),
+                3 => simd::row_dot_avx512::<3>(packed, absmax, bs, xs, k, rows, y, t, t0),
+                _ => simd::row_dot_avx512::<4>(packed, absmax, bs, xs, k, rows, y, t, t0),
             }
         }
     }
@@ -307,33 +309,48 @@ mod simd {
     /// and two chunks per step feed four accumulators per token, enough independent FMAs to keep
     /// the loop on the permute port instead of on FMA latency.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn row_dot_avx512<const T: usize>(packed: &[u8], absmax: &[f32], bs: usize, xs: &[f32], k: usize, y: &mut [f32]) {
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn row_dot_avx512<const T: usize>(
+        packed: &[u8],
+        absmax: &[f32],
+        bs: usize,
+        xs: &[f32],
+        k: usize,
+        rows: usize,
+        y: &mut [f32],
+        stride: usize,
+        t0: usize,
+    ) {
         let lut = _mm512_loadu_ps(NF4_CODE.as_ptr());
         let shift = (bs / 32).trailing_zeros(); // 16-byte chunks per block = 1 << shift
         let chunks = k / 32;
-        let mut acc = [[_mm512_setzero_ps(); 4]; T];
-        let step = |c: usize, l: __m512, acc: &mut [[__m512; 4]; T], slot: usize| {
-            let v = _mm512_cvtepu8_epi32(_mm_loadu_si128(packed.as_ptr().add(16 * c) as *const __m128i));
-            let even = _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(v), l);
-            let odd = _mm512_permutexvar_ps(v, l);
-            for (ti, a) in acc.iter_mut().enumerate() {
-                let xp = xs.as_ptr().add(ti * k + 16 * c);
-                a[slot] = _mm512_fmadd_ps(even, _mm512_loadu_ps(xp), a[slot]);
-                a[slot + 1] = _mm512_fmadd_ps(odd, _mm512_loadu_ps(xp.add(k / 2)), a[slot + 1]);
+        for r in 0..rows {
+            let (packed, absmax) = (packed.as_ptr().add(r * k / 2), absmax.as_ptr().add(r * k / bs));
+            let mut acc = [[_mm512_setzero_ps(); 4]; T];
+            let step = |c: usize, l: __m512, acc: &mut [[__m512; 4]; T], slot: usize| {
+                let v = _mm512_cvtepu8_epi32(_mm_loadu_si128(packed.add(16 * c) as *const __m128i));
+                let even = _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(v), l);
+                let odd = _mm512_permutexvar_ps(v, l);
+                for (ti, a) in acc.iter_mut().enumerate() {
+                    let xp = xs.as_ptr().add(ti * k + 16 * c);
+                    a[slot] = _mm512_fmadd_ps(even, _mm512_loadu_ps(xp), a[slot]);
+                    a[slot + 1] = _mm512_fmadd_ps(odd, _mm512_loadu_ps(xp.add(k / 2)), a[slot + 1]);
+                }
+            };
+            let scaled = |c: usize| _mm512_mul_ps(lut, _mm512_set1_ps(*absmax.add(c >> shift)));
+            let mut c = 0;
+            while c + 2 <= chunks {
+                step(c, scaled(c), &mut acc, 0);
+                step(c + 1, scaled(c + 1), &mut acc, 2);
+                c += 2;
             }
-        };
-        let scaled = |c: usize| _mm512_mul_ps(lut, _mm512_set1_ps(*absmax.get_unchecked(c >> shift)));
-        let mut c = 0;
-        while c + 2 <= chunks {
-            step(c, scaled(c), &mut acc, 0);
-            step(c + 1, scaled(c + 1), &mut acc, 2);
-            c += 2;
-        }
-        if c < chunks {
-            step(c, scaled(c), &mut acc, 0);
-        }
-        for (v, a) in y.iter_mut().zip(&acc) {
-            *v = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3])));
+            if c < chunks {
+                step(c, scaled(c), &mut acc, 0);
+            }
+            for (ti, a) in acc.iter().enumerate() {
+                let sum = _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3]));
+                *y.get_unchecked_mut(r * stride + t0 + ti) = _mm512_reduce_add_ps(sum);
+            }
         }
     }
 
@@ -385,13 +402,13 @@ pub fn cpu_forward(x: &[f32], packed: &[u8], absmax: &[f32], bs: usize, y: &mut 
     let rows_per_task = n.div_ceil(4 * cpu::threads()).max(ROWS_PER_TASK);
     let xs = row_dot_input(x, t, k, bs);
     cpu::for_each_chunk(&mut yt, rows_per_task * t, |task, out| {
+        let n0 = task * rows_per_task;
+        if let Some(xs) = &xs {
+            return row_dot(&packed[n0 * k / 2..], &absmax[n0 * k / bs..], bs, xs, k, t, out);
+        }
         let mut row = vec![0f32; k];
         for (r, yr) in out.chunks_mut(t).enumerate() {
-            let nn = task * rows_per_task + r;
-            if let Some(xs) = &xs {
-                row_dot(&packed[nn * k / 2..], &absmax[nn * k / bs..], bs, xs, k, yr);
-                continue;
-            }
+            let nn = n0 + r;
             dequantize_range(packed, absmax, bs, nn * k, &mut row);
             for (ti, v) in yr.iter_mut().enumerate() {
                 *v = cpu::dot(&x[ti * k..(ti + 1) * k], &row);
