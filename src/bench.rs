@@ -75,7 +75,8 @@ pub fn peak_rss() -> Option<u64> {
 }
 
 /// Prefill and decode speed of `model` on `dev`: `prompt` tokens in one pass, then `decode`
-/// single-token steps with the KV cache (greedy, no sampling cost).
+/// single-token steps with the KV cache (greedy, no sampling cost); peak memory; and on the CPU
+/// how close decode comes to the bound set by reading its weights at the measured bandwidth.
 pub fn generate(dev: &Device, model: &crate::model::Model, prompt: usize, decode: usize, out: &mut impl Write) -> Result<()> {
     let v = model.cfg.vocab as u32;
     let ids: Vec<u32> = (0..prompt as u32).map(|i| (i * 7919 + 13) % v).collect();
@@ -99,7 +100,64 @@ pub fn generate(dev: &Device, model: &crate::model::Model, prompt: usize, decode
         dec,
         decode as f64 / dec
     );
+    // How far decode is from the memory-bandwidth bound.
+    let (c, kv_bytes) = (&model.cfg, 4 * cache.k.len() * (prompt + decode) * model.cfg.kv * model.cfg.d);
+    let weights = model.decode_weight_bytes() as f64;
+    let _ = writeln!(
+        out,
+        "  one decode step reads {:.1} MB of weights (+ {:.1} MB of KV cache at the last position; {} layers)",
+        weights / 1e6,
+        2.0 * kv_bytes as f64 / 1e6,
+        c.layers
+    );
+    if let Some(rss) = peak_rss() {
+        let _ = writeln!(out, "  peak resident memory: {:.0} MiB", rss as f64 / (1 << 20) as f64);
+    }
+    // After the peak-memory reading: this allocates 512 MiB.
+    if matches!(dev, Device::Cpu(_)) {
+        let bw = read_bandwidth();
+        let bound = bw / weights;
+        let _ = writeln!(
+            out,
+            "  memory read bandwidth {:.1} GB/s ({} threads): weights alone bound decode at {bound:.0} tokens/s; measured is {:.0}% of that",
+            bw / 1e9,
+            crate::device::cpu::threads(),
+            100.0 * decode as f64 / dec / bound
+        );
+    }
     Ok(())
+}
+
+/// Read bandwidth of main memory in bytes/s: every thread summing its share of a 512 MiB buffer
+/// (far larger than any cache), best of three passes after a warm-up.
+fn read_bandwidth() -> f64 {
+    use crate::device::cpu;
+    let buf = vec![1f32; 1 << 27];
+    let tasks = 4 * cpu::threads();
+    let per = buf.len() / tasks;
+    let mut sums = vec![0f32; tasks];
+    let mut best = f64::INFINITY;
+    for rep in 0..4 {
+        let t0 = Instant::now();
+        cpu::for_each_chunk(&mut sums, 1, |i, s| s[0] = wide_sum(&buf[i * per..(i + 1) * per]));
+        if rep > 0 {
+            best = best.min(t0.elapsed().as_secs_f64());
+        }
+    }
+    assert_eq!(sums.iter().sum::<f32>(), (tasks * per) as f32, "bandwidth pass summed wrongly");
+    (tasks * per * 4) as f64 / best
+}
+
+/// A sum with 64 running partial sums: enough independent adds to keep up with memory (16 reach
+/// only about two thirds of the bandwidth here).
+fn wide_sum(a: &[f32]) -> f32 {
+    let mut acc = [0f32; 64];
+    for c in a.chunks_exact(64) {
+        for i in 0..64 {
+            acc[i] += c[i];
+        }
+    }
+    acc.iter().sum::<f32>() + a.chunks_exact(64).remainder().iter().sum::<f32>()
 }
 
 /// Fused NF4 matmul (x · deq(W)ᵀ) against the f32 matmul on the same shapes and device: the

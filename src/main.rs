@@ -526,9 +526,6 @@ fn run(cli: Cli) -> Result<()> {
             let (m, _) = open_model(&sel.device, &model, &dev)?;
             println!("{} on {}", model.display(), sel.device.name());
             flexlora::bench::generate(&sel.device, &m, prompt_tokens, decode_tokens, &mut std::io::stdout())?;
-            if let Some(rss) = flexlora::bench::peak_rss() {
-                println!("  peak resident memory: {:.0} MiB", rss as f64 / (1 << 20) as f64);
-            }
             Ok(())
         }
     }

@@ -231,6 +231,23 @@ impl Model {
 }
 
 impl Model {
+    /// Bytes of weights one decode step reads: every layer's weights and norms, and the output
+    /// projection (its 8-bit copy when decode uses one); of the embedding only one row.
+    pub fn decode_weight_bytes(&self) -> u64 {
+        let head = match (&self.head_q8, &self.lm_head) {
+            (Some(q8), _) => q8.bytes(),
+            (None, Some(h)) => h.weight.bytes(),
+            (None, None) => self.embed.bytes(),
+        };
+        let layers: u64 = (self.layers.iter())
+            .map(|l| {
+                let lin: u64 = l.linears().iter().map(|x| x.weight.bytes() + x.bias.as_ref().map_or(0, |b| b.bytes())).sum();
+                lin + l.attn_norm.bytes() + l.mlp_norm.bytes()
+            })
+            .sum();
+        head + self.norm.bytes() + layers + (4 * self.cfg.c) as u64
+    }
+
     /// Device bytes of all weights and the parameter count (for "bytes per parameter" reports).
     pub fn weight_bytes(&self) -> (u64, usize) {
         let mut bytes = self.embed.bytes() + self.norm.bytes() + self.head_q8.as_ref().map_or(0, |h| h.bytes());

@@ -253,8 +253,8 @@ mod simd {
             }
         }
         let inv = _mm512_set1_ps(1.0 / sum);
-        for c in 0..C {
-            _mm512_storeu_ps(out.as_mut_ptr().add(16 * c), _mm512_mul_ps(_mm512_add_ps(acc[0][c], acc[1][c]), inv));
+        for (c, (a0, a1)) in acc[0].iter().zip(&acc[1]).enumerate() {
+            _mm512_storeu_ps(out.as_mut_ptr().add(16 * c), _mm512_mul_ps(_mm512_add_ps(*a0, *a1), inv));
         }
         m + sum.ln()
     }
