@@ -202,19 +202,13 @@ pub unsafe fn gemm_ptr(
     );
 }
 
-/// Dot product of two equal-length slices, vectorized with AVX2/FMA when the CPU has them:
-/// inlined where the build targets FMA (the native builds of `.cargo/config.toml`), else through
-/// run-time detection.
-#[inline]
+/// Dot product of two equal-length slices, vectorized with AVX2/FMA when the CPU has them.
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    #[cfg(target_feature = "fma")]
-    return dot_with::<true>(a, b);
-    #[cfg(all(target_arch = "x86_64", not(target_feature = "fma")))]
+    #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the features were just detected.
         return unsafe { dot_avx2(a, b) };
     }
-    #[cfg(not(target_feature = "fma"))]
     dot_with::<false>(a, b)
 }
 
@@ -229,10 +223,10 @@ pub fn sum(a: &[f32]) -> f32 {
             acc[i] += c[i];
         }
     }
-    fold16(acc) + tail
+    acc.iter().sum::<f32>() + tail
 }
 
-#[cfg(all(target_arch = "x86_64", not(target_feature = "fma")))]
+#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
     // Compiled for AVX2 + FMA, the 16 accumulators become two 8-wide registers and mul_add one
@@ -250,21 +244,7 @@ fn dot_with<const FUSED: bool>(a: &[f32], b: &[f32]) -> f32 {
             acc[i] = if FUSED { x[i].mul_add(y[i], acc[i]) } else { acc[i] + x[i] * y[i] };
         }
     }
-    fold16(acc) + tail
-}
-
-/// The sum of 16 partial sums as a tree of halvings (vector adds and shuffles, not 15 dependent
-/// scalar adds: short dot products are dominated by this step).
-#[inline(always)]
-fn fold16(mut acc: [f32; 16]) -> f32 {
-    let mut w = 16;
-    while w > 1 {
-        w /= 2;
-        for i in 0..w {
-            acc[i] += acc[i + w];
-        }
-    }
-    acc[0]
+    acc.iter().sum::<f32>() + tail
 }
 
 /// e^x in f32 for the CPU twins' softmax loops, written so the compiler vectorizes it (libm's
