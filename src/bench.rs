@@ -101,7 +101,8 @@ pub fn generate(dev: &Device, model: &crate::model::Model, prompt: usize, decode
         decode as f64 / dec
     );
     // How far decode is from the memory-bandwidth bound.
-    let (c, kv_bytes) = (&model.cfg, 4 * cache.k.len() * (prompt + decode) * model.cfg.kv * model.cfg.d);
+    let c = &model.cfg;
+    let kv_bytes = 4 * c.layers * (prompt + decode) * c.kv * c.d;
     let weights = model.decode_weight_bytes() as f64;
     let _ = writeln!(
         out,
@@ -129,7 +130,8 @@ pub fn generate(dev: &Device, model: &crate::model::Model, prompt: usize, decode
 }
 
 /// Read bandwidth of main memory in bytes/s: every thread summing its share of a 512 MiB buffer
-/// (far larger than any cache), best of three passes after a warm-up.
+/// (far larger than any cache) with 64 partial sums (16 reach only about two thirds of the
+/// bandwidth here), best of three passes after a warm-up.
 fn read_bandwidth() -> f64 {
     use crate::device::cpu;
     let buf = vec![1f32; 1 << 27];
@@ -139,25 +141,13 @@ fn read_bandwidth() -> f64 {
     let mut best = f64::INFINITY;
     for rep in 0..4 {
         let t0 = Instant::now();
-        cpu::for_each_chunk(&mut sums, 1, |i, s| s[0] = wide_sum(&buf[i * per..(i + 1) * per]));
+        cpu::for_each_chunk(&mut sums, 1, |i, s| s[0] = cpu::sum_lanes::<64>(&buf[i * per..(i + 1) * per]));
         if rep > 0 {
             best = best.min(t0.elapsed().as_secs_f64());
         }
     }
     assert_eq!(sums.iter().sum::<f32>(), (tasks * per) as f32, "bandwidth pass summed wrongly");
     (tasks * per * 4) as f64 / best
-}
-
-/// A sum with 64 running partial sums: enough independent adds to keep up with memory (16 reach
-/// only about two thirds of the bandwidth here).
-fn wide_sum(a: &[f32]) -> f32 {
-    let mut acc = [0f32; 64];
-    for c in a.chunks_exact(64) {
-        for i in 0..64 {
-            acc[i] += c[i];
-        }
-    }
-    acc.iter().sum::<f32>() + a.chunks_exact(64).remainder().iter().sum::<f32>()
 }
 
 /// Fused NF4 matmul (x · deq(W)ᵀ) against the f32 matmul on the same shapes and device: the

@@ -215,15 +215,32 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// Sum of a slice in 16 running partial sums (so it vectorizes).
 #[inline]
 pub fn sum(a: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let chunks = a.chunks_exact(16);
+    sum_lanes::<16>(a)
+}
+
+/// Sum of a slice in L running partial sums: more lanes, more independent adds in flight (64 keep
+/// up with main memory, see `bench::read_bandwidth`).
+#[inline]
+pub fn sum_lanes<const L: usize>(a: &[f32]) -> f32 {
+    let mut acc = [0f32; L];
+    let chunks = a.chunks_exact(L);
     let tail: f32 = chunks.remainder().iter().sum();
     for c in chunks {
-        for i in 0..16 {
+        for i in 0..L {
             acc[i] += c[i];
         }
     }
     acc.iter().sum::<f32>() + tail
+}
+
+/// dst [m, n] = srcᵀ for src [n, m] (row-major): the per-weight-row results of the decode kernels
+/// back into token-major order.
+pub fn transpose_into(src: &[f32], n: usize, m: usize, dst: &mut [f32]) {
+    for nn in 0..n {
+        for ti in 0..m {
+            dst[ti * n + nn] = src[nn * m + ti];
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -103,6 +103,11 @@ impl Linear {
         Ok(y)
     }
 
+    /// Device bytes of the frozen weight and bias.
+    pub fn bytes(&self) -> u64 {
+        self.weight.bytes() + self.bias.as_ref().map_or(0, |b| b.bytes())
+    }
+
     pub fn out_features(&self) -> usize {
         self.weight.shape()[0]
     }
@@ -241,7 +246,7 @@ impl Model {
         };
         let layers: u64 = (self.layers.iter())
             .map(|l| {
-                let lin: u64 = l.linears().iter().map(|x| x.weight.bytes() + x.bias.as_ref().map_or(0, |b| b.bytes())).sum();
+                let lin: u64 = l.linears().iter().map(|x| x.bytes()).sum();
                 lin + l.attn_norm.bytes() + l.mlp_norm.bytes()
             })
             .sum();
@@ -253,7 +258,7 @@ impl Model {
         let mut bytes = self.embed.bytes() + self.norm.bytes() + self.head_q8.as_ref().map_or(0, |h| h.bytes());
         let mut params = self.embed.numel() + self.norm.numel();
         let mut lin = |l: &Linear| {
-            bytes += l.weight.bytes() + l.bias.as_ref().map_or(0, |b| b.bytes());
+            bytes += l.bytes();
             params += l.weight.shape().iter().product::<usize>() + l.bias.as_ref().map_or(0, |b| b.numel());
         };
         for layer in &self.layers {

@@ -415,11 +415,7 @@ pub fn cpu_forward(x: &[f32], packed: &[u8], absmax: &[f32], bs: usize, y: &mut 
             }
         }
     });
-    for nn in 0..n {
-        for ti in 0..t {
-            y[ti * n + nn] = yt[nn * t + ti];
-        }
-    }
+    cpu::transpose_into(&yt, n, t, y);
 }
 
 /// CPU twin of `backward_dx`: tasks of `COLS_PER_TASK` columns of W; each walks the N rows,

@@ -68,11 +68,7 @@ impl Q8Matrix {
                 rows_dot(q, scale, &x[t0 * k..], k, (m - t0).min(8), out, m, t0);
             }
         });
-        for nn in 0..n {
-            for ti in 0..m {
-                y[ti * n + nn] = yt[nn * m + ti];
-            }
-        }
+        cpu::transpose_into(&yt, n, m, y);
     }
 }
 
