@@ -48,7 +48,7 @@ fn check_case(dev: &Device, case: &Case, n: usize) {
     let base = MemorySource(
         case.f32s.iter().filter_map(|(k, v)| k.strip_prefix(&format!("{p}base.")).map(|name| (name.to_string(), v.clone()))).collect(),
     );
-    let lora = peft::parse_config(std::path::Path::new("oracle lora"), &case.meta[&format!("{p}lora")]).unwrap();
+    let lora = peft::parse_config("oracle lora", &case.meta[&format!("{p}lora")]).unwrap();
     let mut model = Model::load(dev, cfg.clone(), &mut base.clone(), WeightFormat::F32).unwrap();
 
     let ids: Vec<u32> = case.i32s[&format!("{p}input_ids")].iter().map(|&i| i as u32).collect();

@@ -7,17 +7,19 @@
 //! - `gguf_model`: a model's config, tensors (HF names) and tokenizer from a GGUF file.
 //! - `safetensors` (native): Hugging Face model directories, memory-mapped.
 //! - `convert` (native): any model we read, written as a Hugging Face directory.
-//! - `peft` (native): LoRA adapters in Hugging Face PEFT's directory layout.
+//! - `safetensors_bytes`: one safetensors file held in memory, as f32 tensors.
+//! - `peft`: LoRA adapters in Hugging Face PEFT's directory layout (from bytes anywhere; from and
+//!   to directories natively).
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod convert;
 pub mod ggml_blocks;
 pub mod gguf;
 pub mod gguf_model;
-#[cfg(not(target_arch = "wasm32"))]
 pub mod peft;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod safetensors;
+pub mod safetensors_bytes;
 
 pub use ggml_blocks::GgmlType;
 pub use gguf::{GgufFile, GgufWriter, TensorInfo, TensorView, Value};

@@ -1,23 +1,25 @@
 //! LoRA adapters as Hugging Face PEFT saves them: a directory with `adapter_config.json` and
 //! `adapter_model.safetensors` (tensors named `base_model.model.model.layers.{i}.{module}.lora_A.weight`).
 //! What flexlora writes, `PeftModel.from_pretrained` loads, and the other way round.
-
-use std::collections::HashMap;
-use std::path::Path;
+//!
+//! Parsing works on text and bytes ([`parse_config`], [`attach_bytes`]), so the browser build
+//! loads adapters with the same code; reading and writing directories is native.
 
 use serde_json::json;
 
-use crate::device::{block_on, Device};
+use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::model::load::{safetensors, write_atomic};
+use crate::model::load::safetensors_bytes;
 use crate::model::lora::{LoraConfig, Target};
 use crate::model::weights::Model;
+#[cfg(not(target_arch = "wasm32"))]
+pub use native::{host_tensors, load, save};
 
 pub const CONFIG_FILE: &str = "adapter_config.json";
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
 
-fn config_err(path: &Path, detail: impl Into<String>) -> Error {
-    Error::Config { file: path.display().to_string(), detail: detail.into() }
+fn config_err(origin: &str, detail: impl Into<String>) -> Error {
+    Error::Config { file: origin.to_string(), detail: detail.into() }
 }
 
 /// The PEFT `adapter_config.json` for `cfg`.
@@ -43,8 +45,8 @@ pub fn config_json(cfg: &LoraConfig, base_model: &str) -> String {
 }
 
 /// Parses a PEFT `adapter_config.json`, rejecting what flexlora cannot apply (DoRA, other PEFT
-/// types, biases, extra trained modules) with a message naming the key.
-pub fn parse_config(path: &Path, text: &str) -> Result<LoraConfig> {
+/// types, biases, extra trained modules) with a message naming the key. `path` names the file.
+pub fn parse_config(path: &str, text: &str) -> Result<LoraConfig> {
     let v: serde_json::Value = serde_json::from_str(text).map_err(|e| config_err(path, e.to_string()))?;
     let get = |k: &str| v.get(k).filter(|x| !x.is_null());
     if let Some(t) = get("peft_type").and_then(|t| t.as_str()) {
@@ -89,41 +91,64 @@ pub fn parse_config(path: &Path, text: &str) -> Result<LoraConfig> {
     Ok(cfg)
 }
 
-/// The adapter's tensors read back to the host, PEFT-named, in `lora_tensors` order.
-pub fn host_tensors(dev: &Device, model: &Model) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
-    let mut out = Vec::new();
-    for (name, t) in model.lora_tensors() {
-        out.push((name, t.shape().to_vec(), block_on(Some(dev), t.to_vec_f32(dev))?));
-    }
-    Ok(out)
-}
-
-/// Writes the model's adapter into `dir` (created if needed) in PEFT's layout, each file atomically.
-pub fn save(dev: &Device, model: &Model, dir: &Path, base_model: &str) -> Result<()> {
-    let cfg = model.lora.as_ref().ok_or_else(|| config_err(dir, "the model has no adapter to save"))?;
-    std::fs::create_dir_all(dir).map_err(|e| config_err(dir, format!("cannot create the directory: {e}")))?;
-    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-    safetensors::write(&dir.join(WEIGHTS_FILE), &host_tensors(dev, model)?, Some(meta))?;
-    write_atomic(&dir.join(CONFIG_FILE), config_json(cfg, base_model).as_bytes())
-}
-
-/// Reads a PEFT adapter directory (or its `adapter_model.safetensors`) and attaches it to `model`.
-pub fn load(dev: &Device, model: &mut Model, path: &Path) -> Result<LoraConfig> {
-    let dir = if path.is_file() { path.parent().unwrap_or(Path::new(".")) } else { path };
-    let cfg_path = dir.join(CONFIG_FILE);
-    let text = std::fs::read_to_string(&cfg_path).map_err(|e| {
-        config_err(&cfg_path, format!("{e}; an adapter directory holds {CONFIG_FILE} and {WEIGHTS_FILE} as PEFT saves them"))
-    })?;
-    let cfg = parse_config(&cfg_path, &text)?;
-    let weights = dir.join(WEIGHTS_FILE);
-    if !weights.exists() && dir.join("adapter_model.bin").exists() {
-        return Err(config_err(&weights, "only adapter_model.bin (a pickle) is present; save the adapter with safe_serialization=True"));
-    }
-    let (mut tensors, _) = safetensors::read_all(&weights)?;
-    let origin = weights.display().to_string();
+/// Attaches the adapter given as `adapter_config.json` text and `adapter_model.safetensors` bytes
+/// to `model`; `origin` names the adapter (a directory, a URL) in errors.
+pub fn attach_bytes(dev: &Device, model: &mut Model, origin: &str, config_text: &str, weights: &[u8]) -> Result<LoraConfig> {
+    let cfg = parse_config(&format!("{origin}/{CONFIG_FILE}"), config_text)?;
+    let weights_origin = format!("{origin}/{WEIGHTS_FILE}");
+    let (mut tensors, _) = safetensors_bytes::read_all(&weights_origin, weights)?;
     // PEFT saves without the adapter name; older versions sometimes kept `.default`.
-    model.attach_lora_from(dev, &cfg, &origin, &mut |name| {
+    model.attach_lora_from(dev, &cfg, &weights_origin, &mut |name| {
         Ok(tensors.remove(name).or_else(|| tensors.remove(&name.replace(".weight", ".default.weight"))))
     })?;
     Ok(cfg)
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+mod native {
+    use std::collections::HashMap;
+    use std::path::Path;
+
+    use super::{attach_bytes, config_err, config_json, CONFIG_FILE, WEIGHTS_FILE};
+    use crate::device::{block_on, Device};
+    use crate::error::{io_at, Result};
+    use crate::model::load::{safetensors, write_atomic};
+    use crate::model::lora::LoraConfig;
+    use crate::model::weights::Model;
+
+    /// The adapter's tensors read back to the host, PEFT-named, in `lora_tensors` order.
+    pub fn host_tensors(dev: &Device, model: &Model) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+        let mut out = Vec::new();
+        for (name, t) in model.lora_tensors() {
+            out.push((name, t.shape().to_vec(), block_on(Some(dev), t.to_vec_f32(dev))?));
+        }
+        Ok(out)
+    }
+
+    /// Writes the model's adapter into `dir` (created if needed) in PEFT's layout, each file atomically.
+    pub fn save(dev: &Device, model: &Model, dir: &Path, base_model: &str) -> Result<()> {
+        let cfg = model.lora.as_ref().ok_or_else(|| config_err(&dir.display().to_string(), "the model has no adapter to save"))?;
+        std::fs::create_dir_all(dir).map_err(|e| config_err(&dir.display().to_string(), format!("cannot create the directory: {e}")))?;
+        let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+        safetensors::write(&dir.join(WEIGHTS_FILE), &host_tensors(dev, model)?, Some(meta))?;
+        write_atomic(&dir.join(CONFIG_FILE), config_json(cfg, base_model).as_bytes())
+    }
+
+    /// Reads a PEFT adapter directory (or its `adapter_model.safetensors`) and attaches it to `model`.
+    pub fn load(dev: &Device, model: &mut Model, path: &Path) -> Result<LoraConfig> {
+        let dir = if path.is_file() { path.parent().unwrap_or(Path::new(".")) } else { path };
+        let cfg_path = dir.join(CONFIG_FILE);
+        let text = std::fs::read_to_string(&cfg_path).map_err(|e| {
+            config_err(&cfg_path.display().to_string(), format!("{e}; an adapter directory holds {CONFIG_FILE} and {WEIGHTS_FILE} as PEFT saves them"))
+        })?;
+        let weights = dir.join(WEIGHTS_FILE);
+        if !weights.exists() && dir.join("adapter_model.bin").exists() {
+            return Err(config_err(
+                &weights.display().to_string(),
+                "only adapter_model.bin (a pickle) is present; save the adapter with safe_serialization=True",
+            ));
+        }
+        let bytes = std::fs::read(&weights).map_err(io_at(&weights, "read"))?;
+        attach_bytes(dev, model, &dir.display().to_string(), &text, &bytes)
+    }
 }

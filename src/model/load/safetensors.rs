@@ -13,6 +13,8 @@ use crate::error::{Error, Result};
 use crate::model::config::{Config, HfConfig};
 use crate::model::weights::WeightSource;
 
+pub use super::safetensors_bytes::to_f32;
+
 fn io_err(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::Config { file: path.display().to_string(), detail: e.to_string() }
 }
@@ -69,16 +71,6 @@ impl SafetensorsDir {
     pub fn names(&self) -> Vec<String> {
         self.index.keys().cloned().collect()
     }
-}
-
-/// Converts one safetensors tensor's bytes to f32.
-pub fn to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
-    Some(match dtype {
-        Dtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        Dtype::F16 => bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        Dtype::BF16 => bytes.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        _ => return None,
-    })
 }
 
 impl WeightSource for SafetensorsDir {
@@ -143,17 +135,5 @@ pub fn write(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)], metadata: 
 /// metadata. Errors name the file and say whether it looks truncated.
 pub fn read_all(path: &Path) -> Result<(HashMap<String, (Vec<usize>, Vec<f32>)>, HashMap<String, String>)> {
     let bytes = std::fs::read(path).map_err(|e| io_err(path, e))?;
-    let (_, meta) =
-        SafeTensors::read_metadata(&bytes).map_err(|e| io_err(path, format!("not a valid safetensors file ({e}); is it truncated?")))?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| io_err(path, format!("not a valid safetensors file ({e}); is it truncated?")))?;
-    let mut out = HashMap::new();
-    for (name, view) in st.tensors() {
-        let data = to_f32(view.dtype(), view.data()).ok_or_else(|| Error::Weights {
-            file: path.display().to_string(),
-            tensor: name.clone(),
-            detail: format!("dtype {:?} is not supported (F32, F16, BF16)", view.dtype()),
-        })?;
-        out.insert(name, (view.shape().to_vec(), data));
-    }
-    Ok((out, meta.metadata().clone().unwrap_or_default()))
+    super::safetensors_bytes::read_all(&path.display().to_string(), &bytes)
 }
