@@ -2,7 +2,7 @@
 # The test command: every op on the CPU and on a real GPU adapter (lavapipe here), shader
 # portability (SPIR-V/MSL/HLSL/GLSL), NF4 against bitsandbytes fixtures, GGUF readers, the model
 # (tiny random ones and the real default model), the evaluation sandbox, the wasm32 build, and
-# the browser test in headless Chromium.
+# the browser tests in headless Chromium (the demo page against native generate, Pyodide, OPFS).
 # Prerequisites come from scripts/install-system-deps.sh. Under CI=true nothing may be skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,9 +22,10 @@ cargo test 2>&1 | tee -a "$log"
 echo "== wasm32 library build"
 cargo build --lib --target wasm32-unknown-unknown
 
-echo "== browser: matmul on WebGPU in headless Chromium"
+echo "== browser: kernels on WebGPU, the demo page against native generate (wasm CPU and WebGPU)"
 bash scripts/build-web.sh
-(cd web && node --test test.mjs) 2>&1 | tee -a "$log"
+export FLEXLORA_BIN=${FLEXLORA_BIN:-$PWD/target/debug/flexlora}
+(cd web && node --test --test-concurrency=1 test.mjs tests/*.test.mjs) 2>&1 | tee -a "$log"
 
 sum() { grep -hoE "$1" "$log" | grep -oE '[0-9]+' | awk '{s+=$1} END {print s+0}'; }
 passed=$(sum '([0-9]+) passed;|^# pass [0-9]+')

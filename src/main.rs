@@ -36,6 +36,9 @@ enum Command {
         /// The directory to write.
         output: std::path::PathBuf,
     },
+    /// Serve the browser page on 127.0.0.1 with a model and adapters to load: the same engine in
+    /// WebAssembly, on WebGPU or the CPU, adapters switchable without reloading the base.
+    Web(WebArgs),
     /// Measure kernel speed.
     Bench {
         #[command(subcommand)]
@@ -178,6 +181,25 @@ fn open_model(
 }
 
 #[derive(Args)]
+struct WebArgs {
+    /// The GGUF model the page offers to load.
+    #[arg(long, default_value = "models/SmolLM2-135M-Instruct.Q4_1.gguf")]
+    model: std::path::PathBuf,
+    /// A LoRA adapter directory (PEFT format) the page loads with the model (repeatable).
+    #[arg(long)]
+    adapter: Vec<std::path::PathBuf>,
+    /// Port on 127.0.0.1 (0 picks a free one).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Dataset directory for the page's task picker (default: $FLEXLORA_DATA, else ../shared/data).
+    #[arg(long)]
+    data: Option<std::path::PathBuf>,
+    /// The built page (default: web/ of this source tree; build it with scripts/build-web.sh).
+    #[arg(long)]
+    web_dir: Option<std::path::PathBuf>,
+}
+
+#[derive(Args)]
 struct GenerateArgs {
     /// A .gguf file or a Hugging Face model directory.
     #[arg(long, default_value = "models/SmolLM2-135M-Instruct.Q4_1.gguf")]
@@ -208,6 +230,10 @@ struct GenerateArgs {
     /// Stop when this text appears (repeatable).
     #[arg(long)]
     stop: Vec<String>,
+    /// Also write the prompt's and the generated token ids, the text and why it ended to this
+    /// JSON file (to compare backends, or the browser, token for token).
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
     #[command(flatten)]
     dev: DeviceFlags,
 }
@@ -464,6 +490,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Generate(args) => generate(args),
         Command::Eval(args) => eval(args),
         Command::Train(args) => train(*args),
+        Command::Web(args) => web(args),
         Command::Convert { input, output } => {
             flexlora::model::load::convert_to_hf(&input, &output)?;
             eprintln!("wrote {}", output.display());
@@ -685,7 +712,28 @@ fn generate(a: GenerateArgs) -> Result<()> {
         t.generated_tokens as f64 / t.decode_secs.max(1e-9),
         gens[0].finish
     );
+    if let Some(path) = &a.json {
+        let v = serde_json::json!({
+            "device": dev.name(), "prompt_ids": ids, "ids": gens[0].ids, "text": gens[0].text, "finish": gens[0].finish,
+        });
+        flexlora::model::load::write_atomic(path, v.to_string().as_bytes())?;
+    }
     Ok(())
+}
+
+fn web(a: WebArgs) -> Result<()> {
+    use flexlora::serve::{bind, serve, Site};
+    let source_web = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("web");
+    let web_dir = a.web_dir.unwrap_or(if source_web.is_dir() { source_web } else { "web".into() });
+    let data = flexlora::eval::job::data_dir(a.data);
+    let site = Site { web_dir, model: Some(a.model), adapters: a.adapter, data_dir: data.is_dir().then_some(data) };
+    site.validate()?;
+    let (listener, url) = bind(a.port)?;
+    println!("flexlora web: {url}");
+    println!("serving {} with {} adapter(s); open the URL in a browser with WebGPU (or any browser: the CPU backend runs in WebAssembly). Ctrl-C stops.", site.model.as_ref().map_or(String::new(), |m| m.display().to_string()), site.adapters.len());
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    Ok(serve(listener, site)?)
 }
 
 fn eval(a: EvalArgs) -> Result<()> {

@@ -1,28 +1,400 @@
-// Loads the wasm-bindgen build from ./pkg and runs the matmul check. The page title ends as
-// "flexlora: PASS" or "flexlora: FAIL", which is what the headless test waits for.
-import init, { matmul_check } from './pkg/flexlora.js';
+// The page: UI only. The model runs in ./worker.js (the flexlora library in WebAssembly); this file
+// sends it requests and shows what comes back. `window.flexlora` exposes the same actions the
+// buttons use, for the headless tests and the benchmark (web/tests/, web/bench.mjs).
+const $ = (id) => document.getElementById(id);
 
-const status = document.getElementById('status');
-const report = document.getElementById('report');
+// ---- the worker -------------------------------------------------------------------------------
+let worker;
+let nextId = 1;
+const pending = new Map();
+const listeners = new Set();
 
-async function run() {
-  if (!navigator.gpu) throw new Error('this browser exposes no WebGPU (navigator.gpu is missing)');
-  await init();
-  const params = new URLSearchParams(location.search);
-  const [m, n, k] = ['m', 'n', 'k'].map((key, i) => Number(params.get(key) ?? [67, 45, 131][i]));
-  const result = JSON.parse(await matmul_check(m, n, k, 42n));
-  // Same tolerance rule as the native tests: atol + rtol * |ref| with the largest reference value.
-  const ok = result.max_abs_diff <= 1e-4 + 1e-4 * result.max_abs_ref;
-  report.textContent = JSON.stringify(result, null, 2);
-  status.textContent = ok ? 'PASS: WebGPU matches the CPU backend' : 'FAIL: WebGPU and CPU results differ';
-  status.className = ok ? 'pass' : 'fail';
-  window.flexloraResult = { ok, ...result };
-  document.title = ok ? 'flexlora: PASS' : 'flexlora: FAIL';
+function startWorker() {
+  worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
+  worker.onmessage = (ev) => {
+    const m = ev.data;
+    if (m.id !== undefined) {
+      const p = pending.get(m.id);
+      pending.delete(m.id);
+      if (m.ok) p?.resolve(m.result); else p?.reject(new Error(m.error));
+    } else {
+      for (const l of listeners) l(m);
+    }
+  };
+  worker.onerror = (e) => showError(`the model worker failed: ${e.message ?? e}`);
 }
 
-run().catch((e) => {
-  status.textContent = 'FAIL: ' + e;
-  status.className = 'fail';
-  window.flexloraResult = { ok: false, error: String(e) };
-  document.title = 'flexlora: FAIL';
-});
+function call(op, args = {}, transfer = []) {
+  const id = nextId++;
+  return new Promise((resolve, reject) => {
+    pending.set(id, { resolve, reject });
+    worker.postMessage({ id, op, ...args }, transfer);
+  });
+}
+
+// ---- small UI helpers -------------------------------------------------------------------------
+function showError(text) {
+  const box = $('error');
+  box.textContent = text;
+  box.hidden = !text;
+}
+function status(id, text, cls = '') { const el = $(id); el.textContent = text; el.className = `status ${cls}`; }
+function mib(n) { return `${(n / 1048576).toFixed(n < 10 * 1048576 ? 1 : 0)} MiB`; }
+async function guarded(fn) {
+  try { showError(''); return await fn(); } catch (e) { showError(String(e.message ?? e)); throw e; }
+}
+
+// ---- state ------------------------------------------------------------------------------------
+const state = { device: null, model: null, modelSource: null, adapters: [], active: -1, busy: false, gen: 0 };
+let manifest = null;
+
+function setBusy(b) {
+  state.busy = b;
+  const haveModel = !!state.model;
+  $('generate').disabled = b || !haveModel;
+  $('compare').disabled = b || !haveModel || state.adapters.length === 0;
+  $('stop').disabled = !b;
+  $('adapters').disabled = b || !haveModel;
+  $('run-code').disabled = b || !$('out-0').textContent || !currentTask();
+}
+
+// ---- device -----------------------------------------------------------------------------------
+async function webgpuNote() {
+  if (!('gpu' in navigator)) return 'this browser has no WebGPU (navigator.gpu is missing)';
+  const a = await navigator.gpu.requestAdapter().catch(() => null);
+  if (!a) return 'WebGPU is present but offers no adapter';
+  return null;
+}
+
+async function initDevice(choice) {
+  return guarded(async () => {
+    status('device-status', 'Opening the device…');
+    const noGpu = await webgpuNote();
+    let asked = choice;
+    if (noGpu && choice !== 'cpu') asked = 'cpu';
+    const info = await call('init', { device: asked });
+    let why = info.reason;
+    if (noGpu && choice !== 'cpu') why = `${noGpu}, so the CPU backend runs`;
+    else if (info.kind === 'CPU' && choice === 'auto') why = `${info.reason.replace(/^auto: /, '')}; choose WebGPU to run there anyway`;
+    state.device = { ...info, choice };
+    const what = info.kind === 'GPU' ? `WebGPU: ${info.name}` : `CPU backend in WebAssembly (${info.simd128 ? 'SIMD128' : 'no SIMD'}, one thread)`;
+    status('device-status', `${what} — ${why}`, 'ok');
+    $('device-details').hidden = !info.limits;
+    $('device-limits').textContent = info.limits ? JSON.stringify({ ...info.limits, ...info.features }, null, 1) : '';
+    state.model = null;
+    setBusy(false);
+    // A model loaded before lives on the old device: load it again on this one.
+    if (state.modelSource) await loadModel(state.modelSource);
+    return info;
+  });
+}
+
+// ---- loading ----------------------------------------------------------------------------------
+let opfs = null;
+async function cacheModule() {
+  if (opfs === null) opfs = await import('./opfs.js').catch((e) => ({ missing: String(e) }));
+  return opfs;
+}
+
+function onProgress(stage) {
+  const bar = $('progress');
+  bar.hidden = false;
+  return (done, total) => { bar.max = total || 1; bar.value = done; status('model-status', `${stage}: ${mib(done)}${total ? ` of ${mib(total)}` : ''}`); };
+}
+
+async function fetchBytes(url) {
+  const cache = await cacheModule();
+  if (cache.cachedFetch) {
+    const r = await cache.cachedFetch(url, { onProgress: onProgress('downloading') });
+    return { bytes: r.bytes, note: r.fromCache ? 'from the browser cache (OPFS)' : r.cacheNote ?? 'downloaded and cached' };
+  }
+  const resp = await fetch(url);
+  if (!resp.ok) throw new Error(`${url}: HTTP ${resp.status}`);
+  return { bytes: new Uint8Array(await resp.arrayBuffer()), note: 'downloaded (no cache)' };
+}
+
+// source: { url } or { file: File } or { bytes, name }
+async function loadModel(source) {
+  return guarded(async () => {
+    setBusy(true);
+    try {
+      const t0 = performance.now();
+      let bytes, name, note;
+      if (source.url) {
+        name = decodeURIComponent(source.url.split('/').pop());
+        ({ bytes, note } = await fetchBytes(source.url));
+      } else if (source.file) {
+        name = source.file.name;
+        bytes = new Uint8Array(await source.file.arrayBuffer());
+        const cache = await cacheModule();
+        note = cache.cacheBytes ? ((await cache.cacheBytes(bytes).catch((e) => ({ cacheNote: String(e) }))).cacheNote ?? 'cached') : 'not cached';
+      } else {
+        ({ bytes, name } = source);
+        note = 'from memory';
+      }
+      state.modelSource = source.file || source.url ? source : { bytes, name };
+      status('model-status', `Parsing and quantizing ${name} (${mib(bytes.length)})…`);
+      const bar = $('progress');
+      const onEvent = (m) => {
+        if (m.event === 'progress' && m.stage === 'quantize') {
+          bar.max = m.total; bar.value = m.done;
+          status('model-status', `Loading weights: tensor ${m.done} of ${m.total} (${m.detail})`);
+        }
+      };
+      listeners.add(onEvent);
+      // The worker gets a copy: the page keeps the bytes so a device switch can load again.
+      const copy = bytes.slice().buffer;
+      let info;
+      try { info = await call('loadModel', { name, bytes: copy }, [copy]); } finally { listeners.delete(onEvent); bar.hidden = true; }
+      state.model = info;
+      state.adapters = [];
+      state.active = -1;
+      renderAdapters();
+      const secs = ((performance.now() - t0) / 1000).toFixed(1);
+      status('model-status', `${name}: ${info.layers} layers, ${(info.params / 1e6).toFixed(0)}M parameters in ${mib(info.weight_bytes)}, loaded in ${secs} s (${note})`, 'ok');
+      return info;
+    } finally {
+      setBusy(false);
+    }
+  });
+}
+
+// files: [{ name, bytes }] holding adapter_config.json and adapter_model.safetensors
+async function loadAdapter(name, files) {
+  return guarded(async () => {
+    if (!state.model) throw new Error('load a model before an adapter');
+    const cfg = files.find((f) => f.name.endsWith('adapter_config.json'));
+    const st = files.find((f) => f.name.endsWith('.safetensors'));
+    if (!cfg || !st) throw new Error(`adapter ${name}: pick both adapter_config.json and adapter_model.safetensors (got ${files.map((f) => f.name).join(', ') || 'nothing'})`);
+    const configText = new TextDecoder().decode(cfg.bytes);
+    const weights = st.bytes.slice().buffer;
+    const index = await call('loadAdapter', { name, configText, weights }, [weights]);
+    state.model = await call('modelInfo');
+    state.adapters = state.model.adapters;
+    renderAdapters();
+    await setAdapter(index);
+    return index;
+  });
+}
+
+function renderAdapters() {
+  const box = $('adapters');
+  box.querySelectorAll('label.adapter').forEach((l) => l.remove());
+  state.adapters.forEach((a, i) => {
+    const label = document.createElement('label');
+    label.className = 'adapter';
+    label.innerHTML = `<input type="radio" name="adapter" value="${i}"> `;
+    label.append(`${a.name} (r=${a.rank}, alpha=${a.alpha}, ${a.targets.join(', ')})`);
+    box.append(label);
+  });
+  box.querySelectorAll('input').forEach((inp) => { inp.checked = Number(inp.value) === state.active; });
+  setBusy(state.busy);
+}
+
+async function setAdapter(index) {
+  return guarded(async () => {
+    state.model = await call('setAdapter', { index });
+    state.active = state.model.active_adapter ?? -1;
+    renderAdapters();
+  });
+}
+
+// ---- generation -------------------------------------------------------------------------------
+function options() {
+  return {
+    chat: document.querySelector('input[name=mode]:checked').value === 'chat',
+    temperature: Number($('temperature').value),
+    top_p: Number($('top-p').value),
+    max_new_tokens: Number($('max-tokens').value),
+  };
+}
+
+// Generates into output column `col`; resolves with the worker's result (ids, text, timing).
+async function generate(prompt, opts, col = 0) {
+  const gen = ++state.gen;
+  const out = $(`out-${col}`);
+  out.textContent = '';
+  const t0 = performance.now();
+  let prefillDone = null, tokens = 0;
+  const speed = $('speed');
+  const onEvent = (m) => {
+    if (m.gen !== gen) return;
+    if (m.event === 'prefill') {
+      prefillDone = performance.now();
+      speed.textContent = `prefill ${m.prompt_tokens} tokens at ${(m.prompt_tokens / m.prefill_secs).toFixed(1)} tokens/s`;
+    } else if (m.event === 'token' || m.event === 'tick') {
+      if (m.text) out.textContent += m.text;
+      tokens++;
+      const secs = (performance.now() - prefillDone) / 1000;
+      speed.textContent = `${speed.textContent.split(' · ')[0]} · decode ${tokens} tokens at ${(tokens / secs).toFixed(1)} tokens/s`;
+    }
+  };
+  listeners.add(onEvent);
+  try {
+    const r = await call('generate', { gen, prompt, options: opts });
+    r.wall_ms = performance.now() - t0;
+    r.first_token_ms = prefillDone ? prefillDone - t0 : null;
+    const dec = r.generated_tokens / Math.max(r.decode_secs, 1e-9);
+    speed.textContent = `prefill ${r.prompt_tokens} tokens at ${(r.prompt_tokens / r.prefill_secs).toFixed(1)} tokens/s · decode ${r.generated_tokens} tokens at ${dec.toFixed(1)} tokens/s · ${r.finish}`;
+    return r;
+  } finally {
+    listeners.delete(onEvent);
+  }
+}
+
+function stop() { worker.postMessage({ op: 'stop', gen: state.gen }); }
+
+async function runOne() {
+  return guarded(async () => {
+    setBusy(true);
+    $('outputs').classList.remove('two');
+    $('out-col-1').hidden = true;
+    $('out-title-0').textContent = state.active >= 0 ? `adapter: ${state.adapters[state.active].name}` : 'base model';
+    try { return await generate($('prompt').value, options(), 0); } finally { setBusy(false); }
+  });
+}
+
+// Base on the left, the selected adapter (or the first one) on the right, same prompt and options.
+async function compare() {
+  return guarded(async () => {
+    setBusy(true);
+    const adapter = state.active >= 0 ? state.active : 0;
+    $('outputs').classList.add('two');
+    $('out-col-1').hidden = false;
+    $('out-title-0').textContent = 'base model';
+    $('out-title-1').textContent = `adapter: ${state.adapters[adapter].name}`;
+    try {
+      await setAdapter(-1);
+      const base = await generate($('prompt').value, options(), 0);
+      await setAdapter(adapter);
+      const adapted = await generate($('prompt').value, options(), 1);
+      return { base, adapted };
+    } finally { setBusy(false); }
+  });
+}
+
+// ---- tasks and Pyodide ------------------------------------------------------------------------
+let tasksMod = null, tasks = [];
+function currentTask() { return tasks[Number($('task').value)] ?? null; }
+
+async function loadTaskList() {
+  const sel = $('task');
+  try {
+    tasksMod ??= await import('./tasks.js');
+    tasks = await tasksMod.loadTasks($('task-set').value);
+    sel.innerHTML = '';
+    tasks.forEach((t, i) => { const o = document.createElement('option'); o.value = i; o.textContent = `${t.id}: ${t.title}`.slice(0, 90); sel.append(o); });
+    sel.disabled = false;
+    $('use-task').disabled = false;
+    status('run-status', `${tasks.length} tasks`);
+  } catch (e) {
+    sel.disabled = true;
+    status('run-status', `No tasks: ${e.message ?? e} (flexlora web serves them from the data directory)`);
+  }
+  setBusy(state.busy);
+}
+
+async function runCode() {
+  return guarded(async () => {
+    const task = currentTask();
+    if (!task) throw new Error('pick a task first');
+    const { runPython } = await import('./pyodide-runner.js');
+    let completion = $('out-0').textContent;
+    // A chat answer wraps its code in a fence: run the code inside it.
+    const fence = completion.match(/```(?:python)?\n([\s\S]*?)```/);
+    if (fence) completion = fence[1];
+    const program = tasksMod.buildProgram(task, completion);
+    status('run-status', 'Running the tests in Pyodide…');
+    const r = await runPython(program, { timeoutMs: 10000, onStatus: (s) => status('run-status', s) });
+    const verdict = { passed: 'PASS: every test holds', failed: 'FAIL: a test does not hold', timeout: 'FAIL: killed after the time limit', error: 'FAIL: the program raised an error' }[r.status] ?? r.status;
+    status('run-status', `${verdict} (${(r.ms / 1000).toFixed(2)} s)`, r.status === 'passed' ? 'ok' : 'bad');
+    $('run-log').hidden = !(r.error || r.stdout);
+    $('run-log').textContent = [r.error, r.stdout].filter(Boolean).join('\n');
+    return r;
+  });
+}
+
+// ---- wiring -----------------------------------------------------------------------------------
+async function filesFrom(list) {
+  return Promise.all([...list].map(async (f) => ({ name: f.name, bytes: new Uint8Array(await f.arrayBuffer()) })));
+}
+
+async function handleFiles(list) {
+  const files = [...list];
+  const gguf = files.find((f) => f.name.endsWith('.gguf'));
+  if (gguf) await loadModel({ file: gguf });
+  const rest = files.filter((f) => !f.name.endsWith('.gguf'));
+  if (rest.length) await loadAdapter(rest[0].webkitRelativePath?.split('/')[0] || `adapter ${state.adapters.length + 1}`, await filesFrom(rest));
+}
+
+function wire() {
+  document.querySelectorAll('input[name=device]').forEach((r) => r.addEventListener('change', () => initDevice(r.value).catch(() => {})));
+  $('load-url').onclick = () => loadModel({ url: $('model-url').value }).catch(() => {});
+  $('model-file').onchange = (e) => handleFiles(e.target.files).catch(() => {});
+  $('adapter-files').onchange = (e) => handleFiles(e.target.files).catch(() => {});
+  const drop = $('drop');
+  drop.ondragover = (e) => { e.preventDefault(); drop.classList.add('over'); };
+  drop.ondragleave = () => drop.classList.remove('over');
+  drop.ondrop = (e) => { e.preventDefault(); drop.classList.remove('over'); handleFiles(e.dataTransfer.files).catch(() => {}); };
+  $('adapters').onchange = (e) => setAdapter(Number(e.target.value)).catch(() => {});
+  $('generate').onclick = () => runOne().catch(() => {});
+  $('compare').onclick = () => compare().catch(() => {});
+  $('stop').onclick = stop;
+  $('task-set').onchange = loadTaskList;
+  $('task').onchange = () => setBusy(state.busy);
+  $('use-task').onclick = () => {
+    const t = currentTask();
+    if (!t) return;
+    $('prompt').value = tasksMod.promptFor(t);
+    document.querySelector('input[name=mode][value=raw]').checked = true;
+  };
+  $('run-code').onclick = () => runCode().catch(() => {});
+}
+
+// `flexlora web` serves files/manifest.json naming the model and adapters it was given; a static
+// copy of the page has none and works from the pickers alone.
+async function loadManifest() {
+  try {
+    const r = await fetch('files/manifest.json');
+    if (!r.ok) return null;
+    return await r.json();
+  } catch { return null; }
+}
+
+async function loadServedAdapters() {
+  for (const a of manifest?.adapters ?? []) {
+    const files = await Promise.all(a.files.map(async (f) => {
+      const r = await fetch(f.url);
+      if (!r.ok) throw new Error(`${f.url}: HTTP ${r.status}`);
+      return { name: f.name, bytes: new Uint8Array(await r.arrayBuffer()) };
+    }));
+    await loadAdapter(a.name, files);
+  }
+}
+
+async function main() {
+  startWorker();
+  wire();
+  manifest = await loadManifest();
+  if (manifest?.model) {
+    $('served').hidden = false;
+    $('served-name').textContent = `${manifest.model.name} (${mib(manifest.model.size)})`;
+    $('load-served').onclick = async () => { await loadModel({ url: manifest.model.url }).catch(() => {}); await loadServedAdapters().catch(() => {}); };
+  }
+  const params = new URLSearchParams(location.search);
+  const device = params.get('device') ?? 'auto';
+  document.querySelector(`input[name=device][value=${device}]`)?.click();
+  await initDevice(device).catch(() => {});
+  loadTaskList();
+  window.flexlora = {
+    state, manifest, initDevice, loadModel, loadAdapter, loadServedAdapters, setAdapter, generate, compare, stop, runCode,
+    call, setPrompt: (t) => { $('prompt').value = t; },
+  };
+  document.title = 'flexlora: ready';
+  if (params.get('autoload') === '1' && manifest?.model) {
+    await loadModel({ url: manifest.model.url }).catch(() => {});
+    await loadServedAdapters().catch(() => {});
+  }
+}
+
+main().catch((e) => { showError(String(e)); document.title = 'flexlora: error'; });

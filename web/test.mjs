@@ -39,7 +39,7 @@ test('matmul on WebGPU in headless Chromium matches the CPU backend', { timeout:
     const logs = [];
     page.on('console', (m) => logs.push(m.text()));
     page.on('pageerror', (e) => logs.push(String(e)));
-    await page.goto(`http://127.0.0.1:${server.address().port}/index.html`);
+    await page.goto(`http://127.0.0.1:${server.address().port}/check.html`);
     await page.waitForFunction(() => document.title !== 'flexlora: running', null, { timeout: 170_000 });
     const result = await page.evaluate(() => window.flexloraResult);
     console.log('browser result:', JSON.stringify(result));

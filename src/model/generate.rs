@@ -96,7 +96,13 @@ fn now() -> f64 {
     }
     #[cfg(target_arch = "wasm32")]
     {
-        0.0
+        #[wasm_bindgen::prelude::wasm_bindgen]
+        extern "C" {
+            // `performance` exists in pages and in workers alike.
+            #[wasm_bindgen(js_namespace = performance, js_name = now)]
+            fn performance_now() -> f64;
+        }
+        performance_now() / 1000.0
     }
 }
 
@@ -129,17 +135,79 @@ pub struct Request {
     pub opts: GenerateOptions,
 }
 
+/// One sequence's sampled ids and the text streamed from them: where it stops (EOS, a stop
+/// string, the token limit) and what has been shown. Shared by [`generate_many`] and [`Stream`],
+/// so batched, one-at-a-time and browser generation end and stream text the same way.
+#[derive(Debug, Clone)]
+pub struct TextState {
+    pub ids: Vec<u32>,
+    /// Bytes of text already handed out.
+    shown: usize,
+    max_new_tokens: usize,
+    /// "eos", "stop" or "length" once the sequence has ended.
+    pub finish: Option<&'static str>,
+}
+
+impl TextState {
+    pub fn new(max_new_tokens: usize) -> Self {
+        TextState { ids: vec![], shown: 0, max_new_tokens, finish: (max_new_tokens == 0).then_some("length") }
+    }
+
+    /// Takes the next sampled token; returns the text it adds (empty while a UTF-8 character is
+    /// incomplete, cut at a stop string).
+    pub fn push(&mut self, id: u32, tok: &Tokenizer, stop: &[String]) -> Result<String> {
+        if tok.eos.contains(&id) {
+            self.finish = Some("eos");
+            return Ok(String::new());
+        }
+        self.ids.push(id);
+        let text = tok.decode(&self.ids)?;
+        let mut delta = String::new();
+        if let Some(cut) = stop.iter().filter_map(|s| text.find(s.as_str())).min() {
+            if cut > self.shown {
+                delta = text[self.shown..cut].to_string();
+            }
+            self.shown = cut;
+            self.finish = Some("stop");
+        } else if !text.ends_with('\u{FFFD}') && text.len() > self.shown && text.is_char_boundary(self.shown) {
+            // Hold back text that ends in a partial UTF-8 character.
+            delta = text[self.shown..].to_string();
+            self.shown = text.len();
+        }
+        if self.finish.is_none() && self.ids.len() == self.max_new_tokens {
+            self.finish = Some("length");
+        }
+        Ok(delta)
+    }
+
+    /// The finished sequence's text (cut at the stop string when it stopped on one).
+    pub fn text(&self, tok: &Tokenizer) -> Result<String> {
+        let full = tok.decode(&self.ids)?;
+        Ok(if self.finish == Some("stop") { full[..self.shown.min(full.len())].to_string() } else { full })
+    }
+}
+
 /// A sequence being decoded: sample `sample` of request `req`.
 struct Active {
     req: usize,
     sample: usize,
     cache: KvCache,
     logits: Vec<f32>,
-    ids: Vec<u32>,
-    /// Bytes of text already handed to `on_text`.
-    shown: usize,
-    max_new_tokens: usize,
-    finish: Option<&'static str>,
+    state: TextState,
+}
+
+/// Checks that a prompt fits the model's context and returns how many tokens may follow it.
+fn room_after(prompt: &[u32], max_new_tokens: usize, max_pos: usize) -> Result<usize> {
+    if prompt.is_empty() || prompt.len() >= max_pos {
+        return Err(crate::error::Error::Limit {
+            op: "generate",
+            detail: format!("a prompt of {} tokens", prompt.len()),
+            limit: max_pos as u64 - 1,
+            hint: "the prompt must be non-empty and shorter than the model's context",
+        });
+    }
+    // Generation stops at the model's context length rather than running past it.
+    Ok(max_new_tokens.min(max_pos - prompt.len()))
 }
 
 /// Generates for every request, decoding up to `batch` sequences together (a request's samples
@@ -170,16 +238,7 @@ pub async fn generate_many(
         // Admit whole requests while they fit.
         while next < requests.len() && (active.is_empty() || active.len() + requests[next].samples <= batch.max(1)) {
             let r = &requests[next];
-            if r.prompt.is_empty() || r.prompt.len() >= max_pos {
-                // Generation stops at the model's context length rather than failing.
-                return Err(crate::error::Error::Limit {
-                    op: "generate",
-                    detail: format!("a prompt of {} tokens", r.prompt.len()),
-                    limit: max_pos as u64 - 1,
-                    hint: "the prompt must be non-empty and shorter than the model's context",
-                });
-            }
-            let max_new_tokens = r.opts.max_new_tokens.min(max_pos - r.prompt.len());
+            let max_new_tokens = room_after(&r.prompt, r.opts.max_new_tokens, max_pos)?;
             let cap = r.prompt.len() + max_new_tokens;
             let t0 = now();
             let mut one = model.new_cache(dev, 1, cap);
@@ -192,8 +251,7 @@ pub async fn generate_many(
                     true => one.take().expect("the last sample takes the prompt's cache"),
                     false => copy_cache(model, dev, one.as_ref().expect("taken only by the last sample"))?,
                 };
-                let finish = (max_new_tokens == 0).then_some("length");
-                active.push(Active { req: next, sample, cache, logits: logits.clone(), ids: vec![], shown: 0, max_new_tokens, finish });
+                active.push(Active { req: next, sample, cache, logits: logits.clone(), state: TextState::new(max_new_tokens) });
             }
             if r.samples == 0 {
                 on_done(next, vec![])?;
@@ -203,41 +261,25 @@ pub async fn generate_many(
         if active.is_empty() {
             break;
         }
-        for a in active.iter_mut().filter(|a| a.finish.is_none()) {
+        for a in active.iter_mut().filter(|a| a.state.finish.is_none()) {
             let r = &requests[a.req];
             let id = sample(&a.logits, &r.opts.sampling, &mut rngs[a.req]);
-            if tok.eos.contains(&id) {
-                a.finish = Some("eos");
-                continue;
-            }
-            a.ids.push(id);
-            timing.generated_tokens += 1;
-            let text = tok.decode(&a.ids)?;
-            if let Some(cut) = r.opts.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
-                if cut > a.shown {
-                    on_text(a.req, a.sample, &text[a.shown..cut]);
-                }
-                a.shown = cut;
-                a.finish = Some("stop");
-            } else if !text.ends_with('\u{FFFD}') && text.len() > a.shown && text.is_char_boundary(a.shown) {
-                // Hold back text that ends in a partial UTF-8 character.
-                on_text(a.req, a.sample, &text[a.shown..]);
-                a.shown = text.len();
-            }
-            if a.finish.is_none() && a.ids.len() == a.max_new_tokens {
-                a.finish = Some("length");
+            let before = a.state.ids.len();
+            let delta = a.state.push(id, tok, &r.opts.stop)?;
+            timing.generated_tokens += a.state.ids.len() - before;
+            if !delta.is_empty() {
+                on_text(a.req, a.sample, &delta);
             }
         }
         // Retire finished sequences, keeping the others in order.
         let mut still = Vec::with_capacity(active.len());
         for mut a in active.drain(..) {
-            let Some(finish) = a.finish else {
+            let Some(finish) = a.state.finish else {
                 still.push(a);
                 continue;
             };
-            let full = tok.decode(&a.ids)?;
-            let text = if finish == "stop" { full[..a.shown.min(full.len())].to_string() } else { full };
-            done[a.req][a.sample] = Some(Generation { ids: std::mem::take(&mut a.ids), text, finish });
+            let text = a.state.text(tok)?;
+            done[a.req][a.sample] = Some(Generation { ids: std::mem::take(&mut a.state.ids), text, finish });
             if done[a.req].iter().all(Option::is_some) {
                 on_done(a.req, done[a.req].iter_mut().map(|g| g.take().expect("all finished")).collect())?;
             }
@@ -246,7 +288,7 @@ pub async fn generate_many(
         if active.is_empty() {
             continue;
         }
-        let tokens: Vec<u32> = active.iter().map(|a| *a.ids.last().expect("unfinished sequences have a token")).collect();
+        let tokens: Vec<u32> = active.iter().map(|a| *a.state.ids.last().expect("unfinished sequences have a token")).collect();
         let mut caches: Vec<&mut KvCache> = active.iter_mut().map(|a| &mut a.cache).collect();
         let logits = model.decode_step(dev, &tokens, &mut caches)?.to_vec_f32(dev).await?;
         for (a, row) in active.iter_mut().zip(logits.chunks_exact(v)) {
@@ -255,6 +297,50 @@ pub async fn generate_many(
     }
     timing.decode_secs = now() - t_start - timing.prefill_secs;
     Ok(timing)
+}
+
+/// One sequence generated a token at a time by its caller: the browser's worker drives it and
+/// yields to its event loop between tokens, so a stop request is seen at once. It makes exactly
+/// the calls `generate` makes for one sample (prefill with `forward`, then one `decode_step` per
+/// token, the same sampler and RNG), so both produce the same tokens.
+pub struct Stream {
+    cache: KvCache,
+    logits: Vec<f32>,
+    rng: Rng,
+    opts: GenerateOptions,
+    pub state: TextState,
+    pub timing: Timing,
+}
+
+impl Stream {
+    /// Runs the prompt and returns the stream, ready for its first token.
+    pub async fn start(model: &Model, dev: &Device, prompt: &[u32], opts: &GenerateOptions) -> Result<Stream> {
+        let max_new_tokens = room_after(prompt, opts.max_new_tokens, model.rope.max_pos)?;
+        let t0 = now();
+        let mut cache = model.new_cache(dev, 1, prompt.len() + max_new_tokens);
+        let logits = model.forward(dev, prompt, &mut cache, false)?.to_vec_f32(dev).await?;
+        let timing = Timing { prompt_tokens: prompt.len(), prefill_secs: now() - t0, ..Timing::default() };
+        Ok(Stream { cache, logits, rng: Rng::new(opts.sampling.seed), opts: opts.clone(), state: TextState::new(max_new_tokens), timing })
+    }
+
+    /// Samples the next token and returns the text it adds, or `None` once the sequence has
+    /// ended (`state.finish` says why).
+    pub async fn next(&mut self, model: &Model, dev: &Device, tok: &Tokenizer) -> Result<Option<String>> {
+        if self.state.finish.is_some() {
+            return Ok(None);
+        }
+        let t0 = now();
+        let id = sample(&self.logits, &self.opts.sampling, &mut self.rng);
+        let before = self.state.ids.len();
+        let delta = self.state.push(id, tok, &self.opts.stop)?;
+        self.timing.generated_tokens += self.state.ids.len() - before;
+        if self.state.finish.is_none() {
+            let logits = model.decode_step(dev, &[id], &mut [&mut self.cache])?.to_vec_f32(dev).await?;
+            self.logits.copy_from_slice(&logits);
+        }
+        self.timing.decode_secs += now() - t0;
+        Ok(Some(delta))
+    }
 }
 
 /// A copy of a one-sequence cache (for the other samples of a prompt).

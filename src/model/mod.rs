@@ -4,6 +4,7 @@
 //! Shape glossary: B batch, T tokens, S keys (cached plus new), C width, F MLP width, H heads,
 //! K kv heads, D head size, V vocabulary, R LoRA rank, L layers, N a flattened length.
 
+pub mod adapter_set;
 pub mod config;
 pub mod forward;
 pub mod generate;

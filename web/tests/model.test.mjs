@@ -1,0 +1,211 @@
+// The browser demo against the native build, in headless Chromium: SmolLM2-135M and adapters
+// trained here by `flexlora train` (a few steps), served by `flexlora web`, loaded in the page.
+// Greedy tokens in the page (wasm CPU backend, and WebGPU on SwiftShader) must equal native
+// `flexlora generate` token for token; the adapter switch must give each adapter's tokens and the
+// base model's; broken inputs must show a clear error in the page; a screenshot is written to
+// target/web-demo.png and checked to be non-blank.
+//
+// Needs: FLEXLORA_MODEL_GGUF (scripts/fetch-model.sh), the native binary (FLEXLORA_BIN, default
+// target/debug/flexlora), web/pkg (scripts/build-web.sh), Debian's chromium, playwright-core.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, writeFileSync, mkdirSync, existsSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const repo = resolve(fileURLToPath(new URL('../..', import.meta.url)));
+const bin = process.env.FLEXLORA_BIN ?? join(repo, 'target/debug/flexlora');
+const model = process.env.FLEXLORA_MODEL_GGUF;
+const work = mkdtempSync(join(tmpdir(), 'flexlora-web-'));
+const PROMPT = 'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n';
+const TOKENS = 32;
+
+let server, url, browser;
+const native = {}; // name -> ids
+
+function run(args) {
+  return execFileSync(bin, args, { cwd: repo, stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 1 << 26 }).toString();
+}
+
+// Tiny training data: the adapters only have to move the model's greedy tokens.
+function trainAdapter(name, seed, lr) {
+  const data = join(work, 'data.jsonl');
+  if (!existsSync(data)) {
+    const rows = [
+      { prompt: 'def add(a, b):\n', completion: '    return a + b\n' },
+      { prompt: 'def square(x):\n', completion: '    return x * x\n' },
+      { prompt: 'def fibonacci(n):\n', completion: '    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n' },
+    ];
+    writeFileSync(data, rows.map((r) => JSON.stringify(r)).join('\n') + '\n');
+  }
+  const out = join(work, name);
+  run(['train', '--device', 'cpu', '--model', model, '--data', data, '--out', out, '--steps', '3', '--batch-size', '1',
+    '--max-len', '64', '--lr', String(lr), '--seed', String(seed), '--flex-mode', 'off', '--lora-targets', 'q_proj,v_proj,gate_proj,up_proj,down_proj']);
+  return join(out, 'adapter');
+}
+
+function nativeIds(adapter) {
+  const out = join(work, `gen-${Math.random().toString(36).slice(2)}.json`);
+  const args = ['generate', '--device', 'cpu', '--model', model, '--prompt', PROMPT, '--max-new-tokens', String(TOKENS), '--json', out];
+  if (adapter) args.push('--adapter', adapter);
+  run(args);
+  return JSON.parse(readFileSync(out, 'utf8')).ids;
+}
+
+function startServer(adapters) {
+  return new Promise((ok, fail) => {
+    const args = ['web', '--model', model, '--port', '0', ...adapters.flatMap((a) => ['--adapter', a])];
+    server = spawn(bin, args, { cwd: repo, stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    server.stdout.on('data', (d) => {
+      out += d;
+      const m = out.match(/flexlora web: (http:\/\/\S+)/);
+      if (m) ok(m[1]);
+    });
+    server.on('exit', (code) => fail(new Error(`flexlora web exited with ${code}: ${out}`)));
+  });
+}
+
+async function openPage(device) {
+  const page = await browser.newPage();
+  const logs = [];
+  page.on('console', (m) => logs.push(m.text()));
+  page.on('pageerror', (e) => logs.push(String(e)));
+  page.logs = logs;
+  await page.goto(`${url}?device=${device}`);
+  await page.waitForFunction(() => document.title !== 'flexlora', null, { timeout: 120_000 });
+  assert.equal(await page.title(), 'flexlora: ready', logs.join('\n'));
+  return page;
+}
+
+async function loadServed(page) {
+  return page.evaluate(async () => {
+    await window.flexlora.loadModel({ url: window.flexlora.manifest.model.url });
+    await window.flexlora.loadServedAdapters();
+    return window.flexlora.state.model;
+  });
+}
+
+async function pageIds(page, adapter) {
+  return page.evaluate(async ({ prompt, tokens, adapter }) => {
+    await window.flexlora.setAdapter(adapter);
+    const r = await window.flexlora.generate(prompt, { chat: false, temperature: 0, max_new_tokens: tokens });
+    return r.ids;
+  }, { prompt: PROMPT, tokens: TOKENS, adapter });
+}
+
+before(async () => {
+  assert.ok(model, 'FLEXLORA_MODEL_GGUF is not set (scripts/fetch-model.sh prints the path)');
+  assert.ok(existsSync(bin), `${bin} is missing: build with cargo build`);
+  const a1 = trainAdapter('adapter-one', 1, 3e-3);
+  const a2 = trainAdapter('adapter-two', 2, 1e-2);
+  native.base = nativeIds(null);
+  native.one = nativeIds(a1);
+  native.two = nativeIds(a2);
+  console.log('native ids:', JSON.stringify(native));
+  assert.notDeepEqual(native.one, native.base, 'adapter one does not change the greedy tokens: the switch test could not fail');
+  assert.notDeepEqual(native.two, native.one, 'the two adapters give the same tokens: the switch test could not fail');
+  url = await startServer([a1, a2]);
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+    ignoreDefaultArgs: ['--headless'],
+    args: ['--headless=new', '--no-sandbox', '--enable-unsafe-webgpu', '--disable-background-networking',
+      '--disable-component-update', '--disable-sync', '--no-first-run'],
+  });
+});
+
+after(async () => {
+  await browser?.close();
+  server?.kill();
+  rmSync(work, { recursive: true, force: true });
+});
+
+test('wasm CPU backend: greedy tokens equal native, adapter on/off/switch', { timeout: 900_000 }, async () => {
+  const page = await openPage('cpu');
+  const info = await loadServed(page);
+  assert.equal(info.adapters.length, 2, page.logs.join('\n'));
+  const dev = await page.evaluate(() => window.flexlora.state.device);
+  assert.equal(dev.kind, 'CPU');
+  assert.deepEqual(await pageIds(page, 0), native.one, 'adapter one in the page vs native');
+  assert.deepEqual(await pageIds(page, -1), native.base, 'adapter off: the base model');
+  assert.deepEqual(await pageIds(page, 0), native.one, 'adapter on again');
+  assert.deepEqual(await pageIds(page, 1), native.two, 'switched to adapter two');
+  // The compare view: base left, adapter right, same prompt; then the screenshot.
+  await page.evaluate(({ prompt }) => {
+    window.flexlora.setPrompt(prompt);
+    document.querySelector('input[name=mode][value=raw]').checked = true;
+    document.getElementById('max-tokens').value = '32';
+  }, { prompt: PROMPT });
+  const both = await page.evaluate(() => window.flexlora.compare());
+  assert.deepEqual(both.base.ids, native.base);
+  assert.deepEqual(both.adapted.ids, native.two);
+  mkdirSync(join(repo, 'target'), { recursive: true });
+  const shot = join(repo, 'target/web-demo.png');
+  const png = await page.screenshot({ path: shot, fullPage: true });
+  // Non-blank: the rendered page has many distinct colours (text, cards, the dark output panes).
+  const colours = await page.evaluate(async (b64) => {
+    const img = new Image();
+    img.src = `data:image/png;base64,${b64}`;
+    await img.decode();
+    const c = new OffscreenCanvas(img.width, img.height);
+    const g = c.getContext('2d');
+    g.drawImage(img, 0, 0);
+    const d = g.getImageData(0, 0, img.width, img.height).data;
+    const seen = new Set();
+    for (let i = 0; i < d.length; i += 4 * 7) seen.add((d[i] << 16) | (d[i + 1] << 8) | d[i + 2]);
+    return seen.size;
+  }, png.toString('base64'));
+  console.log(`screenshot ${shot}: ${colours} distinct colours`);
+  assert.ok(colours > 50, `the screenshot looks blank (${colours} colours)`);
+  const shown = await page.evaluate(() => [document.getElementById('out-0').textContent, document.getElementById('out-1').textContent]);
+  assert.ok(shown[0].length > 10 && shown[1].length > 10, `outputs not shown: ${JSON.stringify(shown)}`);
+  await page.close();
+});
+
+test('WebGPU (SwiftShader): greedy tokens equal native, adapter on and off', { timeout: 1_200_000 }, async () => {
+  const page = await openPage('webgpu');
+  const dev = await page.evaluate(() => window.flexlora.state.device);
+  assert.equal(dev.kind, 'GPU', `no WebGPU adapter in headless Chromium: ${JSON.stringify(dev)}\n${page.logs.join('\n')}`);
+  console.log('WebGPU adapter:', dev.name);
+  await loadServed(page);
+  assert.deepEqual(await pageIds(page, 0), native.one, 'adapter one on WebGPU vs native');
+  assert.deepEqual(await pageIds(page, -1), native.base, 'base model on WebGPU vs native');
+  await page.close();
+});
+
+test('broken inputs show a clear error in the page', { timeout: 600_000 }, async () => {
+  const page = await openPage('cpu');
+  // A truncated GGUF: the first 3 MB of the model.
+  const truncated = await page.evaluate(async () => {
+    const all = new Uint8Array(await (await fetch(window.flexlora.manifest.model.url)).arrayBuffer());
+    try { await window.flexlora.loadModel({ bytes: all.slice(0, 3_000_000), name: 'truncated.gguf' }); return 'loaded'; } catch { /* shown */ }
+    return document.getElementById('error').textContent;
+  });
+  assert.match(truncated, /truncated\.gguf/, 'the error names the file');
+  assert.match(truncated, /truncated|corrupt/i);
+  // A mismatched adapter: the right names, but a width that is not this model's.
+  await loadServed(page);
+  const mismatch = await page.evaluate(async () => {
+    const name = 'base_model.model.model.layers.0.mlp.gate_proj.lora_A.weight';
+    const header = JSON.stringify({ [name]: { dtype: 'F32', shape: [8, 100], data_offsets: [0, 3200] } });
+    const hb = new TextEncoder().encode(header);
+    const bytes = new Uint8Array(8 + hb.length + 3200);
+    new DataView(bytes.buffer).setBigUint64(0, BigInt(hb.length), true);
+    bytes.set(hb, 8);
+    const config = JSON.stringify({ peft_type: 'LORA', r: 8, lora_alpha: 16, target_modules: ['gate_proj'] });
+    try {
+      await window.flexlora.loadAdapter('wrong-model', [{ name: 'adapter_config.json', bytes: new TextEncoder().encode(config) }, { name: 'adapter_model.safetensors', bytes }]);
+      return 'loaded';
+    } catch { /* shown */ }
+    return document.getElementById('error').textContent;
+  });
+  assert.match(mismatch, /lora_A\.weight/, `the error names the tensor: ${mismatch}`);
+  assert.match(mismatch, /shape/);
+  // The page still works after both errors: the base model generates.
+  const ids = await pageIds(page, -1);
+  assert.deepEqual(ids, native.base, 'the base model after the errors');
+  await page.close();
+});
