@@ -78,6 +78,13 @@ async function readBlob(dir, sha256, size) {
   }
 }
 
+function size(n) {
+  if (n < 1024) return `${n} bytes`;
+  if (n < 1048576) return `${(n / 1024).toFixed(1)} KiB`;
+  if (n < 1073741824) return `${(n / 1048576).toFixed(1)} MiB`;
+  return `${(n / 1073741824).toFixed(2)} GiB`;
+}
+
 /** Stores `bytes` as <sha256>.bin unless present; checks the quota first. Returns a note or null. */
 async function store(dir, sha256, bytes) {
   try {
@@ -86,9 +93,8 @@ async function store(dir, sha256, bytes) {
   } catch { /* not cached yet */ }
   const estimate = await navigator.storage.estimate?.().catch(() => null);
   if (estimate?.quota != null && estimate.usage != null && estimate.quota - estimate.usage < bytes.byteLength) {
-    const mb = (n) => (n / 1048576).toFixed(1);
-    return `the browser's storage quota is too small to cache ${mb(bytes.byteLength)} MB `
-      + `(${mb(Math.max(0, estimate.quota - estimate.usage))} MB free of ${mb(estimate.quota)} MB); working from memory`;
+    return `the browser's storage quota is too small to cache ${size(bytes.byteLength)} `
+      + `(${size(Math.max(0, estimate.quota - estimate.usage))} free of ${size(estimate.quota)}); working from memory`;
   }
   await writeFile(dir, `${sha256}.bin`, bytes);
   return null;
