@@ -78,7 +78,12 @@ async function benchWllama(context, server, opts, modelUrl, threads, common) {
       first_token_ms: round(m.first_token_ms), wall_decode_tps: round(m.wall_decode_tps), prompt_n: m.prompt_n, predicted_n: m.predicted_n }));
     emit({ ...base, run: 'median', prefill_tps: round(r.prefill_tps), decode_tps: round(r.decode_tps), first_token_ms: round(r.first_token_ms) });
   } catch (e) {
-    emit({ ...common, engine: 'wllama', threads_requested: threads, status: 'error', error: String(e.message ?? e), log_tail: page.logs.slice(-20) });
+    // A timeout: say how far the page got (its status line and the runs it finished).
+    const partial = await page.evaluate(() => ({ stage: document.getElementById('status')?.textContent ?? null, result: window.benchResult ?? null }))
+      .catch(() => ({}));
+    emit({ ...common, engine: 'wllama', threads_requested: threads, status: 'error', error: String(e.message ?? e), stage: partial.stage,
+      multithread: partial.result?.multithread, threads: partial.result?.threads, load_ms: round(partial.result?.load_ms),
+      warmup: partial.result?.warmup ?? null, finished_runs: partial.result?.runs ?? [], log_tail: page.logs.slice(-20) });
   } finally {
     await page.close();
   }
