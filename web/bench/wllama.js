@@ -100,7 +100,7 @@ async function main() {
   } catch { /* version stays null */ }
 
   const wasm = new URL('../node_modules/@wllama/wllama/esm/wasm/wllama.wasm', import.meta.url).href;
-  const wllama = new Wllama({ default: wasm }, { logger: LoggerWithoutDebug, suppressNativeLog: !params.has('log') });
+  const wllama = new Wllama({ default: wasm }, { logger: params.has('log') ? console : LoggerWithoutDebug, suppressNativeLog: !params.has('log') });
   wllama.setCompat(null); // never the CDN compat build (only Safari/old browsers would want it)
 
   show(`downloading ${modelUrl}`);
