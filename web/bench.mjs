@@ -14,7 +14,7 @@
 // --ngl: wllama GPU layers (0: wasm CPU; 99: wllama's own WebGPU backend, reported as device webgpu).
 // --devices: the devices asked of flexlora (webgpu runs on SwiftShader where there is no GPU).
 import { basename, resolve } from 'node:path';
-import { stat } from 'node:fs/promises';
+import { stat, readdir, readFile } from 'node:fs/promises';
 import { execFileSync } from 'node:child_process';
 import { cpus, loadavg } from 'node:os';
 import { serve, launch, openPage, webRoot, dataDir, browserAvailable, chromiumPath } from './tests/harness.mjs';
@@ -60,7 +60,10 @@ const emit = (obj) => console.log(JSON.stringify({ ...obj, loadavg_1m: Math.roun
 async function benchWllama(context, server, opts, modelUrl, threads, common) {
   const q = new URLSearchParams({ model: modelUrl, threads: String(threads), prompt: String(opts.prompt),
     decode: String(opts.decode), runs: String(opts.runs), ngl: String(opts.ngl) });
+  const cpu0 = await cpuSnapshot();
+  const wall0 = Date.now();
   const page = await openPage(context, `${server.url}/bench/wllama.html?${q}`);
+  const cpuShare = async () => coresUsed(cpu0, await cpuSnapshot(), (Date.now() - wall0) / 1000);
   try {
     await page.waitForFunction(() => document.title !== 'wllama: running', null, { timeout: opts.timeout * 1000 });
     const r = await page.evaluate(() => window.benchResult);
@@ -73,6 +76,9 @@ async function benchWllama(context, server, opts, modelUrl, threads, common) {
       threads_requested: threads, threads: r.threads, multithread: r.multithread, cross_origin_isolated: r.cross_origin_isolated,
       prompt_tokens: opts.prompt, decode_tokens: opts.decode, load_ms: round(r.load_ms), fetch_ms: round(r.fetch_ms),
       open_to_first_token_ms: round(r.open_to_first_token_ms),
+      // CPU cores the browser used on average over the whole page (load, warm-up, runs): under 1 per
+      // thread means other processes took the rest.
+      browser_cpu_cores: await cpuShare(),
     };
     r.runs.forEach((m, i) => emit({ ...base, run: i + 1, prefill_tps: round(m.prefill_tps), decode_tps: round(m.decode_tps),
       first_token_ms: round(m.first_token_ms), wall_decode_tps: round(m.wall_decode_tps), prompt_n: m.prompt_n, predicted_n: m.predicted_n }));
@@ -109,9 +115,13 @@ async function benchFlexlora(context, server, opts, modelUrl, threads, common) {
         continue;
       }
       try {
+        const cpu0 = await cpuSnapshot();
+        const wall0 = Date.now();
         const r = await page.evaluate((args) => window.flexloraBench(args),
           { modelUrl, device, promptTokens: opts.prompt, decodeTokens: opts.decode, threads });
-        emit({ ...line, ...r, prefill_tps: round(r?.prefill_tps), decode_tps: round(r?.decode_tps), first_token_ms: round(r?.first_token_ms) });
+        const cores = coresUsed(cpu0, await cpuSnapshot(), (Date.now() - wall0) / 1000);
+        emit({ ...line, ...r, prefill_tps: round(r?.prefill_tps), decode_tps: round(r?.decode_tps), first_token_ms: round(r?.first_token_ms),
+          browser_cpu_cores: cores });
       } catch (e) {
         emit({ ...line, status: 'error', error: String(e.message ?? e), log_tail: page.logs.slice(-20) });
       }
@@ -119,6 +129,37 @@ async function benchFlexlora(context, server, opts, modelUrl, threads, common) {
   } finally {
     await page.close();
   }
+}
+
+// CPU ticks (user + system, 1/100 s) of each process descended from this script: Chromium, which
+// Playwright starts as a child, its renderers and GPU process (the workers' threads live in the
+// renderer); from /proc, null where it is missing. The difference of two snapshots over wall time
+// says how many cores the page really got on a shared machine (processes that exited in between are
+// left out).
+async function cpuSnapshot(rootPid = process.pid) {
+  try {
+    const procs = new Map();
+    for (const name of await readdir('/proc')) {
+      if (!/^\d+$/.test(name)) continue;
+      const text = await readFile(`/proc/${name}/stat`, 'utf8').catch(() => null);
+      if (!text) continue;
+      const f = text.slice(text.lastIndexOf(')') + 2).split(' ');
+      procs.set(Number(name), { ppid: Number(f[1]), ticks: Number(f[11]) + Number(f[12]) });
+    }
+    const inTree = (pid) => { for (let p = procs.get(pid)?.ppid ?? 0, n = 0; p > 1 && n < 64; p = procs.get(p)?.ppid ?? 0, n++) if (p === rootPid) return true; return false; };
+    const snap = new Map();
+    for (const [pid, p] of procs) if (inTree(pid)) snap.set(pid, p.ticks);
+    return snap;
+  } catch {
+    return null;
+  }
+}
+
+function coresUsed(before, after, seconds) {
+  if (!before || !after || seconds <= 0) return null;
+  let ticks = 0;
+  for (const [pid, t] of after) ticks += t - (before.get(pid) ?? 0);
+  return round(ticks / 100 / seconds);
 }
 
 function round(x) {

@@ -136,7 +136,12 @@ async function main() {
     result.runs.push(m);
     reportEl.textContent = JSON.stringify(result, null, 2);
   }
-  const median = (xs) => { const s = xs.filter((x) => x != null).sort((a, b) => a - b); return s.length ? s[(s.length - 1) >> 1] : null; };
+  const median = (xs) => {
+    const s = xs.filter((x) => x != null).sort((a, b) => a - b);
+    if (!s.length) return null;
+    const m = s.length >> 1;
+    return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+  };
   result.prefill_tps = median(result.runs.map((r) => r.prefill_tps));
   result.decode_tps = median(result.runs.map((r) => r.decode_tps));
   result.first_token_ms = median(result.runs.map((r) => r.first_token_ms));
