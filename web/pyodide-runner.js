@@ -54,9 +54,13 @@ export function terminate() {
   dropWorker();
 }
 
-async function runNow(program, { timeoutMs = 10000, onStatus, indexURL = defaultIndexURL } = {}) {
+async function runNow(program, { timeoutMs = 10000, onStatus, indexURL = defaultIndexURL, loadTimeoutMs = 120000 } = {}) {
   try {
-    const info = await warmUp({ indexURL, onStatus });
+    let timer;
+    const tooSlow = new Promise((_, fail) => {
+      timer = setTimeout(() => { dropWorker(); fail(new Error(`Pyodide did not load within ${loadTimeoutMs} ms`)); }, loadTimeoutMs);
+    });
+    const info = await Promise.race([warmUp({ indexURL, onStatus }), tooSlow]).finally(() => clearTimeout(timer));
     onStatus?.(`Pyodide ${info.version} ready`);
   } catch (err) {
     return { status: 'error', error: String(err?.message ?? err), stdout: '', ms: 0 };
@@ -99,7 +103,8 @@ async function runNow(program, { timeoutMs = 10000, onStatus, indexURL = default
  * Runs `program` (Python source) to the end in the Pyodide worker.
  * Options: timeoutMs (default 10000, counted from the start of the run, not of Pyodide's load),
  * onStatus(text) for progress ('loading Pyodide', 'running', then the status), indexURL (where
- * pyodide.mjs and its files are; default ./node_modules/pyodide/ next to this module).
+ * pyodide.mjs and its files are; default ./node_modules/pyodide/ next to this module),
+ * loadTimeoutMs (default 120000: a Pyodide that has not loaded by then gives status 'error').
  * Resolves { status: 'passed'|'failed'|'timeout'|'error', error: string|null, stdout: string, ms }.
  */
 export function runPython(program, options = {}) {

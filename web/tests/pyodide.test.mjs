@@ -145,3 +145,14 @@ test('all canonical solutions pass (FLEXLORA_ALL_TASKS=1)', { skip: skip || (pro
   console.log(`canonical solutions: ${res.passed}/${res.total} passed`, JSON.stringify(res.bad));
   assert.deepEqual(res.bad, []);
 });
+
+test('a Pyodide that cannot load gives an error, and the next run with the right files works', { skip, timeout: 120_000 }, async () => {
+  const r = await page.evaluate(async () => {
+    const bad = await window.runner.runPython('pass\n', { indexURL: new URL('../no-such-dir/', location.href).href });
+    const good = await window.runner.runPython('assert 1 + 1 == 2\n');
+    return { bad, good };
+  });
+  assert.equal(r.bad.status, 'error');
+  assert.match(r.bad.error, /loading Pyodide from .*no-such-dir/);
+  assert.equal(r.good.status, 'passed');
+});
