@@ -36,7 +36,8 @@ if [ -n "$wbv" ] && ! wasm-bindgen --version 2>/dev/null | grep -q "$wbv"; then
   cargo install -q wasm-bindgen-cli --version "$wbv"
 fi
 
-# playwright-core drives the system Chromium for the browser test (no browser download).
-if [ ! -d "$here/web/node_modules/playwright-core" ]; then
+# playwright-core drives the system Chromium for the browser tests (no browser download); pyodide
+# runs generated Python in the page; @wllama/wllama is the browser peer of web/bench.mjs.
+if [ ! -d "$here/web/node_modules/playwright-core" ] || [ ! -d "$here/web/node_modules/pyodide" ] || [ ! -d "$here/web/node_modules/@wllama/wllama" ]; then
   (cd "$here/web" && npm install --no-audit --no-fund --silent)
 fi

@@ -59,10 +59,14 @@ function setBusy(b) {
 }
 
 // ---- device -----------------------------------------------------------------------------------
+let gpuAdapterInfo = null;
 async function webgpuNote() {
   if (!('gpu' in navigator)) return 'this browser has no WebGPU (navigator.gpu is missing)';
   const a = await navigator.gpu.requestAdapter().catch(() => null);
   if (!a) return 'WebGPU is present but offers no adapter';
+  // The browser describes its adapter to the page (wgpu sees an anonymous one).
+  const i = a.info ?? {};
+  gpuAdapterInfo = [i.vendor, i.architecture, i.description].filter(Boolean).join(' ') + (a.isFallbackAdapter || i.isFallbackAdapter ? ' (software fallback adapter)' : '');
   return null;
 }
 
@@ -77,6 +81,8 @@ async function initDevice(choice) {
     if (noGpu && choice !== 'cpu') why = `${noGpu}, so the CPU backend runs`;
     else if (info.kind === 'CPU' && choice === 'auto') why = `${info.reason.replace(/^auto: /, '')}; choose WebGPU to run there anyway`;
     state.device = { ...info, choice };
+    if (info.kind === 'GPU') info.name = gpuAdapterInfo || info.name.trim();
+    if (info.kind === 'GPU' && choice === 'webgpu') why = 'chosen with the switch';
     const what = info.kind === 'GPU' ? `WebGPU: ${info.name}` : `CPU backend in WebAssembly (${info.simd128 ? 'SIMD128' : 'no SIMD'}, one thread)`;
     status('device-status', `${what} — ${why}`, 'ok');
     $('device-details').hidden = !info.limits;
@@ -99,7 +105,7 @@ async function cacheModule() {
 function onProgress(stage) {
   const bar = $('progress');
   bar.hidden = false;
-  return (done, total) => { bar.max = total || 1; bar.value = done; status('model-status', `${stage}: ${mib(done)}${total ? ` of ${mib(total)}` : ''}`); };
+  return ({ loaded, total }) => { bar.max = total || 1; bar.value = loaded; status('model-status', `${stage}: ${mib(loaded)}${total ? ` of ${mib(total)}` : ''}`); };
 }
 
 async function fetchBytes(url) {
@@ -283,7 +289,7 @@ async function loadTaskList() {
     tasksMod ??= await import('./tasks.js');
     tasks = await tasksMod.loadTasks($('task-set').value);
     sel.innerHTML = '';
-    tasks.forEach((t, i) => { const o = document.createElement('option'); o.value = i; o.textContent = `${t.id}: ${t.title}`.slice(0, 90); sel.append(o); });
+    tasks.forEach((t, i) => { const o = document.createElement('option'); o.value = i; o.textContent = (t.title.startsWith(t.id) ? t.title : `${t.id}: ${t.title}`).slice(0, 90); sel.append(o); });
     sel.disabled = false;
     $('use-task').disabled = false;
     status('run-status', `${tasks.length} tasks`);
