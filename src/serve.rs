@@ -82,7 +82,12 @@ impl Site {
             .map(|(i, a)| {
                 let files: Vec<_> =
                     [CONFIG_FILE, WEIGHTS_FILE].iter().map(|f| json!({ "name": f, "url": format!("files/adapters/{i}/{f}") })).collect();
-                json!({ "name": name(a), "files": files })
+                // `flexlora train` writes RUN/adapter: the run's name says more than "adapter".
+                let label = match (name(a).as_str(), a.parent()) {
+                    ("adapter", Some(run)) if !name(run).is_empty() => format!("{}/adapter", name(run)),
+                    (n, _) => n.to_string(),
+                };
+                json!({ "name": label, "files": files })
             })
             .collect();
         json!({ "model": model, "adapters": adapters, "data": self.data_dir.is_some() }).to_string()

@@ -82,7 +82,7 @@ async function initDevice(choice) {
     else if (info.kind === 'CPU' && choice === 'auto') why = `${info.reason.replace(/^auto: /, '')}; choose WebGPU to run there anyway`;
     state.device = { ...info, choice };
     if (info.kind === 'GPU') info.name = gpuAdapterInfo || info.name.trim();
-    if (info.kind === 'GPU' && choice === 'webgpu') why = 'chosen with the switch';
+    if (choice !== 'auto' && !noGpu) why = 'chosen with the switch';
     const what = info.kind === 'GPU' ? `WebGPU: ${info.name}` : `CPU backend in WebAssembly (${info.simd128 ? 'SIMD128' : 'no SIMD'}, one thread)`;
     status('device-status', `${what} — ${why}`, 'ok');
     $('device-details').hidden = !info.limits;
@@ -320,6 +320,26 @@ async function runCode() {
   });
 }
 
+// ---- benchmark (web/bench.mjs) -----------------------------------------------------------------
+// Prefill and decode speed on `device` for a prompt of about `promptTokens` tokens (the text the
+// wllama page uses, web/bench/prompt.js) and up to `decodeTokens` greedy tokens; and the time from
+// opening the page to the first token (the model comes from the OPFS cache when it is warm).
+async function bench({ modelUrl, device, promptTokens = 128, decodeTokens = 128 }) {
+  const { benchPromptText } = await import('./bench/prompt.js');
+  if (state.device?.choice !== device) await initDevice(device);
+  const t0 = performance.now();
+  const sameModel = state.model && state.modelSource?.url === modelUrl;
+  if (!sameModel) await loadModel({ url: modelUrl });
+  const loadMs = performance.now() - t0;
+  const r = await generate(benchPromptText(promptTokens - 1), { chat: false, temperature: 0, max_new_tokens: decodeTokens }, 0);
+  return {
+    device: state.device.name, prompt_tokens: r.prompt_tokens, generated_tokens: r.generated_tokens,
+    prefill_tps: r.prompt_tokens / r.prefill_secs, decode_tps: r.generated_tokens / Math.max(r.decode_secs, 1e-9),
+    load_ms: loadMs, first_token_ms: r.first_token_ms, page_open_to_first_token_ms: sameModel ? null : t0 + loadMs + r.first_token_ms,
+    model_note: $('model-status').textContent,
+  };
+}
+
 // ---- wiring -----------------------------------------------------------------------------------
 async function filesFrom(list) {
   return Promise.all([...list].map(async (f) => ({ name: f.name, bytes: new Uint8Array(await f.arrayBuffer()) })));
@@ -392,6 +412,7 @@ async function main() {
   document.querySelector(`input[name=device][value=${device}]`)?.click();
   await initDevice(device).catch(() => {});
   loadTaskList();
+  window.flexloraBench = bench;
   window.flexlora = {
     state, manifest, initDevice, loadModel, loadAdapter, loadServedAdapters, setAdapter, generate, compare, stop, runCode,
     call, setPrompt: (t) => { $('prompt').value = t; },
