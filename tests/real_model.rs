@@ -103,3 +103,29 @@ fn decode_logits_through_the_8_bit_head_equal_the_f32_head() {
     let f32_head = logits(&model);
     common::assert_close("next-token logits, 8-bit vs f32 head", &q8, &f32_head, 1e-4, 1e-4);
 }
+
+#[test]
+fn native_gguf_blocks_give_the_f32_dequantized_models_logits() {
+    let Some(path) = model_path() else { return };
+    let cpu = common::cpu();
+    let (native, tok) = load::open(&cpu, &path, WeightFormat::Auto).unwrap();
+    let (dense, _) = load::open(&cpu, &path, WeightFormat::F32).unwrap();
+    assert!(
+        native.layers.iter().flat_map(|l| l.linears()).all(|l| matches!(l.weight, flexlora::model::Weight::Gguf(_))),
+        "--weights auto must keep every linear of a GGUF in its blocks on the CPU"
+    );
+    let ids = tok.encode(&tok.chat_prompt(None, "def fibonacci(n):"), true).unwrap();
+    // The prompt (many tokens: the tiled GEMM path), then three decode steps (the row path).
+    let run = |model: &flexlora::model::Model| {
+        let mut cache = model.new_cache(&cpu, 1, ids.len() + 3);
+        let mut out = vec![common::read(&cpu, &model.forward(&cpu, &ids, &mut cache, true).unwrap())];
+        for id in [330, 28, 1000] {
+            out.push(common::read(&cpu, &model.forward(&cpu, &[id], &mut cache, false).unwrap()));
+        }
+        out
+    };
+    let (got, want) = (run(&native), run(&dense));
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        common::assert_close(&format!("logits, native blocks vs f32 weights, step {i}"), g, w, 2e-3, 2e-3);
+    }
+}
