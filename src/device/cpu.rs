@@ -7,6 +7,10 @@
 //! this CPU runs unless `FLEXLORA_CPU=portable|avx2|avx512` forces one; tests force each in turn
 //! with `with_tier`. The `gemm` crate detects CPU features itself and ignores the tier: products
 //! it computes (training, prefill) use the widest SIMD the CPU has whatever FLEXLORA_CPU says.
+//! The tier picks hand-written kernels; code the compiler vectorizes on its own (portable loops,
+//! and the tier functions that are plain Rust compiled with `target_feature`) also follows the
+//! build's target CPU, which `.cargo/config.toml` sets to the build machine's: to measure a true
+//! AVX2-only machine on an AVX-512 one, also build with `RUSTFLAGS="-C target-cpu=x86-64-v3"`.
 
 /// The CPU backend. It holds no state beyond its thread count; tensors on it are host vectors.
 #[derive(Debug, Clone)]
