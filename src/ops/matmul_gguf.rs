@@ -222,6 +222,55 @@ fn rows_dot(ty: GgmlType, w: &[u8], x: &[f32], k: usize, out: &mut [f32]) {
 
 #[inline(always)]
 fn rows_dot_body(ty: GgmlType, w: &[u8], x: &[f32], k: usize, out: &mut [f32]) {
+    use ggml_blocks as g;
+    match ty {
+        GgmlType::Q4_0 => rows_dot_blocks::<32>(g::q4_0, w, x, k, out),
+        GgmlType::Q4_1 => rows_dot_blocks::<32>(g::q4_1, w, x, k, out),
+        GgmlType::Q5_0 => rows_dot_blocks::<32>(g::q5_0, w, x, k, out),
+        GgmlType::Q5_1 => rows_dot_blocks::<32>(g::q5_1, w, x, k, out),
+        GgmlType::Q8_0 => rows_dot_blocks::<32>(g::q8_0, w, x, k, out),
+        GgmlType::Q4_K => rows_dot_blocks::<256>(g::q4_k, w, x, k, out),
+        GgmlType::Q5_K => rows_dot_blocks::<256>(g::q5_k, w, x, k, out),
+        GgmlType::Q6_K => rows_dot_blocks::<256>(g::q6_k, w, x, k, out),
+        _ => rows_dot_rows(ty, w, x, k, out),
+    }
+}
+
+/// `rows_dot` for a block type of B elements: each block is dequantized by `block` (inlined,
+/// into a [B] array that stays in L1) and multiplied into 32 running sums per token, so no row
+/// buffer is written and the type's match is outside the loops.
+#[inline(always)]
+fn rows_dot_blocks<const B: usize>(block: impl Fn(&[u8], &mut [f32]), w: &[u8], x: &[f32], k: usize, out: &mut [f32]) {
+    let t = x.len() / k;
+    let rows = out.len() / t;
+    let (nb, rb) = (k / B, w.len() / rows);
+    let bb = rb / nb;
+    let mut acc = vec![[0f32; 32]; t];
+    let mut wb = [0f32; B];
+    for (r, yr) in out.chunks_exact_mut(t).enumerate() {
+        acc.iter_mut().for_each(|a| *a = [0f32; 32]);
+        let row = &w[r * rb..(r + 1) * rb];
+        for (bi, bytes) in row.chunks_exact(bb).enumerate() {
+            block(bytes, &mut wb);
+            for (ti, a) in acc.iter_mut().enumerate() {
+                let xb: &[f32; B] = x[ti * k + bi * B..][..B].try_into().expect("B floats");
+                for (wc, xc) in wb.chunks_exact(32).zip(xb.chunks_exact(32)) {
+                    for j in 0..32 {
+                        a[j] += wc[j] * xc[j];
+                    }
+                }
+            }
+        }
+        for (v, a) in yr.iter_mut().zip(&acc) {
+            *v = a.iter().sum();
+        }
+    }
+}
+
+/// `rows_dot` for types of one element per block (F16, BF16, F32): whole rows dequantized into
+/// a [K] buffer, then dotted.
+#[inline(always)]
+fn rows_dot_rows(ty: GgmlType, w: &[u8], x: &[f32], k: usize, out: &mut [f32]) {
     let t = x.len() / k;
     let rows = out.len() / t;
     let rb = w.len() / rows;

@@ -164,7 +164,7 @@ fn half(b: &[u8], at: usize) -> f32 {
 
 /// block_q8_0 { f16 d; i8 qs[32] }: y = q * d.
 #[inline(always)]
-fn q8_0(b: &[u8], y: &mut [f32]) {
+pub(crate) fn q8_0(b: &[u8], y: &mut [f32]) {
     let d = half(b, 0);
     for (y, &q) in y.iter_mut().zip(&b[2..34]) {
         *y = q as i8 as f32 * d;
@@ -174,7 +174,7 @@ fn q8_0(b: &[u8], y: &mut [f32]) {
 /// block_q4_0 { f16 d; u8 qs[16] }: low nibbles are elements 0..16, high nibbles 16..32;
 /// y = (q - 8) * d.
 #[inline(always)]
-fn q4_0(b: &[u8], y: &mut [f32]) {
+pub(crate) fn q4_0(b: &[u8], y: &mut [f32]) {
     let d = half(b, 0);
     for (j, &q) in b[2..18].iter().enumerate() {
         y[j] = ((q & 0xF) as i32 - 8) as f32 * d;
@@ -184,7 +184,7 @@ fn q4_0(b: &[u8], y: &mut [f32]) {
 
 /// block_q4_1 { f16 d; f16 m; u8 qs[16] }: y = q * d + m.
 #[inline(always)]
-fn q4_1(b: &[u8], y: &mut [f32]) {
+pub(crate) fn q4_1(b: &[u8], y: &mut [f32]) {
     let (d, m) = (half(b, 0), half(b, 2));
     for (j, &q) in b[4..20].iter().enumerate() {
         y[j] = (q & 0xF) as f32 * d + m;
@@ -206,7 +206,7 @@ fn q5_values(qh: &[u8], qs: &[u8]) -> [u8; 32] {
 
 /// block_q5_0 { f16 d; u8 qh[4]; u8 qs[16] }: y = (q - 16) * d.
 #[inline(always)]
-fn q5_0(b: &[u8], y: &mut [f32]) {
+pub(crate) fn q5_0(b: &[u8], y: &mut [f32]) {
     let d = half(b, 0);
     for (y, q) in y.iter_mut().zip(q5_values(&b[2..6], &b[6..22])) {
         *y = (q as i32 - 16) as f32 * d;
@@ -215,7 +215,7 @@ fn q5_0(b: &[u8], y: &mut [f32]) {
 
 /// block_q5_1 { f16 d; f16 m; u8 qh[4]; u8 qs[16] }: y = q * d + m.
 #[inline(always)]
-fn q5_1(b: &[u8], y: &mut [f32]) {
+pub(crate) fn q5_1(b: &[u8], y: &mut [f32]) {
     let (d, m) = (half(b, 0), half(b, 2));
     for (y, q) in y.iter_mut().zip(q5_values(&b[4..8], &b[8..24])) {
         *y = q as f32 * d + m;
@@ -237,7 +237,7 @@ fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
 /// block_q4_K { f16 d; f16 dmin; u8 scales[12]; u8 qs[128] }: 8 sub-blocks of 32; each group of
 /// 32 bytes of qs holds two sub-blocks (low nibbles, then high nibbles); y = (d*sc) * q - dmin*m.
 #[inline(always)]
-fn q4_k(b: &[u8], y: &mut [f32]) {
+pub(crate) fn q4_k(b: &[u8], y: &mut [f32]) {
     let (d, dmin) = (half(b, 0), half(b, 2));
     let scales = &b[4..16];
     for (g, (qs, y)) in b[16..144].chunks_exact(32).zip(y.chunks_exact_mut(64)).enumerate() {
@@ -254,7 +254,7 @@ fn q4_k(b: &[u8], y: &mut [f32]) {
 /// block_q5_K { f16 d; f16 dmin; u8 scales[12]; u8 qh[32]; u8 qs[128] }: like Q4_K, and bit
 /// (2g, 2g+1) of qh[l] is the fifth bit of element l of sub-blocks 2g and 2g+1.
 #[inline(always)]
-fn q5_k(b: &[u8], y: &mut [f32]) {
+pub(crate) fn q5_k(b: &[u8], y: &mut [f32]) {
     let (d, dmin) = (half(b, 0), half(b, 2));
     let scales = &b[4..16];
     let qh = &b[16..48];
@@ -275,7 +275,7 @@ fn q5_k(b: &[u8], y: &mut [f32]) {
 /// packed in 64 bytes of ql (low 4 bits), 32 bytes of qh (high 2 bits) and 8 scales (one per 16
 /// elements); y = (d * scale) * (q - 32).
 #[inline(always)]
-fn q6_k(b: &[u8], y: &mut [f32]) {
+pub(crate) fn q6_k(b: &[u8], y: &mut [f32]) {
     let d = half(b, 208);
     for h in 0..2 {
         let ql = &b[64 * h..64 * h + 64];
