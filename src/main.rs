@@ -124,14 +124,16 @@ struct DeviceFlags {
     /// Graphics API for the GPU (vulkan, metal, dx12, gl).
     #[arg(long, value_enum)]
     backend: Option<BackendChoice>,
-    /// How the frozen linear weights are held: NF4 (4-bit, block 64, quantized while loading:
-    /// QLoRA's base, ~7x less memory, and the faster decode on the CPU backend), or f32.
-    #[arg(long, value_enum, default_value_t = WeightsArg::Nf4)]
+    /// How the frozen linear weights are held: auto (a GGUF file's own quantized blocks on the
+    /// CPU, the exact model; NF4 otherwise), NF4 (4-bit, block 64, quantized while loading:
+    /// QLoRA's base, ~7x less memory than f32), or f32.
+    #[arg(long, value_enum, default_value_t = WeightsArg::Auto)]
     weights: WeightsArg,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum WeightsArg {
+    Auto,
     F32,
     Nf4,
 }
@@ -141,6 +143,7 @@ impl DeviceFlags {
         match self.weights {
             WeightsArg::F32 => flexlora::model::WeightFormat::F32,
             WeightsArg::Nf4 => flexlora::model::WeightFormat::Nf4 { blocksize: 64 },
+            WeightsArg::Auto => flexlora::model::WeightFormat::Auto,
         }
     }
 }
@@ -306,7 +309,7 @@ struct TrainArgs {
     /// Output directory: checkpoints, metrics.jsonl, loss.svg, adapter/, summary.json.
     #[arg(long)]
     out: Option<std::path::PathBuf>,
-    /// Frozen base weights: nf4 (QLoRA, default) or f32.
+    /// Frozen base weights: auto (default: a GGUF's own blocks on the CPU, else NF4), nf4 (QLoRA) or f32.
     #[arg(long)]
     weights: Option<String>,
     #[arg(long)]
@@ -524,7 +527,11 @@ fn run(cli: Cli) -> Result<()> {
             println!(
                 "{what} on {} ({} base weights, loaded in {:.1} s): LoRA r={lora_rank} on {lora_targets}, {trainable} of {total} parameters, T={seq}{}",
                 sel.device.name(),
-                if matches!(dev.weights, WeightsArg::Nf4) { "NF4" } else { "f32" },
+                match dev.weights {
+                    WeightsArg::Nf4 => "NF4",
+                    WeightsArg::F32 => "f32",
+                    WeightsArg::Auto => "auto (GGUF blocks or NF4)",
+                },
                 t0.elapsed().as_secs_f64(),
                 if recompute { ", recomputing activations" } else { "" }
             );

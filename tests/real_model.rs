@@ -103,3 +103,66 @@ fn decode_logits_through_the_8_bit_head_equal_the_f32_head() {
     let f32_head = logits(&model);
     common::assert_close("next-token logits, 8-bit vs f32 head", &q8, &f32_head, 1e-4, 1e-4);
 }
+
+#[test]
+fn native_gguf_blocks_give_the_f32_dequantized_models_logits() {
+    let Some(path) = model_path() else { return };
+    let cpu = common::cpu();
+    let (native, tok) = load::open(&cpu, &path, WeightFormat::Auto).unwrap();
+    let (dense, _) = load::open(&cpu, &path, WeightFormat::F32).unwrap();
+    assert!(
+        native.layers.iter().flat_map(|l| l.linears()).all(|l| matches!(l.weight, flexlora::model::Weight::Gguf(_))),
+        "--weights auto must keep every linear of a GGUF in its blocks on the CPU"
+    );
+    let ids = tok.encode(&tok.chat_prompt(None, "def fibonacci(n):"), true).unwrap();
+    // The prompt (many tokens: the tiled GEMM path), then three decode steps (the row path).
+    let run = |model: &flexlora::model::Model| {
+        let mut cache = model.new_cache(&cpu, 1, ids.len() + 3);
+        let mut out = vec![common::read(&cpu, &model.forward(&cpu, &ids, &mut cache, true).unwrap())];
+        for id in [330, 28, 1000] {
+            out.push(common::read(&cpu, &model.forward(&cpu, &[id], &mut cache, false).unwrap()));
+        }
+        out
+    };
+    let (got, want) = (run(&native), run(&dense));
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        common::assert_close(&format!("logits, native blocks vs f32 weights, step {i}"), g, w, 2e-3, 2e-3);
+    }
+}
+
+#[test]
+fn lora_gradients_over_native_gguf_blocks_equal_those_over_f32_weights() {
+    use flexlora::model::{LoraConfig, Target};
+    use flexlora::ops::cross_entropy::IGNORE;
+    use flexlora::train::grad::Options;
+    let Some(path) = model_path() else { return };
+    let cpu = common::cpu();
+    let ids = {
+        let (_, tok) = load::open(&cpu, &path, WeightFormat::F32).unwrap();
+        tok.encode("def add(a, b):\n    return a + b\n\nprint(add(2, 3))\n", true).unwrap()
+    };
+    // Two sequences: 20 tokens each (the tiled GEMM path of forward and dx), first 4 targets masked.
+    let ids: Vec<u32> = ids.iter().cycle().take(40).copied().collect();
+    let targets: Vec<u32> = (0..40).map(|i| if i % 20 < 4 || i % 20 == 19 { IGNORE } else { ids[i + 1] }).collect();
+    let lora = LoraConfig { rank: 4, alpha: 8.0, dropout: 0.0, rslora: false, targets: Target::ALL.to_vec() };
+    let grads = |format: WeightFormat| {
+        let (mut model, _) = load::open(&cpu, &path, format).unwrap();
+        model.attach_lora(&cpu, &lora, 3).unwrap();
+        // Random B (a fresh B = 0 would make every dA zero and the comparison blind).
+        let mut rng = common::Rng::new(17);
+        for t in model.lora_tensors_mut() {
+            let v = rng.vec(t.numel(), 0.02);
+            *t = flexlora::Tensor::from_f32(&cpu, &t.label().to_string(), &t.shape().to_vec(), &v).unwrap();
+        }
+        let opts = Options { recompute: false, dropout_seed: None, all_logits: false };
+        let fwd = model.forward_train(&cpu, &ids, &targets, 2, opts).unwrap();
+        let mut g = model.zero_grads(&cpu);
+        model.backward(&cpu, &fwd, None, 1.0 / 30.0, &mut g).unwrap();
+        g.iter().map(|t| common::read(&cpu, t)).collect::<Vec<_>>()
+    };
+    let (native, dense) = (grads(WeightFormat::Auto), grads(WeightFormat::F32));
+    for (i, (g, w)) in native.iter().zip(&dense).enumerate() {
+        let scale = w.iter().fold(0f32, |m, v| m.max(v.abs()));
+        common::assert_close(&format!("LoRA gradient {i}, native blocks vs f32"), g, w, 1e-3 * scale, 1e-2);
+    }
+}

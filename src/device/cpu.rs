@@ -1,5 +1,16 @@
 //! The CPU backend: plain Rust ops, multi-threaded with rayon natively and single-threaded in the
 //! browser build. Matrix products go through the `gemm` crate.
+//!
+//! SIMD tiers: every hand-vectorized kernel of the CPU twins asks `tier()` which code to run
+//! (`Tier::Portable`: plain Rust, the only tier on wasm32 and aarch64, where the compiler
+//! vectorizes it for SIMD128/NEON; `Avx2`: AVX2 + FMA; `Avx512`: AVX-512F). The tier is the best
+//! this CPU runs unless `FLEXLORA_CPU=portable|avx2|avx512` forces one; tests force each in turn
+//! with `with_tier`. The `gemm` crate detects CPU features itself and ignores the tier: products
+//! it computes (training, prefill) use the widest SIMD the CPU has whatever FLEXLORA_CPU says.
+//! The tier picks hand-written kernels; code the compiler vectorizes on its own (portable loops,
+//! and the tier functions that are plain Rust compiled with `target_feature`) also follows the
+//! build's target CPU, which `.cargo/config.toml` sets to the build machine's: to measure a true
+//! AVX2-only machine on an AVX-512 one, also build with `RUSTFLAGS="-C target-cpu=x86-64-v3"`.
 
 /// The CPU backend. It holds no state beyond its thread count; tensors on it are host vectors.
 #[derive(Debug, Clone)]
@@ -8,9 +19,127 @@ pub struct CpuDevice {
 }
 
 impl CpuDevice {
+    /// The CPU backend. Panics if FLEXLORA_CPU names a tier this CPU cannot run (see `tier`), so a
+    /// bad setting fails when the device is made, not inside the first kernel.
     pub fn new() -> Self {
+        let _ = tier();
         CpuDevice { threads: threads() }
     }
+}
+
+/// A family of SIMD kernels: see the module docs. Ordered: a tier runs wherever a later one does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Tier {
+    Portable,
+    Avx2,
+    Avx512,
+}
+
+/// The environment variable that forces a tier.
+pub const TIER_VAR: &str = "FLEXLORA_CPU";
+
+impl Tier {
+    pub const ALL: [Tier; 3] = [Tier::Portable, Tier::Avx2, Tier::Avx512];
+
+    /// The name FLEXLORA_CPU takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tier::Portable => "portable",
+            Tier::Avx2 => "avx2",
+            Tier::Avx512 => "avx512",
+        }
+    }
+
+    /// Whether this CPU executes the tier's instructions (`Avx2` also needs FMA).
+    pub fn runs_here(self) -> bool {
+        match self {
+            Tier::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Tier::Avx2 => std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma"),
+            #[cfg(target_arch = "x86_64")]
+            Tier::Avx512 => Tier::Avx2.runs_here() && std::arch::is_x86_feature_detected!("avx512f"),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// Every tier this CPU runs, portable first.
+    pub fn supported() -> Vec<Tier> {
+        Tier::ALL.into_iter().filter(|t| t.runs_here()).collect()
+    }
+
+    /// The best tier this CPU runs.
+    pub fn best() -> Tier {
+        Tier::ALL.into_iter().rev().find(|t| t.runs_here()).unwrap_or(Tier::Portable)
+    }
+
+    /// The tier FLEXLORA_CPU asks for (`None` when unset or empty), or an error naming the
+    /// variable, the value and what this CPU supports.
+    pub fn from_env() -> Result<Option<Tier>, String> {
+        std::env::var(TIER_VAR).map_or(Ok(None), |v| Tier::parse(&v))
+    }
+
+    /// A FLEXLORA_CPU value: `None` when empty, else the tier or an error as for `from_env`.
+    pub fn parse(value: &str) -> Result<Option<Tier>, String> {
+        let value = value.trim().to_ascii_lowercase();
+        if value.is_empty() {
+            return Ok(None);
+        }
+        let supported = || Tier::supported().iter().map(|t| t.name()).collect::<Vec<_>>().join(", ");
+        let tier = Tier::ALL.into_iter().find(|t| t.name() == value).ok_or_else(|| {
+            format!("{TIER_VAR}={value} is not a CPU tier: choose portable, avx2 or avx512 (this CPU runs {}), or unset it", supported())
+        })?;
+        if !tier.runs_here() {
+            return Err(format!("{TIER_VAR}={value}: this CPU cannot run that tier (it runs {}); unset {TIER_VAR} or choose one of those", supported()));
+        }
+        Ok(Some(tier))
+    }
+}
+
+impl std::fmt::Display for Tier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Sentinel for "no `with_tier` override" in `FORCED`.
+const NOT_FORCED: u8 = u8::MAX;
+static FORCED: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(NOT_FORCED);
+
+/// The SIMD tier kernels run now: `with_tier`'s while one is active, else FLEXLORA_CPU's (read
+/// once), else `Tier::best()`. Panics with `Tier::from_env`'s message on a bad FLEXLORA_CPU.
+#[inline]
+pub fn tier() -> Tier {
+    use std::sync::atomic::Ordering;
+    static CHOSEN: std::sync::OnceLock<Tier> = std::sync::OnceLock::new();
+    match FORCED.load(Ordering::Relaxed) {
+        NOT_FORCED => *CHOSEN.get_or_init(|| match Tier::from_env() {
+            Ok(t) => t.unwrap_or_else(Tier::best),
+            Err(e) => panic!("{e}"),
+        }),
+        i => Tier::ALL[i as usize],
+    }
+}
+
+/// Runs `f` with every kernel on tier `t` (for tests and benchmarks). The override is process-wide,
+/// not per thread, because the kernels run on rayon's workers: calls take a lock, so they run one
+/// at a time (do not nest them), and kernels other threads run meanwhile use `t` too, which only
+/// changes their rounding. Panics if this CPU cannot run `t`.
+pub fn with_tier<R>(t: Tier, f: impl FnOnce() -> R) -> R {
+    use std::sync::atomic::Ordering;
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    assert!(t.runs_here(), "with_tier({t}): this CPU runs only {:?}", Tier::supported());
+    // A panicking test poisons the lock; the override is reset below either way.
+    let _guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            FORCED.store(NOT_FORCED, Ordering::Relaxed);
+        }
+    }
+    let _reset = Reset;
+    FORCED.store(t as u8, Ordering::Relaxed);
+    f()
 }
 
 impl Default for CpuDevice {
@@ -202,11 +331,12 @@ pub unsafe fn gemm_ptr(
     );
 }
 
-/// Dot product of two equal-length slices, vectorized with AVX2/FMA when the CPU has them.
+/// Dot product of two equal-length slices, vectorized with AVX2/FMA from the `Avx2` tier up (the
+/// AVX-512 tier keeps this 8-wide form: see the history of `dot_avx2`).
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the features were just detected.
+    if tier() >= Tier::Avx2 {
+        // SAFETY: `tier()` only returns tiers this CPU runs, and Avx2 and up include AVX2 + FMA.
         return unsafe { dot_avx2(a, b) };
     }
     dot_with::<false>(a, b)
@@ -287,6 +417,24 @@ pub fn exp(x: f32) -> f32 {
 
 #[cfg(test)]
 mod tests {
+    use super::{tier, with_tier, Tier, TIER_VAR};
+
+    #[test]
+    fn tiers_parse_and_force() {
+        assert_eq!(Tier::parse(" "), Ok(None));
+        assert_eq!(Tier::parse("Portable"), Ok(Some(Tier::Portable)));
+        let err = Tier::parse("sse9").unwrap_err();
+        assert!(err.contains(TIER_VAR) && err.contains("portable"), "{err}");
+        for t in Tier::ALL.into_iter().filter(|t| !t.runs_here()) {
+            let err = Tier::parse(t.name()).unwrap_err();
+            assert!(err.contains("cannot run") && err.contains(TIER_VAR), "{err}");
+        }
+        assert_eq!(Tier::supported()[0], Tier::Portable);
+        for t in Tier::supported() {
+            assert_eq!(with_tier(t, tier), t);
+        }
+    }
+
     #[test]
     fn exp_matches_libm() {
         let mut worst = 0f64;

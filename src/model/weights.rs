@@ -8,6 +8,8 @@ use crate::error::{Error, Result};
 use crate::model::config::Config;
 use crate::model::lora::{Lora, LoraConfig};
 use crate::ops::quant_nf4::{self, Nf4Tensor};
+use crate::model::load::GgmlType;
+use crate::ops::matmul_gguf::{self, GgufTensor};
 use crate::ops::{elementwise, matmul, matmul_nf4, matmul_q8::Q8Matrix, rope::RopeTables};
 use crate::tensor::Tensor;
 
@@ -20,6 +22,13 @@ pub trait WeightSource {
     fn contains(&self, name: &str) -> bool;
     /// One tensor: its shape and its values.
     fn get(&mut self, name: &str) -> Result<(Vec<usize>, Vec<f32>)>;
+    /// One matrix as the file stores it, when that is a GGUF block format the fused kernels take
+    /// (`matmul_gguf::TYPES`): its type, shape [N, K] and packed rows in Hugging Face row order.
+    /// `None` (the default) for sources without blocks.
+    fn get_blocks(&mut self, name: &str) -> Result<Option<(GgmlType, Vec<usize>, Vec<u8>)>> {
+        let _ = name;
+        Ok(None)
+    }
 }
 
 /// Weights held in memory, keyed by Hugging Face name (tests, conversions).
@@ -47,6 +56,10 @@ pub enum WeightFormat {
     Nf4 {
         blocksize: usize,
     },
+    /// What the file holds: a GGUF's quantized blocks stay as they are (`Weight::Gguf`, exact
+    /// weights) on the CPU; anything else (f16/bf16/f32 checkpoints, and every weight on the GPU,
+    /// which has no GGUF kernel yet) becomes NF4 with blocks of 64, as QLoRA does.
+    Auto,
 }
 
 /// A frozen linear weight [out, in].
@@ -54,6 +67,8 @@ pub enum WeightFormat {
 pub enum Weight {
     F32(Tensor),
     Nf4(Nf4Tensor),
+    /// A GGUF file's own blocks (`ops::matmul_gguf`, CPU only).
+    Gguf(GgufTensor),
 }
 
 impl Weight {
@@ -61,6 +76,7 @@ impl Weight {
         match self {
             Weight::F32(t) => t.shape(),
             Weight::Nf4(q) => &q.shape,
+            Weight::Gguf(g) => &g.shape,
         }
     }
 
@@ -69,6 +85,7 @@ impl Weight {
         match self {
             Weight::F32(t) => t.bytes(),
             Weight::Nf4(q) => q.packed.bytes() + q.absmax.bytes(),
+            Weight::Gguf(g) => g.bytes(),
         }
     }
 }
@@ -87,6 +104,7 @@ impl Linear {
         let mut y = match &self.weight {
             Weight::F32(w) => matmul::forward(dev, x, w, false, true)?,
             Weight::Nf4(q) => matmul_nf4::forward(dev, x, q)?,
+            Weight::Gguf(g) => matmul_gguf::forward(dev, x, g)?,
         };
         if let Some(b) = &self.bias {
             elementwise::add_bias(dev, &mut y, b)?;
@@ -185,7 +203,7 @@ impl Model {
     /// Loads every tensor from `src` one at a time, checking each shape against `cfg`; linear
     /// weights are stored as `format` says (embedding and norms stay f32).
     pub fn load(dev: &Device, cfg: Config, src: &mut dyn WeightSource, format: WeightFormat) -> Result<Model> {
-        let mut take = |name: &str, shape: &[usize]| -> Result<Tensor> {
+        let take = |src: &mut dyn WeightSource, name: &str, shape: &[usize]| -> Result<Tensor> {
             let (got, data) = src.get(name)?;
             if got != shape {
                 return Err(Error::Weights {
@@ -197,18 +215,32 @@ impl Model {
             Tensor::from_f32(dev, name, shape, &data)
         };
         let (c, f, hd, kd) = (cfg.c, cfg.f, cfg.h * cfg.d, cfg.kv * cfg.d);
-        let embed = take("model.embed_tokens.weight", &[cfg.vocab, c])?;
+        let embed = take(src, "model.embed_tokens.weight", &[cfg.vocab, c])?;
         let mut layers = Vec::with_capacity(cfg.layers);
         for i in 0..cfg.layers {
             let p = format!("model.layers.{i}");
             let mut lin = |name: &str, rows: usize, cols: usize, bias: bool| -> Result<Linear> {
                 let name_w = format!("{p}.{name}.weight");
-                let dense = take(&name_w, &[rows, cols])?;
-                let weight = match format {
-                    WeightFormat::F32 => Weight::F32(dense),
-                    WeightFormat::Nf4 { blocksize } => Weight::Nf4(quant_nf4::quantize(dev, &dense, blocksize)?),
+                let blocks = match (format, dev) {
+                    (WeightFormat::Auto, Device::Cpu(_)) => src.get_blocks(&name_w)?,
+                    _ => None,
                 };
-                let bias = if bias { Some(take(&format!("{p}.{name}.bias"), &[rows])?) } else { None };
+                let weight = match (blocks, format) {
+                    (Some((ty, shape, bytes)), _) => {
+                        if shape != [rows, cols] {
+                            return Err(Error::Weights {
+                                file: src.origin(),
+                                tensor: name_w,
+                                detail: format!("shape {shape:?}, but the config implies {:?}", [rows, cols]),
+                            });
+                        }
+                        Weight::Gguf(GgufTensor::new(dev, &format!("{}: {name_w}", src.origin()), ty, &shape, &bytes)?)
+                    }
+                    (None, WeightFormat::F32) => Weight::F32(take(src, &name_w, &[rows, cols])?),
+                    (None, WeightFormat::Nf4 { blocksize }) => Weight::Nf4(quant_nf4::quantize(dev, &take(src, &name_w, &[rows, cols])?, blocksize)?),
+                    (None, WeightFormat::Auto) => Weight::Nf4(quant_nf4::quantize(dev, &take(src, &name_w, &[rows, cols])?, 64)?),
+                };
+                let bias = if bias { Some(take(src, &format!("{p}.{name}.bias"), &[rows])?) } else { None };
                 Ok(Linear { weight, bias, lora: None })
             };
             let b = cfg.qkv_bias;
@@ -219,12 +251,12 @@ impl Model {
             let gate = lin("mlp.gate_proj", f, c, false)?;
             let up = lin("mlp.up_proj", f, c, false)?;
             let down = lin("mlp.down_proj", c, f, false)?;
-            let attn_norm = take(&format!("{p}.input_layernorm.weight"), &[c])?;
-            let mlp_norm = take(&format!("{p}.post_attention_layernorm.weight"), &[c])?;
+            let attn_norm = take(src, &format!("{p}.input_layernorm.weight"), &[c])?;
+            let mlp_norm = take(src, &format!("{p}.post_attention_layernorm.weight"), &[c])?;
             layers.push(Layer { attn_norm, q, k, v, o, mlp_norm, gate, up, down });
         }
-        let norm = take("model.norm.weight", &[c])?;
-        let head = if cfg.tied { None } else { Some(take("lm_head.weight", &[cfg.vocab, c])?) };
+        let norm = take(src, "model.norm.weight", &[c])?;
+        let head = if cfg.tied { None } else { Some(take(src, "lm_head.weight", &[cfg.vocab, c])?) };
         let head_q8 = match dev {
             Device::Cpu(_) => Q8Matrix::exact(head.as_ref().unwrap_or(&embed).host_f32("load")?, cfg.vocab, c),
             Device::Gpu(_) => None,

@@ -189,8 +189,8 @@ fn attend_row(q: &[f32], keys: &Keys, scale: f32, out: &mut [f32]) -> f32 {
     assert!(out.len() == d && keys.n > 0 && keys.k.len().min(keys.v.len()) >= keys.first + (keys.n - 1) * keys.stride + d);
     let mut p = vec![0f32; keys.n];
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") && d % 16 == 0 && d <= 128 {
-        // SAFETY: the feature was just detected; the assert bounds every row.
+    if cpu::tier() == cpu::Tier::Avx512 && d % 16 == 0 && d <= 128 {
+        // SAFETY: `tier()` only returns tiers this CPU runs; the assert bounds every row.
         return unsafe {
             match d / 16 {
                 1 => simd::attend_row::<1>(q, keys, scale, &mut p, out),

@@ -214,10 +214,10 @@ fn dequantize_range(packed: &[u8], absmax: &[f32], bs: usize, start: usize, out:
 
 /// x [T, K] rearranged for `row_dot` (per token, its even-indexed then its odd-indexed elements,
 /// matching the high and low nibbles of the packed bytes), or None where `row_dot` does not apply:
-/// without AVX-512, or unless rows are whole blocks of at least 32 codes.
+/// below the AVX-512 tier, or unless rows are whole blocks of at least 32 codes.
 fn row_dot_input(x: &[f32], t: usize, k: usize, bs: usize) -> Option<Vec<f32>> {
     #[cfg(target_arch = "x86_64")]
-    if k % bs == 0 && bs >= 32 && std::arch::is_x86_feature_detected!("avx512f") {
+    if k % bs == 0 && bs >= 32 && cpu::tier() == cpu::Tier::Avx512 {
         let mut xs = vec![0f32; t * k];
         for (src, dst) in x[..t * k].chunks_exact(k).zip(xs.chunks_exact_mut(k)) {
             let (even, odd) = dst.split_at_mut(k / 2);
@@ -240,7 +240,8 @@ fn row_dot(packed: &[u8], absmax: &[f32], bs: usize, xs: &[f32], k: usize, t: us
     #[cfg(target_arch = "x86_64")]
     for t0 in (0..t).step_by(4) {
         let xs = &xs[t0 * k..];
-        // SAFETY: `row_dot_input` checked the feature; the assert bounds every access.
+        // SAFETY: `row_dot_input` checked the tier (whose features this CPU has); the assert
+        // bounds every access.
         unsafe {
             match (t - t0).min(4) {
                 1 => simd::row_dot_avx512::<1>(packed, absmax, bs, xs, k, rows, y, t, t0),
@@ -253,22 +254,24 @@ fn row_dot(packed: &[u8], absmax: &[f32], bs: usize, xs: &[f32], k: usize, t: us
 }
 
 /// Dequantizes the leading multiple of 16 of `bytes` (32 codes each) into `out` with the widest
-/// SIMD the CPU has, and returns how many bytes it did (0 without AVX2).
+/// SIMD of the CPU tier, and returns how many bytes it did (0 on the portable tier).
 fn dequantize_bytes(bytes: &[u8], scale: f32, out: &mut [f32]) -> usize {
     let n = bytes.len() / 16 * 16;
     assert!(out.len() >= 2 * n);
     #[cfg(target_arch = "x86_64")]
-    {
-        if n > 0 && std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the feature was just detected; the assert bounds every access.
+    match cpu::tier() {
+        _ if n == 0 => {}
+        cpu::Tier::Avx512 => {
+            // SAFETY: `tier()` only returns tiers this CPU runs; the assert bounds every access.
             unsafe { simd::dequantize_avx512(&bytes[..n], scale, out) };
             return n;
         }
-        if n > 0 && std::arch::is_x86_feature_detected!("avx2") {
+        cpu::Tier::Avx2 => {
             // SAFETY: as above.
             unsafe { simd::dequantize_avx2(&bytes[..n], scale, out) };
             return n;
         }
+        cpu::Tier::Portable => {}
     }
     let _ = (scale, out);
     0

@@ -77,8 +77,8 @@ impl Q8Matrix {
 fn rows_dot(q: &[i8], scale: &[f32], x: &[f32], k: usize, tokens: usize, out: &mut [f32], stride: usize, t0: usize) {
     assert!(x.len() >= tokens * k && q.len() == scale.len() * BLOCK && out.len() >= (q.len() / k) * stride);
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the feature was just detected; the assert bounds every access.
+    if cpu::tier() == cpu::Tier::Avx512 {
+        // SAFETY: `tier()` only returns tiers this CPU runs; the assert bounds every access.
         unsafe {
             match tokens {
                 1 => simd::rows_dot::<1>(q, scale, x, k, out, stride, t0),

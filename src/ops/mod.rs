@@ -10,6 +10,7 @@ pub mod cross_entropy;
 pub mod elementwise;
 pub mod embedding;
 pub mod matmul;
+pub mod matmul_gguf;
 pub mod matmul_nf4;
 pub mod matmul_q8;
 pub mod optim;

@@ -90,7 +90,8 @@ pub struct TrainConfig {
     /// The data directory (MBPP and the evaluation sets); else FLEXLORA_DATA, else ../shared/data.
     pub data_dir: Option<PathBuf>,
     pub out: PathBuf,
-    /// Base weights on the device: `nf4` (QLoRA) or `f32`.
+    /// Base weights on the device: `auto` (a GGUF's own blocks on the CPU, else NF4), `nf4`
+    /// (QLoRA) or `f32`.
     pub weights: String,
     pub max_len: usize,
     pub mask_prompt: bool,
@@ -128,7 +129,7 @@ impl Default for TrainConfig {
             data: "mbpp".into(),
             data_dir: None,
             out: PathBuf::from("runs/train"),
-            weights: "nf4".into(),
+            weights: "auto".into(),
             max_len: 512,
             mask_prompt: true,
             batch_size: 4,
@@ -187,8 +188,8 @@ impl TrainConfig {
         if !(0.0..=1.0).contains(&self.min_lr_ratio) {
             return bad("--min-lr-ratio", "must be within [0, 1]");
         }
-        if !matches!(self.weights.as_str(), "nf4" | "f32") {
-            return bad("--weights", "choose nf4 or f32");
+        if !matches!(self.weights.as_str(), "auto" | "nf4" | "f32") {
+            return bad("--weights", "choose auto, nf4 or f32");
         }
         self.lora.validate()
     }

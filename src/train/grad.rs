@@ -103,6 +103,7 @@ fn linear_backward(
     let mut dx = match &lin.weight {
         Weight::F32(w) => matmul::forward(dev, dy, w, false, false)?,
         Weight::Nf4(q) => matmul_nf4::backward_dx(dev, dy, q)?,
+        Weight::Gguf(g) => crate::ops::matmul_gguf::backward_dx(dev, dy, g)?,
     };
     let (Some(l), Some(xa), Some((da, db))) = (&lin.lora, xa, grads) else { return Ok(dx) };
     let dropped = |t: &Tensor| -> Result<Option<Tensor>> {

@@ -315,7 +315,11 @@ pub struct Summary {
 
 /// Loads the model named by `cfg` on `dev` in the configured weight format, with its tokenizer.
 pub fn load_model(dev: &Device, cfg: &TrainConfig) -> Result<(Model, Tokenizer)> {
-    let format = if cfg.weights == "f32" { WeightFormat::F32 } else { WeightFormat::Nf4 { blocksize: 64 } };
+    let format = match cfg.weights.as_str() {
+        "f32" => WeightFormat::F32,
+        "nf4" => WeightFormat::Nf4 { blocksize: 64 },
+        _ => WeightFormat::Auto,
+    };
     load::open(dev, &cfg.model, format)
 }
 

@@ -61,7 +61,7 @@ fn packed_bases(model: &flexlora::model::Model) -> Vec<u32> {
         for lin in l.linears() {
             match &lin.weight {
                 Weight::Nf4(q) => out.extend_from_slice(q.packed.host_u32("test").unwrap()),
-                Weight::F32(_) => panic!("expected NF4 base weights"),
+                Weight::F32(_) | Weight::Gguf(_) => panic!("expected NF4 base weights (a Hugging Face directory loads as NF4)"),
             }
         }
     }

@@ -2,6 +2,7 @@
 
 use std::sync::OnceLock;
 
+use flexlora::device::cpu::{self as cpu_dev, Tier};
 use flexlora::device::{self, block_on, Device, DeviceChoice};
 use flexlora::Tensor;
 
@@ -112,4 +113,17 @@ pub fn check_grad(what: &str, x: &[f32], grad: &[f32], probes: usize, loss: impl
 /// sum(out · dout) in f64: the scalar whose gradient with respect to the output is dout.
 pub fn dot(out: &[f32], dout: &[f32]) -> f64 {
     out.iter().zip(dout).map(|(&a, &b)| a as f64 * b as f64).sum()
+}
+
+/// Runs `f` once on every CPU SIMD tier this machine executes (`cpu::with_tier`), portable first,
+/// passing the tier so messages can name it; a failure also says which tier failed and how to
+/// rerun it alone.
+pub fn each_tier(mut f: impl FnMut(Tier)) {
+    for tier in Tier::supported() {
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cpu_dev::with_tier(tier, || f(tier))));
+        if let Err(panic) = run {
+            eprintln!("*** failed on CPU tier {tier} (rerun with FLEXLORA_CPU={tier}; this CPU runs {:?}) ***", Tier::supported());
+            std::panic::resume_unwind(panic);
+        }
+    }
 }

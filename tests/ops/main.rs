@@ -8,6 +8,7 @@ mod cross_entropy;
 mod elementwise;
 mod embedding;
 mod matmul;
+mod matmul_gguf;
 mod matmul_nf4;
 mod matmul_q8;
 mod optim;

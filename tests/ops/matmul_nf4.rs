@@ -31,10 +31,12 @@ fn cpu_fused_matches_dequantize_then_matmul() {
         let wt = up(&dev, &[n, k], &deq);
         let want_y = read(&dev, &matmul::forward(&dev, &up(&dev, &[t, k], &x), &wt, false, true).unwrap());
         let want_dx = read(&dev, &matmul::forward(&dev, &up(&dev, &[t, n], &dy), &wt, false, false).unwrap());
-        let y = read(&dev, &matmul_nf4::forward(&dev, &up(&dev, &[t, k], &x), &w).unwrap());
-        let dx = read(&dev, &matmul_nf4::backward_dx(&dev, &up(&dev, &[t, n], &dy), &w).unwrap());
-        assert_close(&format!("forward T={t} N={n} K={k}"), &y, &want_y, 1e-4, 1e-4);
-        assert_close(&format!("dx T={t} N={n} K={k}"), &dx, &want_dx, 1e-4, 1e-4);
+        each_tier(|tier| {
+            let y = read(&dev, &matmul_nf4::forward(&dev, &up(&dev, &[t, k], &x), &w).unwrap());
+            let dx = read(&dev, &matmul_nf4::backward_dx(&dev, &up(&dev, &[t, n], &dy), &w).unwrap());
+            assert_close(&format!("forward T={t} N={n} K={k}, CPU tier {tier}"), &y, &want_y, 1e-4, 1e-4);
+            assert_close(&format!("dx T={t} N={n} K={k}, CPU tier {tier}"), &dx, &want_dx, 1e-4, 1e-4);
+        });
     }
 }
 

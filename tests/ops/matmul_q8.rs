@@ -41,8 +41,10 @@ fn forward_matches_f32_matmul() {
         let x = Rng::new(m as u64).vec(m * k, 1.0);
         let want = read(&dev, &matmul::forward(&dev, &up(&dev, &[m, k], &x), &up(&dev, &[n, k], &w), false, true).unwrap());
         let q8 = Q8Matrix::exact(&w, n, k).unwrap();
-        let mut got = vec![f32::NAN; m * n];
-        q8.forward(&x, m, &mut got);
-        assert_close(&format!("q8 forward M={m} N={n} K={k}"), &got, &want, 1e-5, 1e-5);
+        each_tier(|tier| {
+            let mut got = vec![f32::NAN; m * n];
+            q8.forward(&x, m, &mut got);
+            assert_close(&format!("q8 forward M={m} N={n} K={k}, CPU tier {tier}"), &got, &want, 1e-5, 1e-5);
+        });
     }
 }

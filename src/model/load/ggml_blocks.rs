@@ -125,6 +125,19 @@ pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32], file: &str, tensor:
         );
         return Err(Error::GgufTensor { file: file.into(), tensor: tensor.into(), detail });
     }
+    if !dequantize_blocks(ty, src, dst) {
+        // Unreachable: is_supported() was checked above; kept as an error rather than a panic.
+        return Err(Error::UnsupportedGgmlType { file: file.into(), tensor: tensor.into(), ggml_type: ty.name(), supported: SUPPORTED });
+    }
+    Ok(())
+}
+
+/// The loop of `dequantize` without its checks, for kernels that dequantize row slices of a
+/// tensor validated once (`ops::matmul_gguf`): whole blocks of `src` into `dst`, as many as both
+/// hold. Returns false (writing nothing) for a type `dequantize` does not handle.
+#[inline(always)]
+pub fn dequantize_blocks(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> bool {
+    let (block, bytes) = ty.block();
     let blocks = src.chunks_exact(bytes).zip(dst.chunks_exact_mut(block));
     match ty {
         GgmlType::F32 => blocks.for_each(|(b, y)| y[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
@@ -138,21 +151,20 @@ pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32], file: &str, tensor:
         GgmlType::Q4_K => blocks.for_each(|(b, y)| q4_k(b, y)),
         GgmlType::Q5_K => blocks.for_each(|(b, y)| q5_k(b, y)),
         GgmlType::Q6_K => blocks.for_each(|(b, y)| q6_k(b, y)),
-        // Unreachable: is_supported() was checked above; kept as an error rather than a panic.
-        _ => {
-            return Err(Error::UnsupportedGgmlType { file: file.into(), tensor: tensor.into(), ggml_type: ty.name(), supported: SUPPORTED })
-        }
+        _ => return false,
     }
-    Ok(())
+    true
 }
 
 /// The little-endian f16 at byte `at` of a block, as f32.
+#[inline(always)]
 fn half(b: &[u8], at: usize) -> f32 {
     f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32()
 }
 
 /// block_q8_0 { f16 d; i8 qs[32] }: y = q * d.
-fn q8_0(b: &[u8], y: &mut [f32]) {
+#[inline(always)]
+pub(crate) fn q8_0(b: &[u8], y: &mut [f32]) {
     let d = half(b, 0);
     for (y, &q) in y.iter_mut().zip(&b[2..34]) {
         *y = q as i8 as f32 * d;
@@ -161,7 +173,8 @@ fn q8_0(b: &[u8], y: &mut [f32]) {
 
 /// block_q4_0 { f16 d; u8 qs[16] }: low nibbles are elements 0..16, high nibbles 16..32;
 /// y = (q - 8) * d.
-fn q4_0(b: &[u8], y: &mut [f32]) {
+#[inline(always)]
+pub(crate) fn q4_0(b: &[u8], y: &mut [f32]) {
     let d = half(b, 0);
     for (j, &q) in b[2..18].iter().enumerate() {
         y[j] = ((q & 0xF) as i32 - 8) as f32 * d;
@@ -170,7 +183,8 @@ fn q4_0(b: &[u8], y: &mut [f32]) {
 }
 
 /// block_q4_1 { f16 d; f16 m; u8 qs[16] }: y = q * d + m.
-fn q4_1(b: &[u8], y: &mut [f32]) {
+#[inline(always)]
+pub(crate) fn q4_1(b: &[u8], y: &mut [f32]) {
     let (d, m) = (half(b, 0), half(b, 2));
     for (j, &q) in b[4..20].iter().enumerate() {
         y[j] = (q & 0xF) as f32 * d + m;
@@ -179,6 +193,7 @@ fn q4_1(b: &[u8], y: &mut [f32]) {
 }
 
 /// The 5-bit values of a Q5 block: bit j of the little-endian u32 `qh` is the fifth bit of element j.
+#[inline(always)]
 fn q5_values(qh: &[u8], qs: &[u8]) -> [u8; 32] {
     let qh = u32::from_le_bytes([qh[0], qh[1], qh[2], qh[3]]);
     let mut q = [0u8; 32];
@@ -190,7 +205,8 @@ fn q5_values(qh: &[u8], qs: &[u8]) -> [u8; 32] {
 }
 
 /// block_q5_0 { f16 d; u8 qh[4]; u8 qs[16] }: y = (q - 16) * d.
-fn q5_0(b: &[u8], y: &mut [f32]) {
+#[inline(always)]
+pub(crate) fn q5_0(b: &[u8], y: &mut [f32]) {
     let d = half(b, 0);
     for (y, q) in y.iter_mut().zip(q5_values(&b[2..6], &b[6..22])) {
         *y = (q as i32 - 16) as f32 * d;
@@ -198,7 +214,8 @@ fn q5_0(b: &[u8], y: &mut [f32]) {
 }
 
 /// block_q5_1 { f16 d; f16 m; u8 qh[4]; u8 qs[16] }: y = q * d + m.
-fn q5_1(b: &[u8], y: &mut [f32]) {
+#[inline(always)]
+pub(crate) fn q5_1(b: &[u8], y: &mut [f32]) {
     let (d, m) = (half(b, 0), half(b, 2));
     for (y, q) in y.iter_mut().zip(q5_values(&b[4..8], &b[8..24])) {
         *y = q as f32 * d + m;
@@ -208,6 +225,7 @@ fn q5_1(b: &[u8], y: &mut [f32]) {
 /// Scale and min of sub-block `j` (0..8) from the 12 packed 6-bit bytes of Q4_K/Q5_K
 /// (`get_scale_min_k4`): sub-blocks 0..4 use the low 6 bits of bytes j and j+4; 4..8 take their
 /// low 4 bits from byte j+4 and their top 2 bits from the top bits of bytes j-4 and j.
+#[inline(always)]
 fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
     if j < 4 {
         (s[j] & 63, s[j + 4] & 63)
@@ -218,7 +236,8 @@ fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
 
 /// block_q4_K { f16 d; f16 dmin; u8 scales[12]; u8 qs[128] }: 8 sub-blocks of 32; each group of
 /// 32 bytes of qs holds two sub-blocks (low nibbles, then high nibbles); y = (d*sc) * q - dmin*m.
-fn q4_k(b: &[u8], y: &mut [f32]) {
+#[inline(always)]
+pub(crate) fn q4_k(b: &[u8], y: &mut [f32]) {
     let (d, dmin) = (half(b, 0), half(b, 2));
     let scales = &b[4..16];
     for (g, (qs, y)) in b[16..144].chunks_exact(32).zip(y.chunks_exact_mut(64)).enumerate() {
@@ -234,7 +253,8 @@ fn q4_k(b: &[u8], y: &mut [f32]) {
 
 /// block_q5_K { f16 d; f16 dmin; u8 scales[12]; u8 qh[32]; u8 qs[128] }: like Q4_K, and bit
 /// (2g, 2g+1) of qh[l] is the fifth bit of element l of sub-blocks 2g and 2g+1.
-fn q5_k(b: &[u8], y: &mut [f32]) {
+#[inline(always)]
+pub(crate) fn q5_k(b: &[u8], y: &mut [f32]) {
     let (d, dmin) = (half(b, 0), half(b, 2));
     let scales = &b[4..16];
     let qh = &b[16..48];
@@ -254,7 +274,8 @@ fn q5_k(b: &[u8], y: &mut [f32]) {
 /// block_q6_K { u8 ql[128]; u8 qh[64]; i8 scales[16]; f16 d }: two halves of 128 elements, each
 /// packed in 64 bytes of ql (low 4 bits), 32 bytes of qh (high 2 bits) and 8 scales (one per 16
 /// elements); y = (d * scale) * (q - 32).
-fn q6_k(b: &[u8], y: &mut [f32]) {
+#[inline(always)]
+pub(crate) fn q6_k(b: &[u8], y: &mut [f32]) {
     let d = half(b, 208);
     for h in 0..2 {
         let ql = &b[64 * h..64 * h + 64];

@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::model::config::{llama3_inv_freq, Arch, Config, Llama3Scaling, RopeScaling, SUPPORTED};
-use crate::model::load::GgufFile;
+use crate::model::load::{GgmlType, GgufFile};
 use crate::model::tokenizer::{gpt2_tokenizer_json, llama_spm_tokenizer_json, Tokenizer};
 use crate::model::weights::WeightSource;
 
@@ -120,11 +120,12 @@ fn gguf_name(hf: &str) -> Option<String> {
 }
 
 /// llama.cpp stores Llama's q/k rows per head as interleaved pairs (2i, 2i+1) where Hugging Face
-/// has halves (i, i + D/2). Returns rows in Hugging Face order.
-pub fn unpermute_rows(data: &[f32], heads: usize, cols: usize) -> Vec<f32> {
+/// has halves (i, i + D/2). Returns rows in Hugging Face order. Rows are `cols` items of any
+/// type: values, or the packed bytes of a quantized row (rows are whole blocks).
+pub fn unpermute_rows<T: Copy + Default>(data: &[T], heads: usize, cols: usize) -> Vec<T> {
     let rows = data.len() / cols;
     let d = rows / heads;
-    let mut out = vec![0f32; data.len()];
+    let mut out = vec![T::default(); data.len()];
     for h in 0..heads {
         for i in 0..d / 2 {
             for j in 0..2 {
@@ -168,6 +169,26 @@ impl WeightSource for GgufSource<'_> {
             }
         }
         Ok((shape, data))
+    }
+
+    fn get_blocks(&mut self, name: &str) -> Result<Option<(GgmlType, Vec<usize>, Vec<u8>)>> {
+        let Some(view) = gguf_name(name).and_then(|g| self.file.tensor_opt(&g)) else { return Ok(None) };
+        let shape = view.shape();
+        // Plain float matrices are kept as blocks only when they are halves (an f32 one is
+        // already the F32 format's weight).
+        if shape.len() != 2 || !crate::ops::matmul_gguf::TYPES.contains(&view.ggml_type()) || view.ggml_type() == GgmlType::F32 {
+            return Ok(None);
+        }
+        let mut bytes = view.data.to_vec();
+        let row_bytes = bytes.len() / shape[0].max(1);
+        if self.cfg.arch == Arch::Llama {
+            if name.contains("self_attn.q_proj.") {
+                bytes = unpermute_rows(&bytes, self.cfg.h, row_bytes);
+            } else if name.contains("self_attn.k_proj.") {
+                bytes = unpermute_rows(&bytes, self.cfg.kv, row_bytes);
+            }
+        }
+        Ok(Some((view.ggml_type(), shape, bytes)))
     }
 }
 

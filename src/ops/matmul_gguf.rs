@@ -1,0 +1,372 @@
+//! Fused products with a frozen weight W [N, K] kept in its GGUF block format (`GgufTensor`: Q4_0,
+//! Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, and F16/BF16/F32 rows): the forward
+//! y[T, N] = x[T, K] · deq(W)ᵀ and the input gradient dx[T, K] = dy[T, N] · deq(W), so a model
+//! loaded from GGUF computes with the file's own weights instead of an NF4 re-quantization.
+//! W is frozen under QLoRA, so there is no weight gradient here.
+//!
+//! CPU only for now: there is no WGSL kernel yet, and on a GPU both functions return an error
+//! (`Model::load` keeps GGUF linears in NF4 there). The CPU twins never materialize deq(W): they
+//! dequantize a row (decode), a tile of rows (many tokens) or a column slice of rows (dx) at a
+//! time with the exact dequantizers of `ggml_blocks`, so every weight equals `to_f32`'s bit for bit
+//! and results differ from an f32 matmul of the dequantized weight only in summation order.
+
+use crate::device::{cpu, Device};
+use crate::error::{Error, Result};
+use crate::model::load::ggml_blocks::{self, GgmlType};
+use crate::ops::quant_nf4::words_from_bytes;
+use crate::tensor::{dims2, DType, Tensor};
+
+const OP: &str = "matmul_gguf";
+
+/// The block types the fused kernels take.
+pub const TYPES: [GgmlType; 11] = [
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::F32,
+];
+
+/// From this many tokens on, the CPU twins dequantize W a tile of `TILE_ROWS` rows at a time and
+/// hand the tile to the GEMM, sharing each dequantization among all tokens (as `matmul_nf4`).
+const MANY_TOKENS: usize = 16;
+const TILE_ROWS: usize = 128;
+/// Weight rows per forward task at least; columns per few-token dx task (a multiple of every
+/// block size, 32 and 256, so slices start on block boundaries).
+const ROWS_PER_TASK: usize = 8;
+const COLS_PER_TASK: usize = 256;
+
+/// A frozen weight [N, K] in a GGUF block format on a device.
+#[derive(Debug)]
+pub struct GgufTensor {
+    pub ty: GgmlType,
+    /// [N, K]: N rows of K elements, each row whole blocks of `ty`.
+    pub shape: Vec<usize>,
+    /// The file's bytes, rows back to back (`row_bytes` each), as zero-padded little-endian u32
+    /// words [ceil(N·row_bytes / 4)] so a kernel can load words.
+    pub blocks: Tensor,
+}
+
+impl GgufTensor {
+    /// Uploads the bytes of a GGUF tensor of type `ty` and shape [N, K]. `label` names it in errors
+    /// (the file and tensor, e.g. `model.gguf: blk.0.attn_q.weight`).
+    pub fn new(dev: &Device, label: &str, ty: GgmlType, shape: &[usize], bytes: &[u8]) -> Result<GgufTensor> {
+        let bad = |detail: String| Error::Weights { file: label.into(), tensor: "(GGUF blocks)".into(), detail };
+        if !TYPES.contains(&ty) {
+            let names: Vec<&str> = TYPES.iter().map(|t| t.name()).collect();
+            return Err(bad(format!("ggml type {ty} has no fused kernel (these do: {}); load with --weights nf4 or f32", names.join(", "))));
+        }
+        let [n, k] = shape[..] else {
+            return Err(bad(format!("shape {shape:?} is not a matrix [N, K]")));
+        };
+        let (block, block_bytes) = ty.block();
+        if k % block != 0 || bytes.len() != n * (k / block) * block_bytes {
+            return Err(bad(format!(
+                "{} bytes of {ty} do not hold [{n}, {k}] ({ty} packs {block} values in {block_bytes} bytes per block, rows are whole blocks)",
+                bytes.len()
+            )));
+        }
+        let blocks = Tensor::from_u32(dev, label, &[bytes.len().div_ceil(4)], &words_from_bytes(bytes))?;
+        Ok(GgufTensor { ty, shape: shape.to_vec(), blocks })
+    }
+
+    /// (N, K).
+    pub fn dims(&self) -> (usize, usize) {
+        (self.shape[0], self.shape[1])
+    }
+
+    /// Bytes of one row of K elements.
+    pub fn row_bytes(&self) -> usize {
+        let (block, bytes) = self.ty.block();
+        self.shape[1] / block * bytes
+    }
+
+    /// Bytes held on the device.
+    pub fn bytes(&self) -> u64 {
+        self.blocks.bytes()
+    }
+
+    /// The packed rows on the host ([N · row_bytes]); an error on the GPU.
+    pub fn host_bytes(&self, op: &'static str) -> Result<&[u8]> {
+        let words = self.blocks.host_u32(op)?;
+        Ok(&bytemuck::cast_slice(words)[..self.shape[0] * self.row_bytes()])
+    }
+
+    /// deq(W) [N, K] as f32 on the host (CPU tensors only): for tests and conversions.
+    pub fn dequantize(&self) -> Result<Vec<f32>> {
+        let (n, k) = self.dims();
+        let mut out = vec![0f32; n * k];
+        ggml_blocks::dequantize(self.ty, self.host_bytes(OP)?, &mut out, self.blocks.label(), "(GGUF blocks)")?;
+        Ok(out)
+    }
+}
+
+/// `input`'s shape with its last dimension (the width `found`, which must be `want`) set to `to`.
+fn swap_width(input: &Tensor, found: usize, want: usize, to: usize, w: &GgufTensor) -> Result<Vec<usize>> {
+    if found != want || input.shape().is_empty() {
+        return Err(Error::shape(
+            OP,
+            format!("`{}` {:?} has width {found}, the {} weight `{}` [N, K] = {:?} needs {want}", input.label(), input.shape(), w.ty, w.blocks.label(), w.shape),
+        ));
+    }
+    let mut shape = input.shape().to_vec();
+    if let Some(last) = shape.last_mut() {
+        *last = to;
+    }
+    Ok(shape)
+}
+
+fn no_gpu_kernel(w: &GgufTensor) -> Error {
+    Error::Limit {
+        op: OP,
+        detail: format!("the {} weight `{}` is in GGUF blocks, which have no GPU kernel yet", w.ty, w.blocks.label()),
+        limit: 0,
+        hint: "load the model with --weights nf4 or f32 on the GPU (the default does so), or run on --device cpu",
+    }
+}
+
+/// y [.., N] = x [.., K] · deq(W)ᵀ for W [N, K].
+pub fn forward(dev: &Device, x: &Tensor, w: &GgufTensor) -> Result<Tensor> {
+    x.expect(OP, DType::F32)?;
+    let (t, k) = dims2(x);
+    let (n, kw) = w.dims();
+    let shape = swap_width(x, k, kw, n, w)?;
+    let mut y = Tensor::zeros(dev, "matmul_gguf.y", &shape, DType::F32);
+    match dev {
+        Device::Cpu(_) => cpu_forward(x.host_f32(OP)?, w.host_bytes(OP)?, w.ty, y.host_f32_mut(OP)?, t, n, k),
+        Device::Gpu(_) => return Err(no_gpu_kernel(w)),
+    }
+    Ok(y)
+}
+
+/// dx [.., K] = dy [.., N] · deq(W) for W [N, K]: the input gradient of [`forward`].
+pub fn backward_dx(dev: &Device, dy: &Tensor, w: &GgufTensor) -> Result<Tensor> {
+    dy.expect(OP, DType::F32)?;
+    let (t, n) = dims2(dy);
+    let (nw, k) = w.dims();
+    let shape = swap_width(dy, n, nw, k, w)?;
+    let mut dx = Tensor::zeros(dev, "matmul_gguf.dx", &shape, DType::F32);
+    match dev {
+        Device::Cpu(_) => cpu_backward_dx(dy.host_f32(OP)?, w.host_bytes(OP)?, w.ty, dx.host_f32_mut(OP)?, t, n, k),
+        Device::Gpu(_) => return Err(no_gpu_kernel(w)),
+    }
+    Ok(dx)
+}
+
+/// Dequantizes whole blocks (`ggml_blocks::dequantize_blocks`); the type was checked by
+/// `GgufTensor::new`.
+#[inline(always)]
+fn deq(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
+    let done = ggml_blocks::dequantize_blocks(ty, src, dst);
+    debug_assert!(done, "matmul_gguf: {ty} passed GgufTensor::new but has no dequantizer");
+}
+
+/// CPU twin of `forward` on the packed rows `w` ([N · row_bytes]). Few tokens: tasks of rows,
+/// each row dequantized once into a [K] buffer and dotted with every token (yᵀ [N, T], then
+/// transposed). Many tokens: tiles of `TILE_ROWS` rows dequantized and multiplied by the GEMM,
+/// each on its own thread into its columns of y.
+pub fn cpu_forward(x: &[f32], w: &[u8], ty: GgmlType, y: &mut [f32], t: usize, n: usize, k: usize) {
+    let (block, block_bytes) = ty.block();
+    let rb = k / block * block_bytes;
+    assert!(k % block == 0 && x.len() >= t * k && y.len() >= t * n && w.len() >= n * rb, "matmul_gguf: buffers too small");
+    if t == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        y[..t * n].fill(0.0);
+        return;
+    }
+    if t >= MANY_TOKENS {
+        let out = cpu::SharedOut(y.as_mut_ptr());
+        cpu::for_each_with_buffer(n.div_ceil(TILE_ROWS), TILE_ROWS * k, |i, tile| {
+            let (n0, rows) = (i * TILE_ROWS, TILE_ROWS.min(n - i * TILE_ROWS));
+            let tile = &mut tile[..rows * k];
+            deq(ty, &w[n0 * rb..(n0 + rows) * rb], tile);
+            // y[:, n0..n0+rows] = x · tileᵀ. SAFETY: in bounds by the assert; tasks write
+            // disjoint column blocks of y.
+            unsafe { cpu::gemm_ptr(t, rows, k, x.as_ptr(), (k, 1), tile.as_ptr(), (1, k), out.at(n0), n, false, 1) };
+        });
+        return;
+    }
+    let mut yt = vec![0f32; n * t];
+    let rows_per_task = n.div_ceil(4 * cpu::threads()).max(ROWS_PER_TASK);
+    cpu::for_each_chunk(&mut yt, rows_per_task * t, |task, out| {
+        let n0 = task * rows_per_task;
+        let rows = out.len() / t;
+        rows_dot(ty, &w[n0 * rb..(n0 + rows) * rb], &x[..t * k], k, out);
+    });
+    cpu::transpose_into(&yt, n, t, y);
+}
+
+/// out[r·T + ti] = deq(row r of `w`) · x[ti] for the `out.len() / T` rows in `w` and the
+/// T = x.len() / K tokens (out is [rows, T]), one row dequantized at a time into a [K] buffer:
+/// the same plain Rust on every tier, compiled for the tier's SIMD (the dequantizers and the dot
+/// vectorize).
+fn rows_dot(ty: GgmlType, w: &[u8], x: &[f32], k: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    match cpu::tier() {
+        // SAFETY: `tier()` only returns tiers this CPU runs; the body only indexes slices.
+        cpu::Tier::Avx512 => return unsafe { simd::rows_dot_avx512(ty, w, x, k, out) },
+        // SAFETY: as above.
+        cpu::Tier::Avx2 => return unsafe { simd::rows_dot_avx2(ty, w, x, k, out) },
+        cpu::Tier::Portable => {}
+    }
+    rows_dot_body(ty, w, x, k, out)
+}
+
+#[inline(always)]
+fn rows_dot_body(ty: GgmlType, w: &[u8], x: &[f32], k: usize, out: &mut [f32]) {
+    use ggml_blocks as g;
+    match ty {
+        GgmlType::Q4_0 => rows_dot_blocks::<32>(g::q4_0, w, x, k, out),
+        GgmlType::Q4_1 => rows_dot_blocks::<32>(g::q4_1, w, x, k, out),
+        GgmlType::Q5_0 => rows_dot_blocks::<32>(g::q5_0, w, x, k, out),
+        GgmlType::Q5_1 => rows_dot_blocks::<32>(g::q5_1, w, x, k, out),
+        GgmlType::Q8_0 => rows_dot_blocks::<32>(g::q8_0, w, x, k, out),
+        GgmlType::Q4_K => rows_dot_blocks::<256>(g::q4_k, w, x, k, out),
+        GgmlType::Q5_K => rows_dot_blocks::<256>(g::q5_k, w, x, k, out),
+        GgmlType::Q6_K => rows_dot_blocks::<256>(g::q6_k, w, x, k, out),
+        _ => rows_dot_rows(ty, w, x, k, out),
+    }
+}
+
+/// `rows_dot` for a block type of B elements: each block is dequantized by `block` (inlined,
+/// into a [B] array that stays in L1) and multiplied into 32 running sums per token, so no row
+/// buffer is written and the type's match is outside the loops.
+#[inline(always)]
+fn rows_dot_blocks<const B: usize>(block: impl Fn(&[u8], &mut [f32]), w: &[u8], x: &[f32], k: usize, out: &mut [f32]) {
+    let t = x.len() / k;
+    let rows = out.len() / t;
+    let (nb, rb) = (k / B, w.len() / rows);
+    let bb = rb / nb;
+    let mut acc = vec![[0f32; 32]; t];
+    let mut wb = [0f32; B];
+    for (r, yr) in out.chunks_exact_mut(t).enumerate() {
+        acc.iter_mut().for_each(|a| *a = [0f32; 32]);
+        let row = &w[r * rb..(r + 1) * rb];
+        for (bi, bytes) in row.chunks_exact(bb).enumerate() {
+            block(bytes, &mut wb);
+            for (ti, a) in acc.iter_mut().enumerate() {
+                let xb: &[f32; B] = x[ti * k + bi * B..][..B].try_into().expect("B floats");
+                for (wc, xc) in wb.chunks_exact(32).zip(xb.chunks_exact(32)) {
+                    for j in 0..32 {
+                        a[j] += wc[j] * xc[j];
+                    }
+                }
+            }
+        }
+        for (v, a) in yr.iter_mut().zip(&acc) {
+            *v = a.iter().sum();
+        }
+    }
+}
+
+/// `rows_dot` for types of one element per block (F16, BF16, F32): whole rows dequantized into
+/// a [K] buffer, then dotted.
+#[inline(always)]
+fn rows_dot_rows(ty: GgmlType, w: &[u8], x: &[f32], k: usize, out: &mut [f32]) {
+    let t = x.len() / k;
+    let rows = out.len() / t;
+    let rb = w.len() / rows;
+    let mut row = vec![0f32; k];
+    for (r, yr) in out.chunks_exact_mut(t).enumerate() {
+        deq(ty, &w[r * rb..(r + 1) * rb], &mut row);
+        for (ti, v) in yr.iter_mut().enumerate() {
+            *v = dot16(&x[ti * k..(ti + 1) * k], &row);
+        }
+    }
+}
+
+/// Dot product in 16 running sums, inlined so it vectorizes to the width of the caller's tier.
+#[inline(always)]
+fn dot16(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ac.zip(bc) {
+        for i in 0..16 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use super::{rows_dot_body, GgmlType};
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn rows_dot_avx2(ty: GgmlType, w: &[u8], x: &[f32], k: usize, out: &mut [f32]) {
+        rows_dot_body(ty, w, x, k, out)
+    }
+
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub unsafe fn rows_dot_avx512(ty: GgmlType, w: &[u8], x: &[f32], k: usize, out: &mut [f32]) {
+        rows_dot_body(ty, w, x, k, out)
+    }
+}
+
+/// CPU twin of `backward_dx`. Many tokens: one task per column block of dx (whole blocks wide),
+/// dequantizing `TILE_ROWS` rows of its slice at a time for the GEMM. Few tokens: tasks of
+/// `COLS_PER_TASK` columns, each walking the N rows and accumulating dy[t, n] · slice.
+pub fn cpu_backward_dx(dy: &[f32], w: &[u8], ty: GgmlType, dx: &mut [f32], t: usize, n: usize, k: usize) {
+    let (block, block_bytes) = ty.block();
+    let rb = k / block * block_bytes;
+    assert!(k % block == 0 && dy.len() >= t * n && dx.len() >= t * k && w.len() >= n * rb, "matmul_gguf: buffers too small");
+    if t == 0 || k == 0 {
+        return;
+    }
+    // Bytes of row `nn`'s elements k0..k0+kw (both multiples of the block).
+    let slice = |nn: usize, k0: usize, kw: usize| &w[nn * rb + k0 / block * block_bytes..][..kw / block * block_bytes];
+    if n == 0 {
+        dx[..t * k].fill(0.0);
+        return;
+    }
+    if t >= MANY_TOKENS {
+        // dx[:, k0..k0+kw] = Σ_tiles dy[:, n0..n0+rows] · W[n0..n0+rows, k0..k0+kw].
+        let width = k.div_ceil(cpu::threads()).next_multiple_of(block.max(64));
+        let out = cpu::SharedOut(dx.as_mut_ptr());
+        cpu::for_each_with_buffer(k.div_ceil(width), TILE_ROWS * width, |i, tile| {
+            let (k0, kw) = (i * width, width.min(k - i * width));
+            for n0 in (0..n).step_by(TILE_ROWS) {
+                let rows = TILE_ROWS.min(n - n0);
+                let tile = &mut tile[..rows * kw];
+                for (r, row) in tile.chunks_exact_mut(kw).enumerate() {
+                    deq(ty, slice(n0 + r, k0, kw), row);
+                }
+                // SAFETY: in bounds by the assert; tasks write disjoint column blocks of dx.
+                unsafe { cpu::gemm_ptr(t, kw, rows, dy.as_ptr().add(n0), (n, 1), tile.as_ptr(), (kw, 1), out.at(k0), k, n0 > 0, 1) };
+            }
+        });
+        return;
+    }
+    let tasks = k.div_ceil(COLS_PER_TASK);
+    let mut scratch = vec![0f32; tasks * t * COLS_PER_TASK];
+    cpu::for_each_chunk(&mut scratch, t * COLS_PER_TASK, |task, acc| {
+        let k0 = task * COLS_PER_TASK;
+        let kw = COLS_PER_TASK.min(k - k0);
+        let mut buf = [0f32; COLS_PER_TASK];
+        for nn in 0..n {
+            deq(ty, slice(nn, k0, kw), &mut buf[..kw]);
+            for ti in 0..t {
+                let g = dy[ti * n + nn];
+                for (a, w) in acc[ti * COLS_PER_TASK..ti * COLS_PER_TASK + kw].iter_mut().zip(&buf[..kw]) {
+                    *a += g * w;
+                }
+            }
+        }
+    });
+    for task in 0..tasks {
+        let k0 = task * COLS_PER_TASK;
+        let kw = COLS_PER_TASK.min(k - k0);
+        for ti in 0..t {
+            dx[ti * k + k0..ti * k + k0 + kw].copy_from_slice(&scratch[(task * t + ti) * COLS_PER_TASK..][..kw]);
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! Fused products with GGUF block weights: forward (decode-sized and many-token paths) and
+//! backward_dx on the CPU, on every SIMD tier, against dequantize-then-f32-matmul (`ops::matmul`)
+//! on odd shapes.
+
+use crate::common::*;
+use flexlora::model::load::ggml_blocks::{self, GgmlType};
+use flexlora::ops::{matmul, matmul_gguf};
+
+/// Random bytes for `rows` rows of `k` elements of `ty`, with every f16 scale field overwritten by
+/// a small finite half (random bytes there would be NaN, inf or huge): all code bit patterns
+/// occur, and weights stay near the magnitudes real files have.
+fn random_blocks(ty: GgmlType, rows: usize, k: usize, seed: u64) -> Vec<u8> {
+    let mut rng = Rng::new(seed);
+    let (block, bytes) = ty.block();
+    let mut data: Vec<u8> = (0..rows * k / block * bytes).map(|_| rng.next_u64() as u8).collect();
+    let half = |rng: &mut Rng, lo: f32, hi: f32| {
+        let v = lo + (hi - lo) * (rng.below(1 << 20) as f32 / (1 << 20) as f32);
+        let v = if rng.below(2) == 0 { v } else { -v };
+        half::f16::from_f32(v).to_le_bytes()
+    };
+    // (byte offsets of f16 fields in a block, their magnitude range)
+    let (fields, lo, hi): (&[usize], f32, f32) = match ty {
+        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => (&[0], 0.002, 0.03),
+        GgmlType::Q4_1 | GgmlType::Q5_1 => (&[0, 2], 0.002, 0.03),
+        GgmlType::Q4_K | GgmlType::Q5_K => (&[0, 2], 1e-4, 1e-3),
+        GgmlType::Q6_K => (&[208], 1e-5, 2e-4),
+        // Every element is a half.
+        GgmlType::F16 => (&[0], 0.0, 1.0),
+        _ => panic!("no random blocks for {ty}"),
+    };
+    for b in data.chunks_exact_mut(bytes) {
+        for &at in fields {
+            b[at..at + 2].copy_from_slice(&half(&mut rng, lo, hi));
+        }
+    }
+    data
+}
+
+/// Block types with (N, K) shapes: N = 37 (odd, a partial decode task) and 131 (a tile of 128 and
+/// a partial one); K a few blocks, not a multiple of the 256 columns of a few-token dx task.
+const CASES: [(GgmlType, usize); 9] = [
+    (GgmlType::Q4_0, 96),
+    (GgmlType::Q4_1, 288),
+    (GgmlType::Q5_0, 160),
+    (GgmlType::Q5_1, 96),
+    (GgmlType::Q8_0, 352),
+    (GgmlType::Q4_K, 768),
+    (GgmlType::Q5_K, 512),
+    (GgmlType::Q6_K, 768),
+    (GgmlType::F16, 37),
+];
+
+#[test]
+fn cpu_fused_matches_dequantize_then_matmul_on_every_tier() {
+    let dev = cpu();
+    for (ty, k) in CASES {
+        for n in [37, 131] {
+            let bytes = random_blocks(ty, n, k, (n * k) as u64);
+            let mut deq = vec![0f32; n * k];
+            ggml_blocks::dequantize(ty, &bytes, &mut deq, "test", "w").unwrap();
+            let w = matmul_gguf::GgufTensor::new(&dev, "test: w", ty, &[n, k], &bytes).unwrap();
+            assert_eq!(w.dequantize().unwrap(), deq, "{ty}: GgufTensor holds the bytes it was given");
+            let wt = up(&dev, &[n, k], &deq);
+            // T = 1 and 3: the decode path; 37: the tiled GEMM path (from 16 tokens).
+            for t in [1, 3, 37] {
+                let mut rng = Rng::new((t + n) as u64);
+                let (x, dy) = (rng.vec(t * k, 1.0), rng.vec(t * n, 1.0));
+                let want_y = read(&dev, &matmul::forward(&dev, &up(&dev, &[t, k], &x), &wt, false, true).unwrap());
+                let want_dx = read(&dev, &matmul::forward(&dev, &up(&dev, &[t, n], &dy), &wt, false, false).unwrap());
+                each_tier(|tier| {
+                    let what = format!("{ty} T={t} N={n} K={k}, CPU tier {tier}");
+                    let y = read(&dev, &matmul_gguf::forward(&dev, &up(&dev, &[t, k], &x), &w).unwrap());
+                    let dx = read(&dev, &matmul_gguf::backward_dx(&dev, &up(&dev, &[t, n], &dy), &w).unwrap());
+                    assert_close(&format!("forward {what}"), &y, &want_y, 1e-4, 1e-4);
+                    assert_close(&format!("dx {what}"), &dx, &want_dx, 1e-4, 1e-4);
+                });
+            }
+        }
+    }
+}
+
+#[test]
+fn rejects_shapes_that_are_not_whole_blocks() {
+    let dev = cpu();
+    let bytes = random_blocks(GgmlType::Q4_K, 2, 256, 1);
+    let err = matmul_gguf::GgufTensor::new(&dev, "f.gguf: w", GgmlType::Q4_K, &[2, 128], &bytes).unwrap_err().to_string();
+    assert!(err.contains("f.gguf") && err.contains("Q4_K"), "{err}");
+    let err = matmul_gguf::GgufTensor::new(&dev, "f.gguf: w", GgmlType::Q2_K, &[2, 256], &bytes).unwrap_err().to_string();
+    assert!(err.contains("Q2_K") && err.contains("--weights"), "{err}");
+    let w = matmul_gguf::GgufTensor::new(&dev, "f.gguf: w", GgmlType::Q4_K, &[2, 256], &bytes).unwrap();
+    let err = matmul_gguf::forward(&dev, &up(&dev, &[1, 255], &[0.0; 255]), &w).unwrap_err().to_string();
+    assert!(err.contains("255") && err.contains("256"), "{err}");
+}
+
+#[test]
+fn gpu_refuses_gguf_blocks_clearly() {
+    let Some(g) = gpu() else { return };
+    let bytes = random_blocks(GgmlType::Q8_0, 3, 64, 2);
+    let w = matmul_gguf::GgufTensor::new(g, "f.gguf: w", GgmlType::Q8_0, &[3, 64], &bytes).unwrap();
+    let err = matmul_gguf::forward(g, &up(g, &[1, 64], &[0.0; 64]), &w).unwrap_err().to_string();
+    assert!(err.contains("no GPU kernel") && err.contains("--weights nf4"), "{err}");
+}
