@@ -142,16 +142,30 @@ impl WeightSource for Progress<'_> {
     }
     fn get(&mut self, name: &str) -> crate::Result<(Vec<usize>, Vec<f32>)> {
         let got = self.inner.get(name);
-        self.done += 1;
-        let _ = self.report.call3(&JsValue::NULL, &JsValue::from(self.done as u32), &JsValue::from(self.total as u32), &JsValue::from_str(name));
+        self.tick(name);
         got
+    }
+    fn get_blocks(&mut self, name: &str) -> crate::Result<Option<(crate::model::load::GgmlType, Vec<usize>, Vec<u8>)>> {
+        let got = self.inner.get_blocks(name)?;
+        if got.is_some() {
+            self.tick(name); // otherwise the loader asks `get` next, which counts it
+        }
+        Ok(got)
     }
 }
 
-/// Parses a GGUF model from its bytes, builds its tokenizer and loads its weights on the device,
-/// linear weights quantized to NF4 as the native commands do by default (so both produce the
-/// same tokens). `progress(done, total, tensor)` is called per tensor. Any adapters loaded for a
-/// previous model are dropped. Returns JSON describing the model.
+impl Progress<'_> {
+    fn tick(&mut self, name: &str) {
+        self.done += 1;
+        let _ = self.report.call3(&JsValue::NULL, &JsValue::from(self.done as u32), &JsValue::from(self.total as u32), &JsValue::from_str(name));
+    }
+}
+
+/// Parses a GGUF model from its bytes, builds its tokenizer and loads its weights on the device
+/// as the native commands do by default (`--weights auto`: the file's own blocks on the CPU
+/// backend, NF4 on a GPU), so both produce the same tokens. `progress(done, total, tensor)` is
+/// called per tensor. Any adapters loaded for a previous model are dropped. Returns JSON
+/// describing the model.
 #[wasm_bindgen]
 pub async fn load_model(name: String, bytes: Vec<u8>, progress: js_sys::Function) -> Result<String, JsValue> {
     with_engine(|mut e| async move {
@@ -164,7 +178,7 @@ pub async fn load_model(name: String, bytes: Vec<u8>, progress: js_sys::Function
             let total = tensor_names(&cfg).len();
             let mut src = gguf_model::GgufSource { file: &file, cfg: cfg.clone() };
             let mut src = Progress { inner: &mut src, done: 0, total, report: &progress };
-            let model = Model::load(&e.dev, cfg, &mut src, WeightFormat::Nf4 { blocksize: 64 })?;
+            let model = Model::load(&e.dev, cfg, &mut src, WeightFormat::Auto)?;
             Ok(Loaded { name: name.clone(), model, tok, adapters: AdapterSet::new() })
         })();
         match r {
@@ -187,7 +201,7 @@ fn model_json(l: &Loaded) -> serde_json::Value {
         "arch": format!("{:?}", c.arch),
         "layers": c.layers, "width": c.c, "mlp_width": c.f, "heads": c.h, "kv_heads": c.kv,
         "vocab": c.vocab, "context": l.model.rope.max_pos,
-        "params": params, "weight_bytes": bytes, "weights": "NF4 (block 64) linears, f32 embedding and norms",
+        "params": params, "weight_bytes": bytes, "weights": weights_note(&l.model),
         "chat_template": l.tok.chat_template.is_some(),
         "adapters": l.adapters.list().iter().map(|(n, cfg)| json!({
             "name": n, "rank": cfg.rank, "alpha": cfg.alpha, "rslora": cfg.rslora,
@@ -195,6 +209,23 @@ fn model_json(l: &Loaded) -> serde_json::Value {
         })).collect::<Vec<_>>(),
         "active_adapter": l.adapters.active(),
     })
+}
+
+/// How the frozen linear weights are held, for the page ("GGUF blocks (Q4_1)", "NF4").
+fn weights_note(m: &Model) -> String {
+    use crate::model::weights::Weight;
+    let mut kinds: Vec<String> = Vec::new();
+    for l in m.layers.iter().flat_map(|l| l.linears()) {
+        let k = match &l.weight {
+            Weight::F32(_) => "f32".to_string(),
+            Weight::Nf4(_) => "NF4 (block 64)".to_string(),
+            Weight::Gguf(g) => format!("{:?}", g.ty),
+        };
+        if !kinds.contains(&k) {
+            kinds.push(k);
+        }
+    }
+    format!("linears: {}; embedding and norms f32", kinds.join(", "))
 }
 
 /// The loaded model as JSON (see [`load_model`]).

@@ -61,7 +61,7 @@ function setBusy(b) {
 // ---- device -----------------------------------------------------------------------------------
 let gpuAdapterInfo = null;
 async function webgpuNote() {
-  if (!('gpu' in navigator)) return 'this browser has no WebGPU (navigator.gpu is missing)';
+  if (!navigator.gpu) return 'this browser has no WebGPU (navigator.gpu is missing)';
   const a = await navigator.gpu.requestAdapter().catch(() => null);
   if (!a) return 'WebGPU is present but offers no adapter';
   // The browser describes its adapter to the page (wgpu sees an anonymous one).
@@ -358,6 +358,7 @@ function wire() {
   $('load-url').onclick = () => loadModel({ url: $('model-url').value }).catch(() => {});
   $('model-file').onchange = (e) => handleFiles(e.target.files).catch(() => {});
   $('adapter-files').onchange = (e) => handleFiles(e.target.files).catch(() => {});
+  $('load-adapter-url').onclick = () => loadAdapterUrl($('adapter-url').value).catch(() => {});
   const drop = $('drop');
   drop.ondragover = (e) => { e.preventDefault(); drop.classList.add('over'); };
   drop.ondragleave = () => drop.classList.remove('over');
@@ -387,6 +388,19 @@ async function loadManifest() {
   } catch { return null; }
 }
 
+// An adapter directory at `base` (a URL): its two PEFT files are fetched from there.
+async function loadAdapterUrl(base) {
+  return guarded(async () => {
+    const dir = base.replace(/\/+$/, '');
+    const files = await Promise.all(['adapter_config.json', 'adapter_model.safetensors'].map(async (name) => {
+      const r = await fetch(`${dir}/${name}`);
+      if (!r.ok) throw new Error(`${dir}/${name}: HTTP ${r.status} (an adapter directory holds adapter_config.json and adapter_model.safetensors)`);
+      return { name, bytes: new Uint8Array(await r.arrayBuffer()) };
+    }));
+    return loadAdapter(decodeURIComponent(dir.split('/').pop()), files);
+  });
+}
+
 async function loadServedAdapters() {
   for (const a of manifest?.adapters ?? []) {
     const files = await Promise.all(a.files.map(async (f) => {
@@ -414,7 +428,7 @@ async function main() {
   loadTaskList();
   window.flexloraBench = bench;
   window.flexlora = {
-    state, manifest, initDevice, loadModel, loadAdapter, loadServedAdapters, setAdapter, generate, compare, stop, runCode,
+    state, manifest, initDevice, loadModel, loadAdapter, loadAdapterUrl, loadServedAdapters, setAdapter, generate, compare, stop, runCode,
     call, setPrompt: (t) => { $('prompt').value = t; },
   };
   document.title = 'flexlora: ready';

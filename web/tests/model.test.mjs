@@ -1,7 +1,8 @@
 // The browser demo against the native build, in headless Chromium: SmolLM2-135M and adapters
 // trained here by `flexlora train` (a few steps), served by `flexlora web`, loaded in the page.
 // Greedy tokens in the page (wasm CPU backend, and WebGPU on SwiftShader) must equal native
-// `flexlora generate` token for token; the adapter switch must give each adapter's tokens and the
+// `flexlora generate` token for token (with the weights each device holds: the GGUF's blocks on
+// the CPU, NF4 on a GPU); the adapter switch must give each adapter's tokens and the
 // base model's; broken inputs must show a clear error in the page; a screenshot is written to
 // target/web-demo.png and checked to be non-blank.
 //
@@ -47,9 +48,12 @@ function trainAdapter(name, seed, lr) {
   return join(out, 'adapter');
 }
 
-function nativeIds(adapter) {
+// Native `flexlora generate` on the CPU backend. `weights`: auto (the default: the GGUF's own
+// blocks on the CPU, which the page's CPU backend also uses) or nf4 (what a GPU holds, in the
+// page's WebGPU as natively: there is no GGUF-block kernel for GPUs yet).
+function nativeIds(adapter, weights = 'auto') {
   const out = join(work, `gen-${Math.random().toString(36).slice(2)}.json`);
-  const args = ['generate', '--device', 'cpu', '--model', model, '--prompt', PROMPT, '--max-new-tokens', String(TOKENS), '--json', out];
+  const args = ['generate', '--device', 'cpu', '--weights', weights, '--model', model, '--prompt', PROMPT, '--max-new-tokens', String(TOKENS), '--json', out];
   if (adapter) args.push('--adapter', adapter);
   run(args);
   return JSON.parse(readFileSync(out, 'utf8')).ids;
@@ -69,8 +73,11 @@ function startServer(adapters) {
   });
 }
 
-async function openPage(device) {
-  const page = await browser.newPage();
+async function openPage(device, { noWebGpu = false } = {}) {
+  const context = await browser.newContext();
+  // A browser without WebGPU: the page sees no navigator.gpu.
+  if (noWebGpu) await context.addInitScript(() => Object.defineProperty(Navigator.prototype, 'gpu', { get: () => undefined }));
+  const page = await context.newPage();
   const logs = [];
   page.on('console', (m) => logs.push(m.text()));
   page.on('pageerror', (e) => logs.push(String(e)));
@@ -105,6 +112,8 @@ before(async () => {
   native.base = nativeIds(null);
   native.one = nativeIds(a1);
   native.two = nativeIds(a2);
+  native.nf4Base = nativeIds(null, 'nf4');
+  native.nf4One = nativeIds(a1, 'nf4');
   console.log('native ids:', JSON.stringify(native));
   assert.notDeepEqual(native.one, native.base, 'adapter one does not change the greedy tokens: the switch test could not fail');
   assert.notDeepEqual(native.two, native.one, 'the two adapters give the same tokens: the switch test could not fail');
@@ -129,6 +138,7 @@ test('wasm CPU backend: greedy tokens equal native, adapter on/off/switch', { ti
   assert.equal(info.adapters.length, 2, page.logs.join('\n'));
   const dev = await page.evaluate(() => window.flexlora.state.device);
   assert.equal(dev.kind, 'CPU');
+  assert.match(info.weights, /Q4_1/, 'the CPU backend keeps the GGUF blocks, as native --weights auto does');
   assert.deepEqual(await pageIds(page, 0), native.one, 'adapter one in the page vs native');
   assert.deepEqual(await pageIds(page, -1), native.base, 'adapter off: the base model');
   assert.deepEqual(await pageIds(page, 0), native.one, 'adapter on again');
@@ -171,8 +181,9 @@ test('WebGPU (SwiftShader): greedy tokens equal native, adapter on and off', { t
   assert.equal(dev.kind, 'GPU', `no WebGPU adapter in headless Chromium: ${JSON.stringify(dev)}\n${page.logs.join('\n')}`);
   console.log('WebGPU adapter:', dev.name);
   await loadServed(page);
-  assert.deepEqual(await pageIds(page, 0), native.one, 'adapter one on WebGPU vs native');
-  assert.deepEqual(await pageIds(page, -1), native.base, 'base model on WebGPU vs native');
+  assert.match(await page.evaluate(() => window.flexlora.state.model.weights), /NF4/);
+  assert.deepEqual(await pageIds(page, 0), native.nf4One, 'adapter one on WebGPU vs native --weights nf4');
+  assert.deepEqual(await pageIds(page, -1), native.nf4Base, 'base model on WebGPU vs native --weights nf4');
   await page.close();
 });
 
@@ -207,5 +218,38 @@ test('broken inputs show a clear error in the page', { timeout: 600_000 }, async
   // The page still works after both errors: the base model generates.
   const ids = await pageIds(page, -1);
   assert.deepEqual(ids, native.base, 'the base model after the errors');
+  await page.close();
+});
+
+test('no WebGPU: the CPU backend runs and says why; stop ends a generation; adapters load from a URL', { timeout: 600_000 }, async () => {
+  const page = await openPage('webgpu', { noWebGpu: true });
+  const dev = await page.evaluate(() => window.flexlora.state.device);
+  assert.equal(dev.kind, 'CPU');
+  assert.match(await page.locator('#device-status').textContent(), /no WebGPU.*CPU backend runs/);
+  await loadServed(page);
+  // The same adapter directory by URL: a third adapter, with adapter one's tokens.
+  const index = await page.evaluate(() => window.flexlora.loadAdapterUrl('files/adapters/0/'));
+  assert.equal(index, 2);
+  assert.deepEqual(await pageIds(page, 2), native.one, 'adapter loaded by URL');
+  // Stop: start a long generation with the button, stop it once text streams, and check the page
+  // kept painting frames while the worker generated.
+  await page.evaluate(() => {
+    window.flexlora.setPrompt('def sort_numbers(xs):\n');
+    document.querySelector('input[name=mode][value=raw]').checked = true;
+    document.getElementById('max-tokens').value = '400';
+    window.frames_seen = 0;
+    const tick = () => { window.frames_seen++; requestAnimationFrame(tick); };
+    requestAnimationFrame(tick);
+  });
+  await page.click('#generate');
+  await page.waitForFunction(() => document.getElementById('out-0').textContent.length > 20, null, { timeout: 300_000 });
+  const frames = await page.evaluate(() => window.frames_seen);
+  await page.click('#stop');
+  await page.waitForFunction(() => /stopped/.test(document.getElementById('speed').textContent), null, { timeout: 60_000 });
+  const speed = await page.locator('#speed').textContent();
+  const tokens = Number(speed.match(/decode (\d+) tokens/)[1]);
+  assert.ok(tokens < 400, `stop did not end the generation: ${speed}`);
+  assert.ok(frames > 5, `the page painted only ${frames} frames while generating`);
+  assert.equal(await page.locator('#generate').isDisabled(), false, 'Generate is enabled again after stop');
   await page.close();
 });
