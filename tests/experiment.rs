@@ -285,3 +285,17 @@ train = {{ flex = {{ mode = "published" }} }}
     let _ = report::write(&spec).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn committed_specs_are_valid() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for f in ["experiments/main-job.toml", "experiments/flex-qwen/spec.toml"] {
+        let s = spec::load(&root.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+        assert!(s.model.ends_with("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"), "{f}");
+    }
+    let grid = spec::load(&root.join("experiments/flex-qwen/spec.toml")).unwrap();
+    // At least 3 seeds for LoRA and LoRA + FLeX, the λ sweep chosen on validation data.
+    assert!(grid.arm("lora").unwrap().seeds.len() >= 3 && grid.arm("flex").unwrap().seeds.len() >= 3);
+    let sel = grid.arm("flex").unwrap().select.as_ref().unwrap();
+    assert_eq!(grid.eval(&sel.eval).unwrap().role, spec::Role::Validation);
+}
