@@ -209,6 +209,7 @@ bootstrap = 200
 steps = 1
 batch_size = 1
 max_len = 48
+mask_prompt = false
 warmup_steps = 0
 save_every = 0
 [[eval]]
@@ -251,6 +252,7 @@ train = {{ flex = {{ mode = "published" }} }}
     }
     let lora = &runs[1];
     assert_eq!(lora.train.as_ref().unwrap().steps, 1);
+    assert!(lora.train.as_ref().unwrap().first_loss.is_some_and(|l| l > 0.0 && l.is_finite()), "{:?}", lora.train);
     // The published arm is the LoRA run, recorded as such, not trained again.
     assert_eq!(runs[2].same_as.as_deref(), Some("lora/seed-0"));
     assert_eq!(runs[2].evals[0].tasks, lora.evals[0].tasks);
