@@ -85,12 +85,14 @@ pub fn compare(spec: &Spec, runs: &[RunSummary], arm: &str, eval: &str) -> Optio
         values.push((rv, av));
     }
     let interval = stats::paired_bootstrap(&values, spec.bootstrap, spec.bootstrap_seed)?;
-    let mean = |pick: &dyn Fn(&(Vec<f64>, Vec<f64>)) -> f64| values.iter().map(pick).sum::<f64>() / values.len() as f64;
+    let avg = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let reference_pass1 = avg(&values.iter().map(|(r, _)| avg(r)).collect::<Vec<_>>());
+    let arm_pass1 = avg(&values.iter().map(|(_, a)| avg(a)).collect::<Vec<_>>());
     Some(Comparison {
         eval: eval.to_string(),
         arm: arm.to_string(),
-        reference_pass1: mean(&|(r, _)| r.iter().sum::<f64>() / r.len() as f64),
-        arm_pass1: mean(&|(_, a)| a.iter().sum::<f64>() / a.len() as f64),
+        reference_pass1,
+        arm_pass1,
         tasks: ids.len(),
         seeds: pairs.len(),
         interval,
@@ -98,9 +100,12 @@ pub fn compare(spec: &Spec, runs: &[RunSummary], arm: &str, eval: &str) -> Optio
     })
 }
 
+/// (pooled pass@1, its 95% interval, pass@1 per seed, tasks).
+type Pooled = (f64, (f64, f64), Vec<f64>, usize);
+
 /// An arm's pooled score on a set: mean over seeds of pass@1 (passk over each run's counts), and a
 /// 95% interval over tasks of the seed-averaged per-task pass@1 (`passk::pass1_interval`).
-fn pooled(runs: &[&RunSummary], eval: &str) -> Option<(f64, (f64, f64), Vec<f64>, usize)> {
+fn pooled(runs: &[&RunSummary], eval: &str) -> Option<Pooled> {
     let es: Vec<&EvalResult> = runs.iter().filter_map(|r| r.evals.iter().find(|e| e.name == eval)).collect();
     let first = es.first()?;
     let per_seed: Vec<f64> = es
@@ -162,7 +167,7 @@ pub fn write(spec: &Spec) -> Result<Report> {
             let mine: Vec<&RunSummary> = runs.iter().filter(|r| r.arm == arm.name).collect();
             let lambda = mine
                 .iter()
-                .find_map(|r| r.train.as_ref().map(|t| lambda_cell(t)))
+                .find_map(|r| r.train.as_ref().map(lambda_cell))
                 .unwrap_or_else(|| "-".into());
             match pooled(&mine, &set.name) {
                 Some((mean, (lo, hi), per_seed, tasks)) => {
@@ -298,7 +303,7 @@ fn pass1_svg(set: &str, points: &[(String, f64, f64, f64, Vec<f64>)]) -> String 
     let mut s = format!(
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12"><rect width="100%" height="100%" fill="white"/>"#
     );
-    let hi = points.iter().map(|p| p.3).fold(0.0f64, f64::max).max(0.05).min(1.0);
+    let hi = points.iter().map(|p| p.3).fold(0.0f64, f64::max).clamp(0.05, 1.0);
     let sy = |y: f64| h - m - y / hi * (h - 2.0 * m);
     let _ = write!(s, r#"<line x1="{m}" y1="{}" x2="{}" y2="{}" stroke="black"/>"#, h - m, w - m, h - m);
     let _ = write!(s, r#"<line x1="{m}" y1="{m}" x2="{m}" y2="{}" stroke="black"/>"#, h - m);

@@ -272,7 +272,7 @@ fn train(cfg: crate::train::config::TrainConfig, dev: Device, say: &mut dyn FnMu
         let every = (total / 10).max(1);
         let summary = train_run::run(tr, &mut |e| {
             if let Event::Step(r) = e {
-                if r.step % every == 0 || r.step == total {
+                if r.step.is_multiple_of(every) || r.step == total {
                     let flex = r.flex_penalty.map(|p| format!(", flex {p:.4}")).unwrap_or_default();
                     say(&format!("step {}/{total}: loss {:.4}{flex}, {:.1} s/step", r.step, r.loss, r.seconds));
                 }
