@@ -184,7 +184,11 @@ fn model_and_data() -> Option<(PathBuf, PathBuf)> {
         return Some((model, data));
     }
     assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but the model or the datasets are missing");
-    eprintln!("\n*** skipped: {} or the datasets in {} not found — the experiment runner is NOT being tested ***\n", model.display(), data.display());
+    eprintln!(
+        "\n*** skipped: {} or the datasets in {} not found — the experiment runner is NOT being tested ***\n",
+        model.display(),
+        data.display()
+    );
     None
 }
 
@@ -240,7 +244,10 @@ train = {{ flex = {{ mode = "published" }} }}
 
     let mut lines = Vec::new();
     let (first, rep) = flexlora::experiment::run(&spec_path, &mut device, &mut |l| lines.push(l.to_string())).unwrap();
-    assert_eq!(first.iter().map(|o| (o.arm.as_str(), o.skipped)).collect::<Vec<_>>(), [("base", false), ("lora", false), ("lora-published", false)]);
+    assert_eq!(
+        first.iter().map(|o| (o.arm.as_str(), o.skipped)).collect::<Vec<_>>(),
+        [("base", false), ("lora", false), ("lora-published", false)]
+    );
     assert!(lines.iter().any(|l| l.starts_with("[2/3] lora seed 0: done in") && l.contains("left")), "{lines:#?}");
     let spec = spec::load(&spec_path).unwrap();
     let runs = runner::finished(&spec).unwrap();

@@ -165,10 +165,7 @@ pub fn write(spec: &Spec) -> Result<Report> {
         let mut points = Vec::new();
         for arm in spec.arms.iter().filter(|a| a.evals.contains(&set.name)) {
             let mine: Vec<&RunSummary> = runs.iter().filter(|r| r.arm == arm.name).collect();
-            let lambda = mine
-                .iter()
-                .find_map(|r| r.train.as_ref().map(lambda_cell))
-                .unwrap_or_else(|| "-".into());
+            let lambda = mine.iter().find_map(|r| r.train.as_ref().map(lambda_cell)).unwrap_or_else(|| "-".into());
             match pooled(&mine, &set.name) {
                 Some((mean, (lo, hi), per_seed, tasks)) => {
                     let seeds: Vec<String> = mine.iter().zip(&per_seed).map(|(r, v)| format!("{}: {v:.3}", r.seed)).collect();
@@ -317,7 +314,14 @@ fn pass1_svg(set: &str, points: &[(String, f64, f64, f64, Vec<f64>)]) -> String 
         let x = m + (i as f64 + 0.5) / n * (w - 2.0 * m);
         let _ = write!(s, r#"<line x1="{x:.1}" y1="{:.1}" x2="{x:.1}" y2="{:.1}" stroke="steelblue" stroke-width="2"/>"#, sy(*lo), sy(*up));
         for y in [lo, up] {
-            let _ = write!(s, r#"<line x1="{:.1}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="steelblue" stroke-width="2"/>"#, x - 6.0, sy(*y), x + 6.0, sy(*y));
+            let _ = write!(
+                s,
+                r#"<line x1="{:.1}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="steelblue" stroke-width="2"/>"#,
+                x - 6.0,
+                sy(*y),
+                x + 6.0,
+                sy(*y)
+            );
         }
         for v in seeds {
             let _ = write!(s, r#"<circle cx="{:.1}" cy="{:.1}" r="2.5" fill="gray"/>"#, x + 12.0, sy(*v));

@@ -94,9 +94,10 @@ pub fn run_dir(spec: &Spec, arm: &str, seed: u64) -> PathBuf {
 pub fn read_summary(spec: &Spec, arm: &str, seed: u64) -> Result<Option<RunSummary>> {
     let path = run_dir(spec, arm, seed).join(DONE);
     let Ok(text) = std::fs::read_to_string(&path) else { return Ok(None) };
-    serde_json::from_str(&text)
-        .map(Some)
-        .map_err(|e| Error::Config { file: path.display().to_string(), detail: format!("not a run summary ({e}); delete it to redo the run") })
+    serde_json::from_str(&text).map(Some).map_err(|e| Error::Config {
+        file: path.display().to_string(),
+        detail: format!("not a run summary ({e}); delete it to redo the run"),
+    })
 }
 
 /// Every (arm, seed) of the spec, in run order.
@@ -304,8 +305,11 @@ pub fn outcomes(path: &Path) -> Result<Vec<TaskOutcome>> {
     let text = std::fs::read_to_string(path).map_err(io_at(path, "read"))?;
     let mut out: Vec<TaskOutcome> = Vec::new();
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let v: serde_json::Value = serde_json::from_str(line)
-            .map_err(|e| Error::DataFormat { path: path.display().to_string(), line: i + 1, detail: e.to_string() })?;
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| Error::DataFormat {
+            path: path.display().to_string(),
+            line: i + 1,
+            detail: e.to_string(),
+        })?;
         let (Some(id), Some(sample)) = (v["task_id"].as_str(), v["sample"].as_u64()) else {
             return Err(Error::DataFormat { path: path.display().to_string(), line: i + 1, detail: "no task_id or sample".into() });
         };
@@ -349,7 +353,10 @@ fn select(spec: &Spec, candidates: &[String], eval: &str) -> Result<(String, f32
                 None => {
                     return Err(Error::Config {
                         file: spec.file.display().to_string(),
-                        detail: format!("select: candidate `{}` seed {s} has not finished; it must run before the arm that selects", arm.name),
+                        detail: format!(
+                            "select: candidate `{}` seed {s} has not finished; it must run before the arm that selects",
+                            arm.name
+                        ),
                     })
                 }
             }

@@ -71,8 +71,7 @@ pub fn paired_bootstrap(pairs: &[(Vec<f64>, Vec<f64>)], reps: usize, seed: u64) 
     if tasks == 0 || pairs.iter().any(|(r, a)| r.len() != tasks || a.len() != tasks) || reps == 0 {
         return None;
     }
-    let d: Vec<f64> =
-        (0..tasks).map(|t| pairs.iter().map(|(r, a)| a[t] - r[t]).sum::<f64>() / pairs.len() as f64).collect();
+    let d: Vec<f64> = (0..tasks).map(|t| pairs.iter().map(|(r, a)| a[t] - r[t]).sum::<f64>() / pairs.len() as f64).collect();
     let diff = d.iter().sum::<f64>() / tasks as f64;
     let mut rng = Rng::new(seed);
     let mut stats: Vec<f64> = (0..reps)
