@@ -14,6 +14,7 @@
 pub mod device;
 pub mod error;
 pub mod eval;
+pub mod experiment;
 pub mod model;
 pub mod ops;
 pub mod quant;

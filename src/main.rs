@@ -28,6 +28,15 @@ enum Command {
     /// Fine-tune a LoRA adapter over the frozen (4-bit) model: with no arguments, SmolLM2-135M-Instruct
     /// on MBPP's train split. Settings come from --config FILE.toml, then the flags.
     Train(Box<TrainArgs>),
+    /// Run an experiment: arms x seeds of training and evaluation from SPEC.toml, each run resumable
+    /// and skipped once finished; writes report.md (paired comparisons with the reference arm) and plots.
+    Experiment {
+        spec: std::path::PathBuf,
+        #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+        device: DeviceChoice,
+        #[arg(long, value_enum)]
+        backend: Option<BackendChoice>,
+    },
     /// Write a model (GGUF file or HF directory) as a Hugging Face directory: config.json,
     /// tokenizer.json, tokenizer_config.json, model.safetensors (f32).
     Convert {
@@ -254,6 +263,9 @@ struct EvalArgs {
     /// Only the first N tasks.
     #[arg(long)]
     limit: Option<usize>,
+    /// Only tasks numbered in this range, e.g. 11-510 (MBJP: the Java twins of MBPP's test split).
+    #[arg(long, value_parser = flexlora::eval::tasks::IdRange::parse)]
+    ids: Option<flexlora::eval::tasks::IdRange>,
     /// Samples per task (pass@k is reported for k = 1, 10, 100 up to this).
     #[arg(long, default_value_t = 1)]
     samples: usize,
@@ -494,6 +506,12 @@ fn run(cli: Cli) -> Result<()> {
         Command::Eval(args) => eval(args),
         Command::Train(args) => train(*args),
         Command::Web(args) => web(args),
+        Command::Experiment { spec, device, backend } => {
+            let mut dev = || Ok(block_on(None, device::select(device, backend))?.device);
+            let (_, report) = flexlora::experiment::run(&spec, &mut dev, &mut |line| eprintln!("{line}"))?;
+            println!("{}", report.table);
+            Ok(())
+        }
         Command::Convert { input, output } => {
             flexlora::model::load::convert_to_hf(&input, &output)?;
             eprintln!("wrote {}", output.display());
@@ -763,6 +781,7 @@ fn eval(a: EvalArgs) -> Result<()> {
         },
         task,
         limit: a.limit,
+        ids: a.ids,
         samples: a.samples,
         temperature: a.temperature,
         top_p: a.top_p,

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::passk::{self, Summary, TaskCount};
 use super::sandbox::{Sandbox, SandboxConfig};
-use super::tasks::{self, MbppPrompt, MbppSplit, Task};
+use super::tasks::{self, IdRange, MbppPrompt, MbppSplit, Task};
 use super::{counts, run_samples};
 use crate::device::{block_on, Device};
 use crate::error::{io_at, Error, Result};
@@ -39,6 +39,10 @@ pub struct EvalConfig {
     pub model: String,
     pub task: TaskSet,
     pub limit: Option<usize>,
+    /// Only tasks whose number is in this range (applied before `limit`); absent in configs
+    /// written before the option, which meant every task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ids: Option<IdRange>,
     pub samples: usize,
     pub temperature: f32,
     pub top_p: f32,
@@ -88,6 +92,9 @@ pub fn load_tasks(data: &Path, cfg: &EvalConfig) -> Result<Vec<Task>> {
         TaskSet::Mbjp => tasks::load_mbjp(data)?,
         TaskSet::HumanevalJava => tasks::load_humaneval_java(data)?,
     };
+    if let Some(r) = cfg.ids {
+        tasks.retain(|t| r.contains(&t.id));
+    }
     if let Some(n) = cfg.limit {
         tasks.truncate(n);
     }

@@ -85,6 +85,47 @@ pub enum MbppPrompt {
 /// Task ids of the MBPP few-shot examples used by `MbppPrompt::FewShot` (those of the paper).
 pub const MBPP_SHOTS: [u32; 3] = [2, 3, 4];
 
+/// An inclusive range of task numbers, the number after the last `/` of a task id (`MBJP/12` is
+/// 12). MBJP tasks carry the number of their MBPP twin, so MBPP's split ranges select the Java
+/// twins of a split: `11-510` the test split, `511-600` validation, `601-974` train.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdRange {
+    pub first: u32,
+    pub last: u32,
+}
+
+impl IdRange {
+    /// `"11-510"` or a single number `"7"`.
+    pub fn parse(s: &str) -> Result<IdRange> {
+        let bad = || Error::InvalidArgument { flag: "ids", detail: format!("`{s}`: write a task-number range such as 11-510") };
+        let (a, b) = s.split_once('-').unwrap_or((s, s));
+        let (first, last) = (a.trim().parse::<u32>().map_err(|_| bad())?, b.trim().parse::<u32>().map_err(|_| bad())?);
+        if first > last {
+            return Err(bad());
+        }
+        Ok(IdRange { first, last })
+    }
+
+    pub fn contains(&self, task_id: &str) -> bool {
+        task_number(task_id).is_some_and(|n| (self.first..=self.last).contains(&n))
+    }
+
+    pub fn overlaps(&self, other: &IdRange) -> bool {
+        self.first <= other.last && other.first <= self.last
+    }
+}
+
+impl std::fmt::Display for IdRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+/// The number after the last `/` of a task id: `MBJP/12` -> 12, `HumanEval_java/0` -> 0.
+pub fn task_number(task_id: &str) -> Option<u32> {
+    task_id.rsplit('/').next()?.parse().ok()
+}
+
 /// One benchmark problem.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Task {

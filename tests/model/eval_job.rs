@@ -36,6 +36,7 @@ fn tiny_model_eval_writes_well_formed_results_and_resumes() {
         model: model_dir.display().to_string(),
         task: TaskSet::Humaneval,
         limit: Some(2),
+        ids: None,
         samples: 3,
         temperature: 0.8,
         top_p: 0.95,

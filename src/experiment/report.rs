@@ -1,0 +1,335 @@
+//! The experiment's report from its finished runs: `OUT/report.md` (results per evaluation set,
+//! paired comparisons against the reference arm, training and FLeX penalty figures) and SVG plots:
+//! `pass1-<set>.svg` (pass@1 per arm with its 95% interval and each seed's value), `loss.svg`
+//! (training loss per run) and `flex.svg` (the FLeX penalty per run, when logged).
+//!
+//! Reads run summaries and training metrics only; never trains or evaluates.
+
+use std::fmt::Write;
+
+use super::runner::{self, EvalResult, RunSummary};
+use super::spec::{ArmKind, Role, Spec};
+use super::stats::{self, Interval};
+use crate::error::Result;
+use crate::eval::passk;
+use crate::model::load::write_atomic;
+
+/// One arm compared with the reference on one evaluation set.
+#[derive(Debug, Clone)]
+pub struct Comparison {
+    pub eval: String,
+    pub arm: String,
+    /// pass@1 of the reference and the arm over the paired tasks, pooled over seeds.
+    pub reference_pass1: f64,
+    pub arm_pass1: f64,
+    /// Paired tasks (per seed) and seeds paired.
+    pub tasks: usize,
+    pub seeds: usize,
+    /// Paired bootstrap 95% interval of the difference, pooled over seeds.
+    pub interval: Interval,
+    /// Per seed: (seed, b, c, exact McNemar p).
+    pub mcnemar: Vec<(u64, usize, usize, f64)>,
+}
+
+pub struct Report {
+    pub markdown: String,
+    pub comparisons: Vec<Comparison>,
+    /// The comparison table alone (markdown), for the terminal.
+    pub table: String,
+}
+
+/// Pairs an arm's runs with the reference's on one set: seed s with the reference's seed s, or
+/// with its only run when it has one (an untrained reference runs once). Tasks are matched by id.
+pub fn compare(spec: &Spec, runs: &[RunSummary], arm: &str, eval: &str) -> Option<Comparison> {
+    let of = |name: &str| -> Vec<(&RunSummary, &EvalResult)> {
+        runs.iter().filter(|r| r.arm == name).filter_map(|r| r.evals.iter().find(|e| e.name == eval).map(|e| (r, e))).collect()
+    };
+    let reference = of(&spec.reference);
+    let mine = of(arm);
+    let mut pairs: Vec<(u64, &EvalResult, &EvalResult)> = Vec::new();
+    for (r, e) in &mine {
+        let partner = reference.iter().find(|(x, _)| x.seed == r.seed).or(if reference.len() == 1 { reference.first() } else { None });
+        if let Some((_, pe)) = partner {
+            pairs.push((r.seed, pe, e));
+        }
+    }
+    if pairs.is_empty() {
+        return None;
+    }
+    // Tasks every paired run has, in the reference's order.
+    let ids: Vec<&str> = pairs[0]
+        .1
+        .tasks
+        .iter()
+        .map(|t| t.id.as_str())
+        .filter(|id| pairs.iter().all(|(_, a, b)| a.tasks.iter().any(|t| t.id == *id) && b.tasks.iter().any(|t| t.id == *id)))
+        .collect();
+    if ids.is_empty() {
+        return None;
+    }
+    let per_task = |e: &EvalResult| -> (Vec<f64>, Vec<bool>) {
+        ids.iter()
+            .map(|id| {
+                let t = e.tasks.iter().find(|t| t.id == *id).expect("filtered above");
+                (t.c as f64 / t.n.max(1) as f64, t.first)
+            })
+            .unzip()
+    };
+    let mut values = Vec::new();
+    let mut mcnemar = Vec::new();
+    for (seed, re, ae) in &pairs {
+        let (rv, rb) = per_task(re);
+        let (av, ab) = per_task(ae);
+        let (b, c) = stats::discordant(&rb, &ab);
+        mcnemar.push((*seed, b, c, stats::mcnemar_exact(b, c)));
+        values.push((rv, av));
+    }
+    let interval = stats::paired_bootstrap(&values, spec.bootstrap, spec.bootstrap_seed)?;
+    let avg = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let reference_pass1 = avg(&values.iter().map(|(r, _)| avg(r)).collect::<Vec<_>>());
+    let arm_pass1 = avg(&values.iter().map(|(_, a)| avg(a)).collect::<Vec<_>>());
+    Some(Comparison {
+        eval: eval.to_string(),
+        arm: arm.to_string(),
+        reference_pass1,
+        arm_pass1,
+        tasks: ids.len(),
+        seeds: pairs.len(),
+        interval,
+        mcnemar,
+    })
+}
+
+/// (pooled pass@1, its 95% interval, pass@1 per seed, tasks).
+type Pooled = (f64, (f64, f64), Vec<f64>, usize);
+
+/// An arm's pooled score on a set: mean over seeds of pass@1 (passk over each run's counts), and a
+/// 95% interval over tasks of the seed-averaged per-task pass@1 (`passk::pass1_interval`).
+fn pooled(runs: &[&RunSummary], eval: &str) -> Option<Pooled> {
+    let es: Vec<&EvalResult> = runs.iter().filter_map(|r| r.evals.iter().find(|e| e.name == eval)).collect();
+    let first = es.first()?;
+    let per_seed: Vec<f64> = es
+        .iter()
+        .map(|e| {
+            let counts: Vec<passk::TaskCount> = e.tasks.iter().map(|t| passk::TaskCount { n: t.n, c: t.c }).collect();
+            passk::summarize(&counts).ok().and_then(|s| s.pass_at.first().map(|p| p.value)).unwrap_or(e.pass1)
+        })
+        .collect();
+    let per_task: Vec<f64> = first
+        .tasks
+        .iter()
+        .map(|t| {
+            let v: Vec<f64> =
+                es.iter().filter_map(|e| e.tasks.iter().find(|x| x.id == t.id)).map(|x| x.c as f64 / x.n.max(1) as f64).collect();
+            v.iter().sum::<f64>() / v.len() as f64
+        })
+        .collect();
+    let mean = per_seed.iter().sum::<f64>() / per_seed.len() as f64;
+    Some((mean, passk::pass1_interval(&per_task), per_seed, first.tasks.len()))
+}
+
+/// Builds the report from the finished runs and writes `report.md` and the plots into `spec.out`.
+pub fn write(spec: &Spec) -> Result<Report> {
+    let runs = runner::finished(spec)?;
+    let planned = runner::plan(spec).len();
+    let mut md = String::new();
+    let _ = writeln!(md, "# Experiment `{}`\n", spec.file.display());
+    let _ = writeln!(
+        md,
+        "Model `{}` ({} base weights); {} of {planned} runs finished; reference arm `{}`. Regenerated by \
+         `flexlora experiment {}` from the runs' `summary.json` files.\n",
+        spec.model.display(),
+        spec.weights,
+        runs.len(),
+        spec.reference,
+        spec.file.display()
+    );
+
+    // Results per evaluation set.
+    let _ = writeln!(md, "## pass@1\n");
+    for set in &spec.evals {
+        let c = &set.config;
+        let ids = c.ids.map(|r| format!(", tasks numbered {r}")).unwrap_or_default();
+        let limit = c.limit.map(|n| format!(", first {n}")).unwrap_or_default();
+        let _ = writeln!(
+            md,
+            "### `{}`: {}{ids}{limit} ({} set; {} sample(s) per task, temperature {}, {} new tokens)\n",
+            set.name,
+            super::spec::task_name(c.task),
+            if set.role == Role::Test { "test" } else { "validation" },
+            c.samples,
+            c.temperature,
+            c.max_new_tokens
+        );
+        let _ = writeln!(md, "| arm | kind | λ | runs | tasks | pass@1 | 95% interval | per seed |\n|---|---|---|---|---|---|---|---|");
+        let mut points = Vec::new();
+        for arm in spec.arms.iter().filter(|a| a.evals.contains(&set.name)) {
+            let mine: Vec<&RunSummary> = runs.iter().filter(|r| r.arm == arm.name).collect();
+            let lambda = mine.iter().find_map(|r| r.train.as_ref().map(lambda_cell)).unwrap_or_else(|| "-".into());
+            match pooled(&mine, &set.name) {
+                Some((mean, (lo, hi), per_seed, tasks)) => {
+                    let seeds: Vec<String> = mine.iter().zip(&per_seed).map(|(r, v)| format!("{}: {v:.3}", r.seed)).collect();
+                    let _ = writeln!(
+                        md,
+                        "| {} | {} | {lambda} | {}/{} | {tasks} | {mean:.3} | [{lo:.3}, {hi:.3}] | {} |",
+                        arm.name,
+                        kind(arm.kind),
+                        mine.len(),
+                        arm.seeds.len(),
+                        seeds.join(", ")
+                    );
+                    points.push((arm.name.clone(), mean, lo, hi, per_seed));
+                }
+                None => {
+                    let _ = writeln!(md, "| {} | {} | {lambda} | 0/{} | | not run yet | | |", arm.name, kind(arm.kind), arm.seeds.len());
+                }
+            }
+        }
+        let file = format!("pass1-{}.svg", set.name);
+        write_atomic(&spec.out.join(&file), pass1_svg(&set.name, &points).as_bytes())?;
+        let _ = writeln!(md, "\n![pass@1 on {}]({file})\n", set.name);
+    }
+
+    // Paired comparisons.
+    let _ = writeln!(md, "## Paired comparisons with `{}`\n", spec.reference);
+    let _ = writeln!(
+        md,
+        "Δ = pass@1(arm) − pass@1(`{}`) over the tasks both ran, pooled over seeds (seed s paired with the reference's seed s, \
+         or with its only run); 95% interval: paired bootstrap over tasks ({} replicates, seed {}); McNemar: exact two-sided \
+         test per seed on the first sample of each task, b = tasks only the reference solved, c = tasks only the arm solved.\n",
+        spec.reference, spec.bootstrap, spec.bootstrap_seed
+    );
+    let mut table = String::from(
+        "| set | arm | tasks x seeds | pass@1 reference | pass@1 arm | Δ | 95% interval | McNemar per seed (b, c, p) |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    let mut comparisons = Vec::new();
+    for set in &spec.evals {
+        for arm in spec.arms.iter().filter(|a| a.name != spec.reference && a.evals.contains(&set.name)) {
+            if let Some(c) = compare(spec, &runs, &arm.name, &set.name) {
+                let mc: Vec<String> = c.mcnemar.iter().map(|(s, b, cc, p)| format!("seed {s}: {b}, {cc}, p={p:.3}")).collect();
+                let _ = writeln!(
+                    table,
+                    "| {} | {} | {} x {} | {:.3} | {:.3} | {:+.3} | [{:+.3}, {:+.3}] | {} |",
+                    c.eval,
+                    c.arm,
+                    c.tasks,
+                    c.seeds,
+                    c.reference_pass1,
+                    c.arm_pass1,
+                    c.interval.diff,
+                    c.interval.lo,
+                    c.interval.hi,
+                    mc.join("; ")
+                );
+                comparisons.push(c);
+            }
+        }
+    }
+    md.push_str(&table);
+
+    // Training.
+    let _ = writeln!(md, "\n## Training\n");
+    let _ = writeln!(
+        md,
+        "| run | steps | loss first → last | FLeX mode | λ | penalty/loss first → last | seconds | note |\n|---|---|---|---|---|---|---|---|"
+    );
+    let (mut losses, mut penalties) = (Vec::new(), Vec::new());
+    for r in runs.iter().filter(|r| r.train.is_some()) {
+        let t = r.train.as_ref().expect("filtered");
+        let f = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.4}"));
+        let note = match (&r.same_as, &r.selected_from) {
+            (Some(s), _) => format!("identical to `{s}` by construction, not re-trained"),
+            (None, Some(s)) => format!("λ chosen from `{s}` on validation"),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            md,
+            "| {}/seed-{} | {} | {} → {} | {} | {} | {} → {} | {:.0} | {note} |",
+            r.arm,
+            r.seed,
+            t.steps,
+            f(t.first_loss),
+            f(t.final_loss),
+            format!("{:?}", t.flex_mode).to_lowercase(),
+            lambda_cell(t),
+            f(t.penalty_ratio_first),
+            f(t.penalty_ratio_last),
+            t.seconds
+        );
+        if r.same_as.is_none() {
+            let history = crate::train::metrics::read(&runner::run_dir(spec, &r.arm, r.seed).join("train/metrics.jsonl"), usize::MAX)?;
+            let name = format!("{}/seed-{}", r.arm, r.seed);
+            losses.push((name.clone(), history.iter().map(|h| (h.step as f64, h.loss)).collect::<Vec<_>>()));
+            let p: Vec<(f64, f64)> = history.iter().filter_map(|h| h.flex_penalty.map(|v| (h.step as f64, v))).collect();
+            if !p.is_empty() {
+                penalties.push((name, p));
+            }
+        }
+    }
+    write_atomic(&spec.out.join("loss.svg"), crate::train::metrics::series_svg("training loss", &losses).as_bytes())?;
+    let _ = writeln!(md, "\n![training loss](loss.svg)\n");
+    if !penalties.is_empty() {
+        write_atomic(&spec.out.join("flex.svg"), crate::train::metrics::series_svg("FLeX penalty λ·mean P", &penalties).as_bytes())?;
+        let _ = writeln!(md, "![FLeX penalty](flex.svg)\n");
+    }
+    write_atomic(&spec.out.join("report.md"), md.as_bytes())?;
+    Ok(Report { markdown: md, comparisons, table })
+}
+
+/// λ as trained: a number in `train` mode; otherwise the penalty never reaches the update.
+fn lambda_cell(t: &runner::TrainResult) -> String {
+    match t.flex_mode {
+        crate::train::config::FlexMode::Train => format!("{:e}", t.flex_lambda),
+        crate::train::config::FlexMode::Published => format!("{:e} (logged only)", t.flex_lambda),
+        crate::train::config::FlexMode::Off => "off".into(),
+    }
+}
+
+fn kind(k: ArmKind) -> &'static str {
+    match k {
+        ArmKind::Base => "base",
+        ArmKind::Train => "train",
+        ArmKind::Published => "published",
+    }
+}
+
+/// pass@1 per arm: a point at the pooled value, a whisker for the 95% interval, small dots for
+/// each seed.
+fn pass1_svg(set: &str, points: &[(String, f64, f64, f64, Vec<f64>)]) -> String {
+    let (w, h, m) = (720.0, 400.0, 56.0);
+    let mut s = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12"><rect width="100%" height="100%" fill="white"/>"#
+    );
+    let hi = points.iter().map(|p| p.3).fold(0.0f64, f64::max).clamp(0.05, 1.0);
+    let sy = |y: f64| h - m - y / hi * (h - 2.0 * m);
+    let _ = write!(s, r#"<line x1="{m}" y1="{}" x2="{}" y2="{}" stroke="black"/>"#, h - m, w - m, h - m);
+    let _ = write!(s, r#"<line x1="{m}" y1="{m}" x2="{m}" y2="{}" stroke="black"/>"#, h - m);
+    for i in 0..=4 {
+        let v = hi * i as f64 / 4.0;
+        let _ = write!(s, r#"<text x="{}" y="{}" text-anchor="end">{v:.3}</text>"#, m - 6.0, sy(v) + 4.0);
+    }
+    let _ = write!(s, r#"<text x="{m}" y="{}">pass@1 on {set} (95% interval; dots: seeds)</text>"#, m - 20.0);
+    let n = points.len().max(1) as f64;
+    for (i, (name, mean, lo, up, seeds)) in points.iter().enumerate() {
+        let x = m + (i as f64 + 0.5) / n * (w - 2.0 * m);
+        let _ = write!(s, r#"<line x1="{x:.1}" y1="{:.1}" x2="{x:.1}" y2="{:.1}" stroke="steelblue" stroke-width="2"/>"#, sy(*lo), sy(*up));
+        for y in [lo, up] {
+            let _ = write!(
+                s,
+                r#"<line x1="{:.1}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="steelblue" stroke-width="2"/>"#,
+                x - 6.0,
+                sy(*y),
+                x + 6.0,
+                sy(*y)
+            );
+        }
+        for v in seeds {
+            let _ = write!(s, r#"<circle cx="{:.1}" cy="{:.1}" r="2.5" fill="gray"/>"#, x + 12.0, sy(*v));
+        }
+        let _ = write!(s, r#"<circle cx="{x:.1}" cy="{:.1}" r="5" fill="darkorange"/>"#, sy(*mean));
+        let _ = write!(s, r#"<text x="{x:.1}" y="{}" text-anchor="middle">{name}</text>"#, h - m + 18.0);
+        let _ = write!(s, r#"<text x="{x:.1}" y="{}" text-anchor="middle">{mean:.3}</text>"#, h - m + 34.0);
+    }
+    s.push_str("</svg>\n");
+    s
+}

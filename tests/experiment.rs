@@ -1,0 +1,310 @@
+//! `flexlora experiment`: the statistics against hand-worked cases, specs that must be refused,
+//! and the runner end to end on the real small model (SmolLM2-135M, one training step, two MBJP
+//! tasks), resumed without redoing finished runs.
+
+use std::path::{Path, PathBuf};
+
+use flexlora::eval::passk::pass_at_k;
+use flexlora::experiment::{report, runner, spec, stats};
+use flexlora::rng::Rng;
+
+// ---------------------------------------------------------------------------------------------
+// Statistics
+
+#[test]
+fn mcnemar_exact_matches_hand_worked_values() {
+    // b = 10, c = 2: n = 12, P(X <= 2) = (C(12,0) + C(12,1) + C(12,2)) / 2^12 = (1 + 12 + 66) / 4096,
+    // two-sided p = 2 * 79 / 4096 = 0.03857421875.
+    let p = stats::mcnemar_exact(10, 2);
+    assert!((p - 158.0 / 4096.0).abs() < 1e-12, "{p}");
+    assert_eq!(stats::mcnemar_exact(2, 10), p, "symmetric in b and c");
+    // b = 0, c = 6: 2 * (1/64).
+    assert!((stats::mcnemar_exact(0, 6) - 2.0 / 64.0).abs() < 1e-12);
+    // b = 3, c = 4: 2 * (1 + 7 + 21 + 35) / 128 = 1.0 (capped).
+    assert_eq!(stats::mcnemar_exact(3, 4), 1.0);
+    // b = 1, c = 7: 2 * (1 + 8) / 256 = 0.0703125.
+    assert!((stats::mcnemar_exact(1, 7) - 18.0 / 256.0).abs() < 1e-12);
+    assert_eq!(stats::mcnemar_exact(0, 0), 1.0, "no discordant pair: no evidence");
+    // Hundreds of discordant pairs: finite, and near the normal approximation (z = 50/sqrt(550)
+    // = 2.13, two-sided 0.033; the exact binomial test is a little more conservative).
+    let big = stats::mcnemar_exact(300, 250);
+    assert!(big > 0.03 && big < 0.045, "{big}");
+    assert_eq!(stats::discordant(&[true, true, false, false, true], &[true, false, true, true, false]), (2, 2));
+}
+
+#[test]
+fn pass_at_k_hand_worked() {
+    // n = 10, c = 3, k = 5: 1 - C(7,5)/C(10,5) = 1 - 21/252.
+    assert!((pass_at_k(10, 3, 5).unwrap() - (1.0 - 21.0 / 252.0)).abs() < 1e-12);
+    assert_eq!(pass_at_k(1, 1, 1), Some(1.0));
+    assert_eq!(pass_at_k(4, 1, 1), Some(0.25));
+}
+
+#[test]
+fn paired_bootstrap_hand_worked_deterministic_and_covers() {
+    // Every task gains exactly 1: every replicate's mean is 1.
+    let all = vec![(vec![0.0; 5], vec![1.0; 5])];
+    let i = stats::paired_bootstrap(&all, 1000, 3).unwrap();
+    assert_eq!((i.diff, i.lo, i.hi), (1.0, 1.0, 1.0));
+    // Two tasks with differences 0 and 1: a replicate's mean is 0, 1/2 or 1 with probabilities
+    // 1/4, 1/2, 1/4, so the 2.5% and 97.5% quantiles are 0 and 1.
+    let two = vec![(vec![0.0, 0.0], vec![0.0, 1.0])];
+    let i = stats::paired_bootstrap(&two, 4000, 7).unwrap();
+    assert_eq!((i.diff, i.lo, i.hi), (0.5, 0.0, 1.0));
+    // Pooling over seeds averages each task over seeds first: seed 0 gains on task 0, seed 1 on
+    // task 1, so every task's pooled difference is 1/2 and the interval collapses onto it.
+    let seeds = vec![(vec![0.0, 0.0], vec![1.0, 0.0]), (vec![0.0, 0.0], vec![0.0, 1.0])];
+    let i = stats::paired_bootstrap(&seeds, 500, 1).unwrap();
+    assert_eq!((i.diff, i.lo, i.hi), (0.5, 0.5, 0.5));
+    // Same inputs and seed: the same interval.
+    let mut rng = Rng::new(11);
+    let mut coin = |p: f64| if rng.uniform() < p { 1.0 } else { 0.0 };
+    let data = vec![((0..80).map(|_| coin(0.3)).collect::<Vec<_>>(), (0..80).map(|_| coin(0.5)).collect::<Vec<_>>())];
+    let a = stats::paired_bootstrap(&data, 2000, 5).unwrap();
+    assert_eq!(a, stats::paired_bootstrap(&data, 2000, 5).unwrap());
+    assert!(a.lo < a.diff && a.diff < a.hi);
+    // Mismatched task counts or nothing to resample: no interval.
+    assert!(stats::paired_bootstrap(&[(vec![0.0], vec![0.0, 1.0])], 100, 0).is_none());
+    assert!(stats::paired_bootstrap(&[], 100, 0).is_none());
+
+    // Coverage: tasks whose reference passes with probability 0.3 and arm with 0.45 (true
+    // difference 0.15); the 95% interval should hold it in about 95% of experiments.
+    let mut rng = Rng::new(2024);
+    let (sims, tasks) = (300, 120);
+    let mut covered = 0;
+    for s in 0..sims {
+        let (r, a): (Vec<f64>, Vec<f64>) =
+            (0..tasks).map(|_| ((rng.uniform() < 0.3) as u8 as f64, (rng.uniform() < 0.45) as u8 as f64)).unzip();
+        let i = stats::paired_bootstrap(&[(r, a)], 400, s).unwrap();
+        covered += (i.lo <= 0.15 && 0.15 <= i.hi) as usize;
+    }
+    let rate = covered as f64 / sims as f64;
+    assert!((0.90..=0.99).contains(&rate), "coverage {rate} of a nominal 95% interval");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Specs refused
+
+const GOOD: &str = r#"
+model = "m.gguf"
+reference = "base"
+[train]
+steps = 1
+[[eval]]
+name = "java"
+task = "mbjp"
+ids = "11-510"
+[[eval]]
+name = "val"
+task = "mbjp"
+ids = "511-600"
+role = "validation"
+[[arm]]
+name = "base"
+kind = "base"
+[[arm]]
+name = "lora"
+train = { flex = { mode = "off" } }
+[[arm]]
+name = "pub"
+kind = "published"
+same_as = "lora"
+train = { flex = { mode = "published", lambda = 0.02 } }
+"#;
+
+fn parse(text: &str) -> Result<spec::Spec, String> {
+    spec::parse(text, Path::new("spec.toml"), Path::new("out")).map_err(|e| e.to_string())
+}
+
+fn refused(text: &str, needles: &[&str]) {
+    let err = parse(text).expect_err("the spec should be refused");
+    for n in needles {
+        assert!(err.contains(n), "error does not mention `{n}`: {err}");
+    }
+}
+
+#[test]
+fn good_spec_parses_into_complete_configs() {
+    let s = parse(GOOD).unwrap();
+    assert_eq!(s.arms.len(), 3);
+    assert_eq!(s.out, PathBuf::from("out"));
+    let lora = s.arm("lora").unwrap().train.as_ref().unwrap();
+    assert_eq!((lora.steps, lora.model.clone()), (1, PathBuf::from("m.gguf")));
+    assert_eq!(s.arm("base").unwrap().seeds, vec![0]);
+    assert_eq!(s.eval("java").unwrap().config.ids.unwrap().to_string(), "11-510");
+}
+
+#[test]
+fn spec_with_unknown_key_is_refused() {
+    refused(&GOOD.replace("reference = \"base\"", "reference = \"base\"\nseedz = [1]"), &["seedz"]);
+    refused(&GOOD.replace("kind = \"base\"", "kind = \"base\"\ncolour = 1"), &["colour"]);
+    refused(&GOOD.replace("steps = 1", "steps = 1\nstepz = 2"), &["stepz"]);
+    refused(&GOOD.replace("role = \"validation\"", "role = \"validation\"\nsplit = 1"), &["split"]);
+    // Settings the runner owns.
+    refused(&GOOD.replace("steps = 1", "steps = 1\nseed = 4"), &["train.seed"]);
+}
+
+#[test]
+fn spec_with_missing_arm_is_refused() {
+    refused(&GOOD.replace("reference = \"base\"", "reference = \"lora-adamw\""), &["reference", "lora-adamw", "base, lora, pub"]);
+    refused(&GOOD.replace("same_as = \"lora\"", "same_as = \"plain\""), &["same_as", "plain"]);
+    refused(&GOOD.replace("name = \"lora\"\n", "name = \"lora\"\nevals = [\"java\", \"python\"]\n"), &["python"]);
+    // A published arm that is not identical to its twin by construction.
+    refused(&GOOD.replace("lambda = 0.02 } }", "lambda = 0.02 }, lr = 1e-3 }"), &["pub", "lr"]);
+    refused(&GOOD.replace("train = { flex = { mode = \"off\" } }", "train = { flex = { mode = \"train\" } }"), &["gradient"]);
+}
+
+#[test]
+fn spec_with_test_set_overlapping_training_is_refused() {
+    // MBJP without an id range holds the Java twins of MBPP's train split (601-974).
+    refused(&GOOD.replace("ids = \"11-510\"\n", ""), &["eval `java`", "overlaps the training data", "lora", "601-974"]);
+    refused(&GOOD.replace("ids = \"11-510\"", "ids = \"500-700\""), &["java", "500-700"]);
+    // Training on the validation split while validating on it.
+    refused(&GOOD.replace("steps = 1", "steps = 1\ndata = \"mbpp:validation\""), &["val", "511-600"]);
+    // A test set that shares tasks with a validation set.
+    refused(&GOOD.replace("ids = \"11-510\"", "ids = \"11-550\""), &["test set eval `java`", "validation set eval `val`"]);
+    // Choosing λ on a test set.
+    let select = GOOD.to_string()
+        + "[[arm]]\nname = \"flex\"\ntrain = { flex = { mode = \"train\" } }\nselect = { arms = [\"lora\"], eval = \"java\" }\n";
+    refused(&select, &["select.eval", "test set"]);
+    assert!(parse(&select.replace("eval = \"java\" }", "eval = \"val\" }")).is_ok());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The runner, end to end
+
+fn model_and_data() -> Option<(PathBuf, PathBuf)> {
+    let model = std::env::var_os("FLEXLORA_MODEL_GGUF")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf"));
+    let data = std::env::var_os("FLEXLORA_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
+    if model.exists() && data.join("mbjp_release_v1.2.jsonl").exists() {
+        return Some((model, data));
+    }
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but the model or the datasets are missing");
+    eprintln!(
+        "\n*** skipped: {} or the datasets in {} not found — the experiment runner is NOT being tested ***\n",
+        model.display(),
+        data.display()
+    );
+    None
+}
+
+fn mtime(p: &Path) -> std::time::SystemTime {
+    std::fs::metadata(p).and_then(|m| m.modified()).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+#[test]
+fn runner_runs_a_tiny_grid_and_resumes_without_redoing_finished_runs() {
+    let Some((model, data)) = model_and_data() else { return };
+    let dir = std::env::temp_dir().join(format!("flexlora-experiment-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = format!(
+        r#"
+model = "{}"
+data_dir = "{}"
+out = "{}"
+reference = "base"
+bootstrap = 200
+[train]
+steps = 1
+batch_size = 1
+max_len = 48
+mask_prompt = false
+warmup_steps = 0
+save_every = 0
+[[eval]]
+name = "java"
+task = "mbjp"
+ids = "11-510"
+limit = 2
+max_new_tokens = 6
+[[arm]]
+name = "base"
+kind = "base"
+[[arm]]
+name = "lora"
+train = {{ flex = {{ mode = "off" }} }}
+[[arm]]
+name = "lora-published"
+kind = "published"
+same_as = "lora"
+train = {{ flex = {{ mode = "published" }} }}
+"#,
+        model.display(),
+        data.display(),
+        dir.join("out").display()
+    );
+    let spec_path = dir.join("spec.toml");
+    std::fs::write(&spec_path, text).unwrap();
+    let mut device = || Ok(flexlora::Device::cpu());
+
+    let mut lines = Vec::new();
+    let (first, rep) = flexlora::experiment::run(&spec_path, &mut device, &mut |l| lines.push(l.to_string())).unwrap();
+    assert_eq!(
+        first.iter().map(|o| (o.arm.as_str(), o.skipped)).collect::<Vec<_>>(),
+        [("base", false), ("lora", false), ("lora-published", false)]
+    );
+    assert!(lines.iter().any(|l| l.starts_with("[2/3] lora seed 0: done in") && l.contains("left")), "{lines:#?}");
+    let spec = spec::load(&spec_path).unwrap();
+    let runs = runner::finished(&spec).unwrap();
+    assert_eq!(runs.len(), 3);
+    // The id filter: MBJP's first two tasks of the test split, paired across arms.
+    for r in &runs {
+        let ids: Vec<&str> = r.evals[0].tasks.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(ids, ["MBJP/11", "MBJP/12"], "{}", r.arm);
+    }
+    let lora = &runs[1];
+    assert_eq!(lora.train.as_ref().unwrap().steps, 1);
+    assert!(lora.train.as_ref().unwrap().first_loss.is_some_and(|l| l > 0.0 && l.is_finite()), "{:?}", lora.train);
+    // The published arm is the LoRA run, recorded as such, not trained again.
+    assert_eq!(runs[2].same_as.as_deref(), Some("lora/seed-0"));
+    assert_eq!(runs[2].evals[0].tasks, lora.evals[0].tasks);
+    assert!(!runner::run_dir(&spec, "lora-published", 0).join("train").exists());
+    // Report: a comparison per non-reference arm, plots on disk.
+    assert_eq!(rep.comparisons.len(), 2);
+    assert_eq!(rep.comparisons[0].tasks, 2);
+    for f in ["report.md", "pass1-java.svg", "loss.svg"] {
+        assert!(spec.out.join(f).exists(), "{f} missing");
+    }
+    assert!(rep.markdown.contains("| java | lora | 2 x 1 |"), "{}", rep.markdown);
+
+    // Second invocation: every run is finished and skipped; nothing is rewritten.
+    let done: Vec<PathBuf> = runner::plan(&spec).iter().map(|(a, s)| runner::run_dir(&spec, &a.name, *s).join(runner::DONE)).collect();
+    let adapter = runner::run_dir(&spec, "lora", 0).join("train/adapter/adapter_model.safetensors");
+    let before: Vec<_> = done.iter().chain([&adapter]).map(|p| mtime(p)).collect();
+    let mut lines = Vec::new();
+    let (second, _) = flexlora::experiment::run(&spec_path, &mut device, &mut |l| lines.push(l.to_string())).unwrap();
+    assert!(second.iter().all(|o| o.skipped), "{second:?}");
+    assert_eq!(lines.iter().filter(|l| l.contains("finished earlier, skipped")).count(), 3, "{lines:#?}");
+    assert_eq!(done.iter().chain([&adapter]).map(|p| mtime(p)).collect::<Vec<_>>(), before);
+
+    // A run killed after training but before its summary: only that run is redone, training is
+    // not repeated (its adapter is reused) and evaluation reuses its finished samples.
+    std::fs::remove_file(&done[1]).unwrap();
+    let mut lines = Vec::new();
+    let (third, _) = flexlora::experiment::run(&spec_path, &mut device, &mut |l| lines.push(l.to_string())).unwrap();
+    assert_eq!(third.iter().map(|o| o.skipped).collect::<Vec<_>>(), [true, false, true]);
+    assert!(lines.iter().any(|l| l.contains("training finished earlier")), "{lines:#?}");
+    assert_eq!(mtime(&adapter), before[3], "the adapter was rewritten");
+    assert_eq!(runner::finished(&spec).unwrap()[1].evals[0].tasks, lora.evals[0].tasks);
+    let _ = report::write(&spec).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn committed_specs_are_valid() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for f in ["experiments/main-job.toml", "experiments/flex-qwen/spec.toml"] {
+        let s = spec::load(&root.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+        assert!(s.model.ends_with("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"), "{f}");
+    }
+    let grid = spec::load(&root.join("experiments/flex-qwen/spec.toml")).unwrap();
+    // At least 3 seeds for LoRA and LoRA + FLeX, the λ sweep chosen on validation data.
+    assert!(grid.arm("lora").unwrap().seeds.len() >= 3 && grid.arm("flex").unwrap().seeds.len() >= 3);
+    let sel = grid.arm("flex").unwrap().select.as_ref().unwrap();
+    assert_eq!(grid.eval(&sel.eval).unwrap().role, spec::Role::Validation);
+}
