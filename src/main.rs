@@ -133,10 +133,11 @@ struct DeviceFlags {
     /// Graphics API for the GPU (vulkan, metal, dx12, gl).
     #[arg(long, value_enum)]
     backend: Option<BackendChoice>,
-    /// How the frozen linear weights are held: auto (a GGUF file's own quantized blocks on the
-    /// CPU, the exact model; NF4 otherwise), NF4 (4-bit, block 64, quantized while loading:
-    /// QLoRA's base, ~7x less memory than f32), or f32.
-    #[arg(long, value_enum, default_value_t = WeightsArg::Auto)]
+    /// How the frozen linear weights are held: nf4 (the default: 4-bit, block 64, quantized
+    /// while loading: QLoRA's base, ~7x less memory than f32, the fastest CPU decode), auto (a
+    /// GGUF file's own quantized blocks on the CPU, the exact model, but decoding ~2.5x slower
+    /// than nf4 until its kernels are tuned; NF4 otherwise), or f32.
+    #[arg(long, value_enum, default_value_t = WeightsArg::Nf4)]
     weights: WeightsArg,
 }
 
@@ -321,7 +322,7 @@ struct TrainArgs {
     /// Output directory: checkpoints, metrics.jsonl, loss.svg, adapter/, summary.json.
     #[arg(long)]
     out: Option<std::path::PathBuf>,
-    /// Frozen base weights: auto (default: a GGUF's own blocks on the CPU, else NF4), nf4 (QLoRA) or f32.
+    /// Frozen base weights: nf4 (QLoRA, default), auto (a GGUF's own blocks on the CPU, else NF4) or f32.
     #[arg(long)]
     weights: Option<String>,
     #[arg(long)]

@@ -162,12 +162,18 @@ impl Progress<'_> {
 }
 
 /// Parses a GGUF model from its bytes, builds its tokenizer and loads its weights on the device
-/// as the native commands do by default (`--weights auto`: the file's own blocks on the CPU
-/// backend, NF4 on a GPU), so both produce the same tokens. `progress(done, total, tensor)` is
-/// called per tensor. Any adapters loaded for a previous model are dropped. Returns JSON
-/// describing the model.
+/// as the native `--weights` flag does: `"nf4"` (the default, QLoRA's base), `"auto"` (the
+/// file's own blocks on the CPU backend, NF4 on a GPU) or `"f32"`; the same choice gives the
+/// same tokens natively and here. `progress(done, total, tensor)` is called per tensor. Any
+/// adapters loaded for a previous model are dropped. Returns JSON describing the model.
 #[wasm_bindgen]
-pub async fn load_model(name: String, bytes: Vec<u8>, progress: js_sys::Function) -> Result<String, JsValue> {
+pub async fn load_model(name: String, bytes: Vec<u8>, weights: String, progress: js_sys::Function) -> Result<String, JsValue> {
+    let format = match weights.as_str() {
+        "nf4" => WeightFormat::Nf4 { blocksize: 64 },
+        "auto" => WeightFormat::Auto,
+        "f32" => WeightFormat::F32,
+        other => return Err(bad(format!("unknown weights `{other}`: use nf4, auto or f32"))),
+    };
     with_engine(|mut e| async move {
         e.loaded = None;
         e.stream = None;
@@ -178,7 +184,7 @@ pub async fn load_model(name: String, bytes: Vec<u8>, progress: js_sys::Function
             let total = tensor_names(&cfg).len();
             let mut src = gguf_model::GgufSource { file: &file, cfg: cfg.clone() };
             let mut src = Progress { inner: &mut src, done: 0, total, report: &progress };
-            let model = Model::load(&e.dev, cfg, &mut src, WeightFormat::Auto)?;
+            let model = Model::load(&e.dev, cfg, &mut src, format)?;
             Ok(Loaded { name: name.clone(), model, tok, adapters: AdapterSet::new() })
         })();
         match r {

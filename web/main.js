@@ -151,7 +151,8 @@ async function loadModel(source) {
       // The worker gets a copy: the page keeps the bytes so a device switch can load again.
       const copy = bytes.slice().buffer;
       let info;
-      try { info = await call('loadModel', { name, bytes: copy }, [copy]); } finally { listeners.delete(onEvent); bar.hidden = true; }
+      const weights = source.weights ?? $('weights').value;
+      try { info = await call('loadModel', { name, bytes: copy, weights }, [copy]); } finally { listeners.delete(onEvent); bar.hidden = true; }
       state.model = info;
       state.adapters = [];
       state.active = -1;
@@ -356,6 +357,7 @@ async function handleFiles(list) {
 function wire() {
   document.querySelectorAll('input[name=device]').forEach((r) => r.addEventListener('change', () => initDevice(r.value).catch(() => {})));
   $('load-url').onclick = () => loadModel({ url: $('model-url').value }).catch(() => {});
+  $('weights').onchange = () => { if (state.modelSource) loadModel(state.modelSource).catch(() => {}); };
   $('model-file').onchange = (e) => handleFiles(e.target.files).catch(() => {});
   $('adapter-files').onchange = (e) => handleFiles(e.target.files).catch(() => {});
   $('load-adapter-url').onclick = () => loadAdapterUrl($('adapter-url').value).catch(() => {});

@@ -39,10 +39,10 @@ const ops = {
     return JSON.parse(await wasm.init_device(device));
   },
 
-  async loadModel({ name, bytes }) {
+  async loadModel({ name, bytes, weights }) {
     post({ event: 'progress', stage: 'parse', done: 0, total: 1, detail: name });
     let last = 0;
-    const info = await wasm.load_model(name, new Uint8Array(bytes), (done, total, tensor) => {
+    const info = await wasm.load_model(name, new Uint8Array(bytes), weights ?? 'nf4', (done, total, tensor) => {
       const now = performance.now();
       if (done === total || now - last > 100) {
         last = now;

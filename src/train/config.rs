@@ -90,8 +90,8 @@ pub struct TrainConfig {
     /// The data directory (MBPP and the evaluation sets); else FLEXLORA_DATA, else ../shared/data.
     pub data_dir: Option<PathBuf>,
     pub out: PathBuf,
-    /// Base weights on the device: `auto` (a GGUF's own blocks on the CPU, else NF4), `nf4`
-    /// (QLoRA) or `f32`.
+    /// Base weights on the device: `nf4` (QLoRA, the default), `auto` (a GGUF's own blocks on
+    /// the CPU, else NF4) or `f32`.
     pub weights: String,
     pub max_len: usize,
     pub mask_prompt: bool,
@@ -129,7 +129,7 @@ impl Default for TrainConfig {
             data: "mbpp".into(),
             data_dir: None,
             out: PathBuf::from("runs/train"),
-            weights: "auto".into(),
+            weights: "nf4".into(),
             max_len: 512,
             mask_prompt: true,
             batch_size: 4,

@@ -1,8 +1,8 @@
 // The browser demo against the native build, in headless Chromium: SmolLM2-135M and adapters
 // trained here by `flexlora train` (a few steps), served by `flexlora web`, loaded in the page.
 // Greedy tokens in the page (wasm CPU backend, and WebGPU on SwiftShader) must equal native
-// `flexlora generate` token for token (with the weights each device holds: the GGUF's blocks on
-// the CPU, NF4 on a GPU); the adapter switch must give each adapter's tokens and the
+// `flexlora generate` token for token (NF4 weights, the default, and on the CPU the GGUF's own
+// blocks too, as `--weights auto`); the adapter switch must give each adapter's tokens and the
 // base model's; broken inputs must show a clear error in the page; a screenshot is written to
 // target/web-demo.png and checked to be non-blank.
 //
@@ -48,10 +48,9 @@ function trainAdapter(name, seed, lr) {
   return join(out, 'adapter');
 }
 
-// Native `flexlora generate` on the CPU backend. `weights`: auto (the default: the GGUF's own
-// blocks on the CPU, which the page's CPU backend also uses) or nf4 (what a GPU holds, in the
-// page's WebGPU as natively: there is no GGUF-block kernel for GPUs yet).
-function nativeIds(adapter, weights = 'auto') {
+// Native `flexlora generate` on the CPU backend. `weights`: nf4 (the default, natively and in the
+// page) or auto (the GGUF's own blocks on the CPU; NF4 on a GPU, which has no GGUF-block kernel).
+function nativeIds(adapter, weights = 'nf4') {
   const out = join(work, `gen-${Math.random().toString(36).slice(2)}.json`);
   const args = ['generate', '--device', 'cpu', '--weights', weights, '--model', model, '--prompt', PROMPT, '--max-new-tokens', String(TOKENS), '--json', out];
   if (adapter) args.push('--adapter', adapter);
@@ -88,12 +87,12 @@ async function openPage(device, { noWebGpu = false } = {}) {
   return page;
 }
 
-async function loadServed(page) {
-  return page.evaluate(async () => {
-    await window.flexlora.loadModel({ url: window.flexlora.manifest.model.url });
+async function loadServed(page, weights = 'nf4') {
+  return page.evaluate(async (weights) => {
+    await window.flexlora.loadModel({ url: window.flexlora.manifest.model.url, weights });
     await window.flexlora.loadServedAdapters();
     return window.flexlora.state.model;
-  });
+  }, weights);
 }
 
 async function pageIds(page, adapter) {
@@ -112,8 +111,7 @@ before(async () => {
   native.base = nativeIds(null);
   native.one = nativeIds(a1);
   native.two = nativeIds(a2);
-  native.nf4Base = nativeIds(null, 'nf4');
-  native.nf4One = nativeIds(a1, 'nf4');
+  native.autoOne = nativeIds(a1, 'auto');
   console.log('native ids:', JSON.stringify(native));
   assert.notDeepEqual(native.one, native.base, 'adapter one does not change the greedy tokens: the switch test could not fail');
   assert.notDeepEqual(native.two, native.one, 'the two adapters give the same tokens: the switch test could not fail');
@@ -138,11 +136,16 @@ test('wasm CPU backend: greedy tokens equal native, adapter on/off/switch', { ti
   assert.equal(info.adapters.length, 2, page.logs.join('\n'));
   const dev = await page.evaluate(() => window.flexlora.state.device);
   assert.equal(dev.kind, 'CPU');
-  assert.match(info.weights, /Q4_1/, 'the CPU backend keeps the GGUF blocks, as native --weights auto does');
+  assert.match(info.weights, /NF4/, 'the default weights are NF4, as natively');
   assert.deepEqual(await pageIds(page, 0), native.one, 'adapter one in the page vs native');
   assert.deepEqual(await pageIds(page, -1), native.base, 'adapter off: the base model');
   assert.deepEqual(await pageIds(page, 0), native.one, 'adapter on again');
   assert.deepEqual(await pageIds(page, 1), native.two, 'switched to adapter two');
+  // The file's own blocks (exact weights), as native --weights auto on the CPU.
+  const exact = await loadServed(page, 'auto');
+  assert.match(exact.weights, /Q4_1/, 'weights auto keeps the GGUF blocks');
+  assert.deepEqual(await pageIds(page, 0), native.autoOne, 'adapter one over the GGUF blocks vs native --weights auto');
+  await loadServed(page, 'nf4');
   // The compare view: base left, adapter right, same prompt; then the screenshot.
   await page.evaluate(({ prompt }) => {
     window.flexlora.setPrompt(prompt);
@@ -182,8 +185,8 @@ test('WebGPU (SwiftShader): greedy tokens equal native, adapter on and off', { t
   console.log('WebGPU adapter:', dev.name);
   await loadServed(page);
   assert.match(await page.evaluate(() => window.flexlora.state.model.weights), /NF4/);
-  assert.deepEqual(await pageIds(page, 0), native.nf4One, 'adapter one on WebGPU vs native --weights nf4');
-  assert.deepEqual(await pageIds(page, -1), native.nf4Base, 'base model on WebGPU vs native --weights nf4');
+  assert.deepEqual(await pageIds(page, 0), native.one, 'adapter one on WebGPU vs native');
+  assert.deepEqual(await pageIds(page, -1), native.base, 'base model on WebGPU vs native');
   await page.close();
 });
 
