@@ -446,7 +446,7 @@ fn corrupt_training_inputs_and_checkpoints_are_refused_by_name() {
         ("clip -1", "--clip", (|c: &mut TrainConfig| c.clip = -1.0) as fn(&mut TrainConfig)),
         ("clip NaN", "--clip", |c| c.clip = f32::NAN),
         ("FLeX threshold 1.5", "--flex-threshold", |c| c.flex.threshold = 1.5),
-        ("FLeX threshold 0", "--flex-threshold", |c| c.flex.threshold = 0.0),
+        ("FLeX threshold NaN", "--flex-threshold", |c| c.flex.threshold = f32::NAN),
         ("FLeX phi_high -0.1", "--flex-phi-high", |c| c.flex.phi_high = -0.1),
         ("FLeX phi_low 2", "--flex-phi-low", |c| c.flex.phi_low = 2.0),
         ("FLeX lambda -1", "--flex-lambda", |c| c.flex.lambda = -1.0),

@@ -59,15 +59,16 @@ pub struct FlexConfig {
 }
 
 impl FlexConfig {
-    /// Ranges the penalty is defined for: λ ≥ 0, T in (0, 1], φ_low and φ_high in [0, 1] (ρ(k) =
+    /// Ranges the penalty is defined for: λ ≥ 0, T in [0, 1] (0: a flat 1 - φ_high, see
+    /// `Spectral::rho`), φ_low and φ_high in [0, 1] (ρ(k) =
     /// 1 - φ stays within [0, 1], so the penalty never rewards a frequency).
     pub fn validate(&self) -> Result<()> {
         let bad = |flag, detail: String| Err(Error::InvalidArgument { flag, detail });
         if !(self.lambda >= 0.0 && self.lambda.is_finite()) {
             return bad("--flex-lambda", format!("{} must be a finite number >= 0", self.lambda));
         }
-        if !(self.threshold > 0.0 && self.threshold <= 1.0) {
-            return bad("--flex-threshold", format!("{} is outside (0, 1] (the share of the n = N/2+1 frequency bins)", self.threshold));
+        if !(0.0..=1.0).contains(&self.threshold) {
+            return bad("--flex-threshold", format!("{} is outside [0, 1] (the share of the n = N/2+1 frequency bins)", self.threshold));
         }
         for (flag, v) in [("--flex-phi-low", self.phi_low), ("--flex-phi-high", self.phi_high)] {
             if !(0.0..=1.0).contains(&v) {
