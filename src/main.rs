@@ -407,10 +407,12 @@ fn enum_flag<T: serde::de::DeserializeOwned>(flag: &str, v: &str) -> Result<T> {
 }
 
 impl TrainArgs {
-    fn config(&self) -> Result<flexlora::train::config::TrainConfig> {
-        let mut c = match &self.config {
-            Some(p) => flexlora::train::config::TrainConfig::from_toml(p)?,
-            None => Default::default(),
+    /// The flags over --config over `base` (a resumed run's settings) or the defaults.
+    fn config(&self, base: Option<flexlora::train::config::TrainConfig>) -> Result<flexlora::train::config::TrainConfig> {
+        let mut c = match (&self.config, base) {
+            (Some(p), Some(b)) => flexlora::train::config::TrainConfig::from_toml_over(p, &b)?,
+            (Some(p), None) => flexlora::train::config::TrainConfig::from_toml(p)?,
+            (None, b) => b.unwrap_or_default(),
         };
         macro_rules! set {
             ($($field:ident).+ = $flag:expr) => {
@@ -606,7 +608,7 @@ fn attach_adapter(dev: &flexlora::Device, model: &mut flexlora::model::Model, ad
 
 fn train(a: TrainArgs) -> Result<()> {
     use flexlora::train::run::{self, Event, Trainer};
-    let cfg = a.config()?;
+    let cfg = a.config(a.resume.as_deref().map(run::resume_settings).transpose()?.map(|r| r.config))?;
     let sel = block_on(None, device::select(a.device, a.backend))?;
     eprintln!("device: {} ({})", sel.device.name(), sel.reason);
     let t0 = std::time::Instant::now();
@@ -635,11 +637,12 @@ fn train(a: TrainArgs) -> Result<()> {
             let (trainable, total) = trainer.model.trainable_params();
             let s = &trainer.stats;
             say(format!(
-                "trainable parameters: {trainable} of {total} ({:.3}%); data: {} examples ({} truncated to {} tokens), {} tokens, {} trained",
+                "trainable parameters: {trainable} of {total} ({:.3}%); data: {} examples ({} truncated to {} tokens, {} left without targets and skipped), {} tokens, {} trained",
                 100.0 * trainable as f64 / total as f64,
                 s.examples,
                 s.truncated,
                 trainer.cfg.max_len,
+                s.without_targets,
                 s.tokens,
                 s.target_tokens
             ));
@@ -712,7 +715,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
     let dev = sel.device;
     let (mut model, tok) = open_model(&dev, &a.model, &a.dev)?;
     attach_adapter(&dev, &mut model, a.adapter.as_deref())?;
-    let text = if a.chat { tok.chat_prompt(a.system.as_deref(), &a.prompt) } else { a.prompt.clone() };
+    let text = if a.chat { tok.checked_chat_prompt(a.system.as_deref(), &a.prompt)? } else { a.prompt.clone() };
     let ids = tok.encode(&text, true)?;
     let opts = GenerateOptions {
         max_new_tokens: a.max_new_tokens,
@@ -790,6 +793,7 @@ fn eval(a: EvalArgs) -> Result<()> {
         seed: a.seed,
         flex_template: a.flex_template,
         protocol: job::PROTOCOL,
+        provenance: job::provenance(&a.model, a.adapter.as_deref())?,
     };
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(

@@ -53,6 +53,36 @@ pub struct EvalConfig {
     /// How prompts are built ([`PROTOCOL`]); runs written with other prompts are not reused.
     #[serde(default)]
     pub protocol: u32,
+    /// What the samples come from: fingerprints of the model and adapter files ([`provenance`]).
+    /// Samples generated from other files are not reused.
+    #[serde(default)]
+    pub provenance: Option<Provenance>,
+}
+
+/// Fingerprints of the files an evaluation's samples were generated from
+/// (`load::fingerprint`: the model's sizes and first/last MiB, every byte of the adapter).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Provenance {
+    pub model: String,
+    pub adapter: Option<String>,
+}
+
+/// The fingerprints of `model` and `adapter`, for [`EvalConfig::provenance`].
+pub fn provenance(model: &Path, adapter: Option<&Path>) -> Result<Option<Provenance>> {
+    use crate::model::load::fingerprint;
+    Ok(Some(Provenance { model: fingerprint::model(model)?, adapter: adapter.map(fingerprint::adapter).transpose()? }))
+}
+
+impl EvalConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.samples == 0 {
+            return Err(Error::InvalidArgument { flag: "--samples", detail: "must be at least 1".into() });
+        }
+        if self.max_new_tokens == 0 {
+            return Err(Error::InvalidArgument { flag: "--max-new-tokens", detail: "must be at least 1".into() });
+        }
+        Sampling { temperature: self.temperature, top_p: self.top_p, top_k: 0, seed: self.seed }.validate()
+    }
 }
 
 /// The prompt protocol of this version: 2 = HumanEval and Java prompts without trailing
@@ -115,19 +145,45 @@ pub fn run(
     batch: usize,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<EvalReport> {
-    if cfg.samples == 0 {
-        return Err(Error::InvalidArgument { flag: "--samples", detail: "must be at least 1".into() });
-    }
+    cfg.validate()?;
     let tasks = load_tasks(data, cfg)?;
-    std::fs::create_dir_all(out).map_err(io_at(out, "create"))?;
     let config_path = out.join("config.json");
-    if let Ok(text) = std::fs::read_to_string(&config_path) {
-        let old: EvalConfig =
-            serde_json::from_str(&text).map_err(|e| Error::Config { file: config_path.display().to_string(), detail: e.to_string() })?;
-        if &old != cfg {
+    if out.join("summary.json").exists() && !config_path.exists() {
+        return Err(Error::InvalidArgument {
+            flag: "--out",
+            detail: format!("{} holds another kind of result (summary.json without config.json: a perplexity run?); use another --out", out.display()),
+        });
+    }
+    std::fs::create_dir_all(out).map_err(io_at(out, "create"))?;
+    if config_path.exists() {
+        let file = config_path.display().to_string();
+        let text = std::fs::read_to_string(&config_path).map_err(io_at(&config_path, "read"))?;
+        let old: EvalConfig = serde_json::from_str(&text).map_err(|e| Error::Config {
+            file: file.clone(),
+            detail: format!("{e}; the file is damaged: use a new --out directory (or delete this one to evaluate again)"),
+        })?;
+        let (a, b) = (serde_json::to_value(&old).unwrap_or_default(), serde_json::to_value(cfg).unwrap_or_default());
+        let mut changed = crate::train::config::json_differences(&a, &b, "");
+        if changed.iter().all(|d| d.starts_with("provenance") || d.starts_with("model:")) && old.provenance.is_none() {
+            changed = vec!["provenance: the samples here do not record which model files they came from (an older flexlora wrote them)".into()];
+        }
+        if !changed.is_empty() {
+            let stale = changed.iter().any(|d| d.starts_with("provenance"));
             return Err(Error::Config {
-                file: config_path.display().to_string(),
-                detail: format!("this --out holds a run with other settings ({old:?}); use a new --out directory to evaluate {cfg:?}"),
+                file,
+                detail: if stale {
+                    format!(
+                        "the samples in {} were generated from other model or adapter files than the ones given now ({}): \
+                         reusing them would report results of the old files. Use a new --out directory, or delete this one to evaluate again",
+                        out.display(),
+                        changed.join("; ")
+                    )
+                } else {
+                    format!(
+                        "this --out holds a run with other settings ({}); use a new --out directory, or delete this one to evaluate again",
+                        changed.join("; ")
+                    )
+                },
             });
         }
     } else {

@@ -58,6 +58,7 @@ pub fn sequences(tok: &Tokenizer, path: &Path, max_len: usize, mask_prompt: bool
             truncated: 0,
             tokens: ids.len(),
             target_tokens: windows.iter().map(Example::targets).sum(),
+            without_targets: windows.iter().filter(|w| w.targets() == 0).count(),
         };
         return Ok((windows, stats));
     }
@@ -124,6 +125,17 @@ pub fn run(
     }
     let (sum, n) = block_on(Some(dev), nll_sum(dev, model, &seqs, progress))?;
     let mean_nll = sum / n as f64;
+    if !mean_nll.is_finite() {
+        // serde_json writes NaN and inf as `null`: a summary must never carry that silently.
+        return Err(Error::Config {
+            file: cfg.model.clone(),
+            detail: format!(
+                "the mean NLL over {n} tokens of {} is {mean_nll}: the model produces non-finite logits, so there is no perplexity to report; \
+                 check its weights (and the adapter's) for values that overflow",
+                path.display()
+            ),
+        });
+    }
     let report = PplReport {
         sequences: stats.examples,
         truncated: stats.truncated,

@@ -96,6 +96,9 @@ pub struct HfConfig {
     pub attention_bias: bool,
     pub bos_token_id: Option<u32>,
     pub eos_token_id: Option<OneOrMany>,
+    /// The MLP's activation; flexlora implements SwiGLU's `silu` only.
+    #[serde(default)]
+    pub hidden_act: Option<String>,
 }
 
 fn default_eps() -> f64 {
@@ -133,6 +136,19 @@ impl HfConfig {
         }
         if self.num_hidden_layers == 0 || self.vocab_size == 0 || self.intermediate_size == 0 {
             return Err(bad("num_hidden_layers, vocab_size and intermediate_size must be > 0".into()));
+        }
+        // Values the forward pass would take at face value and compute garbage (or NaN) with.
+        if let Some(act) = self.hidden_act.as_deref().filter(|a| !matches!(*a, "silu" | "swish")) {
+            return Err(bad(format!("hidden_act `{act}` is not supported: flexlora's MLP is SwiGLU with silu (the Llama/Qwen2 activation)")));
+        }
+        if !(self.rms_norm_eps > 0.0 && self.rms_norm_eps.is_finite() && (self.rms_norm_eps as f32) > 0.0) {
+            return Err(bad(format!("rms_norm_eps {} must be a small positive number (Llama uses 1e-5 or 1e-6)", self.rms_norm_eps)));
+        }
+        if !(self.rope_theta > 0.0 && self.rope_theta.is_finite()) {
+            return Err(bad(format!("rope_theta {} must be a positive number (Llama uses 10000 to 500000)", self.rope_theta)));
+        }
+        if self.max_position_embeddings == 0 {
+            return Err(bad("max_position_embeddings must be > 0".into()));
         }
         let rope_scaling = match &self.rope_scaling {
             None | Some(serde_json::Value::Null) => None,

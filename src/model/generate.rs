@@ -2,7 +2,7 @@
 //! cache, streaming text as tokens arrive and stopping at EOS or a stop string.
 
 use crate::device::Device;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::forward::KvCache;
 use crate::model::tokenizer::Tokenizer;
 use crate::model::weights::Model;
@@ -17,6 +17,31 @@ pub struct Sampling {
     /// Keep the `top_k` most likely tokens (0 keeps all).
     pub top_k: usize,
     pub seed: u64,
+}
+
+impl Sampling {
+    /// Refuses settings that would sample nonsense: a negative or non-finite temperature (NaN
+    /// compares false everywhere and quietly meant greedy), top-p outside (0, 1].
+    pub fn validate(&self) -> Result<()> {
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return Err(Error::InvalidArgument { flag: "--temperature", detail: format!("{} must be a finite number >= 0 (0 is greedy)", self.temperature) });
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(Error::InvalidArgument { flag: "--top-p", detail: format!("{} is outside (0, 1] (1 keeps every token)", self.top_p) });
+        }
+        Ok(())
+    }
+}
+
+impl GenerateOptions {
+    /// `Sampling::validate`, and no empty stop string (it would match before the first token).
+    pub fn validate(&self) -> Result<()> {
+        self.sampling.validate()?;
+        if self.stop.iter().any(|s| s.is_empty()) {
+            return Err(Error::InvalidArgument { flag: "--stop", detail: "an empty stop string would end every sample before its first token".into() });
+        }
+        Ok(())
+    }
 }
 
 impl Default for Sampling {
@@ -226,6 +251,9 @@ pub async fn generate_many(
     on_text: &mut dyn FnMut(usize, usize, &str),
     on_done: &mut dyn FnMut(usize, Vec<Generation>) -> Result<()>,
 ) -> Result<Timing> {
+    for r in requests {
+        r.opts.validate()?;
+    }
     let max_pos = model.rope.max_pos;
     let v = model.cfg.vocab;
     let mut timing = Timing::default();

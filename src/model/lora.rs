@@ -107,6 +107,9 @@ impl LoraConfig {
         if self.targets.is_empty() {
             return bad("--lora-targets", "choose at least one module".into());
         }
+        if !(self.alpha > 0.0 && self.alpha.is_finite()) {
+            return bad("--lora-alpha", format!("{} must be a positive number", self.alpha));
+        }
         Ok(())
     }
 }
@@ -132,6 +135,19 @@ impl Linear {
     /// This layer's adapter, for the loops that walk every trainable tensor.
     pub fn lora(&self) -> Option<&Lora> {
         self.lora.as_ref()
+    }
+}
+
+/// NaN or inf in a weight poisons every output silently (empty completions, `null` perplexity):
+/// refuse it when the tensor is loaded, naming the file, tensor and element.
+pub fn check_finite(file: &str, tensor: &str, data: &[f32]) -> Result<()> {
+    match data.iter().position(|x| !x.is_finite()) {
+        None => Ok(()),
+        Some(i) => Err(Error::Weights {
+            file: file.into(),
+            tensor: tensor.into(),
+            detail: format!("element {i} of {} is {}; the file is damaged or was saved from a diverged run: use an intact copy", data.len(), data[i]),
+        }),
     }
 }
 
@@ -185,10 +201,12 @@ impl Model {
         get: &mut dyn FnMut(&str) -> Result<Option<(Vec<usize>, Vec<f32>)>>,
     ) -> Result<()> {
         cfg.validate()?;
+        // Every tensor is read and checked before any is attached: a bad one leaves the model as it was.
+        let mut loaded = Vec::new();
         for i in 0..self.layers.len() {
             for &t in &cfg.targets {
                 let (na, nb) = peft_names(i, t);
-                let lin = self.linear_mut(i, t);
+                let lin = self.linear(i, t);
                 let (out, inp) = (lin.weight.shape()[0], lin.weight.shape()[1]);
                 let mut take = |name: &str, shape: [usize; 2]| -> Result<Tensor> {
                     let (got, data) = get(name)?.ok_or_else(|| Error::MissingTensor {
@@ -204,12 +222,19 @@ impl Model {
                             detail: format!("shape {got:?}, but this model with rank {} needs {shape:?}", cfg.rank),
                         });
                     }
+                    check_finite(origin, name, &data)?;
                     Tensor::from_f32(dev, name, &shape, &data)
                 };
                 let a = take(&na, [cfg.rank, inp])?;
                 let b = take(&nb, [out, cfg.rank])?;
-                lin.lora = Some(Lora { a, b, scale: cfg.scale(), dropout: cfg.dropout });
+                loaded.push((i, t, Lora { a, b, scale: cfg.scale(), dropout: cfg.dropout }));
             }
+        }
+        for lin in self.layers.iter_mut().flat_map(|l| l.linears_mut()) {
+            lin.lora = None;
+        }
+        for (i, t, lora) in loaded {
+            self.linear_mut(i, t).lora = Some(lora);
         }
         self.lora = Some(cfg.clone());
         Ok(())

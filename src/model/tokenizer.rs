@@ -15,6 +15,8 @@ pub struct Tokenizer {
     pub chat_template: Option<String>,
     /// The tokenizer.json this was built from (written out by `convert`).
     pub json: String,
+    /// Why the chat template could not be read (a damaged tokenizer_config.json), for `--chat`.
+    pub chat_template_error: Option<Error>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -31,7 +33,7 @@ impl Tokenizer {
     /// Parses tokenizer.json text; `origin` names the file in errors.
     pub fn from_json(origin: &str, json: String, bos: Option<u32>, eos: Vec<u32>, chat_template: Option<String>) -> Result<Self> {
         let inner = tokenizers::Tokenizer::from_bytes(json.as_bytes()).map_err(|e| tok_err(origin, e))?;
-        Ok(Tokenizer { inner, bos, eos, chat_template, json })
+        Ok(Tokenizer { inner, bos, eos, chat_template, json, chat_template_error: None })
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -62,6 +64,26 @@ impl Tokenizer {
     /// The prompt for one user message in the model's chat format.
     pub fn chat_prompt(&self, system: Option<&str>, user: &str) -> String {
         format_chat(self.chat_template.as_deref(), system, user)
+    }
+
+    /// `chat_prompt` for `--chat`: an error, not the bare message, when the model has no chat
+    /// template, its template could not be read, or it is not a format flexlora knows.
+    pub fn checked_chat_prompt(&self, system: Option<&str>, user: &str) -> Result<String> {
+        if let Some(Error::Config { file, detail }) = &self.chat_template_error {
+            return Err(Error::Config { file: file.clone(), detail: format!("{detail}; --chat needs the model's chat template from it") });
+        }
+        let bad = |detail: &str| Err(Error::InvalidArgument { flag: "--chat", detail: detail.into() });
+        match self.chat_template.as_deref() {
+            None => bad(
+                "the model has no chat template (tokenizer_config.json `chat_template`, GGUF `tokenizer.chat_template`); \
+                 drop --chat and write the prompt in the model's format",
+            ),
+            Some(t) if !["<|im_start|>", "<|start_header_id|>", "[INST]"].iter().any(|m| t.contains(m)) => bad(
+                "the model's chat template is not a format flexlora knows (ChatML, Llama 3, Llama 2); drop --chat and write the prompt in \
+                 the model's format",
+            ),
+            Some(_) => Ok(self.chat_prompt(system, user)),
+        }
     }
 }
 

@@ -203,6 +203,11 @@ impl Model {
     /// Loads every tensor from `src` one at a time, checking each shape against `cfg`; linear
     /// weights are stored as `format` says (embedding and norms stay f32).
     pub fn load(dev: &Device, cfg: Config, src: &mut dyn WeightSource, format: WeightFormat) -> Result<Model> {
+        let extra = format!("model.layers.{}.input_layernorm.weight", cfg.layers);
+        if src.contains(&extra) {
+            let detail = format!("the file has a layer {} but the config's num_hidden_layers is {}; fix the config", cfg.layers, cfg.layers);
+            return Err(Error::Weights { file: src.origin(), tensor: extra, detail });
+        }
         let take = |src: &mut dyn WeightSource, name: &str, shape: &[usize]| -> Result<Tensor> {
             let (got, data) = src.get(name)?;
             if got != shape {
@@ -212,6 +217,7 @@ impl Model {
                     detail: format!("shape {got:?}, but the config implies {shape:?}"),
                 });
             }
+            crate::model::lora::check_finite(&src.origin(), name, &data)?;
             Tensor::from_f32(dev, name, shape, &data)
         };
         let (c, f, hd, kd) = (cfg.c, cfg.f, cfg.h * cfg.d, cfg.kv * cfg.d);

@@ -393,6 +393,7 @@ fn probabilities(
     let (r0, r1) = rows;
     let p = &mut p[r0 * s..r1 * s];
     // SAFETY: p holds r1 - r0 rows of stride s ≥ n and is exclusively borrowed.
+    debug_assert!(n <= s && p.len() == (r1 - r0) * s);
     unsafe { gemm1(r1 - r0, n, d, &q[hv.q_off + r0 * hv.q_rs..], (hv.q_rs, 1), &k[hv.k_off..], (1, hv.k_rs), p.as_mut_ptr(), s, false) };
     for (ii, row) in p.chunks_mut(s).enumerate() {
         let i = r0 + ii;
@@ -426,6 +427,7 @@ fn blocks(dims: &Dims) -> impl Iterator<Item = ((usize, usize), usize)> {
 fn gemm_forward(q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], lse: &mut [f32], dims: Dims) {
     let Dims { t, s, h, d, .. } = dims;
     assert!(o.len() >= q.len(), "attention: output too small");
+    let o_len = o.len();
     let out = cpu::SharedOut(o.as_mut_ptr());
     // lse is [B, H, T]: one chunk per task.
     cpu::for_each_chunk(lse, t, |bh, lse_h| {
@@ -434,6 +436,7 @@ fn gemm_forward(q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], lse: &mut [f32],
         for ((r0, r1), n) in blocks(&dims) {
             probabilities(q, k, &dims, &hv, (r0, r1), n, &mut p, None, lse_h);
             // SAFETY: o has q's layout; this head's columns of rows r0..r1 are written by this task only.
+            debug_assert!(r1 > r0 && hv.q_off + (r1 - 1) * hv.q_rs + d <= o_len);
             unsafe {
                 gemm1(r1 - r0, d, n, &p[r0 * s..], (s, 1), &v[hv.k_off..], (hv.k_rs, 1), out.at(hv.q_off + r0 * hv.q_rs), hv.q_rs, false)
             };
@@ -458,6 +461,7 @@ fn gemm_backward(
 ) {
     let Dims { b: nb, t, s, h, d, scale, .. } = dims;
     assert!(dq.len() >= q.len(), "attention: dq too small");
+    let dq_len = dq.len();
     let dq_out = cpu::SharedOut(dq.as_mut_ptr());
     let mut dkv = vec![0f32; nb * h * 2 * s * d];
     cpu::for_each_chunk(&mut dkv, 2 * s * d, |bh, dkv_h| {
@@ -474,6 +478,7 @@ fn gemm_backward(
             // dV += Pᵀ·dO; dP = dO·Vᵀ; dS = P ⊙ (dP - delta)·scale; dQ = dS·K; dK += dSᵀ·Q.
             // SAFETY: dk_h, dv_h, dpb are this task's own buffers ([S, D], [S, D], rows of stride S);
             // dq is written only in this head's columns of rows r0..r1.
+            debug_assert!(n <= s && dv_h.len() == s * d && dk_h.len() == s * d && dpb.len() == m * s);
             unsafe {
                 gemm1(n, d, m, pb, (1, s), &dout[qa..], (hv.q_rs, 1), dv_h.as_mut_ptr(), d, true);
                 gemm1(m, n, d, &dout[qa..], (hv.q_rs, 1), &v[hv.k_off..], (1, hv.k_rs), dpb.as_mut_ptr(), s, false);
@@ -483,6 +488,9 @@ fn gemm_backward(
                 let delta = cpu::dot(&dout[at..at + d], &o[at..at + d]);
                 dpr[..n].iter_mut().zip(&pr[..n]).for_each(|(x, &pij)| *x = pij * (*x - delta) * scale);
             }
+            // SAFETY: as above: dq rows r0..r1 of this head (qa + (m-1)·q_rs + d ≤ dq's length) are
+            // this task's alone, and dk_h is its own [S, D] buffer.
+            debug_assert!(m > 0 && qa + (m - 1) * hv.q_rs + d <= dq_len);
             unsafe {
                 gemm1(m, d, n, dpb, (s, 1), &k[hv.k_off..], (hv.k_rs, 1), dq_out.at(qa), hv.q_rs, false);
                 gemm1(n, d, m, dpb, (1, s), &q[qa..], (hv.q_rs, 1), dk_h.as_mut_ptr(), d, true);

@@ -240,8 +240,12 @@ fn row_dot(packed: &[u8], absmax: &[f32], bs: usize, xs: &[f32], k: usize, t: us
     #[cfg(target_arch = "x86_64")]
     for t0 in (0..t).step_by(4) {
         let xs = &xs[t0 * k..];
-        // SAFETY: `row_dot_input` checked the tier (whose features this CPU has); the assert
-        // bounds every access.
+        // SAFETY: `row_dot_input` checked the tier (whose features this CPU has); the assert bounds packed/absmax/xs; y is
+        // written unchecked at r*t + t0 + ti with ti < min(t - t0, 4), inside y's rows*t elements.
+        // Whole 32-code chunks per row and power-of-two blocks keep the absmax index (c >> shift) in
+        // the row's blocks.
+        debug_assert!(std::arch::is_x86_feature_detected!("avx512f") && y.len() == rows * t);
+        debug_assert!(k % 32 == 0 && bs % 32 == 0 && bs.is_power_of_two() && xs.len() >= (t - t0) * k);
         unsafe {
             match (t - t0).min(4) {
                 1 => simd::row_dot_avx512::<1>(packed, absmax, bs, xs, k, rows, y, t, t0),
@@ -390,6 +394,7 @@ const TILE_ROWS: usize = 128;
 pub fn cpu_forward(x: &[f32], packed: &[u8], absmax: &[f32], bs: usize, y: &mut [f32], t: usize, n: usize, k: usize) {
     assert!(x.len() >= t * k && y.len() >= t * n, "matmul_nf4: buffers too small");
     if t >= MANY_TOKENS {
+        let y_len = y.len();
         let out = cpu::SharedOut(y.as_mut_ptr());
         cpu::for_each_with_buffer(n.div_ceil(TILE_ROWS), TILE_ROWS * k, |i, tile| {
             let (n0, rows) = (i * TILE_ROWS, TILE_ROWS.min(n - i * TILE_ROWS));
@@ -397,6 +402,7 @@ pub fn cpu_forward(x: &[f32], packed: &[u8], absmax: &[f32], bs: usize, y: &mut 
             dequantize_range(packed, absmax, bs, n0 * k, tile);
             // y[:, n0..n0+rows] = x · tileᵀ. SAFETY: in bounds by the assert; tasks write
             // disjoint column blocks of y.
+            debug_assert!(n0 + rows <= n && t * n <= y_len && tile.len() == rows * k);
             unsafe { cpu::gemm_ptr(t, rows, k, x.as_ptr(), (k, 1), tile.as_ptr(), (1, k), out.at(n0), n, false, 1) };
         });
         return;
@@ -430,6 +436,7 @@ pub fn cpu_backward_dx(dy: &[f32], packed: &[u8], absmax: &[f32], bs: usize, dx:
         // One task per column block of dx (a multiple of the block size, so dequantization starts
         // on block boundaries): dx[:, k0..k0+kw] = Σ_tiles dy[:, n0..n0+rows] · W[n0..n0+rows, k0..k0+kw].
         let width = k.div_ceil(cpu::threads()).next_multiple_of(bs.min(64));
+        let dx_len = dx.len();
         let out = cpu::SharedOut(dx.as_mut_ptr());
         cpu::for_each_with_buffer(k.div_ceil(width), TILE_ROWS * width, |i, tile| {
             let (k0, kw) = (i * width, width.min(k - i * width));
@@ -440,6 +447,7 @@ pub fn cpu_backward_dx(dy: &[f32], packed: &[u8], absmax: &[f32], bs: usize, dx:
                     dequantize_range(packed, absmax, bs, (n0 + r) * k + k0, row);
                 }
                 // SAFETY: in bounds by the assert; tasks write disjoint column blocks of dx.
+                debug_assert!(k0 + kw <= k && t * k <= dx_len && n0 + rows <= n && tile.len() == rows * kw);
                 unsafe { cpu::gemm_ptr(t, kw, rows, dy.as_ptr().add(n0), (n, 1), tile.as_ptr(), (kw, 1), out.at(k0), k, n0 > 0, 1) };
             }
         });

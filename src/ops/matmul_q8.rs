@@ -75,10 +75,15 @@ impl Q8Matrix {
 /// out[r*stride + t0 + ti] = Σ_j (q[r, j]·d)·x[ti, j] for every row r of `q` and ti < `tokens`.
 #[allow(clippy::too_many_arguments)]
 fn rows_dot(q: &[i8], scale: &[f32], x: &[f32], k: usize, tokens: usize, out: &mut [f32], stride: usize, t0: usize) {
+    // `simd::rows_dot` writes out[r*stride + t0 + ti] unchecked: t0 + tokens <= stride keeps every
+    // row's writes inside its own stride, and whole blocks per row keep the scale index in range.
     assert!(x.len() >= tokens * k && q.len() == scale.len() * BLOCK && out.len() >= (q.len() / k) * stride);
+    assert!(t0 + tokens <= stride && k % BLOCK == 0, "matmul_q8: tokens {t0}+{tokens} past stride {stride}, or K {k} not whole blocks");
     #[cfg(target_arch = "x86_64")]
     if cpu::tier() == cpu::Tier::Avx512 {
-        // SAFETY: `tier()` only returns tiers this CPU runs; the assert bounds every access.
+        // SAFETY: `tier()` only returns tiers this CPU runs; the asserts above bound every access, including
+        // the unchecked writes to `out` and reads of `scale`.
+        debug_assert!(tokens >= 1 && x.len() >= (tokens - 1) * k + k);
         unsafe {
             match tokens {
                 1 => simd::rows_dot::<1>(q, scale, x, k, out, stride, t0),

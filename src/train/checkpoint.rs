@@ -33,6 +33,12 @@ pub struct State {
     pub elapsed_s: f64,
     /// The model's shape (`Config` debug string): resuming on another model is refused.
     pub model_shape: String,
+    /// The model's fingerprint (`load::fingerprint::model`: sizes, first and last MiB) and the
+    /// absolute path it was read from; absent in checkpoints of older versions.
+    #[serde(default)]
+    pub model_fingerprint: Option<String>,
+    #[serde(default)]
+    pub model_path: Option<PathBuf>,
     pub config: TrainConfig,
 }
 
@@ -54,30 +60,79 @@ fn sync_dir(dir: &Path) {
 
 /// Writes a checkpoint under `root` (`<out>/checkpoints`) and keeps the newest `keep` (≥ 1).
 /// `opt` is the optimizer state as (name, tensor) pairs.
+///
+/// Room first: before writing, checkpoints beyond the newest `keep - 1` are removed (never the
+/// newest one, so a failed write still leaves a checkpoint to resume from), so `keep` checkpoints
+/// need `keep` checkpoints of disk and not one more. A failed write removes its temporary
+/// directory before returning the error.
 pub fn save(dev: &Device, root: &Path, model: &Model, opt: &[(String, &Tensor)], state: &State, keep: usize) -> Result<PathBuf> {
+    let keep = keep.max(1);
     let fin = step_dir(root, state.step);
+    prune(root, keep.saturating_sub(1).max(1), Some(state.step))?;
     let tmp = root.join(format!(".tmp-step-{:07}-{}", state.step, std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(crate::error::io_at(&tmp, "create"))?;
-    peft::save(dev, model, &tmp, &state.config.model.display().to_string())?;
-    let mut tensors = Vec::with_capacity(opt.len());
-    for (name, t) in opt {
-        tensors.push((name.clone(), t.shape().to_vec(), block_on(Some(dev), t.to_vec_f32(dev))?));
+    let write = || -> Result<()> {
+        std::fs::create_dir_all(&tmp).map_err(crate::error::io_at(&tmp, "create"))?;
+        peft::save(dev, model, &tmp, &state.config.model.display().to_string())?;
+        let mut tensors = Vec::with_capacity(opt.len());
+        for (name, t) in opt {
+            tensors.push((name.clone(), t.shape().to_vec(), block_on(Some(dev), t.to_vec_f32(dev))?));
+        }
+        safetensors::write(&tmp.join(OPTIMIZER_FILE), &tensors, None)?;
+        let json = serde_json::to_string_pretty(state).map_err(|e| bad(&tmp, e.to_string()))?;
+        crate::model::load::write_atomic(&tmp.join(STATE_FILE), json.as_bytes())?;
+        sync_dir(&tmp);
+        if fin.exists() {
+            std::fs::remove_dir_all(&fin).map_err(crate::error::io_at(&fin, "replace"))?;
+        }
+        std::fs::rename(&tmp, &fin).map_err(crate::error::io_at(&fin, "rename a checkpoint into"))
+    };
+    if let Err(e) = write() {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
     }
-    safetensors::write(&tmp.join(OPTIMIZER_FILE), &tensors, None)?;
-    let json = serde_json::to_string_pretty(state).map_err(|e| bad(&tmp, e.to_string()))?;
-    crate::model::load::write_atomic(&tmp.join(STATE_FILE), json.as_bytes())?;
-    sync_dir(&tmp);
-    if fin.exists() {
-        std::fs::remove_dir_all(&fin).map_err(crate::error::io_at(&fin, "replace"))?;
-    }
-    std::fs::rename(&tmp, &fin).map_err(crate::error::io_at(&fin, "rename a checkpoint into"))?;
     sync_dir(root);
-    let all = list(root)?;
-    for (_, old) in all.iter().rev().skip(keep.max(1)) {
-        let _ = std::fs::remove_dir_all(old);
-    }
+    prune(root, keep, None)?;
     Ok(fin)
+}
+
+/// Removes all but the newest `keep` complete checkpoints under `root` (a checkpoint of step
+/// `except` is left alone: it is about to be replaced).
+fn prune(root: &Path, keep: usize, except: Option<usize>) -> Result<()> {
+    let all: Vec<(usize, PathBuf)> = list(root)?.into_iter().filter(|(s, _)| Some(*s) != except).collect();
+    for (_, old) in all.iter().rev().skip(keep) {
+        std::fs::remove_dir_all(old).map_err(crate::error::io_at(old, "remove an old checkpoint"))?;
+    }
+    Ok(())
+}
+
+/// Removes temporary checkpoint directories (`.tmp-step-*`) a killed or failed write left under
+/// `root`; called when a run starts or resumes, when no write of this run is in progress.
+pub fn remove_leftovers(root: &Path) -> Result<Vec<PathBuf>> {
+    let Ok(entries) = std::fs::read_dir(root) else { return Ok(Vec::new()) };
+    let mut removed = Vec::new();
+    for e in entries.filter_map(|e| e.ok()) {
+        if e.file_name().to_string_lossy().starts_with(".tmp-step-") {
+            let p = e.path();
+            std::fs::remove_dir_all(&p).map_err(crate::error::io_at(&p, "remove a leftover temporary checkpoint"))?;
+            removed.push(p);
+        }
+    }
+    Ok(removed)
+}
+
+/// The run directory a checkpoint belongs to: `<out>` for `<out>/checkpoints/step-N`. A step
+/// directory that is not inside a run's `checkpoints/` folder has none, and cannot be resumed in
+/// place (the run would have nowhere of its own to write).
+pub fn run_dir(ckpt: &Path) -> Result<PathBuf> {
+    let parent = ckpt.parent().filter(|p| p.file_name().is_some_and(|n| n == "checkpoints"));
+    match parent.and_then(|p| p.parent()) {
+        Some(out) => Ok(if out.as_os_str().is_empty() { PathBuf::from(".") } else { out.to_path_buf() }),
+        None => Err(bad(
+            ckpt,
+            "this step directory is not inside a run's checkpoints/ folder; resume the run directory that holds it (RUN/checkpoints/step-N)",
+        )),
+    }
 }
 
 /// Complete checkpoints under `root`, oldest first.

@@ -59,6 +59,25 @@ pub struct FlexConfig {
 }
 
 impl FlexConfig {
+    /// Ranges the penalty is defined for: λ ≥ 0, T in [0, 1] (0: a flat 1 - φ_high, see
+    /// `Spectral::rho`), φ_low and φ_high in [0, 1] (ρ(k) =
+    /// 1 - φ stays within [0, 1], so the penalty never rewards a frequency).
+    pub fn validate(&self) -> Result<()> {
+        let bad = |flag, detail: String| Err(Error::InvalidArgument { flag, detail });
+        if !(self.lambda >= 0.0 && self.lambda.is_finite()) {
+            return bad("--flex-lambda", format!("{} must be a finite number >= 0", self.lambda));
+        }
+        if !(0.0..=1.0).contains(&self.threshold) {
+            return bad("--flex-threshold", format!("{} is outside [0, 1] (the share of the n = N/2+1 frequency bins)", self.threshold));
+        }
+        for (flag, v) in [("--flex-phi-low", self.phi_low), ("--flex-phi-high", self.phi_high)] {
+            if !(0.0..=1.0).contains(&v) {
+                return bad(flag, format!("{v} is outside [0, 1] (the penalty weight is 1 - phi)"));
+            }
+        }
+        Ok(())
+    }
+
     pub fn spectral(&self) -> Spectral {
         Spectral { threshold: self.threshold, phi_low: self.phi_low, phi_high: self.phi_high, per_row: self.per_row }
     }
@@ -161,6 +180,27 @@ impl TrainConfig {
         toml::from_str(&text).map_err(|e| Error::Config { file: path.display().to_string(), detail: e.to_string() })
     }
 
+    /// The settings in the TOML file `path` laid over `base` (a resumed run's saved settings):
+    /// keys the file leaves out keep `base`'s values, not the defaults.
+    pub fn from_toml_over(path: &Path, base: &TrainConfig) -> Result<TrainConfig> {
+        let bad = |detail: String| Error::Config { file: path.display().to_string(), detail };
+        let text = std::fs::read_to_string(path).map_err(crate::error::io_at(path, "read"))?;
+        let over: toml::Table = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let mut merged = toml::Table::try_from(base).map_err(|e| bad(e.to_string()))?;
+        fn merge(into: &mut toml::Table, from: toml::Table) {
+            for (k, v) in from {
+                match (into.get_mut(&k), v) {
+                    (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge(a, b),
+                    (_, v) => {
+                        into.insert(k, v);
+                    }
+                }
+            }
+        }
+        merge(&mut merged, over);
+        merged.try_into().map_err(|e: toml::de::Error| bad(e.to_string()))
+    }
+
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_default()
     }
@@ -191,7 +231,28 @@ impl TrainConfig {
         if !matches!(self.weights.as_str(), "auto" | "nf4" | "f32") {
             return bad("--weights", "choose auto, nf4 or f32");
         }
+        if !(self.clip >= 0.0 && self.clip.is_finite()) {
+            return bad("--clip", &format!("{} must be a finite number >= 0 (0 disables clipping)", self.clip));
+        }
+        if self.keep_checkpoints == 0 {
+            return bad("keep_checkpoints", "must be at least 1 (the newest checkpoint is what --resume continues)");
+        }
+        self.flex.validate()?;
         self.lora.validate()
+    }
+
+    /// Settings a resumed run may change: how long it runs, how often and how many checkpoints it
+    /// keeps, memory-for-compute (`recompute` gives the same numbers), where the data directory is,
+    /// and the model path (its identity is checked separately). `out` is always the run's own
+    /// directory. Everything else would silently change the run, so a resume refuses it.
+    pub const RESUMABLE: [&'static str; 7] = ["steps", "epochs", "save_every", "keep_checkpoints", "recompute", "data_dir", "model"];
+
+    /// Differences between `self` and `other` as `key: self -> other` lines (nested keys dotted),
+    /// leaving out the keys in `except`.
+    pub fn differences(&self, other: &TrainConfig, except: &[&str]) -> Vec<String> {
+        let a = serde_json::to_value(self).unwrap_or_default();
+        let b = serde_json::to_value(other).unwrap_or_default();
+        json_differences(&a, &b, "").into_iter().filter(|d| !except.iter().any(|k| d.starts_with(&format!("{k}:")))).collect()
     }
 
     /// Learning rate at optimizer step `step` (0-based) of `total`: linear warmup, then constant,
@@ -208,5 +269,34 @@ impl TrainConfig {
             Schedule::Linear => floor + (self.lr - floor) * (1.0 - progress),
             Schedule::Cosine => floor + (self.lr - floor) * 0.5 * (1.0 + (std::f32::consts::PI * progress).cos()),
         }
+    }
+}
+
+/// `key: a -> b` for every leaf where two JSON values differ (objects walked by key).
+pub fn json_differences(a: &serde_json::Value, b: &serde_json::Value, prefix: &str) -> Vec<String> {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            let null = Value::Null;
+            keys.into_iter()
+                .flat_map(|k| {
+                    let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    json_differences(x.get(k).unwrap_or(&null), y.get(k).unwrap_or(&null), &p)
+                })
+                .collect()
+        }
+        _ if a == b => Vec::new(),
+        _ => vec![format!("{prefix}: {} -> {}", show(a), show(b))],
+    }
+}
+
+/// A JSON value as the user wrote it: an f32 setting (stored as f64 in JSON) with its f32 digits.
+fn show(v: &serde_json::Value) -> String {
+    match v.as_f64() {
+        Some(f) if v.is_f64() && (f as f32) as f64 == f => format!("{}", f as f32),
+        _ => v.to_string(),
     }
 }

@@ -102,6 +102,8 @@ pub struct TokenStats {
     pub tokens: usize,
     /// Tokens that are predicted and trained (what the loss averages over).
     pub target_tokens: usize,
+    /// Examples left with no target (prompt masked, completion truncated away); training skips them.
+    pub without_targets: usize,
 }
 
 /// BOS when the tokenizer adds one (its own post-processing, the rule generation and eval use, so
@@ -127,6 +129,7 @@ pub fn tokenize(tok: &Tokenizer, texts: &[TextExample], max_len: usize, mask_pro
         let e = Example { train_from: if mask_prompt { prompt_len.min(ids.len()) } else { 0 }, ids };
         stats.tokens += e.ids.len();
         stats.target_tokens += e.targets();
+        stats.without_targets += usize::from(e.targets() == 0);
         out.push(e);
     }
     Ok((out, stats))

@@ -75,6 +75,8 @@ pub struct Trainer {
     pub elapsed_s: f64,
     /// The checkpoint this run resumed from.
     pub resumed_from: Option<PathBuf>,
+    /// The model's fingerprint, saved with every checkpoint.
+    model_fingerprint: Option<String>,
 }
 
 fn opt_names(model: &Model, kind: OptimizerKind) -> Vec<(String, Vec<usize>)> {
@@ -86,8 +88,11 @@ fn opt_names(model: &Model, kind: OptimizerKind) -> Vec<(String, Vec<usize>)> {
 }
 
 impl Trainer {
-    /// Sets up a run: a fresh adapter, or the state of the checkpoint `resume` points at (whose
-    /// saved config then replaces `cfg`, except for `steps`, which may be extended).
+    /// Sets up a run: a fresh adapter in an `out` that holds no run yet, or the state of the
+    /// checkpoint `resume` points at. A resumed run writes into the run directory that holds that
+    /// checkpoint (never the `out` saved in it), keeps its saved settings except
+    /// `TrainConfig::RESUMABLE` ones (any other difference in `cfg` is refused, listed), and must
+    /// be given the model it was trained on (shape and fingerprint checked).
     pub fn new(dev: Device, model: Model, tok: &Tokenizer, mut cfg: TrainConfig, resume: Option<&Path>) -> Result<Trainer> {
         let mut model = model;
         // One order for targets (PEFT's config lists them as a set): resume compares configs.
@@ -95,42 +100,95 @@ impl Trainer {
         cfg.lora.targets.dedup();
         let mut resumed = None;
         let mut state = None;
+        let mut model_fingerprint = None;
         if let Some(path) = resume {
-            let ckpt = checkpoint::resolve(path)?;
-            let st = checkpoint::load_state(&ckpt)?;
+            let r = resume_settings(path)?;
+            let (ckpt, st) = (r.checkpoint, r.state);
+            let fail = |detail: String| Error::Checkpoint { path: ckpt.display().to_string(), detail };
+            let changed = r.config.differences(&cfg, &TrainConfig::RESUMABLE);
+            let changed: Vec<String> = changed.into_iter().filter(|d| !d.starts_with("out:")).collect();
+            if !changed.is_empty() {
+                return Err(fail(format!(
+                    "a resumed run keeps its settings, but these differ from the checkpoint's: {}. Only {} may change on resume; \
+                     drop the other flags (or undo the config edit), or start a new run with another --out",
+                    changed.join("; "),
+                    TrainConfig::RESUMABLE.join(", ")
+                )));
+            }
             let shape = format!("{:?}", model.cfg);
             if st.model_shape != shape {
-                return Err(Error::Checkpoint {
-                    path: ckpt.display().to_string(),
-                    detail: format!("it was trained on a model of shape {}, not this one ({shape}); pass the same --model", st.model_shape),
-                });
+                return Err(fail(format!(
+                    "it was trained on a model of shape {}, not this one ({shape}); pass the same --model{}",
+                    st.model_shape,
+                    st.model_path.as_ref().map(|p| format!(" ({})", p.display())).unwrap_or_default()
+                )));
             }
-            let steps = cfg.steps;
+            let fp = crate::model::load::fingerprint::model(&cfg.model)?;
+            if let Some(saved) = st.model_fingerprint.as_ref().filter(|s| **s != fp) {
+                return Err(fail(format!(
+                    "it was trained on the model {} ({saved}), but --model {} has other contents ({fp}); pass the model the run was trained on",
+                    st.model_path.as_deref().unwrap_or(&st.config.model).display(),
+                    cfg.model.display()
+                )));
+            }
+            model_fingerprint = Some(fp);
+            let resumable = cfg;
             cfg = st.config.clone();
-            if steps > cfg.steps {
-                cfg.steps = steps;
-            }
+            cfg.steps = resumable.steps;
+            cfg.epochs = resumable.epochs;
+            cfg.save_every = resumable.save_every;
+            cfg.keep_checkpoints = resumable.keep_checkpoints;
+            cfg.recompute = resumable.recompute;
+            cfg.data_dir = resumable.data_dir;
+            cfg.model = resumable.model;
+            cfg.out = r.out;
+            cfg.validate()?;
             load::peft::load(&dev, &mut model, &ckpt)?;
             if model.lora.as_ref() != Some(&cfg.lora) {
-                return Err(Error::Checkpoint {
-                    path: ckpt.display().to_string(),
-                    detail: format!("its adapter ({:?}) differs from its saved config ({:?})", model.lora, cfg.lora),
-                });
+                return Err(fail(format!("its adapter ({:?}) differs from its saved config ({:?})", model.lora, cfg.lora)));
             }
             resumed = Some(ckpt);
             state = Some(st);
         } else {
+            cfg.validate()?;
+            check_new_out(&cfg.out)?;
+            check_adapter_size(&model, &cfg)?;
             model.attach_lora(&dev, &cfg.lora, cfg.seed)?;
         }
-        cfg.validate()?;
+        checkpoint::remove_leftovers(&cfg.out.join("checkpoints"))?;
         let data_dir = crate::eval::job::data_dir(cfg.data_dir.clone());
         let texts = data::load(&parse_source(&cfg.data)?, &data_dir)?;
         let (examples, stats) = data::tokenize(tok, &texts, cfg.max_len, cfg.mask_prompt)?;
         if examples.is_empty() {
             return Err(Error::InvalidArgument { flag: "--data", detail: format!("`{}` has no examples", cfg.data) });
         }
+        // An example with no target adds nothing to the loss or the gradient: leave it out, so no
+        // step averages over zero targets and logs a loss of 0 that trained nothing.
+        let examples: Vec<Example> = examples.into_iter().filter(|e| e.targets() > 0).collect();
+        if examples.is_empty() {
+            return Err(Error::InvalidArgument {
+                flag: "--max-len",
+                detail: format!(
+                    "no example of `{}` has a token to train on: at --max-len {} every completion is {}; raise --max-len{}",
+                    cfg.data,
+                    cfg.max_len,
+                    if cfg.mask_prompt { "masked (prompt) or truncated away" } else { "truncated away" },
+                    if cfg.mask_prompt { ", or train on prompts too with --no-mask-prompt" } else { "" }
+                ),
+            });
+        }
+        let longest = examples.iter().map(|e| e.ids.len()).max().unwrap_or(0);
+        check_step_memory(&dev, &model, &cfg, longest)?;
         let per_step = cfg.batch_size * cfg.grad_accum;
         let total_steps = if cfg.steps > 0 { cfg.steps } else { (examples.len() * cfg.epochs).div_ceil(per_step) };
+        if let Some(st) = &state {
+            if total_steps < st.step {
+                return Err(Error::InvalidArgument {
+                    flag: "--steps",
+                    detail: format!("the run has done {} steps already, more than the {total_steps} asked for; ask for at least {}", st.step, st.step),
+                });
+            }
+        }
         let names = opt_names(&model, cfg.optimizer);
         let opt_tensors = match &resumed {
             Some(ckpt) => checkpoint::load_optimizer(&dev, ckpt, &names)?,
@@ -144,6 +202,10 @@ impl Trainer {
         let loader = Loader::new(examples.len(), cfg.seed, cursor);
         let pad = tok.eos.first().copied().unwrap_or(0);
         let grads = model.zero_grads(&dev);
+        let model_fingerprint = match model_fingerprint {
+            Some(f) => Some(f),
+            None => crate::model::load::fingerprint::model(&cfg.model).ok(),
+        };
         Ok(Trainer {
             dev,
             model,
@@ -158,6 +220,7 @@ impl Trainer {
             tokens: state.as_ref().map_or(0, |s| s.tokens),
             elapsed_s: state.as_ref().map_or(0.0, |s| s.elapsed_s),
             resumed_from: resumed,
+            model_fingerprint,
             cfg,
         })
     }
@@ -285,10 +348,154 @@ impl Trainer {
             tokens: self.tokens,
             elapsed_s: self.elapsed_s,
             model_shape: format!("{:?}", self.model.cfg),
+            model_fingerprint: self.model_fingerprint.clone(),
+            model_path: std::path::absolute(&self.cfg.model).ok(),
             config: self.cfg.clone(),
         };
         checkpoint::save(&self.dev, &self.cfg.out.join("checkpoints"), &self.model, &self.opt_named(), &state, self.cfg.keep_checkpoints)
     }
+}
+
+/// What `--resume PATH` continues: the checkpoint, its state, the run directory that holds it
+/// (where the resumed run writes), and the run's settings: the checkpoint's, with the
+/// `TrainConfig::RESUMABLE` ones taken from the run's `config.toml` when it was edited there.
+/// An edit of any other setting in `config.toml` is refused, listed.
+pub struct Resume {
+    pub checkpoint: PathBuf,
+    pub state: State,
+    pub out: PathBuf,
+    pub config: TrainConfig,
+}
+
+pub fn resume_settings(path: &Path) -> Result<Resume> {
+    let checkpoint = checkpoint::resolve(path)?;
+    let state = checkpoint::load_state(&checkpoint)?;
+    let out = checkpoint::run_dir(&checkpoint)?;
+    let mut config = state.config.clone();
+    let toml_path = out.join("config.toml");
+    if toml_path.exists() {
+        let edited = TrainConfig::from_toml(&toml_path)?;
+        let mut except: Vec<&str> = TrainConfig::RESUMABLE.to_vec();
+        except.push("out");
+        let changed = config.differences(&edited, &except);
+        if !changed.is_empty() {
+            return Err(Error::Config {
+                file: toml_path.display().to_string(),
+                detail: format!(
+                    "edited since checkpoint {} was written ({}); a resumed run keeps its settings, only {} may change. \
+                     Undo the edit, or start a new run with another --out",
+                    checkpoint.display(),
+                    changed.join("; "),
+                    TrainConfig::RESUMABLE.join(", ")
+                ),
+            });
+        }
+        (config.steps, config.epochs, config.save_every, config.keep_checkpoints) =
+            (edited.steps, edited.epochs, edited.save_every, edited.keep_checkpoints);
+        (config.recompute, config.data_dir, config.model) = (edited.recompute, edited.data_dir, edited.model);
+    }
+    config.out = out.clone();
+    Ok(Resume { checkpoint, state, out, config })
+}
+
+/// A new run needs an `out` that holds no run: a second run there would mix its checkpoints
+/// and metrics with the first one's (and `--resume` would then continue the wrong one).
+fn check_new_out(out: &Path) -> Result<()> {
+    let mut found: Vec<&str> = ["metrics.jsonl", "summary.json", "config.toml", "adapter"].into_iter().filter(|f| out.join(f).exists()).collect();
+    if std::fs::read_dir(out.join("checkpoints")).is_ok_and(|mut d| d.next().is_some()) {
+        found.push("checkpoints/");
+    }
+    if found.is_empty() {
+        return Ok(());
+    }
+    Err(Error::InvalidArgument {
+        flag: "--out",
+        detail: format!(
+            "{} already holds a training run ({}); continue it with --resume {}, or choose another --out for a new run",
+            out.display(),
+            found.join(", "),
+            out.display()
+        ),
+    })
+}
+
+/// Bytes of memory available for a run on `dev`: the host's available memory for the CPU
+/// backend (Linux), unknown elsewhere.
+fn available_bytes(dev: &Device) -> Option<u64> {
+    if !matches!(dev, Device::Cpu(_)) {
+        return None;
+    }
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
+}
+
+/// The adapter, its gradient and two optimizer moments, in bytes (f32), for `cfg.lora` on `model`.
+fn adapter_bytes(model: &Model, cfg: &TrainConfig) -> u64 {
+    let per_layer: u64 = cfg.lora.targets.iter().map(|&t| {
+        let s = model.linear(0, t).weight.shape();
+        (cfg.lora.rank * (s[0] + s[1])) as u64
+    }).sum();
+    let copies = if cfg.optimizer == OptimizerKind::Sophia { 5 } else { 4 };
+    per_layer * model.layers.len() as u64 * 4 * copies
+}
+
+/// Refuses an adapter rank above the width of a layer it adapts (a rank past min(in, out) adds
+/// parameters but no capacity) or one whose training state would not fit in memory, before any of
+/// it is allocated.
+fn check_adapter_size(model: &Model, cfg: &TrainConfig) -> Result<()> {
+    if model.layers.is_empty() {
+        return Ok(());
+    }
+    for &t in &cfg.lora.targets {
+        let s = model.linear(0, t).weight.shape();
+        let most = s[0].min(s[1]);
+        if cfg.lora.rank > most {
+            return Err(Error::InvalidArgument {
+                flag: "--lora-rank",
+                detail: format!("{} is above {most}, the smaller side of {} [{}, {}]; use a rank of at most {most}", cfg.lora.rank, t.name(), s[0], s[1]),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Estimates one step's memory (adapter state plus the activations a micro-batch of `batch_size`
+/// sequences of `t` tokens keeps for backward) and refuses a run that cannot fit, before
+/// allocating any of it: a failed allocation would abort the process without a word.
+fn check_step_memory(dev: &Device, model: &Model, cfg: &TrainConfig, t: usize) -> Result<()> {
+    let c = &model.cfg;
+    let (b, t) = (cfg.batch_size as u64, t as u64);
+    let (cw, f, hd, kd) = (c.c as u64, c.f as u64, (c.h * c.d) as u64, (c.kv * c.d) as u64);
+    // Per layer and token: norms' inputs and outputs, q/k/v/attention output, the MLP's three F-wide
+    // tensors; attention keeps per-head softmax statistics; all f32.
+    let per_layer = b * t * (4 * cw + 2 * hd + 2 * kd + 3 * f + c.h as u64) * 4;
+    let layers = c.layers as u64;
+    let kept = if cfg.recompute { layers * b * t * cw * 4 + per_layer } else { layers * per_layer };
+    // Logits and their gradient at the target positions (at most every position), and one layer's
+    // attention scores while they are computed.
+    let transient = 2 * b * t * c.vocab as u64 * 4 + b * c.h as u64 * t * t * 4;
+    let adapter = adapter_bytes(model, cfg);
+    let need = adapter + kept + transient;
+    let Some(have) = available_bytes(dev) else { return Ok(()) };
+    if need <= have {
+        return Ok(());
+    }
+    let gib = |x: u64| x as f64 / (1u64 << 30) as f64;
+    let (flag, what) = if adapter > have {
+        ("--lora-rank", format!("the adapter's training state alone takes {:.1} GiB", gib(adapter)))
+    } else {
+        ("--batch-size", format!("a micro-batch of {b} sequences of up to {t} tokens needs about {:.1} GiB", gib(kept + transient)))
+    };
+    Err(Error::InvalidArgument {
+        flag,
+        detail: format!(
+            "{what}, {:.1} GiB in all, but only {:.1} GiB of memory is available; lower --batch-size (and raise --grad-accum to keep the \
+             effective batch), --max-len or --lora-rank, or pass --recompute",
+            gib(need),
+            gib(have)
+        ),
+    })
 }
 
 /// Where `run` reports progress.

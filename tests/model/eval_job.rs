@@ -44,6 +44,7 @@ fn tiny_model_eval_writes_well_formed_results_and_resumes() {
         seed: 1,
         flex_template: false,
         protocol: job::PROTOCOL,
+        provenance: job::provenance(&model_dir, None).unwrap(),
     };
     let out = dir.join("out");
     let first = job::run(&dev, &model, &tok, &data, &out, &ecfg, 3, &mut |_| {}).unwrap();

@@ -196,6 +196,10 @@ impl Setup {
 
     /// In the new mount namespace: every mount read-only and nosuid, then the work directory
     /// (bind-mounted onto itself to be a mount of its own) writable again.
+    ///
+    /// # Safety
+    /// Only in the sandboxed child between fork and exec (from `apply`), inside the new mount
+    /// namespace: it remounts that namespace's mounts, which no other thread can observe.
     unsafe fn read_only_except_dir(&self) -> io::Result<()> {
         let (null, no_data) = (std::ptr::null(), std::ptr::null());
         // Nothing done here may propagate back to the host's mounts.

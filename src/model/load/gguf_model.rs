@@ -41,6 +41,7 @@ pub fn config(f: &GgufFile) -> Result<Config> {
         attention_bias: false,
         bos_token_id: f.opt_u32("tokenizer.ggml.bos_token_id")?,
         eos_token_id: None,
+        hidden_act: None,
     };
     let mut cfg = hf.validate(f.name())?;
     cfg.eos = f.opt_u32("tokenizer.ggml.eos_token_id")?.into_iter().collect();

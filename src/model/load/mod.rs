@@ -13,6 +13,8 @@
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod convert;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod fingerprint;
 pub mod ggml_blocks;
 pub mod gguf;
 pub mod gguf_model;
@@ -99,11 +101,20 @@ fn check_exists(path: &std::path::Path) -> crate::error::Result<()> {
 fn hf_tokenizer(dir: &std::path::Path, cfg: &crate::model::Config) -> crate::error::Result<crate::model::tokenizer::Tokenizer> {
     let tok_path = dir.join("tokenizer.json");
     let json = std::fs::read_to_string(&tok_path).map_err(crate::error::io_at(&tok_path, "read"))?;
-    let template = std::fs::read_to_string(dir.join("tokenizer_config.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| v.get("chat_template").and_then(|t| t.as_str()).map(String::from));
-    let tok = crate::model::tokenizer::Tokenizer::from_json(&tok_path.display().to_string(), json, cfg.bos, cfg.eos.clone(), template)?;
+    // A damaged tokenizer_config.json matters only to --chat: keep why, so --chat can say it.
+    let cfg_path = dir.join("tokenizer_config.json");
+    let template_err = |detail: String| crate::error::Error::Config { file: cfg_path.display().to_string(), detail };
+    let (template, template_error) = match std::fs::read_to_string(&cfg_path).map(|t| serde_json::from_str::<serde_json::Value>(&t)) {
+        Err(_) => (None, None),
+        Ok(Err(e)) => (None, Some(template_err(format!("not valid JSON ({e})")))),
+        Ok(Ok(v)) => match v.get("chat_template") {
+            None | Some(serde_json::Value::Null) => (None, None),
+            Some(serde_json::Value::String(t)) => (Some(t.clone()), None),
+            Some(_) => (None, Some(template_err("`chat_template` is not a string (a list of named templates is not supported)".into()))),
+        },
+    };
+    let mut tok = crate::model::tokenizer::Tokenizer::from_json(&tok_path.display().to_string(), json, cfg.bos, cfg.eos.clone(), template)?;
+    tok.chat_template_error = template_error;
     if tok.vocab_size() > cfg.vocab {
         return Err(crate::error::Error::Config {
             file: dir.display().to_string(),

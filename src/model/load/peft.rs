@@ -64,6 +64,22 @@ pub fn parse_config(path: &str, text: &str) -> Result<LoraConfig> {
     if get("modules_to_save").and_then(|m| m.as_array()).is_some_and(|m| !m.is_empty()) {
         return Err(config_err(path, "`modules_to_save` is not supported: flexlora trains and loads LoRA matrices only"));
     }
+    // Each of these changes which layers get the adapter or at what rank and scale; ignoring it
+    // would apply the adapter other than it was trained.
+    if let Some(x) = get("layers_to_transform") {
+        return Err(config_err(
+            path,
+            format!("`layers_to_transform` = {x} is not supported: flexlora applies an adapter to every layer; merge or re-save the adapter for all layers"),
+        ));
+    }
+    if let Some(x) = get("layers_pattern").filter(|x| x.as_array().is_none_or(|a| !a.is_empty())) {
+        return Err(config_err(path, format!("`layers_pattern` = {x} is not supported: flexlora applies an adapter to every layer")));
+    }
+    for key in ["rank_pattern", "alpha_pattern"] {
+        if let Some(x) = get(key).filter(|x| x.as_object().is_none_or(|o| !o.is_empty())) {
+            return Err(config_err(path, format!("`{key}` = {x} is not supported: flexlora uses one rank and alpha for every module")));
+        }
+    }
     let rank = get("r").and_then(|r| r.as_u64()).ok_or_else(|| config_err(path, "`r` (the LoRA rank) is missing"))? as usize;
     let alpha = get("lora_alpha").and_then(|a| a.as_f64()).unwrap_or(8.0) as f32;
     let dropout = get("lora_dropout").and_then(|d| d.as_f64()).unwrap_or(0.0) as f32;
@@ -97,11 +113,47 @@ pub fn attach_bytes(dev: &Device, model: &mut Model, origin: &str, config_text: 
     let cfg = parse_config(&format!("{origin}/{CONFIG_FILE}"), config_text)?;
     let weights_origin = format!("{origin}/{WEIGHTS_FILE}");
     let (mut tensors, _) = safetensors_bytes::read_all(&weights_origin, weights)?;
+    check_names(model, &cfg, &weights_origin, tensors.keys())?;
     // PEFT saves without the adapter name; older versions sometimes kept `.default`.
     model.attach_lora_from(dev, &cfg, &weights_origin, &mut |name| {
         Ok(tensors.remove(name).or_else(|| tensors.remove(&name.replace(".weight", ".default.weight"))))
     })?;
     Ok(cfg)
+}
+
+/// Refuses tensors the adapter config does not account for: a module outside `target_modules`
+/// or a layer this model does not have would otherwise be dropped without a word.
+fn check_names<'a>(model: &Model, cfg: &LoraConfig, origin: &str, names: impl Iterator<Item = &'a String>) -> Result<()> {
+    let layers = model.layers.len();
+    let mut expected = std::collections::HashSet::new();
+    for i in 0..layers {
+        for &t in &cfg.targets {
+            let (a, b) = crate::model::lora::peft_names(i, t);
+            for n in [a, b] {
+                expected.insert(n.replace(".weight", ".default.weight"));
+                expected.insert(n);
+            }
+        }
+    }
+    let mut unexpected: Vec<&String> = names.filter(|n| !expected.contains(*n)).collect();
+    unexpected.sort();
+    let Some(first) = unexpected.first() else { return Ok(()) };
+    let layer = first.split(".layers.").nth(1).and_then(|r| r.split('.').next()).and_then(|i| i.parse::<usize>().ok());
+    let module = Target::ALL.into_iter().find(|t| first.contains(&format!(".{}.", t.module())));
+    let why = match (layer, module) {
+        (Some(i), _) if i >= layers => format!("it is for layer {i}, but the model has {layers} layers (0-{}): the adapter was trained on another model", layers - 1),
+        (_, Some(t)) => format!(
+            "its module {} is not in the config's target_modules ({}): the config and the weights do not match",
+            t.name(),
+            cfg.targets.iter().map(|t| t.name()).collect::<Vec<_>>().join(", ")
+        ),
+        _ => "it is not a LoRA matrix of a Llama linear layer (lora_A/lora_B of q/k/v/o/gate/up/down_proj)".into(),
+    };
+    Err(Error::Weights {
+        file: origin.into(),
+        tensor: first.to_string(),
+        detail: format!("{why}{}", if unexpected.len() > 1 { format!(" ({} more such tensors)", unexpected.len() - 1) } else { String::new() }),
+    })
 }
 
 #[cfg(not(target_arch = "wasm32"))]
