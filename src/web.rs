@@ -306,7 +306,7 @@ pub async fn start(prompt: String, options: String) -> Result<String, JsValue> {
     with_engine(|mut e| async move {
         let r = async {
             let l = e.loaded.as_ref().ok_or_else(|| bad("no model loaded"))?;
-            let text = if o.chat { l.tok.chat_prompt(o.system.as_deref(), &prompt) } else { prompt };
+            let text = if o.chat { l.tok.checked_chat_prompt(o.system.as_deref(), &prompt).map_err(js)? } else { prompt };
             let ids = l.tok.encode(&text, true).map_err(js)?;
             let opts = GenerateOptions {
                 max_new_tokens: o.max_new_tokens,

@@ -214,16 +214,18 @@ fn one(spec: &Spec, arm: &Arm, seed: u64, device: &mut dyn FnMut() -> Result<Dev
     let format = if spec.weights == "f32" { WeightFormat::F32 } else { WeightFormat::Nf4 { blocksize: 64 } };
     let (mut model, tok) = load::open(&dev, &spec.model, format)?;
     let mut model_name = spec.model.display().to_string();
-    if train.is_some() {
-        let adapter = train_dir.join("adapter");
-        load::peft::load(&dev, &mut model, &adapter)?;
+    let adapter = train.is_some().then(|| train_dir.join("adapter"));
+    if let Some(adapter) = &adapter {
+        load::peft::load(&dev, &mut model, adapter)?;
         model_name = format!("{model_name} + adapter {}", adapter.display());
     }
+    let provenance = job::provenance(&spec.model, adapter.as_deref())?;
     let mut evals = Vec::new();
     for name in &arm.evals {
         let set = spec.eval(name).expect("the spec checked eval names");
         let mut cfg = set.config.clone();
         cfg.model = model_name.clone();
+        cfg.provenance = provenance.clone();
         cfg.seed ^= seed;
         let out = dir.join("eval").join(name);
         let report = job::run(&dev, &model, &tok, &spec.data_dir, &out, &cfg, spec.batch, &mut |_| {})?;

@@ -277,6 +277,7 @@ pub fn parse(text: &str, file: &Path, spec_dir: &Path) -> Result<Spec> {
                 seed: e.seed,
                 flex_template: e.flex_template,
                 protocol: PROTOCOL,
+                provenance: None, // set by the runner, which knows the model and adapter files
             },
         });
     }

@@ -343,6 +343,7 @@ pub struct Stream {
 impl Stream {
     /// Runs the prompt and returns the stream, ready for its first token.
     pub async fn start(model: &Model, dev: &Device, prompt: &[u32], opts: &GenerateOptions) -> Result<Stream> {
+        opts.validate()?;
         let max_new_tokens = room_after(prompt, opts.max_new_tokens, model.rope.max_pos)?;
         let t0 = now();
         let mut cache = model.new_cache(dev, 1, prompt.len() + max_new_tokens);
