@@ -609,6 +609,7 @@ fn eval_outputs_and_flags_are_refused_by_name() {
             model: format!("{m} + adapter {}", adapter.display()),
             task: TaskSet::Humaneval,
             limit: Some(1),
+            ids: None,
             samples: 1,
             temperature: 0.0,
             top_p: 0.95,

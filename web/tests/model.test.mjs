@@ -224,7 +224,7 @@ test('broken inputs show a clear error in the page', { timeout: 600_000 }, async
   await page.close();
 });
 
-test('no WebGPU: the CPU backend runs and says why; stop ends a generation; adapters load from a URL', { timeout: 600_000 }, async () => {
+test('no WebGPU: the CPU backend runs and says why; stop ends a generation; adapters load from a URL; the page runs a task\'s tests in Pyodide', { timeout: 600_000 }, async () => {
   const page = await openPage('webgpu', { noWebGpu: true });
   const dev = await page.evaluate(() => window.flexlora.state.device);
   assert.equal(dev.kind, 'CPU');
@@ -254,5 +254,21 @@ test('no WebGPU: the CPU backend runs and says why; stop ends a generation; adap
   assert.ok(tokens < 400, `stop did not end the generation: ${speed}`);
   assert.ok(frames > 5, `the page painted only ${frames} frames while generating`);
   assert.equal(await page.locator('#generate').isDisabled(), false, 'Generate is enabled again after stop');
+  // Run the code: a HumanEval task as the prompt, then its tests on an output in Pyodide. The
+  // canonical solution passes; a wrong body fails with the assertion.
+  await page.waitForFunction(() => !document.getElementById('task').disabled, null, { timeout: 60_000 });
+  await page.click('#use-task');
+  assert.match(await page.locator('#prompt').inputValue(), /def has_close_elements/);
+  for (const [body, verdict] of [['canonical', /PASS/], ['    return False\n', /FAIL: a test does not hold/]]) {
+    await page.evaluate(async (body) => {
+      const tasks = await import('./tasks.js');
+      const t = (await tasks.loadTasks('humaneval'))[0];
+      document.getElementById('out-0').textContent = body === 'canonical' ? t.canonical : body;
+      document.getElementById('run-code').disabled = false;
+    }, body);
+    await page.click('#run-code');
+    await page.waitForFunction(() => /PASS|FAIL/.test(document.getElementById('run-status').textContent), null, { timeout: 180_000 });
+    assert.match(await page.locator('#run-status').textContent(), verdict, `${body}: ${await page.locator('#run-log').textContent()}`);
+  }
   await page.close();
 });
