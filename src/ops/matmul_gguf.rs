@@ -33,10 +33,9 @@ pub const TYPES: [GgmlType; 11] = [
     GgmlType::F32,
 ];
 
-/// From this many tokens on, the CPU twins dequantize W a tile of `TILE_ROWS` rows at a time and
-/// hand the tile to the GEMM, sharing each dequantization among all tokens (as `matmul_nf4`).
-const MANY_TOKENS: usize = 16;
-const TILE_ROWS: usize = 128;
+// From MANY_TOKENS tokens on, the CPU twins dequantize W a tile of TILE_ROWS rows at a time and
+// hand the tile to the GEMM, sharing each dequantization among all tokens (as `matmul_nf4`).
+use crate::ops::dequant_dx::{self, MANY_TOKENS, TILE_ROWS};
 /// Weight rows per forward task at least; columns per few-token dx task (a multiple of every
 /// block size, 32 and 256, so slices start on block boundaries).
 const ROWS_PER_TASK: usize = 8;
@@ -312,61 +311,12 @@ mod simd {
     }
 }
 
-/// CPU twin of `backward_dx`. Many tokens: one task per column block of dx (whole blocks wide),
-/// dequantizing `TILE_ROWS` rows of its slice at a time for the GEMM. Few tokens: tasks of
-/// `COLS_PER_TASK` columns, each walking the N rows and accumulating dy[t, n] · slice.
+/// CPU twin of `backward_dx` (the shared algorithm in `dequant_dx`), dequantizing whole blocks.
 pub fn cpu_backward_dx(dy: &[f32], w: &[u8], ty: GgmlType, dx: &mut [f32], t: usize, n: usize, k: usize) {
     let (block, block_bytes) = ty.block();
     let rb = k / block * block_bytes;
     assert!(k % block == 0 && dy.len() >= t * n && dx.len() >= t * k && w.len() >= n * rb, "matmul_gguf: buffers too small");
-    if t == 0 || k == 0 {
-        return;
-    }
     // Bytes of row `nn`'s elements k0..k0+kw (both multiples of the block).
     let slice = |nn: usize, k0: usize, kw: usize| &w[nn * rb + k0 / block * block_bytes..][..kw / block * block_bytes];
-    if n == 0 {
-        dx[..t * k].fill(0.0);
-        return;
-    }
-    if t >= MANY_TOKENS {
-        // dx[:, k0..k0+kw] = Σ_tiles dy[:, n0..n0+rows] · W[n0..n0+rows, k0..k0+kw].
-        let width = k.div_ceil(cpu::threads()).next_multiple_of(block.max(64));
-        let out = cpu::SharedOut(dx.as_mut_ptr());
-        cpu::for_each_with_buffer(k.div_ceil(width), TILE_ROWS * width, |i, tile| {
-            let (k0, kw) = (i * width, width.min(k - i * width));
-            for n0 in (0..n).step_by(TILE_ROWS) {
-                let rows = TILE_ROWS.min(n - n0);
-                let tile = &mut tile[..rows * kw];
-                for (r, row) in tile.chunks_exact_mut(kw).enumerate() {
-                    deq(ty, slice(n0 + r, k0, kw), row);
-                }
-                // SAFETY: in bounds by the assert; tasks write disjoint column blocks of dx.
-                unsafe { cpu::gemm_ptr(t, kw, rows, dy.as_ptr().add(n0), (n, 1), tile.as_ptr(), (kw, 1), out.at(k0), k, n0 > 0, 1) };
-            }
-        });
-        return;
-    }
-    let tasks = k.div_ceil(COLS_PER_TASK);
-    let mut scratch = vec![0f32; tasks * t * COLS_PER_TASK];
-    cpu::for_each_chunk(&mut scratch, t * COLS_PER_TASK, |task, acc| {
-        let k0 = task * COLS_PER_TASK;
-        let kw = COLS_PER_TASK.min(k - k0);
-        let mut buf = [0f32; COLS_PER_TASK];
-        for nn in 0..n {
-            deq(ty, slice(nn, k0, kw), &mut buf[..kw]);
-            for ti in 0..t {
-                let g = dy[ti * n + nn];
-                for (a, w) in acc[ti * COLS_PER_TASK..ti * COLS_PER_TASK + kw].iter_mut().zip(&buf[..kw]) {
-                    *a += g * w;
-                }
-            }
-        }
-    });
-    for task in 0..tasks {
-        let k0 = task * COLS_PER_TASK;
-        let kw = COLS_PER_TASK.min(k - k0);
-        for ti in 0..t {
-            dx[ti * k + k0..ti * k + k0 + kw].copy_from_slice(&scratch[(task * t + ti) * COLS_PER_TASK..][..kw]);
-        }
-    }
+    dequant_dx::backward_dx::<COLS_PER_TASK>(dy, dx, t, n, k, block.max(64), |row, k0, out| deq(ty, slice(row, k0, out.len()), out));
 }

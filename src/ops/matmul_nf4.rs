@@ -380,10 +380,9 @@ mod simd {
     }
 }
 
-/// From this many tokens on, the CPU twins dequantize W a tile of `TILE_ROWS` rows at a time and
-/// hand the tile to the GEMM: the dequantization is then shared by all tokens.
-const MANY_TOKENS: usize = 16;
-const TILE_ROWS: usize = 128;
+// From MANY_TOKENS tokens on, the CPU twins dequantize W a tile of TILE_ROWS rows at a time and
+// hand the tile to the GEMM: the dequantization is then shared by all tokens.
+use crate::ops::dequant_dx::{self, MANY_TOKENS, TILE_ROWS};
 
 /// CPU twin of `forward`. Few tokens: tasks of `ROWS_PER_TASK` weight rows, each row dequantized
 /// once into a [K] buffer and dotted with every token; results land in yᵀ [N, T], then are
@@ -427,54 +426,12 @@ pub fn cpu_forward(x: &[f32], packed: &[u8], absmax: &[f32], bs: usize, y: &mut 
     cpu::transpose_into(&yt, n, t, y);
 }
 
-/// CPU twin of `backward_dx`: tasks of `COLS_PER_TASK` columns of W; each walks the N rows,
-/// dequantizing its slice of the row and accumulating dy[t, n] · slice into a [T, cols] buffer.
+/// CPU twin of `backward_dx` (the shared algorithm in `dequant_dx`), dequantizing NF4 ranges.
 #[allow(clippy::too_many_arguments)]
 pub fn cpu_backward_dx(dy: &[f32], packed: &[u8], absmax: &[f32], bs: usize, dx: &mut [f32], t: usize, n: usize, k: usize) {
     assert!(dy.len() >= t * n && dx.len() >= t * k, "matmul_nf4: buffers too small");
-    if t >= MANY_TOKENS {
-        // One task per column block of dx (a multiple of the block size, so dequantization starts
-        // on block boundaries): dx[:, k0..k0+kw] = Σ_tiles dy[:, n0..n0+rows] · W[n0..n0+rows, k0..k0+kw].
-        let width = k.div_ceil(cpu::threads()).next_multiple_of(bs.min(64));
-        let dx_len = dx.len();
-        let out = cpu::SharedOut(dx.as_mut_ptr());
-        cpu::for_each_with_buffer(k.div_ceil(width), TILE_ROWS * width, |i, tile| {
-            let (k0, kw) = (i * width, width.min(k - i * width));
-            for n0 in (0..n).step_by(TILE_ROWS) {
-                let rows = TILE_ROWS.min(n - n0);
-                let tile = &mut tile[..rows * kw];
-                for (r, row) in tile.chunks_exact_mut(kw).enumerate() {
-                    dequantize_range(packed, absmax, bs, (n0 + r) * k + k0, row);
-                }
-                // SAFETY: in bounds by the assert; tasks write disjoint column blocks of dx.
-                debug_assert!(k0 + kw <= k && t * k <= dx_len && n0 + rows <= n && tile.len() == rows * kw);
-                unsafe { cpu::gemm_ptr(t, kw, rows, dy.as_ptr().add(n0), (n, 1), tile.as_ptr(), (kw, 1), out.at(k0), k, n0 > 0, 1) };
-            }
-        });
-        return;
-    }
-    let tasks = k.div_ceil(COLS_PER_TASK);
-    let mut scratch = vec![0f32; tasks * t * COLS_PER_TASK];
-    cpu::for_each_chunk(&mut scratch, t * COLS_PER_TASK, |task, acc| {
-        let k0 = task * COLS_PER_TASK;
-        let kw = COLS_PER_TASK.min(k - k0);
-        let mut slice = [0f32; COLS_PER_TASK];
-        for nn in 0..n {
-            dequantize_range(packed, absmax, bs, nn * k + k0, &mut slice[..kw]);
-            for ti in 0..t {
-                let g = dy[ti * n + nn];
-                for (a, w) in acc[ti * COLS_PER_TASK..ti * COLS_PER_TASK + kw].iter_mut().zip(&slice[..kw]) {
-                    *a += g * w;
-                }
-            }
-        }
+    // Ranges start on block boundaries (a multiple of the block size, or of 64 for larger blocks).
+    dequant_dx::backward_dx::<COLS_PER_TASK>(dy, dx, t, n, k, bs.min(64), |row, k0, out| {
+        dequantize_range(packed, absmax, bs, row * k + k0, out)
     });
-    for task in 0..tasks {
-        let k0 = task * COLS_PER_TASK;
-        let kw = COLS_PER_TASK.min(k - k0);
-        for ti in 0..t {
-            let src = &scratch[(task * t + ti) * COLS_PER_TASK..][..kw];
-            dx[ti * k + k0..ti * k + k0 + kw].copy_from_slice(src);
-        }
-    }
 }

@@ -7,6 +7,7 @@
 
 pub mod attention;
 pub mod cross_entropy;
+pub mod dequant_dx;
 pub mod elementwise;
 pub mod embedding;
 pub mod matmul;

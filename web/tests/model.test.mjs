@@ -265,6 +265,7 @@ test('no WebGPU: the CPU backend runs and says why; stop ends a generation; adap
       const t = (await tasks.loadTasks('humaneval'))[0];
       document.getElementById('out-0').textContent = body === 'canonical' ? t.canonical : body;
       document.getElementById('run-code').disabled = false;
+      document.getElementById('run-status').textContent = ''; // the last verdict must not count
     }, body);
     await page.click('#run-code');
     await page.waitForFunction(() => /PASS|FAIL/.test(document.getElementById('run-status').textContent), null, { timeout: 180_000 });
