@@ -259,7 +259,7 @@ test('no WebGPU: the CPU backend runs and says why; stop ends a generation; adap
   await page.waitForFunction(() => !document.getElementById('task').disabled, null, { timeout: 60_000 });
   await page.click('#use-task');
   assert.match(await page.locator('#prompt').inputValue(), /def has_close_elements/);
-  for (const [body, verdict] of [['canonical', /PASS/], ['    return False\n', /FAIL: a test does not hold/]]) {
+  for (const [body, verdict] of [['canonical', /PASS/], ['\n    return False\n', /FAIL: a test does not hold/]]) {
     await page.evaluate(async (body) => {
       const tasks = await import('./tasks.js');
       const t = (await tasks.loadTasks('humaneval'))[0];
