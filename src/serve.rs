@@ -134,9 +134,8 @@ fn content_type(p: &Path) -> &'static str {
 
 /// Binds 127.0.0.1:`port` (0 picks a free port) and returns the listener and its URL.
 pub fn bind(port: u16) -> Result<(TcpListener, String)> {
-    let listener = TcpListener::bind(("127.0.0.1", port)).map_err(|e| {
-        bad_arg("--port", format!("cannot listen on 127.0.0.1:{port}: {e}; choose another port (0 picks a free one)"))
-    })?;
+    let listener = TcpListener::bind(("127.0.0.1", port))
+        .map_err(|e| bad_arg("--port", format!("cannot listen on 127.0.0.1:{port}: {e}; choose another port (0 picks a free one)")))?;
     let addr = listener.local_addr().map_err(|e| bad_arg("--port", e.to_string()))?;
     Ok((listener, format!("http://{addr}/")))
 }

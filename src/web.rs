@@ -157,7 +157,12 @@ impl WeightSource for Progress<'_> {
 impl Progress<'_> {
     fn tick(&mut self, name: &str) {
         self.done += 1;
-        let _ = self.report.call3(&JsValue::NULL, &JsValue::from(self.done as u32), &JsValue::from(self.total as u32), &JsValue::from_str(name));
+        let _ = self.report.call3(
+            &JsValue::NULL,
+            &JsValue::from(self.done as u32),
+            &JsValue::from(self.total as u32),
+            &JsValue::from_str(name),
+        );
     }
 }
 
@@ -284,7 +289,16 @@ struct Options {
 impl Default for Options {
     fn default() -> Self {
         let s = Sampling::default();
-        Options { chat: false, system: None, max_new_tokens: 256, temperature: s.temperature, top_p: s.top_p, top_k: s.top_k, seed: s.seed, stop: vec![] }
+        Options {
+            chat: false,
+            system: None,
+            max_new_tokens: 256,
+            temperature: s.temperature,
+            top_p: s.top_p,
+            top_k: s.top_k,
+            seed: s.seed,
+            stop: vec![],
+        }
     }
 }
 

@@ -259,7 +259,12 @@ fn corrupt_model_directories_are_refused_by_name() {
     let d = case("chat-json");
     write_model(&d, &cfg, &w, |_| {});
     std::fs::write(d.join("tokenizer_config.json"), "{\"chat_template\": ").unwrap();
-    c.lib("tokenizer_config.json damaged, --chat", &[&root], || open(&d)?.1.checked_chat_prompt(None, "hi"), &["tokenizer_config.json", "--chat"]);
+    c.lib(
+        "tokenizer_config.json damaged, --chat",
+        &[&root],
+        || open(&d)?.1.checked_chat_prompt(None, "hi"),
+        &["tokenizer_config.json", "--chat"],
+    );
     let d = case("chat-none");
     write_model(&d, &cfg, &w, |_| {});
     std::fs::remove_file(d.join("tokenizer_config.json")).unwrap();
@@ -338,7 +343,12 @@ fn corrupt_adapters_are_refused_by_name() {
     );
 
     let d = root.join("layer5");
-    write_adapter(&d, &mlp, |_| {}, |t| t.push(("base_model.model.model.layers.5.self_attn.q_proj.lora_A.weight".into(), vec![4, 32], vec![0.0; 128])));
+    write_adapter(
+        &d,
+        &mlp,
+        |_| {},
+        |t| t.push(("base_model.model.model.layers.5.self_attn.q_proj.lora_A.weight".into(), vec![4, 32], vec![0.0; 128])),
+    );
     c.lib("a tensor for layer 5 of 2", &[&root], || attach(&d), &["layers.5.self_attn.q_proj.lora_A.weight", "layer 5", "2 layers"]);
 
     let d = root.join("nan");
@@ -487,7 +497,9 @@ fn corrupt_training_inputs_and_checkpoints_are_refused_by_name() {
     for (name, needle, edit) in [
         ("resume with another --lr", "lr: ", (|c: &mut TrainConfig| c.lr = 0.5) as fn(&mut TrainConfig)),
         ("resume with another --lora-rank", "lora.rank: 4 -> 16", |c| c.lora.rank = 16),
-        ("resume with another optimizer", "optimizer: \"adamw\" -> \"sophia\"", |c| c.optimizer = flexlora::train::config::OptimizerKind::Sophia),
+        ("resume with another optimizer", "optimizer: \"adamw\" -> \"sophia\"", |c| {
+            c.optimizer = flexlora::train::config::OptimizerKind::Sophia
+        }),
         ("resume with another --data", "data: ", |c| c.data = "mbpp".into()),
         ("resume with another --seed", "seed: 3 -> 4", |c| c.seed = 4),
     ] {
@@ -543,7 +555,9 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 fn data_dir() -> Option<PathBuf> {
-    let d = std::env::var_os("FLEXLORA_DATA").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
+    let d = std::env::var_os("FLEXLORA_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
     if d.join("HumanEval.jsonl.gz").exists() {
         return Some(d);
     }
@@ -561,10 +575,11 @@ fn eval_outputs_and_flags_are_refused_by_name() {
     let mut c = Corpus::new();
     let m = model_dir.to_str().unwrap();
     let gen = |extra: &[&'static str]| -> Vec<String> {
-        let mut v: Vec<String> = ["generate", "--device", "cpu", "--weights", "f32", "--model", m, "--prompt", "abc", "--max-new-tokens", "2"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let mut v: Vec<String> =
+            ["generate", "--device", "cpu", "--weights", "f32", "--model", m, "--prompt", "abc", "--max-new-tokens", "2"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
         v.extend(extra.iter().map(|s| s.to_string()));
         v
     };
@@ -579,20 +594,26 @@ fn eval_outputs_and_flags_are_refused_by_name() {
     cli(&mut c, "--stop \"\"", gen(&["--stop", ""]), &["--stop"]);
     std::fs::remove_file(model_dir.join("tokenizer_config.json")).unwrap();
     cli(&mut c, "--chat without a template", gen(&["--chat"]), &["--chat"]);
-    cli(&mut c, "--adapter with a NaN", {
-        let d = root.join("nan-adapter");
-        write_adapter(&d, &["q_proj"], |_| {}, |t| t[0].2[0] = f32::INFINITY);
-        let mut v = gen(&[]);
-        v.extend(["--adapter".to_string(), d.display().to_string()]);
-        v
-    }, &["nan-adapter", "lora_A.weight", "inf"]);
+    cli(
+        &mut c,
+        "--adapter with a NaN",
+        {
+            let d = root.join("nan-adapter");
+            write_adapter(&d, &["q_proj"], |_| {}, |t| t[0].2[0] = f32::INFINITY);
+            let mut v = gen(&[]);
+            v.extend(["--adapter".to_string(), d.display().to_string()]);
+            v
+        },
+        &["nan-adapter", "lora_A.weight", "inf"],
+    );
     let data = root.join("data.jsonl");
     write_data(&data);
     let train = |extra: &[&str]| -> Vec<String> {
-        let mut v: Vec<String> = ["train", "--device", "cpu", "--model", m, "--data", data.to_str().unwrap(), "--out", root.join("run").to_str().unwrap()]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let mut v: Vec<String> =
+            ["train", "--device", "cpu", "--model", m, "--data", data.to_str().unwrap(), "--out", root.join("run").to_str().unwrap()]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
         v.extend(extra.iter().map(|s| s.to_string()));
         v
     };
@@ -625,10 +646,19 @@ fn eval_outputs_and_flags_are_refused_by_name() {
         // An earlier evaluation of this adapter, then the adapter retrained in place.
         std::fs::create_dir_all(&out).unwrap();
         std::fs::write(out.join("config.json"), serde_json::to_string_pretty(&ecfg(true)).unwrap()).unwrap();
-        std::fs::write(out.join("samples.jsonl"), "{\"task_id\": \"HumanEval/0\", \"sample\": 0, \"completion\": \"    pass\", \"finish\": \"eos\"}\n").unwrap();
+        std::fs::write(
+            out.join("samples.jsonl"),
+            "{\"task_id\": \"HumanEval/0\", \"sample\": 0, \"completion\": \"    pass\", \"finish\": \"eos\"}\n",
+        )
+        .unwrap();
         write_adapter(&adapter, &["q_proj"], |_| {}, |t| t[0].2[0] = 0.5);
         let run = |cfg: &EvalConfig| job::run(&dev, &model, &tok, &data_dir, &out, cfg, 1, &mut |_| {});
-        c.lib("eval after the adapter was retrained in place", &[&root], || run(&ecfg(true)), &["config.json", "other model or adapter files", "--out"]);
+        c.lib(
+            "eval after the adapter was retrained in place",
+            &[&root],
+            || run(&ecfg(true)),
+            &["config.json", "other model or adapter files", "--out"],
+        );
         c.lib("eval with other settings", &[&root], || run(&EvalConfig { samples: 2, ..ecfg(true) }), &["config.json", "samples: 1 -> 2"]);
         c.lib("eval --top-p 0", &[&root], || run(&EvalConfig { top_p: 0.0, ..ecfg(true) }), &["--top-p"]);
         c.lib("eval --samples 0", &[&root], || run(&EvalConfig { samples: 0, ..ecfg(true) }), &["--samples"]);
@@ -676,7 +706,10 @@ fn resume_writes_only_into_the_resumed_run_and_removes_leftovers() {
     let metrics = std::fs::read_to_string(b.join("metrics.jsonl")).unwrap();
     assert_eq!(metrics.lines().count(), 4, "{metrics}");
     // The resumed B ends where A ended: same data order, same updates.
-    let (ta, tb) = (std::fs::read(a.join("adapter/adapter_model.safetensors")).unwrap(), std::fs::read(b.join("adapter/adapter_model.safetensors")).unwrap());
+    let (ta, tb) = (
+        std::fs::read(a.join("adapter/adapter_model.safetensors")).unwrap(),
+        std::fs::read(b.join("adapter/adapter_model.safetensors")).unwrap(),
+    );
     assert_eq!(ta, tb, "the resumed run differs from the uninterrupted one");
     // keep_checkpoints = 3 by default: the run keeps step 2 and step 4 only (it wrote two).
     assert_eq!(checkpoint::list(&b.join("checkpoints")).unwrap().len(), 2);
@@ -689,7 +722,11 @@ fn examples_without_targets_are_skipped_and_counted() {
     let root = tmpdir("targets");
     let model_dir = good_model(&root.join("model"));
     let data = root.join("mixed.jsonl");
-    std::fs::write(&data, "{\"prompt\": \"abcdefghijklmnopqrstuvwxyz\", \"completion\": \"x\"}\n{\"prompt\": \"ab\", \"completion\": \"cd\"}\n").unwrap();
+    std::fs::write(
+        &data,
+        "{\"prompt\": \"abcdefghijklmnopqrstuvwxyz\", \"completion\": \"x\"}\n{\"prompt\": \"ab\", \"completion\": \"cd\"}\n",
+    )
+    .unwrap();
     let cfg = TrainConfig { max_len: 10, ..train_config(&model_dir, &data, &root.join("out")) };
     let mut tr = new_trainer(&cfg, None).unwrap();
     assert_eq!((tr.stats.examples, tr.stats.without_targets), (2, 1));

@@ -90,7 +90,10 @@ impl Tier {
             format!("{TIER_VAR}={value} is not a CPU tier: choose portable, avx2 or avx512 (this CPU runs {}), or unset it", supported())
         })?;
         if !tier.runs_here() {
-            return Err(format!("{TIER_VAR}={value}: this CPU cannot run that tier (it runs {}); unset {TIER_VAR} or choose one of those", supported()));
+            return Err(format!(
+                "{TIER_VAR}={value}: this CPU cannot run that tier (it runs {}); unset {TIER_VAR} or choose one of those",
+                supported()
+            ));
         }
         Ok(Some(tier))
     }

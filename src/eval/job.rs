@@ -151,7 +151,10 @@ pub fn run(
     if out.join("summary.json").exists() && !config_path.exists() {
         return Err(Error::InvalidArgument {
             flag: "--out",
-            detail: format!("{} holds another kind of result (summary.json without config.json: a perplexity run?); use another --out", out.display()),
+            detail: format!(
+                "{} holds another kind of result (summary.json without config.json: a perplexity run?); use another --out",
+                out.display()
+            ),
         });
     }
     std::fs::create_dir_all(out).map_err(io_at(out, "create"))?;
@@ -165,7 +168,8 @@ pub fn run(
         let (a, b) = (serde_json::to_value(&old).unwrap_or_default(), serde_json::to_value(cfg).unwrap_or_default());
         let mut changed = crate::train::config::json_differences(&a, &b, "");
         if changed.iter().all(|d| d.starts_with("provenance") || d.starts_with("model:")) && old.provenance.is_none() {
-            changed = vec!["provenance: the samples here do not record which model files they came from (an older flexlora wrote them)".into()];
+            changed =
+                vec!["provenance: the samples here do not record which model files they came from (an older flexlora wrote them)".into()];
         }
         if !changed.is_empty() {
             let stale = changed.iter().any(|d| d.starts_with("provenance"));

@@ -100,4 +100,3 @@ fn detach(model: &mut Model) -> Vec<(usize, Target, Lora)> {
     model.lora = None;
     pairs
 }
-

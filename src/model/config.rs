@@ -139,7 +139,9 @@ impl HfConfig {
         }
         // Values the forward pass would take at face value and compute garbage (or NaN) with.
         if let Some(act) = self.hidden_act.as_deref().filter(|a| !matches!(*a, "silu" | "swish")) {
-            return Err(bad(format!("hidden_act `{act}` is not supported: flexlora's MLP is SwiGLU with silu (the Llama/Qwen2 activation)")));
+            return Err(bad(format!(
+                "hidden_act `{act}` is not supported: flexlora's MLP is SwiGLU with silu (the Llama/Qwen2 activation)"
+            )));
         }
         if !(self.rms_norm_eps > 0.0 && self.rms_norm_eps.is_finite() && (self.rms_norm_eps as f32) > 0.0) {
             return Err(bad(format!("rms_norm_eps {} must be a small positive number (Llama uses 1e-5 or 1e-6)", self.rms_norm_eps)));

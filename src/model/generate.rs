@@ -24,10 +24,16 @@ impl Sampling {
     /// compares false everywhere and quietly meant greedy), top-p outside (0, 1].
     pub fn validate(&self) -> Result<()> {
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            return Err(Error::InvalidArgument { flag: "--temperature", detail: format!("{} must be a finite number >= 0 (0 is greedy)", self.temperature) });
+            return Err(Error::InvalidArgument {
+                flag: "--temperature",
+                detail: format!("{} must be a finite number >= 0 (0 is greedy)", self.temperature),
+            });
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(Error::InvalidArgument { flag: "--top-p", detail: format!("{} is outside (0, 1] (1 keeps every token)", self.top_p) });
+            return Err(Error::InvalidArgument {
+                flag: "--top-p",
+                detail: format!("{} is outside (0, 1] (1 keeps every token)", self.top_p),
+            });
         }
         Ok(())
     }
@@ -38,7 +44,10 @@ impl GenerateOptions {
     pub fn validate(&self) -> Result<()> {
         self.sampling.validate()?;
         if self.stop.iter().any(|s| s.is_empty()) {
-            return Err(Error::InvalidArgument { flag: "--stop", detail: "an empty stop string would end every sample before its first token".into() });
+            return Err(Error::InvalidArgument {
+                flag: "--stop",
+                detail: "an empty stop string would end every sample before its first token".into(),
+            });
         }
         Ok(())
     }

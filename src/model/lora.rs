@@ -146,7 +146,11 @@ pub fn check_finite(file: &str, tensor: &str, data: &[f32]) -> Result<()> {
         Some(i) => Err(Error::Weights {
             file: file.into(),
             tensor: tensor.into(),
-            detail: format!("element {i} of {} is {}; the file is damaged or was saved from a diverged run: use an intact copy", data.len(), data[i]),
+            detail: format!(
+                "element {i} of {} is {}; the file is damaged or was saved from a diverged run: use an intact copy",
+                data.len(),
+                data[i]
+            ),
         }),
     }
 }

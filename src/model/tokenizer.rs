@@ -74,10 +74,8 @@ impl Tokenizer {
         }
         let bad = |detail: &str| Err(Error::InvalidArgument { flag: "--chat", detail: detail.into() });
         match self.chat_template.as_deref() {
-            None => bad(
-                "the model has no chat template (tokenizer_config.json `chat_template`, GGUF `tokenizer.chat_template`); \
-                 drop --chat and write the prompt in the model's format",
-            ),
+            None => bad("the model has no chat template (tokenizer_config.json `chat_template`, GGUF `tokenizer.chat_template`); \
+                 drop --chat and write the prompt in the model's format"),
             Some(t) if !["<|im_start|>", "<|start_header_id|>", "[INST]"].iter().any(|m| t.contains(m)) => bad(
                 "the model's chat template is not a format flexlora knows (ChatML, Llama 3, Llama 2); drop --chat and write the prompt in \
                  the model's format",

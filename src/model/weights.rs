@@ -6,10 +6,10 @@ use std::collections::HashMap;
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::model::config::Config;
-use crate::model::lora::{Lora, LoraConfig};
-use crate::ops::quant_nf4::{self, Nf4Tensor};
 use crate::model::load::GgmlType;
+use crate::model::lora::{Lora, LoraConfig};
 use crate::ops::matmul_gguf::{self, GgufTensor};
+use crate::ops::quant_nf4::{self, Nf4Tensor};
 use crate::ops::{elementwise, matmul, matmul_nf4, matmul_q8::Q8Matrix, rope::RopeTables};
 use crate::tensor::Tensor;
 
@@ -205,7 +205,8 @@ impl Model {
     pub fn load(dev: &Device, cfg: Config, src: &mut dyn WeightSource, format: WeightFormat) -> Result<Model> {
         let extra = format!("model.layers.{}.input_layernorm.weight", cfg.layers);
         if src.contains(&extra) {
-            let detail = format!("the file has a layer {} but the config's num_hidden_layers is {}; fix the config", cfg.layers, cfg.layers);
+            let detail =
+                format!("the file has a layer {} but the config's num_hidden_layers is {}; fix the config", cfg.layers, cfg.layers);
             return Err(Error::Weights { file: src.origin(), tensor: extra, detail });
         }
         let take = |src: &mut dyn WeightSource, name: &str, shape: &[usize]| -> Result<Tensor> {
@@ -243,7 +244,9 @@ impl Model {
                         Weight::Gguf(GgufTensor::new(dev, &format!("{}: {name_w}", src.origin()), ty, &shape, &bytes)?)
                     }
                     (None, WeightFormat::F32) => Weight::F32(take(src, &name_w, &[rows, cols])?),
-                    (None, WeightFormat::Nf4 { blocksize }) => Weight::Nf4(quant_nf4::quantize(dev, &take(src, &name_w, &[rows, cols])?, blocksize)?),
+                    (None, WeightFormat::Nf4 { blocksize }) => {
+                        Weight::Nf4(quant_nf4::quantize(dev, &take(src, &name_w, &[rows, cols])?, blocksize)?)
+                    }
                     (None, WeightFormat::Auto) => Weight::Nf4(quant_nf4::quantize(dev, &take(src, &name_w, &[rows, cols])?, 64)?),
                 };
                 let bias = if bias { Some(take(src, &format!("{p}.{name}.bias"), &[rows])?) } else { None };

@@ -59,7 +59,10 @@ impl GgufTensor {
         let bad = |detail: String| Error::Weights { file: label.into(), tensor: "(GGUF blocks)".into(), detail };
         if !TYPES.contains(&ty) {
             let names: Vec<&str> = TYPES.iter().map(|t| t.name()).collect();
-            return Err(bad(format!("ggml type {ty} has no fused kernel (these do: {}); load with --weights nf4 or f32", names.join(", "))));
+            return Err(bad(format!(
+                "ggml type {ty} has no fused kernel (these do: {}); load with --weights nf4 or f32",
+                names.join(", ")
+            )));
         }
         let [n, k] = shape[..] else {
             return Err(bad(format!("shape {shape:?} is not a matrix [N, K]")));
@@ -111,7 +114,14 @@ fn swap_width(input: &Tensor, found: usize, want: usize, to: usize, w: &GgufTens
     if found != want || input.shape().is_empty() {
         return Err(Error::shape(
             OP,
-            format!("`{}` {:?} has width {found}, the {} weight `{}` [N, K] = {:?} needs {want}", input.label(), input.shape(), w.ty, w.blocks.label(), w.shape),
+            format!(
+                "`{}` {:?} has width {found}, the {} weight `{}` [N, K] = {:?} needs {want}",
+                input.label(),
+                input.shape(),
+                w.ty,
+                w.blocks.label(),
+                w.shape
+            ),
         ));
     }
     let mut shape = input.shape().to_vec();

@@ -185,7 +185,10 @@ impl Trainer {
             if total_steps < st.step {
                 return Err(Error::InvalidArgument {
                     flag: "--steps",
-                    detail: format!("the run has done {} steps already, more than the {total_steps} asked for; ask for at least {}", st.step, st.step),
+                    detail: format!(
+                        "the run has done {} steps already, more than the {total_steps} asked for; ask for at least {}",
+                        st.step, st.step
+                    ),
                 });
             }
         }
@@ -401,7 +404,8 @@ pub fn resume_settings(path: &Path) -> Result<Resume> {
 /// A new run needs an `out` that holds no run: a second run there would mix its checkpoints
 /// and metrics with the first one's (and `--resume` would then continue the wrong one).
 fn check_new_out(out: &Path) -> Result<()> {
-    let mut found: Vec<&str> = ["metrics.jsonl", "summary.json", "config.toml", "adapter"].into_iter().filter(|f| out.join(f).exists()).collect();
+    let mut found: Vec<&str> =
+        ["metrics.jsonl", "summary.json", "config.toml", "adapter"].into_iter().filter(|f| out.join(f).exists()).collect();
     if std::fs::read_dir(out.join("checkpoints")).is_ok_and(|mut d| d.next().is_some()) {
         found.push("checkpoints/");
     }
@@ -432,10 +436,15 @@ fn available_bytes(dev: &Device) -> Option<u64> {
 
 /// The adapter, its gradient and two optimizer moments, in bytes (f32), for `cfg.lora` on `model`.
 fn adapter_bytes(model: &Model, cfg: &TrainConfig) -> u64 {
-    let per_layer: u64 = cfg.lora.targets.iter().map(|&t| {
-        let s = model.linear(0, t).weight.shape();
-        (cfg.lora.rank * (s[0] + s[1])) as u64
-    }).sum();
+    let per_layer: u64 = cfg
+        .lora
+        .targets
+        .iter()
+        .map(|&t| {
+            let s = model.linear(0, t).weight.shape();
+            (cfg.lora.rank * (s[0] + s[1])) as u64
+        })
+        .sum();
     let copies = if cfg.optimizer == OptimizerKind::Sophia { 5 } else { 4 };
     per_layer * model.layers.len() as u64 * 4 * copies
 }
@@ -453,7 +462,13 @@ fn check_adapter_size(model: &Model, cfg: &TrainConfig) -> Result<()> {
         if cfg.lora.rank > most {
             return Err(Error::InvalidArgument {
                 flag: "--lora-rank",
-                detail: format!("{} is above {most}, the smaller side of {} [{}, {}]; use a rank of at most {most}", cfg.lora.rank, t.name(), s[0], s[1]),
+                detail: format!(
+                    "{} is above {most}, the smaller side of {} [{}, {}]; use a rank of at most {most}",
+                    cfg.lora.rank,
+                    t.name(),
+                    s[0],
+                    s[1]
+                ),
             });
         }
     }

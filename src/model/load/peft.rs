@@ -141,7 +141,9 @@ fn check_names<'a>(model: &Model, cfg: &LoraConfig, origin: &str, names: impl It
     let layer = first.split(".layers.").nth(1).and_then(|r| r.split('.').next()).and_then(|i| i.parse::<usize>().ok());
     let module = Target::ALL.into_iter().find(|t| first.contains(&format!(".{}.", t.module())));
     let why = match (layer, module) {
-        (Some(i), _) if i >= layers => format!("it is for layer {i}, but the model has {layers} layers (0-{}): the adapter was trained on another model", layers - 1),
+        (Some(i), _) if i >= layers => {
+            format!("it is for layer {i}, but the model has {layers} layers (0-{}): the adapter was trained on another model", layers - 1)
+        }
         (_, Some(t)) => format!(
             "its module {} is not in the config's target_modules ({}): the config and the weights do not match",
             t.name(),
@@ -152,7 +154,10 @@ fn check_names<'a>(model: &Model, cfg: &LoraConfig, origin: &str, names: impl It
     Err(Error::Weights {
         file: origin.into(),
         tensor: first.to_string(),
-        detail: format!("{why}{}", if unexpected.len() > 1 { format!(" ({} more such tensors)", unexpected.len() - 1) } else { String::new() }),
+        detail: format!(
+            "{why}{}",
+            if unexpected.len() > 1 { format!(" ({} more such tensors)", unexpected.len() - 1) } else { String::new() }
+        ),
     })
 }
 
@@ -191,7 +196,10 @@ mod native {
         let dir = if path.is_file() { path.parent().unwrap_or(Path::new(".")) } else { path };
         let cfg_path = dir.join(CONFIG_FILE);
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| {
-            config_err(&cfg_path.display().to_string(), format!("{e}; an adapter directory holds {CONFIG_FILE} and {WEIGHTS_FILE} as PEFT saves them"))
+            config_err(
+                &cfg_path.display().to_string(),
+                format!("{e}; an adapter directory holds {CONFIG_FILE} and {WEIGHTS_FILE} as PEFT saves them"),
+            )
         })?;
         let weights = dir.join(WEIGHTS_FILE);
         if !weights.exists() && dir.join("adapter_model.bin").exists() {
