@@ -6,6 +6,9 @@
 //! Cases call the library where the input reaches it through a library function, and run the
 //! built binary where the case is about a command-line flag.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -21,13 +24,6 @@ use flexlora::train::run::{self, Trainer};
 use flexlora::Device;
 
 type Tensors = Vec<(String, Vec<usize>, Vec<f32>)>;
-
-fn tmpdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("flexlora-corrupt-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 /// A tiny Llama whose linear weights quantize to NF4 (every matrix a multiple of 64 values).
 fn tiny_config() -> Config {
@@ -168,7 +164,7 @@ fn set(name: &'static str, v: serde_json::Value) -> impl FnOnce(&mut serde_json:
 
 #[test]
 fn corrupt_model_directories_are_refused_by_name() {
-    let root = tmpdir("models");
+    let root = support::tmpdir("corrupt", "models");
     let mut c = Corpus::new();
     let cfg = tiny_config();
     let w = random_weights(&cfg, 5);
@@ -313,7 +309,7 @@ fn write_adapter(dir: &Path, targets: &[&str], edit_cfg: impl FnOnce(&mut serde_
 
 #[test]
 fn corrupt_adapters_are_refused_by_name() {
-    let root = tmpdir("adapters");
+    let root = support::tmpdir("corrupt", "adapters");
     let model_dir = good_model(&root.join("model"));
     let mut c = Corpus::new();
     let attach = |dir: &Path| -> flexlora::Result<()> {
@@ -435,7 +431,7 @@ fn train(cfg: &TrainConfig, resume: Option<&Path>) -> flexlora::Result<run::Summ
 
 #[test]
 fn corrupt_training_inputs_and_checkpoints_are_refused_by_name() {
-    let root = tmpdir("train");
+    let root = support::tmpdir("corrupt", "train");
     let model_dir = good_model(&root.join("model"));
     let data = root.join("data.jsonl");
     write_data(&data);
@@ -554,21 +550,9 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-fn data_dir() -> Option<PathBuf> {
-    let d = std::env::var_os("FLEXLORA_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
-    if d.join("HumanEval.jsonl.gz").exists() {
-        return Some(d);
-    }
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but the datasets are missing at {}", d.display());
-    eprintln!("\n*** skipped: datasets not found at {} (set FLEXLORA_DATA) ***\n", d.display());
-    None
-}
-
 #[test]
 fn eval_outputs_and_flags_are_refused_by_name() {
-    let root = tmpdir("eval");
+    let root = support::tmpdir("corrupt", "eval");
     let model_dir = good_model(&root.join("model"));
     let adapter = root.join("adapter");
     write_adapter(&adapter, &["q_proj"], |_| {}, |_| {});
@@ -624,7 +608,7 @@ fn eval_outputs_and_flags_are_refused_by_name() {
     cli(&mut c, "train --batch-size 1000000000", train(&["--batch-size", "1000000000", "--steps", "1"]), &["--batch-size"]);
     cli(&mut c, "train --resume of no run", train(&["--resume", root.join("nothing").to_str().unwrap()]), &["nothing"]);
 
-    if let Some(data_dir) = data_dir() {
+    if let Some(data_dir) = support::data_dir("HumanEval.jsonl.gz") {
         let out = root.join("eval-out");
         let ecfg = |adapter_fp: bool| EvalConfig {
             model: format!("{m} + adapter {}", adapter.display()),
@@ -680,7 +664,7 @@ fn eval_outputs_and_flags_are_refused_by_name() {
 /// and leftover temporary checkpoint directories are removed when a run resumes.
 #[test]
 fn resume_writes_only_into_the_resumed_run_and_removes_leftovers() {
-    let root = tmpdir("copy");
+    let root = support::tmpdir("corrupt", "copy");
     let model_dir = good_model(&root.join("model"));
     let data = root.join("data.jsonl");
     write_data(&data);
@@ -719,7 +703,7 @@ fn resume_writes_only_into_the_resumed_run_and_removes_leftovers() {
 /// Examples left without a target are skipped and counted, not trained on as loss 0.
 #[test]
 fn examples_without_targets_are_skipped_and_counted() {
-    let root = tmpdir("targets");
+    let root = support::tmpdir("corrupt", "targets");
     let model_dir = good_model(&root.join("model"));
     let data = root.join("mixed.jsonl");
     std::fs::write(

@@ -7,6 +7,9 @@
 //! Datasets: FLEXLORA_DATA, else `../shared/data` beside the crate (skipped loudly without them,
 //! a failure under CI=true).
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::path::{Path, PathBuf};
 
 use flexlora::eval::tasks::MbppSplit;
@@ -41,33 +44,13 @@ fn bytes(s: &str) -> Vec<u32> {
     s.bytes().map(|b| 2 + b as u32).collect()
 }
 
-fn tmpdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("flexlora-train-data-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn data_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("FLEXLORA_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
-    if dir.join("mbpp.jsonl").is_file() {
-        return Some(dir);
-    }
-    let msg = format!("{} is missing; set FLEXLORA_DATA to the folder with the datasets", dir.join("mbpp.jsonl").display());
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "{msg}");
-    eprintln!("\n!!! SKIPPED: {msg}\n");
-    None
-}
-
 fn ex(prompt: &str, completion: &str) -> TextExample {
     TextExample { prompt: prompt.into(), completion: completion.into() }
 }
 
 #[test]
 fn mbpp_line_becomes_the_flex_template() {
-    let dir = tmpdir("mbpp");
+    let dir = support::tmpdir("train-data", "mbpp");
     // As in the real file: CRLF inside the code, extra fields, a task in the train split.
     let line = r#"{"text": "Write a function to add two numbers.", "code": "def add(a, b):\r\n  return a + b", "task_id": 700, "test_setup_code": "", "test_list": ["assert add(1, 2) == 3", "assert add(0, 0) == 0"], "challenge_test_list": []}"#;
     let other = r#"{"text": "Other.", "code": "x = 1", "task_id": 12, "test_setup_code": "", "test_list": ["assert x == 1"], "challenge_test_list": []}"#;
@@ -86,7 +69,7 @@ fn mbpp_line_becomes_the_flex_template() {
 
 #[test]
 fn mbpp_splits_on_the_real_file() {
-    let Some(dir) = data_dir() else { return };
+    let Some(dir) = support::data_dir("mbpp.jsonl") else { return };
     let n = |split| data::load(&Source::Mbpp { split }, &dir).unwrap();
     let (train, val, test) = (n(MbppSplit::Train), n(MbppSplit::Validation), n(MbppSplit::Test));
     assert_eq!((train.len(), val.len(), test.len()), (374, 90, 500));
@@ -104,7 +87,7 @@ fn mbpp_splits_on_the_real_file() {
 
 #[test]
 fn generic_jsonl_both_layouts_and_errors_name_file_and_line() {
-    let dir = tmpdir("jsonl");
+    let dir = support::tmpdir("train-data", "jsonl");
     let good = dir.join("good.jsonl");
     std::fs::write(&good, "{\"prompt\": \"p\", \"completion\": \"c\", \"id\": 3}\n\n{\"text\": \"t\"}\n").unwrap();
     assert_eq!(data::load(&Source::Jsonl(good), &dir).unwrap(), vec![ex("p", "c"), ex("", "t")]);
@@ -227,7 +210,7 @@ fn loader_is_deterministic_wraps_epochs_and_resumes_exactly() {
 /// tokenizes to the same ids as encoding each part alone.
 #[test]
 fn real_tokenizer_on_mbpp_train() {
-    let Some(dir) = data_dir() else { return };
+    let Some(dir) = support::data_dir("mbpp.jsonl") else { return };
     let path = std::env::var_os("FLEXLORA_MODEL_GGUF")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf"));

@@ -1,29 +1,15 @@
 //! A small end-to-end `flexlora eval` run on a tiny random model: generation, the sandbox and
 //! scoring produce well-formed result files, and a second run reuses the finished samples.
 
-use std::path::PathBuf;
-
 use crate::common::*;
 use crate::formats::{tmpdir, write_hf};
 use crate::forward::{random_weights, tiny_config};
 use flexlora::eval::job::{self, EvalConfig, TaskSet};
 use flexlora::model::{load, Arch, WeightFormat};
 
-fn data_dir() -> Option<PathBuf> {
-    let d = std::env::var_os("FLEXLORA_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
-    if d.join("HumanEval.jsonl.gz").exists() {
-        return Some(d);
-    }
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but the datasets are missing at {}", d.display());
-    eprintln!("\n*** skipped: datasets not found at {} (set FLEXLORA_DATA) ***\n", d.display());
-    None
-}
-
 #[test]
 fn tiny_model_eval_writes_well_formed_results_and_resumes() {
-    let Some(data) = data_dir() else { return };
+    let Some(data) = crate::support::data_dir("HumanEval.jsonl.gz") else { return };
     // Room for HumanEval's longest prompts.
     let cfg = flexlora::model::Config { max_pos: 1024, ..tiny_config(Arch::Llama) };
     let dir = tmpdir("eval");

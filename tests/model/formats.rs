@@ -11,10 +11,7 @@ use flexlora::model::tokenizer::gpt2_tokenizer_json;
 use flexlora::model::{weights::tensor_names, Arch, Config, MemorySource, WeightFormat};
 
 pub fn tmpdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("flexlora-formats-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    crate::support::tmpdir("formats", tag)
 }
 
 /// A byte-level vocabulary of `n` tokens: two specials, then single printable characters.

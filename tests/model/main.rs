@@ -3,6 +3,8 @@
 #[path = "../ops/common.rs"]
 #[allow(dead_code)]
 mod common;
+#[path = "../support/mod.rs"]
+mod support;
 
 mod eval_job;
 mod eval_ppl;

@@ -1,0 +1,26 @@
+//! Helpers shared by the integration-test crates (included with `#[path]`; a folder, so cargo
+//! does not build it as a test of its own).
+
+use std::path::PathBuf;
+
+/// A fresh, empty temporary directory for one test (`prefix` names the crate, `tag` the test).
+pub fn tmpdir(prefix: &str, tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("flexlora-{prefix}-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// The datasets directory ($FLEXLORA_DATA, else ../shared/data) when it holds `needed`. Without
+/// it a test skips loudly, and under CI=true it fails: CI never skips a test silently.
+pub fn data_dir(needed: &str) -> Option<PathBuf> {
+    let d = std::env::var_os("FLEXLORA_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
+    if d.join(needed).is_file() {
+        return Some(d);
+    }
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but {} is missing (set FLEXLORA_DATA)", d.join(needed).display());
+    eprintln!("\n*** skipped: {} not found (set FLEXLORA_DATA to the folder with the datasets) ***\n", d.join(needed).display());
+    None
+}
