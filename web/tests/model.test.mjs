@@ -16,6 +16,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
+import { chromiumArgs, chromiumPath } from './harness.mjs';
 
 const repo = resolve(fileURLToPath(new URL('../..', import.meta.url)));
 const bin = process.env.FLEXLORA_BIN ?? join(repo, 'target/debug/flexlora');
@@ -116,12 +117,7 @@ before(async () => {
   assert.notDeepEqual(native.one, native.base, 'adapter one does not change the greedy tokens: the switch test could not fail');
   assert.notDeepEqual(native.two, native.one, 'the two adapters give the same tokens: the switch test could not fail');
   url = await startServer([a1, a2]);
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
-    ignoreDefaultArgs: ['--headless'],
-    args: ['--headless=new', '--no-sandbox', '--enable-unsafe-webgpu', '--disable-background-networking',
-      '--disable-component-update', '--disable-sync', '--no-first-run'],
-  });
+  browser = await chromium.launch({ executablePath: chromiumPath, ignoreDefaultArgs: ['--headless'], args: chromiumArgs });
 });
 
 after(async () => {
