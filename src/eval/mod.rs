@@ -18,6 +18,11 @@ pub mod passk;
 pub mod ppl;
 #[cfg(target_os = "linux")]
 pub mod sandbox;
+#[cfg(target_os = "linux")]
+pub mod score;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod shard;
+pub mod task_file;
 pub mod tasks;
 
 #[cfg(target_os = "linux")]

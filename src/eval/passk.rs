@@ -3,7 +3,7 @@
 //!
 //! Owns arithmetic only: it never runs programs and never reads files.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
@@ -34,7 +34,7 @@ pub struct TaskCount {
     pub c: usize,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PassAtK {
     pub k: usize,
     /// Mean over tasks of the per-task estimate.
@@ -42,7 +42,7 @@ pub struct PassAtK {
 }
 
 /// A benchmark score.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     pub tasks: usize,
     /// One entry per k in `REPORTED_K` with k <= the smallest n over tasks.

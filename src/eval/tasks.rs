@@ -134,6 +134,11 @@ pub struct Task {
     pub language: Language,
     /// What the model is asked to continue.
     pub prompt: String,
+    /// Whitespace cut from the end of the dataset's prompt (see `trim_prompt`). Completions
+    /// written by other tools continue the dataset's prompt, so `eval --samples` (`score`) puts
+    /// this back in front of them. Completions from flexlora's own samples.jsonl work too: they
+    /// start on a new line, and an extra blank line changes nothing in Python or Java.
+    pub prompt_tail: String,
     /// A completion ends before the first of these (see `truncate_at_stop`).
     pub stop: Vec<String>,
     pub entry_point: String,
@@ -143,6 +148,9 @@ pub struct Task {
     pub program_prefix: String,
     /// Program text placed after the completion: the tests.
     pub program_suffix: String,
+    /// Java: close the braces the completion left open before the tests (MBXP tests start outside
+    /// the class). False where the tests close the method and class themselves (MultiPL-E).
+    pub close_java_braces: bool,
 }
 
 /// A complete program ready for the sandbox.
@@ -176,7 +184,7 @@ impl Task {
         let mut source = String::with_capacity(self.program_prefix.len() + completion.len() + self.program_suffix.len() + 8);
         source.push_str(&self.program_prefix);
         source.push_str(completion);
-        if self.language == Language::Java {
+        if self.language == Language::Java && self.close_java_braces {
             for _ in 0..open_braces(&source) {
                 source.push_str("\n}");
             }
@@ -255,7 +263,7 @@ pub(crate) fn parse_jsonl<T: for<'de> Deserialize<'de>>(text: &str, path: &str) 
         .collect()
 }
 
-fn strings(s: &[&str]) -> Vec<String> {
+pub(crate) fn strings(s: &[&str]) -> Vec<String> {
     s.iter().map(|s| s.to_string()).collect()
 }
 
@@ -264,18 +272,22 @@ fn strings(s: &[&str]) -> Vec<String> {
 /// stay byte for byte what the dataset gives. A prompt ending in "\n" splits the newline from the
 /// next line's indentation, a token boundary the model has rarely seen: small models then start a
 /// new top-level statement instead of the body (SmolLM2-135M did on 127 of 164 HumanEval tasks).
-fn trim_prompt(prompt: String, canonical: Option<String>) -> (String, Option<String>) {
+/// Returns the trimmed prompt, the canonical solution and the whitespace cut off.
+pub(crate) fn trim_prompt(prompt: String, canonical: Option<String>) -> (String, Option<String>, String) {
     let trimmed = prompt.trim_end().to_string();
-    let canonical = canonical.map(|c| format!("{}{c}", &prompt[trimmed.len()..]));
-    (trimmed, canonical)
+    let tail = prompt[trimmed.len()..].to_string();
+    let canonical = canonical.map(|c| format!("{tail}{c}"));
+    (trimmed, canonical, tail)
 }
 
 /// HumanEval: the model completes the function body after the prompt.
 pub fn parse_humaneval(text: &str, path: &str) -> Result<Vec<Task>> {
     let records: Vec<HumanEvalRecord> = parse_jsonl(text, path)?;
     let tasks = records.into_iter().map(|r| {
-        let (prompt, canonical_solution) = trim_prompt(r.prompt, Some(r.canonical_solution));
+        let (prompt, canonical_solution, prompt_tail) = trim_prompt(r.prompt, Some(r.canonical_solution));
         Task {
+            prompt_tail,
+            close_java_braces: true,
             program_suffix: format!("\n{}\ncheck({})\n", r.test, r.entry_point),
             program_prefix: prompt.clone(),
             id: r.task_id,
@@ -293,8 +305,10 @@ pub fn parse_humaneval(text: &str, path: &str) -> Result<Vec<Task>> {
 pub fn parse_mbxp(text: &str, path: &str) -> Result<Vec<Task>> {
     let records: Vec<MbxpRecord> = parse_jsonl(text, path)?;
     let tasks = records.into_iter().map(|r| {
-        let (prompt, canonical_solution) = trim_prompt(r.prompt, r.canonical_solution);
+        let (prompt, canonical_solution, prompt_tail) = trim_prompt(r.prompt, r.canonical_solution);
         Task {
+            prompt_tail,
+            close_java_braces: true,
             program_prefix: prompt.clone(),
             program_suffix: r.test,
             id: r.task_id,
@@ -343,6 +357,8 @@ pub fn parse_mbpp(text: &str, path: &str, split: MbppSplit, style: MbppPrompt) -
             id: format!("MBPP/{}", r.task_id),
             language: Language::Python,
             prompt,
+            prompt_tail: String::new(),
+            close_java_braces: true,
             stop,
             entry_point: mbpp_entry_point(&r.test_list, &r.code),
             canonical_solution: Some(r.code.clone()),

@@ -261,6 +261,9 @@ pub fn parse(text: &str, file: &Path, spec_dir: &Path) -> Result<Spec> {
         if e.samples == 0 {
             return Err(err(format!("{key}: `samples` must be at least 1")));
         }
+        if e.task == TaskSet::File {
+            return Err(err(format!("{key}: task `file` is not supported in experiments; use humaneval, mbpp, mbjp or humaneval-java")));
+        }
         let ids = e.ids.as_deref().map(IdRange::parse).transpose().map_err(|x| err(format!("{key}: `ids`: {x}")))?;
         evals.push(EvalSet {
             name: e.name.clone(),
@@ -278,6 +281,8 @@ pub fn parse(text: &str, file: &Path, spec_dir: &Path) -> Result<Spec> {
                 flex_template: e.flex_template,
                 protocol: PROTOCOL,
                 provenance: None, // set by the runner, which knows the model and adapter files
+                task_file: None,
+                shard: None,
             },
         });
     }
@@ -527,7 +532,7 @@ pub fn mbpp_range(cfg: &EvalConfig) -> Option<IdRange> {
     let all = match cfg.task {
         TaskSet::Mbpp => split_range(MbppSplit::Test),
         TaskSet::Mbjp => split_range(MbppSplit::All),
-        TaskSet::Humaneval | TaskSet::HumanevalJava => return None,
+        TaskSet::Humaneval | TaskSet::HumanevalJava | TaskSet::File => return None,
     };
     Some(match cfg.ids {
         None => all,
@@ -541,5 +546,6 @@ pub fn task_name(t: TaskSet) -> &'static str {
         TaskSet::Mbpp => "MBPP",
         TaskSet::Mbjp => "MBJP",
         TaskSet::HumanevalJava => "HumanEval-Java",
+        TaskSet::File => "task file",
     }
 }
