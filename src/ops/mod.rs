@@ -6,6 +6,7 @@
 //! returns what backward needs (RMSNorm's `rstd`, attention's `lse`, cross-entropy's `lse`).
 
 pub mod attention;
+pub mod contract;
 pub mod cross_entropy;
 pub mod dequant_dx;
 pub mod elementwise;
