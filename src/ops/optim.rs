@@ -10,7 +10,7 @@ use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::ops::contract::{params, read, write, Entry};
 use crate::ops::cross_entropy::IGNORE;
-// PCG hash (Jarzynski and Olano 2020), the kernel's `pcg`; dropout masks use the same function.
+// PCG hash (Jarzynski and Olano 2020), the kernel's `pcg_hash`; dropout masks use the same function.
 use crate::ops::elementwise::hash as pcg;
 use crate::ops::groups;
 use crate::shaders;
