@@ -22,9 +22,11 @@ struct Params {
 
 override WG: u32 = 256u;
 
+// shared: index_1d (a copy WGSL forces; tests/kernel_contracts.rs keeps the copies identical)
 fn index(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
     return (wid.y * nwg.x + wid.x) * WG + lid.x;
 }
+// end shared: index_1d
 
 @compute @workgroup_size(WG)
 fn add(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
@@ -52,11 +54,13 @@ fn add_bias(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
 }
 
 // PCG output permutation of one LCG step; src/ops/elementwise.rs `hash` is the same function.
+// shared: pcg_hash (a copy WGSL forces; tests/kernel_contracts.rs keeps the copies identical)
 fn pcg_hash(v: u32) -> u32 {
     let state = v * 747796405u + 2891336453u;
     let word = ((state >> ((state >> 28u) + 4u)) ^ state) * 277803737u;
     return (word >> 22u) ^ word;
 }
+// end shared: pcg_hash
 
 @compute @workgroup_size(WG)
 fn dropout(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {

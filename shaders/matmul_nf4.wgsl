@@ -39,18 +39,21 @@ struct Params {
 @group(0) @binding(3) var<storage, read> x4: array<vec4<f32>>; // forward: x [T, K]
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;  // forward: y [T, N]
 
+// shared: nf4_codebook (a copy WGSL forces; tests/kernel_contracts.rs keeps the copies identical)
 const CODE_BITS = array<u32, 16>(
     0xbf800000u, 0xbf3239b1u, 0xbf066b30u, 0xbeca32a0u, 0xbe91a24du, 0xbe3d353fu, 0xbdba7871u, 0x00000000u,
     0x3da2faffu, 0x3e24cae3u, 0x3e7c04ddu, 0x3ead033au, 0x3ee1a4b8u, 0x3f1007abu, 0x3f3913b3u, 0x3f800000u,
 );
 
-override UT: u32 = 32u; // tokens per workgroup (`forward`, `backward_dx`), at most UT_MAX
-const UT_MAX: u32 = 32u;
-override LX: u32 = 64u; // invocations per workgroup
-
+// The code in bits [shift, shift + 4) of `word`, as f32.
 fn code(word: u32, shift: u32) -> f32 {
     return bitcast<f32>(CODE_BITS[(word >> shift) & 15u]);
 }
+// end shared: nf4_codebook
+
+override UT: u32 = 32u; // tokens per workgroup (`forward`, `backward_dx`), at most UT_MAX
+const UT_MAX: u32 = 32u;
+override LX: u32 = 64u; // invocations per workgroup
 
 // The 8 weights of one word, scaled: element 2i is the high nibble of byte i (little-endian).
 fn unpack_lo(word: u32, s: f32) -> vec4<f32> {

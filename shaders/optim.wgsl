@@ -53,31 +53,32 @@ struct SampleParams {
 @group(0) @binding(0) var<uniform> reduce_p: ReduceParams;
 @group(0) @binding(0) var<uniform> sample_p: SampleParams;
 
-// adamw: g, then p, m, v updated in place
-@group(0) @binding(1) var<storage, read> g: array<f32>;              // [N]
-@group(0) @binding(2) var<storage, read_write> param: array<f32>;    // [N]
-@group(0) @binding(3) var<storage, read_write> m: array<f32>;        // [N]
-@group(0) @binding(4) var<storage, read_write> v: array<f32>;        // [N]
-// sophia: g, h, then p and m in place
-@group(0) @binding(2) var<storage, read> h: array<f32>;              // [N]
-@group(0) @binding(3) var<storage, read_write> sophia_param: array<f32>; // [N]
-@group(0) @binding(4) var<storage, read_write> sophia_m: array<f32>; // [N]
+// Each storage binding number has one buffer and one meaning in this file (binding 0 is the
+// entry point's own params struct); an entry point binds the subset it uses.
+// adamw: g, then param, m, v updated in place; sophia: g and h, then param and m in place.
+@group(0) @binding(1) var<storage, read> g: array<f32>;               // [N]
+@group(0) @binding(2) var<storage, read_write> param: array<f32>;     // [N]
+@group(0) @binding(3) var<storage, read_write> m: array<f32>;         // [N]
+@group(0) @binding(4) var<storage, read_write> v: array<f32>;         // [N] adamw
+@group(0) @binding(5) var<storage, read> h: array<f32>;               // [N] sophia
 // sophia_hessian: ghat, then h in place
-@group(0) @binding(1) var<storage, read> ghat: array<f32>;           // [N]
-@group(0) @binding(2) var<storage, read_write> h_ema: array<f32>;    // [N]
+@group(0) @binding(6) var<storage, read> ghat: array<f32>;            // [N]
+@group(0) @binding(7) var<storage, read_write> h_ema: array<f32>;     // [N]
 // reduce: x -> partials[offset + workgroup]
-@group(0) @binding(1) var<storage, read> x: array<f32>;              // [N]
-@group(0) @binding(2) var<storage, read_write> partials: array<f32>; // [workgroups of all passes]
+@group(0) @binding(8) var<storage, read> x: array<f32>;               // [N]
+@group(0) @binding(9) var<storage, read_write> partials: array<f32>;  // [workgroups of all passes]
 // sample_labels
-@group(0) @binding(1) var<storage, read> logits: array<f32>;         // [N, V]
-@group(0) @binding(2) var<storage, read> targets: array<u32>;        // [N]
-@group(0) @binding(3) var<storage, read_write> labels: array<u32>;   // [N]
+@group(0) @binding(10) var<storage, read> logits: array<f32>;         // [N, V]
+@group(0) @binding(11) var<storage, read> targets: array<u32>;        // [N]
+@group(0) @binding(12) var<storage, read_write> labels: array<u32>;   // [N]
 
 override WG: u32 = 256u;
 
+// shared: index_1d (a copy WGSL forces; tests/kernel_contracts.rs keeps the copies identical)
 fn index(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
     return (wid.y * nwg.x + wid.x) * WG + lid.x;
 }
+// end shared: index_1d
 
 // PyTorch's AdamW: decay the weight first, then the bias-corrected Adam step with eps outside
 // the square root.
@@ -101,10 +102,10 @@ fn sophia(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     let i = index(wid, nwg, lid);
     if i >= sophia_p.n { return; }
     let gi = sophia_p.grad_scale * g[i];
-    let mi = sophia_p.beta1 * sophia_m[i] + (1.0 - sophia_p.beta1) * gi;
-    sophia_m[i] = mi;
+    let mi = sophia_p.beta1 * m[i] + (1.0 - sophia_p.beta1) * gi;
+    m[i] = mi;
     let ratio = clamp(mi / max(sophia_p.rho * h[i], sophia_p.eps), -1.0, 1.0);
-    sophia_param[i] = sophia_param[i] * sophia_p.decay - sophia_p.lr * ratio;
+    param[i] = param[i] * sophia_p.decay - sophia_p.lr * ratio;
 }
 
 @compute @workgroup_size(WG)
@@ -148,11 +149,13 @@ fn reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
 
 // PCG hash (Jarzynski and Olano 2020); u32 arithmetic wraps, as in the Rust twin
 // (`ops::elementwise::hash`; elementwise.wgsl has the same function: WGSL has no includes).
-fn pcg(x: u32) -> u32 {
-    let state = x * 747796405u + 2891336453u;
+// shared: pcg_hash (a copy WGSL forces; tests/kernel_contracts.rs keeps the copies identical)
+fn pcg_hash(v: u32) -> u32 {
+    let state = v * 747796405u + 2891336453u;
     let word = ((state >> ((state >> 28u) + 4u)) ^ state) * 277803737u;
     return (word >> 22u) ^ word;
 }
+// end shared: pcg_hash
 
 // Uniform in (0, 1) from 23 hash bits: (k + 1/2) / 2^23 is exact in f32, so both devices see the
 // same u, never 0 or 1.
@@ -175,11 +178,11 @@ fn sample_labels(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     let row = wid.y * nwg.x + wid.x;
     if row >= sample_p.rows { return; }
     let base = row * sample_p.vocab;
-    let row_key = pcg(pcg(sample_p.seed) ^ row);
+    let row_key = pcg_hash(pcg_hash(sample_p.seed) ^ row);
     var bv = -3.0e38;
     var bi = sample_p.ignore;
     for (var t = lid.x; t < sample_p.vocab; t += WG) {
-        let u = unit_interval(pcg(row_key ^ t));
+        let u = unit_interval(pcg_hash(row_key ^ t));
         let val = logits[base + t] - log(-log(u));
         if beats(val, t, bv, bi) {
             bv = val;

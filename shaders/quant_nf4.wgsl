@@ -28,10 +28,18 @@ struct Params {
 
 // bitsandbytes' codebook and the f32 midpoints (code[i] + code[i+1]) / 2, as bit patterns so no
 // decimal literal can round differently from nf4::NF4_CODE / NF4_MIDPOINTS.
+// shared: nf4_codebook (a copy WGSL forces; tests/kernel_contracts.rs keeps the copies identical)
 const CODE_BITS = array<u32, 16>(
     0xbf800000u, 0xbf3239b1u, 0xbf066b30u, 0xbeca32a0u, 0xbe91a24du, 0xbe3d353fu, 0xbdba7871u, 0x00000000u,
     0x3da2faffu, 0x3e24cae3u, 0x3e7c04ddu, 0x3ead033au, 0x3ee1a4b8u, 0x3f1007abu, 0x3f3913b3u, 0x3f800000u,
 );
+
+// The code in bits [shift, shift + 4) of `word`, as f32.
+fn code(word: u32, shift: u32) -> f32 {
+    return bitcast<f32>(CODE_BITS[(word >> shift) & 15u]);
+}
+// end shared: nf4_codebook
+
 const MID_BITS = array<u32, 15>(
     0xbf591cd8u, 0xbf1c5270u, 0xbeeb8480u, 0xbeadea76u, 0xbe703cecu, 0xbe0d38bcu, 0xbd3a7871u, 0x3d22faffu,
     0x3df64862u, 0x3e5067e0u, 0x3e9582d4u, 0x3ec753f9u, 0x3f006d04u, 0x3f248dafu, 0x3f5c89dau,
@@ -117,7 +125,7 @@ fn dequantize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
         let e = wi * 8u + j;
         if e < p.n {
             let shift = (j / 2u) * 8u + select(0u, 4u, j % 2u == 0u);
-            out[e] = bitcast<f32>(CODE_BITS[(word >> shift) & 15u]) * scale;
+            out[e] = code(word, shift) * scale;
         }
     }
 }

@@ -46,9 +46,11 @@ const MAX_R: u32 = 16u;
 
 var<workgroup> part: array<f32, WG>;
 
+// shared: index_1d (a copy WGSL forces; tests/kernel_contracts.rs keeps the copies identical)
 fn index(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
     return (wid.y * nwg.x + wid.x) * WG + lid.x;
 }
+// end shared: index_1d
 
 fn cmul(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
     return vec2<f32>(a.x * b.x - a.y * b.y, a.x * b.y + a.y * b.x);

@@ -7,23 +7,24 @@
 //! Backward, with p_ij = exp(s_ij - lse_i), delta_i = dout_i·o_i, ds_ij = p_ij (dout_i·v_j - delta_i):
 //!   dq_i = scale Σ_j ds_ij k_j,  dk_j = scale Σ_i ds_ij q_i,  dv_j = Σ_i p_ij dout_i.
 
-use crate::device::{cpu, gpu::Kernel, Device};
+use crate::device::{cpu, Device};
 use crate::error::{Error, Result};
+use crate::ops::contract::{params, read, write, Entry};
 use crate::ops::groups;
 use crate::shaders;
 use crate::tensor::{check_shape, DType, Tensor};
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    b: u32,
-    t: u32,
-    s: u32,
-    h: u32,
-    kv: u32,
-    d: u32,
-    scale: f32,
-    s_cap: u32,
+params! {
+    struct Params {
+        b: u32,
+        t: u32,
+        s: u32,
+        h: u32,
+        kv: u32,
+        d: u32,
+        scale: f32,
+        s_cap: u32,
+    }
 }
 
 const WG: u32 = 64;
@@ -70,9 +71,24 @@ impl Dims {
     }
 }
 
-fn kernel(entry: &'static str) -> Kernel {
-    Kernel { shader: &shaders::ATTENTION, entry }
-}
+const SHARED: &[(&str, u32)] = &[("WG", WG), ("D_MAX", D_MAX as u32)];
+
+pub(crate) static FORWARD: Entry<Params, 5> =
+    Entry::new(&shaders::ATTENTION, "forward", [read(1, "q"), read(2, "k"), read(3, "v"), write(4, "o"), write(5, "lse_out")], SHARED);
+pub(crate) static BACKWARD_DELTA: Entry<Params, 3> =
+    Entry::new(&shaders::ATTENTION, "backward_delta", [read(1, "o_in"), read(2, "dout_d"), write(3, "delta_out")], SHARED);
+pub(crate) static BACKWARD_DQ: Entry<Params, 7> = Entry::new(
+    &shaders::ATTENTION,
+    "backward_dq",
+    [read(1, "q"), read(2, "k"), read(3, "v"), read(4, "dout"), read(5, "lse"), read(6, "delta"), write(7, "dq")],
+    SHARED,
+);
+pub(crate) static BACKWARD_DKV: Entry<Params, 8> = Entry::new(
+    &shaders::ATTENTION,
+    "backward_dkv",
+    [read(1, "q"), read(2, "k"), read(3, "v"), read(4, "dout"), read(5, "lse"), read(6, "delta"), write(7, "dk"), write(8, "dv")],
+    SHARED,
+);
 
 /// -> (o [B*T, H*D], lse [B, H, T]).
 pub fn forward(dev: &Device, q: &Tensor, k: &Tensor, v: &Tensor, dims: Dims) -> Result<(Tensor, Tensor)> {
@@ -83,8 +99,8 @@ pub fn forward(dev: &Device, q: &Tensor, k: &Tensor, v: &Tensor, dims: Dims) -> 
     match dev {
         Device::Cpu(_) => cpu_forward(q.host_f32(OP)?, k.host_f32(OP)?, v.host_f32(OP)?, o.host_f32_mut(OP)?, lse.host_f32_mut(OP)?, dims),
         Device::Gpu(g) => {
-            let bufs = [(1, q.bind(OP)?), (2, k.bind(OP)?), (3, v.bind(OP)?), (4, o.bind(OP)?), (5, lse.bind(OP)?)];
-            g.dispatch(kernel("forward"), &[("WG", WG)], &dims.params(), &bufs, groups(g, b * h * t, WG))?;
+            let bufs = [q.bind(OP)?, k.bind(OP)?, v.bind(OP)?, o.bind(OP)?, lse.bind(OP)?];
+            FORWARD.dispatch(g, &[("WG", WG)], &dims.params(), bufs, groups(g, b * h * t, WG))?;
         }
     }
     Ok((o, lse))
@@ -120,21 +136,12 @@ pub fn backward(
             let params = dims.params();
             let c = &[("WG", WG)];
             let delta = Tensor::zeros(dev, "attention.delta", &[b, h, t], DType::F32);
-            g.dispatch(
-                kernel("backward_delta"),
-                c,
-                &params,
-                &[(1, o.bind(OP)?), (2, dout.bind(OP)?), (3, delta.bind(OP)?)],
-                groups(g, b * h * t, WG),
-            )?;
-            let inputs =
-                [(1, q.bind(OP)?), (2, k.bind(OP)?), (3, v.bind(OP)?), (4, dout.bind(OP)?), (5, lse.bind(OP)?), (6, delta.bind(OP)?)];
-            let mut bufs = inputs.to_vec();
-            bufs.push((7, dq.bind(OP)?));
-            g.dispatch(kernel("backward_dq"), c, &params, &bufs, groups(g, b * h * t, WG))?;
-            let mut bufs = inputs.to_vec();
-            bufs.extend([(7, dk.bind(OP)?), (8, dv.bind(OP)?)]);
-            g.dispatch(kernel("backward_dkv"), c, &params, &bufs, groups(g, b * kv * s, WG))?;
+            let bufs = [o.bind(OP)?, dout.bind(OP)?, delta.bind(OP)?];
+            BACKWARD_DELTA.dispatch(g, c, &params, bufs, groups(g, b * h * t, WG))?;
+            let (q, k, v, dout, lse, delta) = (q.bind(OP)?, k.bind(OP)?, v.bind(OP)?, dout.bind(OP)?, lse.bind(OP)?, delta.bind(OP)?);
+            BACKWARD_DQ.dispatch(g, c, &params, [q, k, v, dout, lse, delta, dq.bind(OP)?], groups(g, b * h * t, WG))?;
+            let bufs = [q, k, v, dout, lse, delta, dk.bind(OP)?, dv.bind(OP)?];
+            BACKWARD_DKV.dispatch(g, c, &params, bufs, groups(g, b * kv * s, WG))?;
         }
     }
     Ok((dq, dk, dv))

@@ -2,19 +2,20 @@
 //! `shaders/cross_entropy.wgsl`. Forward gives per-row losses (0 on ignored rows) and the row
 //! log-sum-exp; backward takes a `scale` = d(total)/d(row loss), e.g. 1/(counted rows) for a mean.
 
-use crate::device::{cpu, gpu::Kernel, Device};
+use crate::device::{cpu, Device};
 use crate::error::Result;
+use crate::ops::contract::{params, read, write, Entry};
 use crate::ops::groups;
 use crate::shaders;
 use crate::tensor::{check_shape, dims2, DType, Tensor};
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    rows: u32,
-    vocab: u32,
-    ignore: u32,
-    scale: f32,
+params! {
+    struct Params {
+        rows: u32,
+        vocab: u32,
+        ignore: u32,
+        scale: f32,
+    }
 }
 
 const WG: u32 = 256;
@@ -22,9 +23,12 @@ const OP: &str = "cross_entropy";
 /// Targets equal to this are ignored (PyTorch's -100 as an unsigned id).
 pub const IGNORE: u32 = u32::MAX;
 
-fn kernel(entry: &'static str) -> Kernel {
-    Kernel { shader: &shaders::CROSS_ENTROPY, entry }
-}
+const SHARED: &[(&str, u32)] = &[("WG", WG)];
+
+pub(crate) static FORWARD: Entry<Params, 4> =
+    Entry::new(&shaders::CROSS_ENTROPY, "forward", [read(1, "logits"), read(2, "targets"), write(3, "loss"), write(4, "lse_out")], SHARED);
+pub(crate) static BACKWARD: Entry<Params, 4> =
+    Entry::new(&shaders::CROSS_ENTROPY, "backward", [read(1, "logits"), read(2, "targets"), read(3, "lse"), write(4, "dlogits")], SHARED);
 
 /// logits [N, V], targets [N] (u32, `IGNORE` to skip) -> (loss [N], lse [N]).
 pub fn forward(dev: &Device, logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> {
@@ -37,8 +41,8 @@ pub fn forward(dev: &Device, logits: &Tensor, targets: &Tensor) -> Result<(Tenso
         Device::Cpu(_) => cpu_forward(logits.host_f32(OP)?, targets.host_u32(OP)?, loss.host_f32_mut(OP)?, lse.host_f32_mut(OP)?, vocab),
         Device::Gpu(g) => {
             let params = Params { rows: rows as u32, vocab: vocab as u32, ignore: IGNORE, scale: 1.0 };
-            let bufs = [(1, logits.bind(OP)?), (2, targets.bind(OP)?), (3, loss.bind(OP)?), (4, lse.bind(OP)?)];
-            g.dispatch(kernel("forward"), &[("WG", WG)], &params, &bufs, groups(g, rows, 1))?;
+            let bufs = [logits.bind(OP)?, targets.bind(OP)?, loss.bind(OP)?, lse.bind(OP)?];
+            FORWARD.dispatch(g, &[("WG", WG)], &params, bufs, groups(g, rows, 1))?;
         }
     }
     Ok((loss, lse))
@@ -57,8 +61,8 @@ pub fn backward(dev: &Device, logits: &Tensor, targets: &Tensor, lse: &Tensor, s
         }
         Device::Gpu(g) => {
             let params = Params { rows: rows as u32, vocab: vocab as u32, ignore: IGNORE, scale };
-            let bufs = [(1, logits.bind(OP)?), (2, targets.bind(OP)?), (3, lse.bind(OP)?), (4, dlogits.bind(OP)?)];
-            g.dispatch(kernel("backward"), &[("WG", WG)], &params, &bufs, groups(g, rows, 1))?;
+            let bufs = [logits.bind(OP)?, targets.bind(OP)?, lse.bind(OP)?, dlogits.bind(OP)?];
+            BACKWARD.dispatch(g, &[("WG", WG)], &params, bufs, groups(g, rows, 1))?;
         }
     }
     Ok(dlogits)

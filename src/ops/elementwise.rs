@@ -3,19 +3,20 @@
 //! inverted dropout. Kernels: `shaders/elementwise.wgsl`. Backward: add passes dc to both inputs;
 //! scale is its own backward (dc scaled by the same α); dropout too (same seed, same mask).
 
-use crate::device::{cpu, gpu::Kernel, Device};
+use crate::device::{cpu, Device};
 use crate::error::Result;
+use crate::ops::contract::{params, read, write, Entry};
 use crate::ops::groups;
 use crate::shaders;
 use crate::tensor::{check_shape, DType, Tensor};
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    n: u32,
-    alpha: f32,
-    cols: u32,
-    _pad: u32,
+params! {
+    struct Params {
+        n: u32,
+        alpha: f32,
+        cols: u32,
+        _pad: u32,
+    }
 }
 
 impl Params {
@@ -27,9 +28,15 @@ impl Params {
 const WG: u32 = 256;
 const CHUNK: usize = 1 << 14;
 
-fn kernel(entry: &'static str) -> Kernel {
-    Kernel { shader: &shaders::ELEMENTWISE, entry }
-}
+const SHARED: &[(&str, u32)] = &[("WG", WG)];
+
+pub(crate) static ADD: Entry<Params, 3> = Entry::new(&shaders::ELEMENTWISE, "add", [read(1, "a"), read(2, "b"), write(3, "c")], SHARED);
+pub(crate) static SCALE: Entry<Params, 2> = Entry::new(&shaders::ELEMENTWISE, "scale", [read(1, "a"), write(2, "c_scaled")], SHARED);
+pub(crate) static ACCUMULATE: Entry<Params, 2> =
+    Entry::new(&shaders::ELEMENTWISE, "accumulate", [write(1, "target_acc"), read(2, "b")], SHARED);
+pub(crate) static ADD_BIAS: Entry<Params, 2> =
+    Entry::new(&shaders::ELEMENTWISE, "add_bias", [write(1, "target_acc"), read(2, "b")], SHARED);
+pub(crate) static DROPOUT: Entry<Params, 2> = Entry::new(&shaders::ELEMENTWISE, "dropout", [read(1, "a"), write(3, "c")], SHARED);
 
 /// c = a + b.
 pub fn add(dev: &Device, a: &Tensor, b: &Tensor) -> Result<Tensor> {
@@ -47,8 +54,8 @@ pub fn add(dev: &Device, a: &Tensor, b: &Tensor) -> Result<Tensor> {
             });
         }
         Device::Gpu(g) => {
-            let bufs = [(1, a.bind(OP)?), (2, b.bind(OP)?), (3, c.bind(OP)?)];
-            g.dispatch(kernel("add"), &[("WG", WG)], &Params::new(n, 1.0), &bufs, groups(g, n, WG))?;
+            let bufs = [a.bind(OP)?, b.bind(OP)?, c.bind(OP)?];
+            ADD.dispatch(g, &[("WG", WG)], &Params::new(n, 1.0), bufs, groups(g, n, WG))?;
         }
     }
     Ok(c)
@@ -74,8 +81,8 @@ pub fn scale(dev: &Device, a: &Tensor, alpha: f32) -> Result<Tensor> {
             });
         }
         Device::Gpu(g) => {
-            let bufs = [(1, a.bind(OP)?), (2, c.bind(OP)?)];
-            g.dispatch(kernel("scale"), &[("WG", WG)], &Params::new(n, alpha), &bufs, groups(g, n, WG))?;
+            let bufs = [a.bind(OP)?, c.bind(OP)?];
+            SCALE.dispatch(g, &[("WG", WG)], &Params::new(n, alpha), bufs, groups(g, n, WG))?;
         }
     }
     Ok(c)
@@ -96,8 +103,8 @@ pub fn accumulate(dev: &Device, target: &mut Tensor, b: &Tensor, alpha: f32) -> 
             });
         }
         Device::Gpu(g) => {
-            let bufs = [(1, target.bind(OP)?), (2, b.bind(OP)?)];
-            g.dispatch(kernel("accumulate"), &[("WG", WG)], &Params::new(n, alpha), &bufs, groups(g, n, WG))?;
+            let bufs = [target.bind(OP)?, b.bind(OP)?];
+            ACCUMULATE.dispatch(g, &[("WG", WG)], &Params::new(n, alpha), bufs, groups(g, n, WG))?;
         }
     }
     Ok(())
@@ -120,9 +127,9 @@ pub fn add_bias(dev: &Device, x: &mut Tensor, bias: &Tensor) -> Result<()> {
             cpu::for_each_chunk(x.host_f32_mut(OP)?, cols, |_, row| row.iter_mut().zip(b).for_each(|(x, b)| *x += b));
         }
         Device::Gpu(g) => {
-            let bufs = [(1, x.bind(OP)?), (2, bias.bind(OP)?)];
+            let bufs = [x.bind(OP)?, bias.bind(OP)?];
             let params = Params { cols: cols as u32, ..Params::new(n, 1.0) };
-            g.dispatch(kernel("add_bias"), &[("WG", WG)], &params, &bufs, groups(g, n, WG))?;
+            ADD_BIAS.dispatch(g, &[("WG", WG)], &params, bufs, groups(g, n, WG))?;
         }
     }
     Ok(())
@@ -169,9 +176,9 @@ pub fn dropout(dev: &Device, x: &Tensor, p: f32, seed: u32) -> Result<Tensor> {
             });
         }
         Device::Gpu(g) => {
-            let bufs = [(1, x.bind(OP)?), (3, y.bind(OP)?)];
+            let bufs = [x.bind(OP)?, y.bind(OP)?];
             let params = Params { cols: seed, ..Params::new(n, p) };
-            g.dispatch(kernel("dropout"), &[("WG", WG)], &params, &bufs, groups(g, n, WG))?;
+            DROPOUT.dispatch(g, &[("WG", WG)], &params, bufs, groups(g, n, WG))?;
         }
     }
     Ok(y)

@@ -1,23 +1,30 @@
 //! Embedding lookup y[t] = table[ids[t]] and its gradient, a scatter-add into dtable.
 //! Kernels: `shaders/embedding.wgsl`. Ids ≥ V give a zero row on every device.
 
-use crate::device::{cpu, gpu::Kernel, Device};
+use crate::device::{cpu, Device};
 use crate::error::Result;
+use crate::ops::contract::{params, read, write, Entry};
 use crate::ops::groups;
 use crate::shaders;
 use crate::tensor::{check_shape, dims2, DType, Tensor};
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    tokens: u32,
-    c: u32,
-    vocab: u32,
-    accumulate: u32,
+params! {
+    struct Params {
+        tokens: u32,
+        c: u32,
+        vocab: u32,
+        accumulate: u32,
+    }
 }
 
 const WG: u32 = 256;
 const OP: &str = "embedding";
+const SHARED: &[(&str, u32)] = &[("WG", WG)];
+
+pub(crate) static FORWARD: Entry<Params, 3> =
+    Entry::new(&shaders::EMBEDDING, "forward", [read(1, "ids"), read(2, "table"), write(3, "y")], SHARED);
+pub(crate) static BACKWARD: Entry<Params, 3> =
+    Entry::new(&shaders::EMBEDDING, "backward", [read(1, "ids"), read(2, "dy"), write(3, "dtable")], SHARED);
 
 /// ids [T] (u32), table [V, C] -> y [T, C].
 pub fn forward(dev: &Device, ids: &Tensor, table: &Tensor) -> Result<Tensor> {
@@ -29,8 +36,8 @@ pub fn forward(dev: &Device, ids: &Tensor, table: &Tensor) -> Result<Tensor> {
         Device::Cpu(_) => cpu_forward(ids.host_u32(OP)?, table.host_f32(OP)?, y.host_f32_mut(OP)?, c),
         Device::Gpu(g) => {
             let params = Params { tokens: t as u32, c: c as u32, vocab: vocab as u32, accumulate: 0 };
-            let bufs = [(1, ids.bind(OP)?), (2, table.bind(OP)?), (3, y.bind(OP)?)];
-            g.dispatch(Kernel { shader: &shaders::EMBEDDING, entry: "forward" }, &[("WG", WG)], &params, &bufs, groups(g, t * c, WG))?;
+            let bufs = [ids.bind(OP)?, table.bind(OP)?, y.bind(OP)?];
+            FORWARD.dispatch(g, &[("WG", WG)], &params, bufs, groups(g, t * c, WG))?;
         }
     }
     Ok(y)
@@ -47,8 +54,8 @@ pub fn backward(dev: &Device, ids: &Tensor, vocab: usize, dy: &Tensor) -> Result
         Device::Cpu(_) => cpu_backward(ids.host_u32(OP)?, dy.host_f32(OP)?, dtable.host_f32_mut(OP)?, c),
         Device::Gpu(g) => {
             let params = Params { tokens: t as u32, c: c as u32, vocab: vocab as u32, accumulate: 1 };
-            let bufs = [(1, ids.bind(OP)?), (2, dy.bind(OP)?), (3, dtable.bind(OP)?)];
-            g.dispatch(Kernel { shader: &shaders::EMBEDDING, entry: "backward" }, &[("WG", WG)], &params, &bufs, groups(g, c, WG))?;
+            let bufs = [ids.bind(OP)?, dy.bind(OP)?, dtable.bind(OP)?];
+            BACKWARD.dispatch(g, &[("WG", WG)], &params, bufs, groups(g, c, WG))?;
         }
     }
     Ok(dtable)

@@ -6,23 +6,45 @@
 //! and a transposed operand receives the transpose of that. All four cases are the same strided
 //! product, so there is one kernel and no transpose copies.
 
-use crate::device::{cpu, gpu::Kernel, Device};
+use crate::device::{cpu, Device};
 use crate::error::{Error, Result};
+use crate::ops::contract::{params, read, write, Binding, Entry};
 use crate::shaders;
 use crate::tensor::{dims2, DType, Tensor};
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    a_rs: u32,
-    a_cs: u32,
-    b_rs: u32,
-    b_cs: u32,
-    accumulate: u32,
+params! {
+    struct Params {
+        m: u32,
+        n: u32,
+        k: u32,
+        a_rs: u32,
+        a_cs: u32,
+        b_rs: u32,
+        b_cs: u32,
+        accumulate: u32,
+    }
 }
+
+/// `multiply_tiled`: output tile edge.
+const TILE: u32 = 64;
+/// Vec4 kernels: output rows per workgroup, and invocations per workgroup (4 columns each).
+const UM: u32 = 8;
+const LX: u32 = 64;
+/// `multiply_registers`: workgroup (RX, RY), each invocation TM rows x TN columns.
+const RX: u32 = 16;
+const RY: u32 = 8;
+const TM: u32 = 4;
+const TN: u32 = 4;
+
+const SCALAR: [Binding; 3] = [read(1, "a"), read(2, "b"), write(3, "c")];
+const VEC4: [Binding; 3] = [read(1, "a4"), read(2, "b4"), write(3, "c")];
+const VEC4_SHARED: &[(&str, u32)] = &[("UM", UM), ("LX", LX)];
+pub(crate) static TILED: Entry<Params, 3> = Entry::new(&shaders::MATMUL, "multiply_tiled", SCALAR, &[("TILE", TILE)]);
+pub(crate) static NN4: Entry<Params, 3> = Entry::new(&shaders::MATMUL, "multiply_nn4", VEC4, VEC4_SHARED);
+pub(crate) static NT4: Entry<Params, 3> = Entry::new(&shaders::MATMUL, "multiply_nt4", VEC4, VEC4_SHARED);
+pub(crate) static TN4: Entry<Params, 3> = Entry::new(&shaders::MATMUL, "multiply_tn4", VEC4, VEC4_SHARED);
+pub(crate) static REGISTERS: Entry<Params, 3> =
+    Entry::new(&shaders::MATMUL, "multiply_registers", SCALAR, &[("RX", RX), ("RY", RY), ("TM", TM), ("TN", TN)]);
 
 /// An operand viewed as a [rows, cols] matrix through strides.
 #[derive(Clone, Copy, Debug)]
@@ -58,15 +80,15 @@ pub enum Variant {
 }
 
 /// The vec4 entry point for this layout, when one exists and the sizes are multiples of 4.
-fn vec4_entry(m: usize, n: usize, k: usize, a: &View, b: &View) -> Option<&'static str> {
+fn vec4_entry(m: usize, n: usize, k: usize, a: &View, b: &View) -> Option<&'static Entry<Params, 3>> {
     let row_major = |v: &View, cols: usize| v.cs == 1 && v.rs == cols;
     let col_major = |v: &View, rows: usize| v.rs == 1 && v.cs == rows;
     if row_major(a, k) && row_major(b, n) && k % 4 == 0 && n % 4 == 0 {
-        Some("multiply_nn4")
+        Some(&NN4)
     } else if row_major(a, k) && col_major(b, k) && k % 4 == 0 {
-        Some("multiply_nt4")
+        Some(&NT4)
     } else if col_major(a, m) && row_major(b, n) && m % 4 == 0 && n % 4 == 0 {
-        Some("multiply_tn4")
+        Some(&TN4)
     } else {
         None
     }
@@ -119,20 +141,16 @@ pub fn gemm_into(
                 Variant::Auto | Variant::Vec4 => Variant::Registers,
                 v => v,
             };
-            let bufs = [(1, a.t.bind(OP)?), (2, b.t.bind(OP)?), (3, c.bind(OP)?)];
+            let bufs = [a.t.bind(OP)?, b.t.bind(OP)?, c.bind(OP)?];
+            let (m, n) = (m as u32, n as u32);
             if variant == Variant::Tiled {
-                let kernel = Kernel { shader: &shaders::MATMUL, entry: "multiply_tiled" };
-                g.dispatch(kernel, &[], &params, &bufs, [n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1])
+                TILED.dispatch(g, &[], &params, bufs, [n.div_ceil(TILE), m.div_ceil(TILE), 1])
             } else if let (Variant::Vec4, Some(entry)) = (variant, vec4) {
-                // 8 rows per workgroup, LX invocations of 4 columns each.
-                let lx = 64u32;
-                let groups = [m.div_ceil(8) as u32, n.div_ceil(lx as usize * 4) as u32, 1];
-                g.dispatch(Kernel { shader: &shaders::MATMUL, entry }, &[("LX", lx)], &params, &bufs, groups)
+                // UM rows per workgroup, LX invocations of 4 columns each.
+                entry.dispatch(g, &[("LX", LX)], &params, bufs, [m.div_ceil(UM), n.div_ceil(LX * 4), 1])
             } else {
-                let (rx, ry) = (16u32, 8u32);
-                let groups = [n.div_ceil(rx as usize * 4) as u32, m.div_ceil(ry as usize * 4) as u32, 1];
-                let kernel = Kernel { shader: &shaders::MATMUL, entry: "multiply_registers" };
-                g.dispatch(kernel, &[("RX", rx), ("RY", ry)], &params, &bufs, groups)
+                let groups = [n.div_ceil(RX * TN), m.div_ceil(RY * TM), 1];
+                REGISTERS.dispatch(g, &[("RX", RX), ("RY", RY)], &params, bufs, groups)
             }
         }
     }

@@ -4,20 +4,21 @@
 //! at a time, the CPU twins dequantize one row (or one slice of a row) into a small buffer.
 //! W is frozen under QLoRA, so there is no weight gradient here.
 
-use crate::device::{cpu, gpu::Kernel, Device};
+use crate::device::{cpu, Device};
 use crate::error::{Error, Result};
+use crate::ops::contract::{params, read, write, Entry};
 use crate::ops::quant_nf4::Nf4Tensor;
 use crate::quant::nf4::{code_at, NF4_CODE};
 use crate::shaders;
 use crate::tensor::{dims2, DType, Tensor};
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    t: u32,
-    n: u32,
-    k: u32,
-    block_shift: u32,
+params! {
+    struct Params {
+        t: u32,
+        n: u32,
+        k: u32,
+        block_shift: u32,
+    }
 }
 
 const OP: &str = "matmul_nf4";
@@ -28,6 +29,27 @@ const UN: usize = 8;
 const UN_FEW: usize = 4;
 /// Invocations per workgroup: at most LX_MAX, and (for `forward_few`) exactly that.
 const LX_MAX: usize = 64;
+/// Tokens per workgroup (`forward`, `backward_dx`): at most UT_MAX.
+const UT_MAX: usize = 32;
+
+pub(crate) static FORWARD: Entry<Params, 4> = Entry::new(
+    &shaders::MATMUL_NF4,
+    "forward",
+    [read(1, "packed"), read(2, "absmax"), read(3, "x4"), write(4, "y")],
+    &[("UN", UN as u32), ("UT_MAX", UT_MAX as u32)],
+);
+pub(crate) static FORWARD_FEW: Entry<Params, 4> = Entry::new(
+    &shaders::MATMUL_NF4,
+    "forward_few",
+    [read(1, "packed"), read(2, "absmax"), read(3, "x4"), write(4, "y")],
+    &[("UN_FEW", UN_FEW as u32), ("LX", LX_MAX as u32)],
+);
+pub(crate) static BACKWARD_DX: Entry<Params, 4> = Entry::new(
+    &shaders::MATMUL_NF4,
+    "backward_dx",
+    [read(1, "packed"), read(2, "absmax"), read(3, "dy4"), write(4, "dx4")],
+    &[("UT_MAX", UT_MAX as u32)],
+);
 /// CPU work items: weight rows per forward task, columns per dx task.
 const ROWS_PER_TASK: usize = 8;
 const COLS_PER_TASK: usize = 64;
@@ -99,7 +121,7 @@ fn token_tile(t: usize) -> usize {
     match t {
         0..=8 => 8,
         9..=16 => 16,
-        _ => 32,
+        _ => UT_MAX,
     }
 }
 
@@ -128,17 +150,16 @@ pub fn forward(dev: &Device, x: &Tensor, w: &Nf4Tensor) -> Result<Tensor> {
             if t == 0 || n == 0 {
                 return Ok(y);
             }
-            let bufs = [(1, w.packed.bind(OP)?), (2, w.absmax.bind(OP)?), (3, x.bind(OP)?), (4, y.bind(OP)?)];
+            let bufs = [w.packed.bind(OP)?, w.absmax.bind(OP)?, x.bind(OP)?, y.bind(OP)?];
             // Below FEW_TOKENS tokens a workgroup per token beats computing clamped copies.
             if t < FEW_TOKENS {
                 let groups = [t as u32, n.div_ceil(LX_MAX * UN_FEW) as u32, 1];
-                let kernel = Kernel { shader: &shaders::MATMUL_NF4, entry: "forward_few" };
-                g.dispatch(kernel, &[("LX", LX_MAX as u32)], &params, &bufs, groups)?;
+                FORWARD_FEW.dispatch(g, &[("LX", LX_MAX as u32)], &params, bufs, groups)?;
             } else {
                 let (ut, lx) = (token_tile(t), lanes(n, UN));
                 let groups = [t.div_ceil(ut) as u32, n.div_ceil(lx * UN) as u32, 1];
                 let consts = [("UT", ut as u32), ("LX", lx as u32)];
-                g.dispatch(Kernel { shader: &shaders::MATMUL_NF4, entry: "forward" }, &consts, &params, &bufs, groups)?;
+                FORWARD.dispatch(g, &consts, &params, bufs, groups)?;
             }
         }
     }
@@ -173,11 +194,11 @@ pub fn backward_dx(dev: &Device, dy: &Tensor, w: &Nf4Tensor) -> Result<Tensor> {
                 g.copy(dy.bind(OP)?.1, 0, padded.bind(OP)?.1, 0, (t * n * 4) as u64);
                 &padded
             };
-            let bufs = [(1, w.packed.bind(OP)?), (2, w.absmax.bind(OP)?), (3, dy.bind(OP)?), (4, dx.bind(OP)?)];
+            let bufs = [w.packed.bind(OP)?, w.absmax.bind(OP)?, dy.bind(OP)?, dx.bind(OP)?];
             let (ut, lx) = (token_tile(t), lanes(k / 8, 1));
             let groups = [t.div_ceil(ut) as u32, (k / 8).div_ceil(lx) as u32, 1];
             let consts = [("UT", ut as u32), ("LX", lx as u32), ("DY_ALIGNED", aligned as u32)];
-            g.dispatch(Kernel { shader: &shaders::MATMUL_NF4, entry: "backward_dx" }, &consts, &params, &bufs, groups)?;
+            BACKWARD_DX.dispatch(g, &consts, &params, bufs, groups)?;
         }
     }
     Ok(dx)

@@ -1,11 +1,14 @@
 //! Ops: one file per op family, holding the public `forward`/`backward` functions, the CPU twin
-//! and the GPU launcher side by side. Kernels live in `shaders/<op>.wgsl`.
+//! and the GPU launcher side by side. Kernels live in `shaders/<op>.wgsl`; each launcher declares
+//! the entry points it dispatches as `contract::Entry` statics (bindings, `Params`, shared sizes),
+//! which `tests/kernel_contracts.rs` checks against the WGSL.
 //!
 //! Conventions: shapes follow the glossary in `model` docs (B batch, T tokens, C width, F MLP
 //! width, H heads, K kv heads, D head size, V vocabulary). Gradients carry a `d` prefix. Forward
 //! returns what backward needs (RMSNorm's `rstd`, attention's `lse`, cross-entropy's `lse`).
 
 pub mod attention;
+pub mod contract;
 pub mod cross_entropy;
 pub mod dequant_dx;
 pub mod elementwise;

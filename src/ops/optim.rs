@@ -6,10 +6,11 @@
 //! in the uniform params, so a training step never reads back from the GPU to update parameters;
 //! only the caller's gradient norm is read back, once per step.
 
-use crate::device::{gpu::Kernel, Device};
+use crate::device::Device;
 use crate::error::{Error, Result};
+use crate::ops::contract::{params, read, write, Entry};
 use crate::ops::cross_entropy::IGNORE;
-// PCG hash (Jarzynski and Olano 2020), the kernel's `pcg`; dropout masks use the same function.
+// PCG hash (Jarzynski and Olano 2020), the kernel's `pcg_hash`; dropout masks use the same function.
 use crate::ops::elementwise::hash as pcg;
 use crate::ops::groups;
 use crate::shaders;
@@ -52,57 +53,57 @@ impl Default for Sophia {
     }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct AdamParams {
-    n: u32,
-    beta1: f32,
-    beta2: f32,
-    eps: f32,
-    decay: f32,
-    step_size: f32,
-    bc2_sqrt: f32,
-    grad_scale: f32,
+params! {
+    struct AdamParams {
+        n: u32,
+        beta1: f32,
+        beta2: f32,
+        eps: f32,
+        decay: f32,
+        step_size: f32,
+        bc2_sqrt: f32,
+        grad_scale: f32,
+    }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct SophiaParams {
-    n: u32,
-    beta1: f32,
-    rho: f32,
-    eps: f32,
-    decay: f32,
-    lr: f32,
-    grad_scale: f32,
-    _pad: u32,
+params! {
+    struct SophiaParams {
+        n: u32,
+        beta1: f32,
+        rho: f32,
+        eps: f32,
+        decay: f32,
+        lr: f32,
+        grad_scale: f32,
+        _pad: u32,
+    }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct HessianParams {
-    n: u32,
-    beta2: f32,
-    scale: f32,
-    _pad: u32,
+params! {
+    struct HessianParams {
+        n: u32,
+        beta2: f32,
+        scale: f32,
+        _pad: u32,
+    }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct ReduceParams {
-    n: u32,
-    chunk: u32,
-    offset: u32,
-    square: u32,
+params! {
+    struct ReduceParams {
+        n: u32,
+        chunk: u32,
+        offset: u32,
+        square: u32,
+    }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct SampleParams {
-    rows: u32,
-    vocab: u32,
-    seed: u32,
-    ignore: u32,
+params! {
+    struct SampleParams {
+        rows: u32,
+        vocab: u32,
+        seed: u32,
+        ignore: u32,
+    }
 }
 
 const WG: u32 = 256;
@@ -110,9 +111,17 @@ const WG: u32 = 256;
 /// (one per 4096 elements) while each thread's serial f32 sum stays short.
 const REDUCE_CHUNK: u32 = WG * 16;
 
-fn kernel(entry: &'static str) -> Kernel {
-    Kernel { shader: &shaders::OPTIM, entry }
-}
+const SHARED: &[(&str, u32)] = &[("WG", WG)];
+
+pub(crate) static ADAMW: Entry<AdamParams, 4> =
+    Entry::new(&shaders::OPTIM, "adamw", [read(1, "g"), write(2, "param"), write(3, "m"), write(4, "v")], SHARED);
+pub(crate) static SOPHIA: Entry<SophiaParams, 4> =
+    Entry::new(&shaders::OPTIM, "sophia", [read(1, "g"), write(2, "param"), write(3, "m"), read(5, "h")], SHARED);
+pub(crate) static SOPHIA_HESSIAN: Entry<HessianParams, 2> =
+    Entry::new(&shaders::OPTIM, "sophia_hessian", [read(6, "ghat"), write(7, "h_ema")], SHARED);
+pub(crate) static REDUCE: Entry<ReduceParams, 2> = Entry::new(&shaders::OPTIM, "reduce", [read(8, "x"), write(9, "partials")], SHARED);
+pub(crate) static SAMPLE_LABELS: Entry<SampleParams, 3> =
+    Entry::new(&shaders::OPTIM, "sample_labels", [read(10, "logits"), read(11, "targets"), write(12, "labels")], SHARED);
 
 fn check_beta(op: &'static str, name: &str, beta: f32) -> Result<()> {
     if !(0.0..1.0).contains(&beta) {
@@ -191,8 +200,8 @@ pub fn adamw(
             }
         }
         Device::Gpu(gd) => {
-            let bufs = [(1, g.bind(OP)?), (2, p.bind(OP)?), (3, m.bind(OP)?), (4, v.bind(OP)?)];
-            gd.dispatch(kernel("adamw"), &[("WG", WG)], &k, &bufs, groups(gd, p.numel(), WG))?;
+            let bufs = [g.bind(OP)?, p.bind(OP)?, m.bind(OP)?, v.bind(OP)?];
+            ADAMW.dispatch(gd, &[("WG", WG)], &k, bufs, groups(gd, p.numel(), WG))?;
         }
     }
     Ok(())
@@ -226,8 +235,8 @@ pub fn sophia(dev: &Device, p: &mut Tensor, g: &Tensor, m: &mut Tensor, h: &Tens
             }
         }
         Device::Gpu(gd) => {
-            let bufs = [(1, g.bind(OP)?), (2, h.bind(OP)?), (3, p.bind(OP)?), (4, m.bind(OP)?)];
-            gd.dispatch(kernel("sophia"), &[("WG", WG)], &k, &bufs, groups(gd, p.numel(), WG))?;
+            let bufs = [g.bind(OP)?, p.bind(OP)?, m.bind(OP)?, h.bind(OP)?];
+            SOPHIA.dispatch(gd, &[("WG", WG)], &k, bufs, groups(gd, p.numel(), WG))?;
         }
     }
     Ok(())
@@ -248,8 +257,8 @@ pub fn sophia_hessian(dev: &Device, h: &mut Tensor, ghat: &Tensor, beta2: f32, s
             }
         }
         Device::Gpu(gd) => {
-            let bufs = [(1, ghat.bind(OP)?), (2, h.bind(OP)?)];
-            gd.dispatch(kernel("sophia_hessian"), &[("WG", WG)], &k, &bufs, groups(gd, h.numel(), WG))?;
+            let bufs = [ghat.bind(OP)?, h.bind(OP)?];
+            SOPHIA_HESSIAN.dispatch(gd, &[("WG", WG)], &k, bufs, groups(gd, h.numel(), WG))?;
         }
     }
     Ok(())
@@ -287,13 +296,13 @@ pub fn sum_squares(dev: &Device, ts: &[&Tensor]) -> Result<Tensor> {
                     continue;
                 }
                 let k = ReduceParams { n: t.numel() as u32, chunk: REDUCE_CHUNK, offset: offset as u32, square: 1 };
-                let bufs = [(1, t.bind(OP)?), (2, partials.bind(OP)?)];
-                gd.dispatch(kernel("reduce"), &[("WG", WG)], &k, &bufs, groups(gd, t.numel(), REDUCE_CHUNK))?;
+                let bufs = [t.bind(OP)?, partials.bind(OP)?];
+                REDUCE.dispatch(gd, &[("WG", WG)], &k, bufs, groups(gd, t.numel(), REDUCE_CHUNK))?;
                 offset += count;
             }
             let k = ReduceParams { n: total as u32, chunk: total as u32, offset: 0, square: 0 };
-            let bufs = [(1, partials.bind(OP)?), (2, out.bind(OP)?)];
-            gd.dispatch(kernel("reduce"), &[("WG", WG)], &k, &bufs, [1, 1, 1])?;
+            let bufs = [partials.bind(OP)?, out.bind(OP)?];
+            REDUCE.dispatch(gd, &[("WG", WG)], &k, bufs, [1, 1, 1])?;
             Ok(out)
         }
     }
@@ -322,8 +331,8 @@ pub fn sample_labels(dev: &Device, logits: &Tensor, targets: &Tensor, seed: u32)
         Device::Gpu(gd) => {
             let labels = Tensor::zeros(dev, "sample_labels", &[rows], DType::U32);
             let k = SampleParams { rows: rows as u32, vocab: vocab as u32, seed, ignore: IGNORE };
-            let bufs = [(1, logits.bind(OP)?), (2, targets.bind(OP)?), (3, labels.bind(OP)?)];
-            gd.dispatch(kernel("sample_labels"), &[("WG", WG)], &k, &bufs, groups(gd, rows, 1))?;
+            let bufs = [logits.bind(OP)?, targets.bind(OP)?, labels.bind(OP)?];
+            SAMPLE_LABELS.dispatch(gd, &[("WG", WG)], &k, bufs, groups(gd, rows, 1))?;
             Ok(labels)
         }
     }

@@ -6,28 +6,32 @@
 //! unpacks 8 weights from one load. WebGPU buffers and the hosts we build for are little-endian,
 //! so the words are the bytes reinterpreted.
 
-use crate::device::{gpu::Kernel, Device};
+use crate::device::Device;
 use crate::error::{Error, Result};
+use crate::ops::contract::{params, read, write, Entry};
 use crate::ops::groups;
 use crate::quant::{nf4, Nf4State};
 use crate::shaders;
 use crate::tensor::{check_shape, DType, Tensor};
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    n: u32,
-    bs: u32,
-    blocks: u32,
-    words: u32,
+params! {
+    struct Params {
+        n: u32,
+        bs: u32,
+        blocks: u32,
+        words: u32,
+    }
 }
 
 const WG: u32 = 64;
 const OP: &str = "quant_nf4";
 
-fn kernel(entry: &'static str) -> Kernel {
-    Kernel { shader: &shaders::QUANT_NF4, entry }
-}
+const SHARED: &[(&str, u32)] = &[("WG", WG)];
+
+pub(crate) static QUANTIZE: Entry<Params, 3> =
+    Entry::new(&shaders::QUANT_NF4, "quantize", [read(1, "w"), write(2, "packed"), write(3, "absmax_bits")], SHARED);
+pub(crate) static DEQUANTIZE: Entry<Params, 3> =
+    Entry::new(&shaders::QUANT_NF4, "dequantize", [read(1, "packed_in"), read(2, "absmax"), write(3, "out")], SHARED);
 
 /// An NF4 weight on a device: codes, one absmax per block of the row-major flattened weight.
 #[derive(Debug)]
@@ -119,8 +123,8 @@ pub fn quantize(dev: &Device, w: &Tensor, blocksize: usize) -> Result<Nf4Tensor>
             let packed = Tensor::zeros(dev, &format!("{label}.packed"), &[words(n)], DType::U32);
             let absmax = Tensor::zeros(dev, &format!("{label}.absmax"), &[blocks], DType::F32);
             let params = Params { n: u32_of(n)?, bs: blocksize as u32, blocks: blocks as u32, words: words(n) as u32 };
-            let bufs = [(1, w.bind(OP)?), (2, packed.bind(OP)?), (3, absmax.bind(OP)?)];
-            g.dispatch(kernel("quantize"), &[("WG", WG)], &params, &bufs, groups(g, blocks, WG))?;
+            let bufs = [w.bind(OP)?, packed.bind(OP)?, absmax.bind(OP)?];
+            QUANTIZE.dispatch(g, &[("WG", WG)], &params, bufs, groups(g, blocks, WG))?;
             Ok(Nf4Tensor { packed, absmax, blocksize, shape: w.shape().to_vec() })
         }
     }
@@ -138,8 +142,8 @@ pub fn dequantize(dev: &Device, q: &Nf4Tensor) -> Result<Tensor> {
         }
         Device::Gpu(g) => {
             let params = Params { n: u32_of(n)?, bs: q.blocksize as u32, blocks: q.absmax.numel() as u32, words: words(n) as u32 };
-            let bufs = [(1, q.packed.bind(OP)?), (2, q.absmax.bind(OP)?), (3, out.bind(OP)?)];
-            g.dispatch(kernel("dequantize"), &[("WG", WG)], &params, &bufs, groups(g, words(n), WG))?;
+            let bufs = [q.packed.bind(OP)?, q.absmax.bind(OP)?, out.bind(OP)?];
+            DEQUANTIZE.dispatch(g, &[("WG", WG)], &params, bufs, groups(g, words(n), WG))?;
         }
     }
     Ok(out)

@@ -1,27 +1,32 @@
 //! RMSNorm over the last dimension: y = x · rstd · w with rstd = 1/sqrt(mean(x²) + eps).
 //! Kernels: `shaders/rmsnorm.wgsl` (`forward`, `backward_dx`, `backward_dw`).
 
-use crate::device::{cpu, gpu::Kernel, Device};
+use crate::device::{cpu, Device};
 use crate::error::Result;
+use crate::ops::contract::{params, read, write, Entry};
 use crate::ops::groups;
 use crate::shaders;
 use crate::tensor::{check_shape, dims2, DType, Tensor};
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    rows: u32,
-    c: u32,
-    eps: f32,
-    accumulate: u32,
+params! {
+    struct Params {
+        rows: u32,
+        c: u32,
+        eps: f32,
+        accumulate: u32,
+    }
 }
 
 const WG: u32 = 128;
 const OP: &str = "rmsnorm";
+const SHARED: &[(&str, u32)] = &[("WG", WG)];
 
-fn kernel(entry: &'static str) -> Kernel {
-    Kernel { shader: &shaders::RMSNORM, entry }
-}
+pub(crate) static FORWARD: Entry<Params, 4> =
+    Entry::new(&shaders::RMSNORM, "forward", [read(1, "x"), read(2, "w"), write(3, "y"), write(4, "rstd_out")], SHARED);
+pub(crate) static BACKWARD_DX: Entry<Params, 5> =
+    Entry::new(&shaders::RMSNORM, "backward_dx", [read(1, "x"), read(2, "w"), read(3, "rstd"), read(4, "dy"), write(5, "dx")], SHARED);
+pub(crate) static BACKWARD_DW: Entry<Params, 4> =
+    Entry::new(&shaders::RMSNORM, "backward_dw", [read(1, "x"), read(3, "rstd"), read(4, "dy"), write(5, "dw")], SHARED);
 
 /// x [rows, C], w [C] -> (y [rows, C], rstd [rows]).
 pub fn forward(dev: &Device, x: &Tensor, w: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
@@ -33,8 +38,8 @@ pub fn forward(dev: &Device, x: &Tensor, w: &Tensor, eps: f32) -> Result<(Tensor
         Device::Cpu(_) => cpu_forward(x.host_f32(OP)?, w.host_f32(OP)?, eps, y.host_f32_mut(OP)?, rstd.host_f32_mut(OP)?, c),
         Device::Gpu(g) => {
             let params = Params { rows: rows as u32, c: c as u32, eps, accumulate: 0 };
-            let bufs = [(1, x.bind(OP)?), (2, w.bind(OP)?), (3, y.bind(OP)?), (4, rstd.bind(OP)?)];
-            g.dispatch(kernel("forward"), &[("WG", WG)], &params, &bufs, groups(g, rows, 1))?;
+            let bufs = [x.bind(OP)?, w.bind(OP)?, y.bind(OP)?, rstd.bind(OP)?];
+            FORWARD.dispatch(g, &[("WG", WG)], &params, bufs, groups(g, rows, 1))?;
         }
     }
     Ok((y, rstd))
@@ -61,10 +66,8 @@ pub fn backward(dev: &Device, x: &Tensor, w: &Tensor, rstd: &Tensor, dy: &Tensor
         Device::Gpu(g) => {
             let params = Params { rows: rows as u32, c: c as u32, eps: 0.0, accumulate: 0 };
             let (xb, rb, dyb) = (x.bind(OP)?, rstd.bind(OP)?, dy.bind(OP)?);
-            let bufs = [(1, xb), (2, w.bind(OP)?), (3, rb), (4, dyb), (5, dx.bind(OP)?)];
-            g.dispatch(kernel("backward_dx"), &[("WG", WG)], &params, &bufs, groups(g, rows, 1))?;
-            let bufs = [(1, xb), (3, rb), (4, dyb), (5, dw.bind(OP)?)];
-            g.dispatch(kernel("backward_dw"), &[("WG", WG)], &params, &bufs, groups(g, c, WG))?;
+            BACKWARD_DX.dispatch(g, &[("WG", WG)], &params, [xb, w.bind(OP)?, rb, dyb, dx.bind(OP)?], groups(g, rows, 1))?;
+            BACKWARD_DW.dispatch(g, &[("WG", WG)], &params, [xb, rb, dyb, dw.bind(OP)?], groups(g, c, WG))?;
         }
     }
     Ok((dx, dw))

@@ -2,27 +2,33 @@
 //! Kernels: `shaders/rope.wgsl`. The cos/sin tables are built once on the host (in f64) by
 //! `RopeTables::new`, which is also where rope scaling of the inverse frequencies belongs.
 
-use crate::device::{cpu, gpu::Kernel, Device};
+use crate::device::{cpu, Device};
 use crate::error::{Error, Result};
+use crate::ops::contract::{params, read, write, Binding, Entry};
 use crate::ops::groups;
 use crate::shaders;
 use crate::tensor::{DType, Tensor};
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    rows: u32,
-    heads: u32,
-    d: u32,
-    t: u32,
-    offset: u32,
-    interleaved: u32,
-    max_pos: u32,
-    sign: f32,
+params! {
+    struct Params {
+        rows: u32,
+        heads: u32,
+        d: u32,
+        t: u32,
+        offset: u32,
+        interleaved: u32,
+        max_pos: u32,
+        sign: f32,
+    }
 }
 
 const WG: u32 = 256;
 const OP: &str = "rope";
+const BINDINGS: [Binding; 4] = [read(1, "x"), read(2, "cos_t"), read(3, "sin_t"), write(4, "y")];
+const SHARED: &[(&str, u32)] = &[("WG", WG)];
+
+pub(crate) static FORWARD: Entry<Params, 4> = Entry::new(&shaders::ROPE, "forward", BINDINGS, SHARED);
+pub(crate) static BACKWARD: Entry<Params, 4> = Entry::new(&shaders::ROPE, "backward", BINDINGS, SHARED);
 
 /// Which elements form a rotating pair.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,9 +114,9 @@ fn apply(dev: &Device, x: &Tensor, tab: &RopeTables, t: usize, offset: usize, la
                 max_pos: tab.max_pos as u32,
                 sign,
             };
-            let entry = if sign > 0.0 { "forward" } else { "backward" };
-            let bufs = [(1, x.bind(OP)?), (2, tab.cos.bind(OP)?), (3, tab.sin.bind(OP)?), (4, y.bind(OP)?)];
-            g.dispatch(Kernel { shader: &shaders::ROPE, entry }, &[("WG", WG)], &params, &bufs, groups(g, rows * heads * d / 2, WG))?;
+            let entry = if sign > 0.0 { &FORWARD } else { &BACKWARD };
+            let bufs = [x.bind(OP)?, tab.cos.bind(OP)?, tab.sin.bind(OP)?, y.bind(OP)?];
+            entry.dispatch(g, &[("WG", WG)], &params, bufs, groups(g, rows * heads * d / 2, WG))?;
         }
     }
     Ok(y)

@@ -48,8 +48,9 @@ use std::sync::Arc;
 use rustfft::num_complex::Complex;
 use rustfft::{Fft, FftPlanner};
 
-use crate::device::{cpu, gpu::Kernel, Device, GpuDevice};
+use crate::device::{cpu, Device, GpuDevice};
 use crate::error::{Error, Result};
+use crate::ops::contract::{params, read, write, Binding, Entry};
 use crate::ops::groups;
 use crate::shaders;
 use crate::tensor::{check_shape, dims2, DType, Tensor};
@@ -246,23 +247,26 @@ fn cpu_row(fft: &Arc<dyn Fft<f32>>, x: &[f32], grad: Option<&mut [f32]>, coef: f
     p
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    n: u32,
-    len: u32,
-    batch: u32,
-    radix: u32,
-    ns: u32,
-    chirp: u32,
-    n_freq: u32,
-    count: u32,
-    coef: f32,
-    threshold: f32,
-    phi_low: f32,
-    phi_high: f32,
-    rows: u32,
-    _pad: [u32; 3],
+params! {
+    #[derive(Default)]
+    struct Params {
+        n: u32,
+        len: u32,
+        batch: u32,
+        radix: u32,
+        ns: u32,
+        chirp: u32,
+        n_freq: u32,
+        count: u32,
+        coef: f32,
+        threshold: f32,
+        phi_low: f32,
+        phi_high: f32,
+        rows: u32,
+        _pad0: u32,
+        _pad1: u32,
+        _pad2: u32,
+    }
 }
 
 /// Radices of a direct Stockham FFT of length `n`, or None when a prime factor exceeds
@@ -376,9 +380,20 @@ fn plan(g: &GpuDevice, n: usize, batch: usize) -> Rc<Plan> {
     plan
 }
 
-fn kernel(entry: &'static str) -> Kernel {
-    Kernel { shader: &shaders::SPECTRAL, entry }
-}
+const SHARED: &[(&str, u32)] = &[("WG", WG)];
+/// Stockham and chirp steps: table (roots, or the chirp / filter), src -> dst.
+const STEP: [Binding; 3] = [read(1, "table"), read(2, "src"), write(3, "dst")];
+
+pub(crate) static LOAD: Entry<Params, 3> =
+    Entry::new(&shaders::SPECTRAL, "load", [read(1, "table"), read(2, "w_real"), write(3, "dst")], SHARED);
+pub(crate) static STAGE: Entry<Params, 3> = Entry::new(&shaders::SPECTRAL, "stage", STEP, &[("WG", WG), ("MAX_R", MAX_REG_RADIX as u32)]);
+pub(crate) static STAGE_LARGE: Entry<Params, 3> = Entry::new(&shaders::SPECTRAL, "stage_large", STEP, SHARED);
+pub(crate) static CHIRP_MUL: Entry<Params, 3> = Entry::new(&shaders::SPECTRAL, "chirp_mul", STEP, SHARED);
+pub(crate) static CHIRP_OUT: Entry<Params, 3> = Entry::new(&shaders::SPECTRAL, "chirp_out", STEP, SHARED);
+pub(crate) static WEIGH: Entry<Params, 4> =
+    Entry::new(&shaders::SPECTRAL, "weigh", [read(1, "table"), read(2, "src"), write(3, "dst"), write(4, "partials")], SHARED);
+pub(crate) static SUM: Entry<Params, 2> = Entry::new(&shaders::SPECTRAL, "sum", [write(4, "partials"), write(5, "penalty_out")], SHARED);
+pub(crate) static GRAD: Entry<Params, 2> = Entry::new(&shaders::SPECTRAL, "grad", [read(2, "src"), write(5, "grad_acc")], SHARED);
 
 struct Run<'a> {
     g: &'a GpuDevice,
@@ -396,8 +411,8 @@ impl Run<'_> {
         ("spectral.chirp", self.plan.bluestein.as_ref().map_or(&self.plan.roots, |b| &b.0))
     }
 
-    fn go(&self, entry: &'static str, params: Params, bufs: &[(u32, (&str, &wgpu::Buffer))], items: usize) -> Result<()> {
-        self.g.dispatch(kernel(entry), &[("WG", WG)], &params, bufs, groups(self.g, items, WG))
+    fn go<const N: usize>(&self, entry: &Entry<Params, N>, params: Params, bufs: [(&str, &wgpu::Buffer); N], items: usize) -> Result<()> {
+        entry.dispatch(self.g, &[("WG", WG)], &params, bufs, groups(self.g, items, WG))
     }
 
     /// Stockham passes of length L over bufs[from] (ping-pong with the other); returns where the
@@ -407,9 +422,9 @@ impl Run<'_> {
         let mut ns = 1;
         for &r in &self.plan.radices {
             let params = Params { radix: r as u32, ns: ns as u32, ..self.base };
-            let entry = if r <= MAX_REG_RADIX { "stage" } else { "stage_large" };
-            let bufs = [(1, ("spectral.roots", &self.plan.roots)), (2, self.buf(at)), (3, self.buf(1 - at))];
-            self.go(entry, params, &bufs, batch * len / r)?;
+            let entry = if r <= MAX_REG_RADIX { &STAGE } else { &STAGE_LARGE };
+            let bufs = [("spectral.roots", &self.plan.roots), self.buf(at), self.buf(1 - at)];
+            self.go(entry, params, bufs, batch * len / r)?;
             at = 1 - at;
             ns *= r;
         }
@@ -422,9 +437,9 @@ impl Run<'_> {
         let at = self.stages(from)?;
         let Some((_, filter)) = &self.plan.bluestein else { return Ok(at) };
         let items = self.plan.batch * self.plan.len;
-        self.go("chirp_mul", self.base, &[(1, ("spectral.filter", filter)), (2, self.buf(at)), (3, self.buf(1 - at))], items)?;
+        self.go(&CHIRP_MUL, self.base, [("spectral.filter", filter), self.buf(at), self.buf(1 - at)], items)?;
         let at = self.stages(1 - at)?;
-        self.go("chirp_out", self.base, &[(1, self.chirp()), (2, self.buf(at)), (3, self.buf(2))], self.plan.batch * self.plan.n)?;
+        self.go(&CHIRP_OUT, self.base, [self.chirp(), self.buf(at), self.buf(2)], self.plan.batch * self.plan.n)?;
         Ok(2)
     }
 }
@@ -459,17 +474,17 @@ fn gpu_penalty(
     };
     let run = Run { g, plan: &plan, base };
     let total = plan.batch * plan.len;
-    run.go("load", base, &[(1, run.chirp()), (2, w.bind(OP)?), (3, run.buf(0))], total)?;
+    run.go(&LOAD, base, [run.chirp(), w.bind(OP)?, run.buf(0)], total)?;
     let x_at = run.dft(0)?;
     // Y goes where the next transform starts: the free ping-pong buffer (bufs[0] after Bluestein).
     let y_at = if x_at == 2 { 0 } else { 1 - x_at };
     let partials = ("spectral.partials", &plan.partials);
-    run.go("weigh", base, &[(1, run.chirp()), (2, run.buf(x_at)), (3, run.buf(y_at)), (4, partials)], total)?;
+    run.go(&WEIGH, base, [run.chirp(), run.buf(x_at), run.buf(y_at), partials], total)?;
     let out = Tensor::zeros(dev, "spectral.penalty", &[1], DType::F32);
-    g.dispatch(kernel("sum"), &[("WG", WG)], &base, &[(4, partials), (5, out.bind(OP)?)], [1, 1, 1])?;
+    SUM.dispatch(g, &[("WG", WG)], &base, [partials, out.bind(OP)?], [1, 1, 1])?;
     if let Some(grad) = grad {
         let z_at = run.dft(y_at)?;
-        run.go("grad", base, &[(2, run.buf(z_at)), (5, grad.bind(OP)?)], batch * n)?;
+        run.go(&GRAD, base, [run.buf(z_at), grad.bind(OP)?], batch * n)?;
     }
     Ok(out)
 }

@@ -1,23 +1,26 @@
 //! SwiGLU h = silu(g) · u, the Llama MLP's gate. Kernels: `shaders/swiglu.wgsl`.
 
-use crate::device::{cpu, gpu::Kernel, Device};
+use crate::device::{cpu, Device};
 use crate::error::Result;
+use crate::ops::contract::{params, read, write, Entry};
 use crate::ops::groups;
 use crate::shaders;
 use crate::tensor::{check_shape, DType, Tensor};
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    n: u32,
+params! {
+    struct Params {
+        n: u32,
+    }
 }
 
 const WG: u32 = 256;
 const OP: &str = "swiglu";
 
-fn kernel(entry: &'static str) -> Kernel {
-    Kernel { shader: &shaders::SWIGLU, entry }
-}
+const SHARED: &[(&str, u32)] = &[("WG", WG)];
+
+pub(crate) static FORWARD: Entry<Params, 3> = Entry::new(&shaders::SWIGLU, "forward", [read(1, "g"), read(2, "u"), write(3, "h")], SHARED);
+pub(crate) static BACKWARD: Entry<Params, 5> =
+    Entry::new(&shaders::SWIGLU, "backward", [read(1, "g"), read(2, "u"), read(3, "dh"), write(4, "dg"), write(5, "du")], SHARED);
 
 /// g, u [B*T, F] -> h [B*T, F].
 pub fn forward(dev: &Device, g: &Tensor, u: &Tensor) -> Result<Tensor> {
@@ -27,8 +30,8 @@ pub fn forward(dev: &Device, g: &Tensor, u: &Tensor) -> Result<Tensor> {
     match dev {
         Device::Cpu(_) => cpu_forward(g.host_f32(OP)?, u.host_f32(OP)?, h.host_f32_mut(OP)?),
         Device::Gpu(gpu) => {
-            let bufs = [(1, g.bind(OP)?), (2, u.bind(OP)?), (3, h.bind(OP)?)];
-            gpu.dispatch(kernel("forward"), &[("WG", WG)], &Params { n: n as u32 }, &bufs, groups(gpu, n, WG))?;
+            let bufs = [g.bind(OP)?, u.bind(OP)?, h.bind(OP)?];
+            FORWARD.dispatch(gpu, &[("WG", WG)], &Params { n: n as u32 }, bufs, groups(gpu, n, WG))?;
         }
     }
     Ok(h)
@@ -44,8 +47,8 @@ pub fn backward(dev: &Device, g: &Tensor, u: &Tensor, dh: &Tensor) -> Result<(Te
     match dev {
         Device::Cpu(_) => cpu_backward(g.host_f32(OP)?, u.host_f32(OP)?, dh.host_f32(OP)?, dg.host_f32_mut(OP)?, du.host_f32_mut(OP)?),
         Device::Gpu(gpu) => {
-            let bufs = [(1, g.bind(OP)?), (2, u.bind(OP)?), (3, dh.bind(OP)?), (4, dg.bind(OP)?), (5, du.bind(OP)?)];
-            gpu.dispatch(kernel("backward"), &[("WG", WG)], &Params { n: n as u32 }, &bufs, groups(gpu, n, WG))?;
+            let bufs = [g.bind(OP)?, u.bind(OP)?, dh.bind(OP)?, dg.bind(OP)?, du.bind(OP)?];
+            BACKWARD.dispatch(gpu, &[("WG", WG)], &Params { n: n as u32 }, bufs, groups(gpu, n, WG))?;
         }
     }
     Ok((dg, du))
