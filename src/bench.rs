@@ -258,37 +258,30 @@ pub fn codellama_7b() -> crate::model::Config {
 }
 
 /// Tokens/s and memory of LoRA training steps on one sequence of `t` random tokens, every target
-/// trained: forward, backward to the adapter, global norm, AdamW — what `flexlora train` does
-/// per micro-batch. Returns the mean seconds per step after one warm-up step.
+/// trained: the trainer's own step (`train::step::step`: forward, backward to the adapter, global
+/// norm, AdamW; no FLeX, no clipping). Returns the mean seconds per step after one warm-up step.
 pub fn train(dev: &Device, model: &mut crate::model::Model, t: usize, steps: usize, recompute: bool, out: &mut impl Write) -> Result<f64> {
-    use crate::ops::{cross_entropy::IGNORE, optim};
+    use crate::ops::cross_entropy::IGNORE;
+    use crate::train::{adapter::AdapterStore, config::FlexConfig, config::FlexMode, data::Batch, optimizer, step};
     let v = model.cfg.vocab as u32;
     let ids: Vec<u32> = (0..t as u32).map(|i| (i.wrapping_mul(7919) + 13) % v).collect();
     let mut targets: Vec<u32> = ids[1..].to_vec();
     targets.push(IGNORE);
-    let names: Vec<Vec<usize>> = model.lora_tensors().iter().map(|(_, p)| p.shape().to_vec()).collect();
-    let zeros = |label: &str| -> Vec<Tensor> { names.iter().map(|s| Tensor::zeros(dev, label, s, crate::DType::F32)).collect() };
-    let (mut m, mut s) = (zeros("m"), zeros("v"));
-    let hp = optim::AdamW::default();
+    let batch = [Batch { n_targets: t - 1, ids, targets, b: 1, t }];
+    let opt = optimizer::AdamW(crate::ops::optim::AdamW::default());
+    let mut store = AdapterStore::new(dev, model, &opt);
+    let flex = FlexConfig { mode: FlexMode::Off, ..FlexConfig::default() };
     let mut total = 0.0;
     for step in 0..=steps {
         let t0 = Instant::now();
-        let opts = crate::train::grad::Options { recompute, dropout_seed: Some(step as u32), all_logits: false };
-        let fwd = model.forward_train(dev, &ids, &targets, 1, opts)?;
-        let mut grads = model.zero_grads(dev);
-        model.backward(dev, &fwd, None, 1.0 / (t - 1) as f32, &mut grads)?;
-        let loss: f32 = block_on(Some(dev), fwd.loss.to_vec_f32(dev))?.iter().sum::<f32>() / (t - 1) as f32;
-        drop(fwd);
-        let norm = block_on(Some(dev), optim::sum_squares(dev, &grads.iter().collect::<Vec<_>>())?.to_vec_f32(dev))?[0].sqrt();
-        for (i, p) in model.lora_tensors_mut().into_iter().enumerate() {
-            optim::adamw(dev, p, &grads[i], &mut m[i], &mut s[i], &hp, 1e-4, step as u32 + 1, 1.0)?;
-        }
+        let settings = step::StepSettings { step, seed: 0, lr: 1e-4, clip: 0.0, recompute, flex: &flex };
+        let r = step::step(dev, model, &mut store, &opt, &batch, &settings)?;
         if let Device::Gpu(g) = dev {
             g.wait();
         }
         let secs = t0.elapsed().as_secs_f64();
         let what = if step == 0 { "warm-up" } else { "step" };
-        let _ = writeln!(out, "  {what} {step}: {secs:.2} s ({:.1} tokens/s), loss {loss:.4}, |g| {norm:.4}", t as f64 / secs);
+        let _ = writeln!(out, "  {what} {step}: {secs:.2} s ({:.1} tokens/s), loss {:.4}, |g| {:.4}", t as f64 / secs, r.loss, r.grad_norm);
         if step > 0 {
             total += secs;
         }

@@ -15,5 +15,5 @@ pub mod weights;
 
 pub use config::{Arch, Config, HfConfig, Llama3Scaling, RopeScaling};
 pub use forward::KvCache;
-pub use lora::{LoraConfig, Target};
+pub use lora::{LoraConfig, ParamKey, Side, Target};
 pub use weights::{Linear, MemorySource, Model, Weight, WeightFormat, WeightSource};
