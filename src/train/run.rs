@@ -9,9 +9,9 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::data::tasks::MbppSplit;
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::eval::tasks::MbppSplit;
 use crate::model::load;
 use crate::model::tokenizer::Tokenizer;
 use crate::model::weights::{Model, WeightFormat};
@@ -143,7 +143,7 @@ impl Trainer {
             model.attach_lora(&dev, &cfg.lora, cfg.seed)?;
         }
         checkpoint::remove_leftovers(&cfg.out.join("checkpoints"))?;
-        let data_dir = crate::eval::job::data_dir(cfg.data_dir.clone());
+        let data_dir = crate::data::data_dir(cfg.data_dir.clone());
         let texts = data::load(&parse_source(&cfg.data)?, &data_dir)?;
         let (examples, stats) = data::tokenize(tok, &texts, cfg.max_len, cfg.mask_prompt)?;
         if examples.is_empty() {
@@ -498,7 +498,7 @@ pub fn run(mut tr: Trainer, on: &mut dyn FnMut(Event)) -> Result<Summary> {
         tokens: tr.tokens,
         seconds,
         tokens_per_s: (tr.tokens - tokens0) as f64 / seconds.max(1e-9),
-        peak_rss_mib: crate::bench::peak_rss().map(|b| b as f64 / (1 << 20) as f64),
+        peak_rss_mib: crate::train::metrics::peak_rss().map(|b| b as f64 / (1 << 20) as f64),
         trainable_params: trainable,
         total_params: total,
         adapter,
