@@ -67,12 +67,7 @@ pub fn matmul(gpu: Option<&Device>, reps: usize, out: &mut impl Write) -> Result
     Ok(())
 }
 
-/// Peak resident memory of this process in bytes (Linux), for benchmark reports.
-pub fn peak_rss() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
-}
+pub use crate::train::metrics::peak_rss;
 
 /// Prefill and decode speed of `model` on `dev`: `prompt` tokens in one pass, then `decode`
 /// single-token steps with the KV cache (greedy, no sampling cost); peak memory; and on the CPU
@@ -258,37 +253,30 @@ pub fn codellama_7b() -> crate::model::Config {
 }
 
 /// Tokens/s and memory of LoRA training steps on one sequence of `t` random tokens, every target
-/// trained: forward, backward to the adapter, global norm, AdamW — what `flexlora train` does
-/// per micro-batch. Returns the mean seconds per step after one warm-up step.
+/// trained: the trainer's own step (`train::step::step`: forward, backward to the adapter, global
+/// norm, AdamW; no FLeX, no clipping). Returns the mean seconds per step after one warm-up step.
 pub fn train(dev: &Device, model: &mut crate::model::Model, t: usize, steps: usize, recompute: bool, out: &mut impl Write) -> Result<f64> {
-    use crate::ops::{cross_entropy::IGNORE, optim};
+    use crate::ops::cross_entropy::IGNORE;
+    use crate::train::{adapter::AdapterStore, config::FlexConfig, config::FlexMode, data::Batch, optimizer, step};
     let v = model.cfg.vocab as u32;
     let ids: Vec<u32> = (0..t as u32).map(|i| (i.wrapping_mul(7919) + 13) % v).collect();
     let mut targets: Vec<u32> = ids[1..].to_vec();
     targets.push(IGNORE);
-    let names: Vec<Vec<usize>> = model.lora_tensors().iter().map(|(_, p)| p.shape().to_vec()).collect();
-    let zeros = |label: &str| -> Vec<Tensor> { names.iter().map(|s| Tensor::zeros(dev, label, s, crate::DType::F32)).collect() };
-    let (mut m, mut s) = (zeros("m"), zeros("v"));
-    let hp = optim::AdamW::default();
+    let batch = [Batch { n_targets: t - 1, ids, targets, b: 1, t }];
+    let opt = optimizer::AdamW(crate::ops::optim::AdamW::default());
+    let mut store = AdapterStore::new(dev, model, &opt);
+    let flex = FlexConfig { mode: FlexMode::Off, ..FlexConfig::default() };
     let mut total = 0.0;
     for step in 0..=steps {
         let t0 = Instant::now();
-        let opts = crate::train::grad::Options { recompute, dropout_seed: Some(step as u32), all_logits: false };
-        let fwd = model.forward_train(dev, &ids, &targets, 1, opts)?;
-        let mut grads = model.zero_grads(dev);
-        model.backward(dev, &fwd, None, 1.0 / (t - 1) as f32, &mut grads)?;
-        let loss: f32 = block_on(Some(dev), fwd.loss.to_vec_f32(dev))?.iter().sum::<f32>() / (t - 1) as f32;
-        drop(fwd);
-        let norm = block_on(Some(dev), optim::sum_squares(dev, &grads.iter().collect::<Vec<_>>())?.to_vec_f32(dev))?[0].sqrt();
-        for (i, p) in model.lora_tensors_mut().into_iter().enumerate() {
-            optim::adamw(dev, p, &grads[i], &mut m[i], &mut s[i], &hp, 1e-4, step as u32 + 1, 1.0)?;
-        }
+        let settings = step::StepSettings { step, seed: 0, lr: 1e-4, clip: 0.0, recompute, flex: &flex };
+        let r = step::step(dev, model, &mut store, &opt, &batch, &settings)?;
         if let Device::Gpu(g) = dev {
             g.wait();
         }
         let secs = t0.elapsed().as_secs_f64();
         let what = if step == 0 { "warm-up" } else { "step" };
-        let _ = writeln!(out, "  {what} {step}: {secs:.2} s ({:.1} tokens/s), loss {loss:.4}, |g| {norm:.4}", t as f64 / secs);
+        let _ = writeln!(out, "  {what} {step}: {secs:.2} s ({:.1} tokens/s), loss {:.4}, |g| {:.4}", t as f64 / secs, r.loss, r.grad_norm);
         if step > 0 {
             total += secs;
         }
@@ -319,4 +307,106 @@ pub fn flex(dev: &Device, cfg: &crate::model::Config, r: usize, reps: usize, out
     let _ =
         writeln!(out, "  FLeX penalty + gradient, {} matrices (flattened lengths {lengths:?}): {:.2} ms per step", mats.len(), secs * 1e3);
     Ok(secs)
+}
+
+/// The model a training benchmark runs.
+pub enum BenchModel {
+    /// A model file (GGUF or a Hugging Face directory).
+    File(std::path::PathBuf),
+    /// Seeded random weights with Code Llama 7B's shapes (`codellama_7b`).
+    RandomCodeLlama7b,
+}
+
+impl BenchModel {
+    fn name(&self) -> String {
+        match self {
+            BenchModel::File(p) => p.display().to_string(),
+            BenchModel::RandomCodeLlama7b => "random Code Llama 7B shapes".into(),
+        }
+    }
+
+    fn load(&self, dev: &Device, format: crate::model::WeightFormat) -> Result<crate::model::Model> {
+        match self {
+            BenchModel::File(p) => Ok(crate::model::load::open(dev, p, format)?.0),
+            BenchModel::RandomCodeLlama7b => {
+                let cfg = codellama_7b();
+                let mut src = RandomSource { cfg: cfg.clone(), seed: 1 };
+                crate::model::Model::load(dev, cfg, &mut src, format)
+            }
+        }
+    }
+}
+
+/// What `flexlora bench train` measures.
+pub struct TrainRun {
+    pub source: BenchModel,
+    pub format: crate::model::WeightFormat,
+    pub lora: crate::model::LoraConfig,
+    /// Tokens in the one training sequence.
+    pub seq: usize,
+    /// Timed steps (after one warm-up step).
+    pub steps: usize,
+    pub recompute: bool,
+}
+
+/// `flexlora bench train`: loads the model, attaches a fresh adapter, reports the setup, every
+/// step (`train`), the mean and the peak memory.
+pub fn train_run(dev: &Device, run: &TrainRun, out: &mut impl Write) -> Result<()> {
+    let t0 = Instant::now();
+    let mut m = run.source.load(dev, run.format)?;
+    m.attach_lora(dev, &run.lora, 0)?;
+    let (trainable, total) = m.trainable_params();
+    let targets: Vec<&str> = run.lora.targets.iter().map(|t| t.name()).collect();
+    let format = match run.format {
+        crate::model::WeightFormat::Nf4 { .. } => "NF4",
+        crate::model::WeightFormat::F32 => "f32",
+        crate::model::WeightFormat::Auto => "auto (GGUF blocks or NF4)",
+    };
+    let _ = writeln!(
+        out,
+        "{} on {} ({format} base weights, loaded in {:.1} s): LoRA r={} on {}, {trainable} of {total} parameters, T={}{}",
+        run.source.name(),
+        dev.name(),
+        t0.elapsed().as_secs_f64(),
+        run.lora.rank,
+        targets.join(","),
+        run.seq,
+        if run.recompute { ", recomputing activations" } else { "" }
+    );
+    let secs = train(dev, &mut m, run.seq, run.steps, run.recompute, out)?;
+    let _ = writeln!(out, "  mean step {secs:.2} s: {:.1} tokens/s", run.seq as f64 / secs);
+    if let Some(rss) = peak_rss() {
+        let _ = writeln!(out, "  peak resident memory: {:.0} MiB", rss as f64 / (1 << 20) as f64);
+    }
+    Ok(())
+}
+
+/// `flexlora bench flex`: the FLeX penalty's time per step at rank `r` (`flex`) and, with
+/// `step_seq`, one training step of that many tokens for the penalty's share.
+pub fn flex_run(
+    dev: &Device,
+    source: &BenchModel,
+    format: crate::model::WeightFormat,
+    r: usize,
+    reps: usize,
+    step_seq: Option<usize>,
+    out: &mut impl Write,
+) -> Result<()> {
+    let cfg = match source {
+        BenchModel::RandomCodeLlama7b => codellama_7b(),
+        BenchModel::File(p) => crate::model::load::open_config(p)?,
+    };
+    let name = match source {
+        BenchModel::RandomCodeLlama7b => "Code Llama 7B shapes".to_string(),
+        BenchModel::File(p) => p.display().to_string(),
+    };
+    let _ = writeln!(out, "{name} on {}", dev.name());
+    let penalty = flex(dev, &cfg, r, reps, out)?;
+    if let Some(seq) = step_seq {
+        let mut m = source.load(dev, format)?;
+        m.attach_lora(dev, &crate::model::LoraConfig { rank: r, ..Default::default() }, 0)?;
+        let step = train(dev, &mut m, seq, 1, false, out)?;
+        let _ = writeln!(out, "  training step (T={seq}) {step:.2} s: the penalty adds {:.2}%", 100.0 * penalty / step);
+    }
+    Ok(())
 }

@@ -11,6 +11,7 @@
 //! B batch, T tokens, S keys (T plus cached positions), C model width, F MLP width, H heads,
 //! K kv heads, D head size, V vocabulary, R LoRA rank, L layers, N a flattened length.
 
+pub mod data;
 pub mod device;
 pub mod error;
 pub mod eval;

@@ -150,6 +150,22 @@ enum WeightsArg {
     Nf4,
 }
 
+impl WeightsArg {
+    /// The value `name` spells (`TrainConfig::weights`); NF4 for an unknown one.
+    fn named(name: &str) -> WeightsArg {
+        <WeightsArg as clap::ValueEnum>::from_str(name, true).unwrap_or(WeightsArg::Nf4)
+    }
+
+    /// The value as spelled in flags and `TrainConfig::weights`.
+    fn name(self) -> &'static str {
+        match self {
+            WeightsArg::Auto => "auto",
+            WeightsArg::F32 => "f32",
+            WeightsArg::Nf4 => "nf4",
+        }
+    }
+}
+
 impl DeviceFlags {
     fn format(&self) -> flexlora::model::WeightFormat {
         match self.weights {
@@ -172,14 +188,16 @@ fn keep_freed_memory() {
     }
 }
 
-/// Loads a model, saying how long it took and how many bytes its weights take per parameter.
+/// Loads a model and, when given, a PEFT adapter onto it (`model::open_with_adapter`), saying how
+/// long it took, how many bytes its weights take per parameter and what the adapter is.
 fn open_model(
     dev: &flexlora::Device,
     path: &std::path::Path,
     flags: &DeviceFlags,
+    adapter: Option<&std::path::Path>,
 ) -> Result<(flexlora::model::Model, flexlora::model::tokenizer::Tokenizer)> {
     let t0 = std::time::Instant::now();
-    let (model, tok) = flexlora::model::load::open(dev, path, flags.format())?;
+    let (model, tok, lora) = flexlora::model::open_with_adapter(dev, path, flags.format(), adapter)?;
     let (bytes, params) = model.weight_bytes();
     eprintln!(
         "loaded {} in {:.1} s: {} layers, C={}, V={}; {:.1}M parameters in {:.0} MiB ({:.3} bytes/parameter)",
@@ -192,6 +210,10 @@ fn open_model(
         bytes as f64 / (1 << 20) as f64,
         bytes as f64 / params as f64
     );
+    if let (Some(path), Some(cfg)) = (adapter, lora) {
+        let (trainable, _) = model.trainable_params();
+        eprintln!("adapter {}: rank {}, alpha {}, {:?}, {trainable} parameters", path.display(), cfg.rank, cfg.alpha, cfg.targets);
+    }
     Ok((model, tok))
 }
 
@@ -315,6 +337,14 @@ struct EvalArgs {
     dev: DeviceFlags,
 }
 
+/// The defaults `flexlora train` shows in its help: those of `TrainConfig`.
+fn train_defaults() -> flexlora::train::config::TrainConfig {
+    flexlora::train::config::TrainConfig::default()
+}
+
+/// `flexlora train`'s flags. Each setting flag shows the default of `TrainConfig`, but only a flag
+/// given on the command line overrides the --config file (and a resumed run's saved settings):
+/// `config` applies those, found by `ArgMatches::value_source`.
 #[derive(Args)]
 struct TrainArgs {
     /// A TOML file with any of the settings below (flags override it).
@@ -324,160 +354,171 @@ struct TrainArgs {
     #[arg(long)]
     resume: Option<std::path::PathBuf>,
     /// A .gguf file or a Hugging Face model directory.
-    #[arg(long)]
-    model: Option<std::path::PathBuf>,
+    #[arg(long, default_value_os_t = train_defaults().model)]
+    model: std::path::PathBuf,
     /// `mbpp` (train split), `mbpp:validation`, or a JSONL file of {"prompt","completion"} or {"text"} lines.
-    #[arg(long)]
-    data: Option<String>,
+    #[arg(long, default_value_t = train_defaults().data)]
+    data: String,
     /// Dataset directory (default: $FLEXLORA_DATA, else ../shared/data).
     #[arg(long)]
     data_dir: Option<std::path::PathBuf>,
     /// Output directory: checkpoints, metrics.jsonl, loss.svg, adapter/, summary.json.
-    #[arg(long)]
-    out: Option<std::path::PathBuf>,
-    /// Frozen base weights: nf4 (QLoRA, default), auto (a GGUF's own blocks on the CPU, else NF4) or f32.
-    #[arg(long)]
-    weights: Option<String>,
-    #[arg(long)]
-    max_len: Option<usize>,
+    #[arg(long, default_value_os_t = train_defaults().out)]
+    out: std::path::PathBuf,
+    /// Frozen base weights: nf4 (QLoRA), auto (a GGUF's own blocks on the CPU, else NF4) or f32.
+    #[arg(long, value_enum, ignore_case = true, default_value_t = WeightsArg::named(&train_defaults().weights))]
+    weights: WeightsArg,
+    /// Tokens per example; longer ones are truncated.
+    #[arg(long, default_value_t = train_defaults().max_len)]
+    max_len: usize,
     /// Train on the prompt tokens too (by default only the completion is in the loss).
     #[arg(long)]
     no_mask_prompt: bool,
-    #[arg(long)]
-    batch_size: Option<usize>,
-    #[arg(long)]
-    grad_accum: Option<usize>,
-    /// Optimizer steps (default: --epochs passes over the data).
-    #[arg(long)]
-    steps: Option<usize>,
-    #[arg(long)]
-    epochs: Option<usize>,
-    #[arg(long)]
-    lr: Option<f32>,
-    /// constant, linear or cosine (after --warmup-steps of linear warmup).
-    #[arg(long)]
-    schedule: Option<String>,
-    #[arg(long)]
-    warmup_steps: Option<usize>,
-    #[arg(long)]
-    min_lr_ratio: Option<f32>,
+    /// Sequences per micro-batch.
+    #[arg(long, default_value_t = train_defaults().batch_size)]
+    batch_size: usize,
+    /// Micro-batches whose gradients are accumulated into one optimizer step.
+    #[arg(long, default_value_t = train_defaults().grad_accum)]
+    grad_accum: usize,
+    /// Optimizer steps (0: --epochs passes over the data).
+    #[arg(long, default_value_t = train_defaults().steps)]
+    steps: usize,
+    /// Passes over the data when --steps is 0.
+    #[arg(long, default_value_t = train_defaults().epochs)]
+    epochs: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = train_defaults().lr)]
+    lr: f32,
+    /// Learning-rate schedule after --warmup-steps of linear warmup.
+    #[arg(long, value_enum, ignore_case = true, default_value_t = train_defaults().schedule)]
+    schedule: flexlora::train::config::Schedule,
+    /// Steps of linear warmup from 0 to --lr.
+    #[arg(long, default_value_t = train_defaults().warmup_steps)]
+    warmup_steps: usize,
+    /// The linear and cosine schedules end at lr x this.
+    #[arg(long, default_value_t = train_defaults().min_lr_ratio)]
+    min_lr_ratio: f32,
     /// Global gradient-norm clip (0 disables).
-    #[arg(long)]
-    clip: Option<f32>,
-    /// adamw or sophia.
-    #[arg(long)]
-    optimizer: Option<String>,
+    #[arg(long, default_value_t = train_defaults().clip)]
+    clip: f32,
+    /// The optimizer.
+    #[arg(long, value_enum, ignore_case = true, default_value_t = train_defaults().optimizer)]
+    optimizer: flexlora::train::config::OptimizerKind,
     /// Sophia: Hessian estimate every k steps.
-    #[arg(long)]
-    hessian_every: Option<usize>,
-    #[arg(long)]
-    seed: Option<u64>,
+    #[arg(long, default_value_t = train_defaults().hessian_every)]
+    hessian_every: usize,
+    /// Seed of the adapter's initialization, the data order, dropout and Sophia's sampled labels.
+    #[arg(long, default_value_t = train_defaults().seed)]
+    seed: u64,
     /// Checkpoint every N steps (0: only at the end).
-    #[arg(long)]
-    save_every: Option<usize>,
+    #[arg(long, default_value_t = train_defaults().save_every)]
+    save_every: usize,
     /// Recompute activations per layer during backward (less memory).
     #[arg(long)]
     recompute: bool,
-    #[arg(long)]
-    lora_rank: Option<usize>,
-    #[arg(long)]
-    lora_alpha: Option<f32>,
-    #[arg(long)]
-    lora_dropout: Option<f32>,
+    /// LoRA rank r.
+    #[arg(long, default_value_t = train_defaults().lora.rank)]
+    lora_rank: usize,
+    /// LoRA alpha: the adapter's output is scaled by alpha/r (alpha/sqrt(r) with --rslora).
+    #[arg(long, default_value_t = train_defaults().lora.alpha)]
+    lora_alpha: f32,
+    /// Dropout probability on the adapter's input while training.
+    #[arg(long, default_value_t = train_defaults().lora.dropout)]
+    lora_dropout: f32,
     /// Comma-separated modules: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj.
-    #[arg(long)]
-    lora_targets: Option<String>,
+    #[arg(long, default_value = "gate_proj,up_proj,down_proj")]
+    lora_targets: String,
     /// Scale by alpha/sqrt(r) (rsLoRA) instead of alpha/r.
     #[arg(long)]
     rslora: bool,
     /// FLeX spectral penalty: off, train (with gradient) or published (logged only, like the paper's code).
-    #[arg(long)]
-    flex_mode: Option<String>,
-    #[arg(long)]
-    flex_lambda: Option<f32>,
+    #[arg(long, value_enum, ignore_case = true, default_value_t = train_defaults().flex.mode)]
+    flex_mode: flexlora::train::config::FlexMode,
+    /// FLeX: weight lambda of the penalty (mean over the chosen matrices).
+    #[arg(long, default_value_t = train_defaults().flex.lambda)]
+    flex_lambda: f32,
     /// T: the frequency share (of n = N/2+1) where the penalty weight reaches 1 - phi_high.
-    #[arg(long)]
-    flex_threshold: Option<f32>,
-    #[arg(long)]
-    flex_phi_low: Option<f32>,
-    #[arg(long)]
-    flex_phi_high: Option<f32>,
-    /// Which LoRA matrices: a, b or both.
-    #[arg(long)]
-    flex_matrices: Option<String>,
+    #[arg(long, default_value_t = train_defaults().flex.threshold)]
+    flex_threshold: f32,
+    /// FLeX: the penalty weight at frequency 0 is 1 - phi_low.
+    #[arg(long, default_value_t = train_defaults().flex.phi_low)]
+    flex_phi_low: f32,
+    /// FLeX: the penalty weight from frequency n*T on is 1 - phi_high.
+    #[arg(long, default_value_t = train_defaults().flex.phi_high)]
+    flex_phi_high: f32,
+    /// Which LoRA matrices the penalty covers.
+    #[arg(long, value_enum, ignore_case = true, default_value_t = train_defaults().flex.matrices)]
+    flex_matrices: flexlora::train::config::FlexMatrices,
     /// Flatten each row separately instead of the whole matrix.
     #[arg(long)]
     flex_per_row: bool,
+    /// Where to run: a hardware GPU when there is one, else the CPU backend (auto); or force one.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     device: DeviceChoice,
+    /// Graphics API for the GPU (vulkan, metal, dx12, gl).
     #[arg(long, value_enum)]
     backend: Option<BackendChoice>,
 }
 
-/// A TOML-spelled enum value from a flag.
-fn enum_flag<T: serde::de::DeserializeOwned>(flag: &str, v: &str) -> Result<T> {
-    serde_json::from_value(serde_json::Value::String(v.to_lowercase())).map_err(|_| anyhow::anyhow!("invalid value `{v}` for {flag}"))
-}
-
 impl TrainArgs {
-    /// The flags over --config over `base` (a resumed run's settings) or the defaults.
-    fn config(&self, base: Option<flexlora::train::config::TrainConfig>) -> Result<flexlora::train::config::TrainConfig> {
+    /// The flags given on the command line (`m`: this subcommand's matches) over --config over
+    /// `base` (a resumed run's settings) or the defaults.
+    fn config(
+        &self,
+        m: &clap::ArgMatches,
+        base: Option<flexlora::train::config::TrainConfig>,
+    ) -> Result<flexlora::train::config::TrainConfig> {
         let mut c = match (&self.config, base) {
             (Some(p), Some(b)) => flexlora::train::config::TrainConfig::from_toml_over(p, &b)?,
             (Some(p), None) => flexlora::train::config::TrainConfig::from_toml(p)?,
             (None, b) => b.unwrap_or_default(),
         };
+        let given = |id: &str| m.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
         macro_rules! set {
-            ($($field:ident).+ = $flag:expr) => {
-                if let Some(v) = $flag.clone() {
-                    c.$($field).+ = v;
+            ($($field:ident).+ = $arg:ident) => {
+                if given(stringify!($arg)) {
+                    c.$($field).+ = self.$arg.clone();
                 }
             };
         }
-        set!(model = self.model);
-        set!(data = self.data);
+        set!(model = model);
+        set!(data = data);
         if self.data_dir.is_some() {
             c.data_dir = self.data_dir.clone();
         }
-        set!(out = self.out);
-        set!(weights = self.weights);
-        set!(max_len = self.max_len);
-        set!(batch_size = self.batch_size);
-        set!(grad_accum = self.grad_accum);
-        set!(steps = self.steps);
-        set!(epochs = self.epochs);
-        set!(lr = self.lr);
-        set!(warmup_steps = self.warmup_steps);
-        set!(min_lr_ratio = self.min_lr_ratio);
-        set!(clip = self.clip);
-        set!(hessian_every = self.hessian_every);
-        set!(seed = self.seed);
-        set!(save_every = self.save_every);
-        set!(lora.rank = self.lora_rank);
-        set!(lora.alpha = self.lora_alpha);
-        set!(lora.dropout = self.lora_dropout);
-        set!(flex.lambda = self.flex_lambda);
-        set!(flex.threshold = self.flex_threshold);
-        set!(flex.phi_low = self.flex_phi_low);
-        set!(flex.phi_high = self.flex_phi_high);
+        set!(out = out);
+        if given("weights") {
+            c.weights = self.weights.name().into();
+        }
+        set!(max_len = max_len);
+        set!(batch_size = batch_size);
+        set!(grad_accum = grad_accum);
+        set!(steps = steps);
+        set!(epochs = epochs);
+        set!(lr = lr);
+        set!(schedule = schedule);
+        set!(warmup_steps = warmup_steps);
+        set!(min_lr_ratio = min_lr_ratio);
+        set!(clip = clip);
+        set!(optimizer = optimizer);
+        set!(hessian_every = hessian_every);
+        set!(seed = seed);
+        set!(save_every = save_every);
+        set!(lora.rank = lora_rank);
+        set!(lora.alpha = lora_alpha);
+        set!(lora.dropout = lora_dropout);
+        set!(flex.mode = flex_mode);
+        set!(flex.lambda = flex_lambda);
+        set!(flex.threshold = flex_threshold);
+        set!(flex.phi_low = flex_phi_low);
+        set!(flex.phi_high = flex_phi_high);
+        set!(flex.matrices = flex_matrices);
         c.mask_prompt &= !self.no_mask_prompt;
         c.recompute |= self.recompute;
         c.lora.rslora |= self.rslora;
         c.flex.per_row |= self.flex_per_row;
-        if let Some(s) = &self.schedule {
-            c.schedule = enum_flag("--schedule", s)?;
-        }
-        if let Some(s) = &self.optimizer {
-            c.optimizer = enum_flag("--optimizer", s)?;
-        }
-        if let Some(s) = &self.flex_mode {
-            c.flex.mode = enum_flag("--flex-mode", s)?;
-        }
-        if let Some(s) = &self.flex_matrices {
-            c.flex.matrices = enum_flag("--flex-matrices", s)?;
-        }
-        if let Some(t) = &self.lora_targets {
-            c.lora.targets = t.split(',').map(flexlora::model::Target::parse).collect::<flexlora::Result<_>>()?;
+        if given("lora_targets") {
+            c.lora.targets = self.lora_targets.split(',').map(flexlora::model::Target::parse).collect::<flexlora::Result<_>>()?;
         }
         c.validate()?;
         Ok(c)
@@ -553,20 +594,22 @@ struct GpuFlags {
 
 fn main() -> Result<()> {
     keep_freed_memory();
-    let cli = Cli::parse();
+    // The matches are kept: `train` tells flags given on the command line from defaults.
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     // Run the command on a worker of the thread pool: each parallel op then starts from a worker
     // (the others join it) instead of waking the pool from outside and sleeping until it is done,
     // which cost a futex round trip per op, thousands per training step.
     let pool = rayon::ThreadPoolBuilder::new().build()?;
-    pool.install(|| run(cli))
+    pool.install(|| run(cli, &matches))
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
     match cli.command {
         Command::Devices { backend } => devices(backend),
         Command::Generate(args) => generate(args),
         Command::Eval(args) => eval(args),
-        Command::Train(args) => train(*args),
+        Command::Train(args) => train(*args, matches.subcommand_matches("train").unwrap_or(matches)),
         Command::Web(args) => web(args),
         Command::Experiment { spec, device, backend } => {
             let mut dev = || Ok(block_on(None, device::select(device, backend))?.device);
@@ -594,50 +637,26 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Bench { what: BenchCommand::Train { model, random_7b, seq, steps, lora_rank, lora_targets, recompute, dev } } => {
             let sel = block_on(None, device::select(dev.device, dev.backend))?;
-            let t0 = std::time::Instant::now();
-            let mut m = bench_model(&sel.device, random_7b, &model, &dev)?;
             let lora = flexlora::model::LoraConfig {
                 rank: lora_rank,
                 targets: lora_targets.split(',').map(flexlora::model::Target::parse).collect::<flexlora::Result<_>>()?,
                 ..Default::default()
             };
-            m.attach_lora(&sel.device, &lora, 0)?;
-            let (trainable, total) = m.trainable_params();
-            let what = if random_7b { "random Code Llama 7B shapes".to_string() } else { model.display().to_string() };
-            println!(
-                "{what} on {} ({} base weights, loaded in {:.1} s): LoRA r={lora_rank} on {lora_targets}, {trainable} of {total} parameters, T={seq}{}",
-                sel.device.name(),
-                match dev.weights {
-                    WeightsArg::Nf4 => "NF4",
-                    WeightsArg::F32 => "f32",
-                    WeightsArg::Auto => "auto (GGUF blocks or NF4)",
-                },
-                t0.elapsed().as_secs_f64(),
-                if recompute { ", recomputing activations" } else { "" }
-            );
-            let secs = flexlora::bench::train(&sel.device, &mut m, seq, steps, recompute, &mut std::io::stdout())?;
-            println!("  mean step {secs:.2} s: {:.1} tokens/s", seq as f64 / secs);
-            if let Some(rss) = flexlora::bench::peak_rss() {
-                println!("  peak resident memory: {:.0} MiB", rss as f64 / (1 << 20) as f64);
-            }
+            let source = if random_7b { flexlora::bench::BenchModel::RandomCodeLlama7b } else { flexlora::bench::BenchModel::File(model) };
+            let run = flexlora::bench::TrainRun { source, format: dev.format(), lora, seq, steps, recompute };
+            flexlora::bench::train_run(&sel.device, &run, &mut std::io::stdout())?;
             Ok(())
         }
         Command::Bench { what: BenchCommand::Flex { model, random_7b, lora_rank, reps, with_step, seq, dev } } => {
             let sel = block_on(None, device::select(dev.device, dev.backend))?;
-            let cfg = if random_7b { flexlora::bench::codellama_7b() } else { flexlora::model::load::open_config(&model)? };
-            println!("{} on {}", if random_7b { "Code Llama 7B shapes".into() } else { model.display().to_string() }, sel.device.name());
-            let flex = flexlora::bench::flex(&sel.device, &cfg, lora_rank, reps, &mut std::io::stdout())?;
-            if with_step {
-                let mut m = bench_model(&sel.device, random_7b, &model, &dev)?;
-                m.attach_lora(&sel.device, &flexlora::model::LoraConfig { rank: lora_rank, ..Default::default() }, 0)?;
-                let step = flexlora::bench::train(&sel.device, &mut m, seq, 1, false, &mut std::io::stdout())?;
-                println!("  training step (T={seq}) {step:.2} s: the penalty adds {:.2}%", 100.0 * flex / step);
-            }
+            let source = if random_7b { flexlora::bench::BenchModel::RandomCodeLlama7b } else { flexlora::bench::BenchModel::File(model) };
+            let step = with_step.then_some(seq);
+            flexlora::bench::flex_run(&sel.device, &source, dev.format(), lora_rank, reps, step, &mut std::io::stdout())?;
             Ok(())
         }
         Command::Bench { what: BenchCommand::Generate { model, prompt_tokens, decode_tokens, dev } } => {
             let sel = block_on(None, device::select(dev.device, dev.backend))?;
-            let (m, _) = open_model(&sel.device, &model, &dev)?;
+            let (m, _) = open_model(&sel.device, &model, &dev, None)?;
             println!("{} on {}", model.display(), sel.device.name());
             flexlora::bench::generate(&sel.device, &m, prompt_tokens, decode_tokens, &mut std::io::stdout())?;
             Ok(())
@@ -645,29 +664,9 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// The model a training benchmark runs: random weights with Code Llama 7B's shapes, or a file.
-fn bench_model(dev: &flexlora::Device, random_7b: bool, path: &std::path::Path, flags: &DeviceFlags) -> Result<flexlora::model::Model> {
-    if !random_7b {
-        return Ok(open_model(dev, path, flags)?.0);
-    }
-    let cfg = flexlora::bench::codellama_7b();
-    let mut src = flexlora::bench::RandomSource { cfg: cfg.clone(), seed: 1 };
-    Ok(flexlora::model::Model::load(dev, cfg, &mut src, flags.format())?)
-}
-
-/// Loads a PEFT LoRA adapter onto the model, when one is given.
-fn attach_adapter(dev: &flexlora::Device, model: &mut flexlora::model::Model, adapter: Option<&std::path::Path>) -> Result<()> {
-    if let Some(path) = adapter {
-        let cfg = flexlora::model::load::peft::load(dev, model, path)?;
-        let (trainable, _) = model.trainable_params();
-        eprintln!("adapter {}: rank {}, alpha {}, {:?}, {trainable} parameters", path.display(), cfg.rank, cfg.alpha, cfg.targets);
-    }
-    Ok(())
-}
-
-fn train(a: TrainArgs) -> Result<()> {
+fn train(a: TrainArgs, m: &clap::ArgMatches) -> Result<()> {
     use flexlora::train::run::{self, Event, Trainer};
-    let cfg = a.config(a.resume.as_deref().map(run::resume_settings).transpose()?.map(|r| r.config))?;
+    let cfg = a.config(m, a.resume.as_deref().map(run::resume_settings).transpose()?.map(|r| r.config))?;
     let sel = block_on(None, device::select(a.device, a.backend))?;
     eprintln!("device: {} ({})", sel.device.name(), sel.reason);
     let t0 = std::time::Instant::now();
@@ -772,8 +771,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
     let sel = block_on(None, device::select(a.dev.device, a.dev.backend))?;
     eprintln!("device: {} ({})", sel.device.name(), sel.reason);
     let dev = sel.device;
-    let (mut model, tok) = open_model(&dev, &a.model, &a.dev)?;
-    attach_adapter(&dev, &mut model, a.adapter.as_deref())?;
+    let (model, tok) = open_model(&dev, &a.model, &a.dev, a.adapter.as_deref())?;
     let text = if a.chat { tok.checked_chat_prompt(a.system.as_deref(), &a.prompt)? } else { a.prompt.clone() };
     let ids = tok.encode(&text, true)?;
     let opts = GenerateOptions {
@@ -851,8 +849,7 @@ fn eval(a: EvalArgs) -> Result<()> {
     }
     let sel = block_on(None, device::select(a.dev.device, a.dev.backend))?;
     eprintln!("device: {} ({})", sel.device.name(), sel.reason);
-    let (mut model, tok) = open_model(&sel.device, &a.model, &a.dev)?;
-    attach_adapter(&sel.device, &mut model, a.adapter.as_deref())?;
+    let (model, tok) = open_model(&sel.device, &a.model, &a.dev, a.adapter.as_deref())?;
     let cfg = EvalConfig {
         model: match &a.adapter {
             Some(ad) => format!("{} + adapter {}", a.model.display(), ad.display()),
@@ -934,8 +931,7 @@ fn eval_ppl(a: EvalArgs) -> Result<()> {
     }
     let sel = block_on(None, device::select(a.dev.device, a.dev.backend))?;
     eprintln!("device: {} ({})", sel.device.name(), sel.reason);
-    let (mut model, tok) = open_model(&sel.device, &a.model, &a.dev)?;
-    attach_adapter(&sel.device, &mut model, a.adapter.as_deref())?;
+    let (model, tok) = open_model(&sel.device, &a.model, &a.dev, a.adapter.as_deref())?;
     let cfg = PplConfig {
         model: match &a.adapter {
             Some(ad) => format!("{} + adapter {}", a.model.display(), ad.display()),

@@ -150,7 +150,8 @@ fn lora_gradients_over_native_gguf_blocks_equal_those_over_f32_weights() {
         model.attach_lora(&cpu, &lora, 3).unwrap();
         // Random B (a fresh B = 0 would make every dA zero and the comparison blind).
         let mut rng = common::Rng::new(17);
-        for t in model.lora_tensors_mut() {
+        for key in model.lora_keys() {
+            let t = model.lora_param_mut(key).unwrap();
             let v = rng.vec(t.numel(), 0.02);
             *t = flexlora::Tensor::from_f32(&cpu, &t.label().to_string(), &t.shape().to_vec(), &v).unwrap();
         }
@@ -158,7 +159,7 @@ fn lora_gradients_over_native_gguf_blocks_equal_those_over_f32_weights() {
         let fwd = model.forward_train(&cpu, &ids, &targets, 2, opts).unwrap();
         let mut g = model.zero_grads(&cpu);
         model.backward(&cpu, &fwd, None, 1.0 / 30.0, &mut g).unwrap();
-        g.iter().map(|t| common::read(&cpu, t)).collect::<Vec<_>>()
+        g.tensors().map(|t| common::read(&cpu, t)).collect::<Vec<_>>()
     };
     let (native, dense) = (grads(WeightFormat::Auto), grads(WeightFormat::F32));
     for (i, (g, w)) in native.iter().zip(&dense).enumerate() {

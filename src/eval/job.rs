@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -361,7 +361,4 @@ fn fnv1a(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
 }
 
-/// Where the datasets are: the flag, else FLEXLORA_DATA, else ../shared/data.
-pub fn data_dir(flag: Option<PathBuf>) -> PathBuf {
-    flag.or_else(|| std::env::var_os("FLEXLORA_DATA").map(PathBuf::from)).unwrap_or_else(|| PathBuf::from("../shared/data"))
-}
+pub use crate::data::data_dir;

@@ -22,8 +22,8 @@ pub mod sandbox;
 pub mod score;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod shard;
-pub mod task_file;
-pub mod tasks;
+/// The benchmark readers live in `data` (training reads MBPP too).
+pub use crate::data::{task_file, tasks};
 
 #[cfg(target_os = "linux")]
 pub use run::{run_samples, SampleResult};

@@ -15,8 +15,9 @@ use crate::ops::{elementwise, matmul};
 use crate::rng::Rng;
 use crate::tensor::Tensor;
 
-/// A linear layer LoRA can adapt, named as in Hugging Face Llama/Qwen2 modules.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// A linear layer LoRA can adapt, named as in Hugging Face Llama/Qwen2 modules. Ordered as in
+/// the layer (`ALL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Target {
     #[serde(rename = "q_proj")]
     Q,
@@ -155,6 +156,43 @@ pub fn check_finite(file: &str, tensor: &str, data: &[f32]) -> Result<()> {
     }
 }
 
+/// Which matrix of an adapter pair: A [R, in] or B [out, R].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Side {
+    A,
+    B,
+}
+
+impl Side {
+    fn of(self, l: &Lora) -> &Tensor {
+        match self {
+            Side::A => &l.a,
+            Side::B => &l.b,
+        }
+    }
+}
+
+/// Names one trainable adapter tensor: the A or B matrix of the adapter on `target` in `layer`.
+/// Gradients, optimizer state and checkpoints are keyed by it; its order (layer, target, side)
+/// is the order of PEFT files and of every list of adapter tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ParamKey {
+    pub layer: usize,
+    pub target: Target,
+    pub side: Side,
+}
+
+impl ParamKey {
+    /// The tensor's PEFT state-dict name (`base_model.model.model.layers.3.mlp.up_proj.lora_B.weight`).
+    pub fn peft_name(&self) -> String {
+        let (a, b) = peft_names(self.layer, self.target);
+        match self.side {
+            Side::A => a,
+            Side::B => b,
+        }
+    }
+}
+
 /// The PEFT state-dict names of layer `layer`'s adapter on `target`: (lora_A, lora_B).
 pub fn peft_names(layer: usize, target: Target) -> (String, String) {
     let p = format!("base_model.model.model.layers.{layer}.{}", target.module());
@@ -244,34 +282,47 @@ impl Model {
         Ok(())
     }
 
-    /// Every adapter tensor with its PEFT name, in a fixed order (layer, target, A then B): the
-    /// order of gradients, optimizer state and checkpoints.
-    pub fn lora_tensors(&self) -> Vec<(String, &Tensor)> {
+    /// The key of every adapter tensor attached, in key order (layer, target, A then B): the order
+    /// of gradients, optimizer state and checkpoints.
+    pub fn lora_keys(&self) -> Vec<ParamKey> {
+        self.lora_params().into_iter().map(|(k, _)| k).collect()
+    }
+
+    /// Every adapter tensor with its key, in key order.
+    pub fn lora_params(&self) -> Vec<(ParamKey, &Tensor)> {
         let mut out = Vec::new();
-        for i in 0..self.layers.len() {
-            for t in Target::ALL {
-                if let Some(l) = self.linear(i, t).lora() {
-                    let (na, nb) = peft_names(i, t);
-                    out.push((na, &l.a));
-                    out.push((nb, &l.b));
+        for layer in 0..self.layers.len() {
+            for target in Target::ALL {
+                if let Some(l) = self.linear(layer, target).lora() {
+                    out.push((ParamKey { layer, target, side: Side::A }, &l.a));
+                    out.push((ParamKey { layer, target, side: Side::B }, &l.b));
                 }
             }
         }
         out
     }
 
-    /// Mutable adapter tensors in `lora_tensors` order.
-    pub fn lora_tensors_mut(&mut self) -> Vec<&mut Tensor> {
-        let mut out = Vec::new();
-        for layer in &mut self.layers {
-            for lin in layer.linears_mut() {
-                if let Some(l) = lin.lora.as_mut() {
-                    out.push(&mut l.a);
-                    out.push(&mut l.b);
-                }
-            }
+    /// The adapter tensor `key` names, if that adapter is attached.
+    pub fn lora_param(&self, key: ParamKey) -> Option<&Tensor> {
+        let l = self.layers.get(key.layer)?;
+        let l = l.linears()[key.target.index()].lora()?;
+        Some(key.side.of(l))
+    }
+
+    pub fn lora_param_mut(&mut self, key: ParamKey) -> Option<&mut Tensor> {
+        if key.layer >= self.layers.len() {
+            return None;
         }
-        out
+        let l = self.linear_mut(key.layer, key.target).lora.as_mut()?;
+        Some(match key.side {
+            Side::A => &mut l.a,
+            Side::B => &mut l.b,
+        })
+    }
+
+    /// Every adapter tensor with its PEFT name, in key order (what `load::peft::save` writes).
+    pub fn lora_tensors(&self) -> Vec<(String, &Tensor)> {
+        self.lora_params().into_iter().map(|(k, t)| (k.peft_name(), t)).collect()
     }
 
     /// (trainable parameters, all parameters including the frozen base).

@@ -15,5 +15,19 @@ pub mod weights;
 
 pub use config::{Arch, Config, HfConfig, Llama3Scaling, RopeScaling};
 pub use forward::KvCache;
-pub use lora::{LoraConfig, Target};
+pub use lora::{LoraConfig, ParamKey, Side, Target};
 pub use weights::{Linear, MemorySource, Model, Weight, WeightFormat, WeightSource};
+
+/// A model with its tokenizer and, when `adapter` names a PEFT adapter directory, that adapter
+/// attached (its config returned): what `flexlora generate` and `flexlora eval` run.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn open_with_adapter(
+    dev: &crate::device::Device,
+    path: &std::path::Path,
+    format: WeightFormat,
+    adapter: Option<&std::path::Path>,
+) -> crate::error::Result<(Model, tokenizer::Tokenizer, Option<LoraConfig>)> {
+    let (mut model, tok) = load::open(dev, path, format)?;
+    let lora = adapter.map(|a| load::peft::load(dev, &mut model, a)).transpose()?;
+    Ok((model, tok, lora))
+}

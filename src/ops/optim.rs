@@ -3,8 +3,10 @@
 //! Gauss-Newton-Bartlett estimator samples from the model. Kernels: `shaders/optim.wgsl`.
 //!
 //! Every per-step value the host knows (learning rate, bias corrections, clipping factor) travels
-//! in the uniform params, so a training step never reads back from the GPU to update parameters;
-//! only the caller's gradient norm is read back, once per step.
+//! in the uniform params, so these updates never read back from the GPU themselves. The clipping
+//! factor is the caller's: `train::step` reads back the gradient norm (`sum_squares`) to form it,
+//! and also reads back each micro-batch's loss and the FLeX value, so a step drains the queue
+//! several times, not once.
 
 use crate::device::Device;
 use crate::error::{Error, Result};

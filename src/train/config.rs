@@ -10,14 +10,14 @@ use crate::model::lora::LoraConfig;
 use crate::ops::optim::{AdamW, Sophia};
 use crate::ops::spectral::Spectral;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum OptimizerKind {
     Adamw,
     Sophia,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Schedule {
     Constant,
@@ -27,7 +27,7 @@ pub enum Schedule {
 
 /// FLeX's spectral penalty: `off`, `train` (added to the loss with its gradient) or `published`
 /// (computed and logged, no gradient: what the paper's code did).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum FlexMode {
     Off,
@@ -36,7 +36,7 @@ pub enum FlexMode {
 }
 
 /// Which LoRA matrices the penalty covers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum FlexMatrices {
     A,

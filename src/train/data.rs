@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::data::tasks::{self, MbppPrompt, MbppSplit};
 use crate::error::{io_at, Error, Result};
-use crate::eval::tasks::{self, MbppPrompt, MbppSplit};
 use crate::model::tokenizer::Tokenizer;
 use crate::ops::cross_entropy::IGNORE;
 use crate::rng::Rng;

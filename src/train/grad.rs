@@ -15,9 +15,11 @@
 //! Dropout masks are a pure function of a per-step seed and the layer (see `ops::elementwise::dropout`),
 //! so recomputing a layer during backward (`recompute`) reproduces its forward bit for bit.
 
+use std::collections::BTreeMap;
+
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::model::lora::Target;
+use crate::model::lora::{ParamKey, Side, Target};
 use crate::model::weights::{Layer, Linear, Model, Weight};
 use crate::ops::{attention, cross_entropy, elementwise, embedding, matmul, matmul_nf4, rmsnorm, rope, swiglu};
 use crate::tensor::{DType, Tensor};
@@ -121,27 +123,71 @@ fn linear_backward(
     Ok(dx)
 }
 
-impl Model {
-    /// Index of each (layer, target)'s dA in `lora_tensors` order (dB follows it).
-    fn grad_slots(&self) -> Vec<[Option<usize>; 7]> {
-        let mut next = 0;
-        (0..self.layers.len())
-            .map(|i| {
-                let mut slots = [None; 7];
-                for (s, t) in Target::ALL.into_iter().enumerate() {
-                    if self.linear(i, t).lora().is_some() {
-                        slots[s] = Some(next);
-                        next += 2;
-                    }
-                }
-                slots
-            })
-            .collect()
+/// Gradients of the adapter tensors, keyed like them (`ParamKey`): what `Model::backward` adds into.
+pub struct Grads(BTreeMap<ParamKey, Tensor>);
+
+impl Grads {
+    /// A zero gradient for every adapter tensor attached to `model`.
+    pub fn zeros(dev: &Device, model: &Model) -> Grads {
+        Grads(
+            model
+                .lora_params()
+                .into_iter()
+                .map(|(k, t)| (k, Tensor::zeros(dev, &format!("grad.{}", k.peft_name()), t.shape(), DType::F32)))
+                .collect(),
+        )
     }
 
-    /// Zeroed gradient tensors, one per adapter tensor in `lora_tensors` order.
-    pub fn zero_grads(&self, dev: &Device) -> Vec<Tensor> {
-        self.lora_tensors().iter().map(|(name, t)| Tensor::zeros(dev, &format!("grad.{name}"), t.shape(), DType::F32)).collect()
+    /// Sets every gradient back to zero (fresh device buffers, as a new step needs).
+    pub fn zero(&mut self, dev: &Device) {
+        for g in self.0.values_mut() {
+            *g = Tensor::zeros(dev, g.label(), &g.shape().to_vec(), DType::F32);
+        }
+    }
+
+    pub fn get(&self, key: ParamKey) -> Option<&Tensor> {
+        self.0.get(&key)
+    }
+
+    pub fn get_mut(&mut self, key: ParamKey) -> Option<&mut Tensor> {
+        self.0.get_mut(&key)
+    }
+
+    /// (dA, dB) of the adapter on `target` in `layer`, when it has one.
+    fn pair_mut(&mut self, layer: usize, target: Target) -> Option<(&mut Tensor, &mut Tensor)> {
+        let from = ParamKey { layer, target, side: Side::A };
+        let to = ParamKey { layer, target, side: Side::B };
+        let mut it = self.0.range_mut(from..=to).map(|(_, g)| g);
+        Some((it.next()?, it.next()?))
+    }
+
+    /// (key, gradient) in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (ParamKey, &Tensor)> {
+        self.0.iter().map(|(k, g)| (*k, g))
+    }
+
+    /// Gradients in key order.
+    pub fn tensors(&self) -> impl Iterator<Item = &Tensor> {
+        self.0.values()
+    }
+
+    pub fn tensors_mut(&mut self) -> impl Iterator<Item = (ParamKey, &mut Tensor)> {
+        self.0.iter_mut().map(|(k, g)| (*k, g))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Model {
+    /// Zeroed gradients, one per adapter tensor.
+    pub fn zero_grads(&self, dev: &Device) -> Grads {
+        Grads::zeros(dev, self)
     }
 
     fn attention_dims(&self, b: usize, t: usize) -> attention::Dims {
@@ -228,14 +274,15 @@ impl Model {
     }
 
     /// Backpropagates `scale`·Σ loss(targets) from a forward pass and adds the adapter gradients
-    /// into `grads` (`lora_tensors` order). `targets` (one per row of `fwd.logits`) default to the
+    /// into `grads`. `targets` (one per row of `fwd.logits`) default to the
     /// forward's; Sophia passes labels it sampled, since the log-sum-exp depends on the logits alone.
-    pub fn backward(&self, dev: &Device, fwd: &Forward, targets: Option<&Tensor>, scale: f32, grads: &mut [Tensor]) -> Result<()> {
+    pub fn backward(&self, dev: &Device, fwd: &Forward, targets: Option<&Tensor>, scale: f32, grads: &mut Grads) -> Result<()> {
         let targets = targets.unwrap_or(&fwd.targets);
-        if grads.len() != self.lora_tensors().len() {
+        let keys = self.lora_keys();
+        if !keys.iter().copied().eq(grads.0.keys().copied()) {
             return Err(Error::shape(
                 "backward",
-                format!("{} gradient tensors for {} adapter tensors", grads.len(), self.lora_tensors().len()),
+                format!("{} gradient tensors for {} adapter tensors (or for other ones)", grads.len(), keys.len()),
             ));
         }
         let dlogits = cross_entropy::backward(dev, &fwd.logits, targets, &fwd.lse, scale)?;
@@ -249,7 +296,6 @@ impl Model {
             None => dxs,
         };
         let (mut dx, _) = rmsnorm::backward(dev, &fwd.x, &self.norm, &fwd.rstd, &dxn)?;
-        let slots = self.grad_slots();
         for i in (0..self.layers.len()).rev() {
             let recomputed;
             let s = match &fwd.saved[i] {
@@ -259,7 +305,7 @@ impl Model {
                     &recomputed
                 }
             };
-            dx = self.layer_backward(dev, i, &fwd.inputs[i], s, &dx, fwd.b, fwd.t, fwd.seed, &slots[i], grads)?;
+            dx = self.layer_backward(dev, i, &fwd.inputs[i], s, &dx, fwd.b, fwd.t, fwd.seed, grads)?;
         }
         Ok(())
     }
@@ -275,22 +321,18 @@ impl Model {
         b: usize,
         t: usize,
         seed: Option<u32>,
-        slots: &[Option<usize>; 7],
-        grads: &mut [Tensor],
+        grads: &mut Grads,
     ) -> Result<Tensor> {
         let (cfg, layer): (_, &Layer) = (&self.cfg, &self.layers[i]);
         let n = b * t;
         let mut lin = |target: Target, input: &Tensor, d: &Tensor| -> Result<Tensor> {
-            let g = slots[target.index()].map(|j| {
-                let (a, rest) = grads[j..].split_at_mut(1);
-                (&mut a[0], &mut rest[0])
-            });
+            let g = grads.pair_mut(i, target);
             let xa = s.xa[target.index()].as_ref();
             linear_backward(dev, self.linear(i, target), input, xa, d, seed.map(|sd| linear_seed(sd, i, target)), g)
         };
         // MLP: y = m + down(swiglu(gate(h2), up(h2))).
         // down_proj's input is needed only for its adapter's dA.
-        let a = if slots[Target::Down.index()].is_some() { Some(swiglu::forward(dev, &s.g, &s.u)?) } else { None };
+        let a = if self.linear(i, Target::Down).lora().is_some() { Some(swiglu::forward(dev, &s.g, &s.u)?) } else { None };
         let da = lin(Target::Down, a.as_ref().unwrap_or(dy), dy)?;
         drop(a);
         let (dg, du) = swiglu::backward(dev, &s.g, &s.u, &da)?;

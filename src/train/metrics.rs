@@ -137,3 +137,10 @@ pub fn series_svg(title: &str, series: &[(String, Vec<(f64, f64)>)]) -> String {
     s.push_str("</svg>\n");
     s
 }
+
+/// Peak resident memory of this process in bytes (Linux), for benchmark reports.
+pub fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
+}

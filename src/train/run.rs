@@ -9,18 +9,18 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::device::{block_on, Device};
+use crate::data::tasks::MbppSplit;
+use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::eval::tasks::MbppSplit;
 use crate::model::load;
 use crate::model::tokenizer::Tokenizer;
 use crate::model::weights::{Model, WeightFormat};
-use crate::ops::{elementwise, optim, spectral};
-use crate::tensor::{DType, Tensor};
+use crate::train::adapter::AdapterStore;
 use crate::train::checkpoint::{self, State};
-use crate::train::config::{FlexMatrices, FlexMode, OptimizerKind, TrainConfig};
+use crate::train::config::{OptimizerKind, TrainConfig};
 use crate::train::data::{self, Cursor, Example, Loader, Source, TokenStats};
-use crate::train::grad::Options;
+use crate::train::optimizer::{self, Optimizer};
+use crate::train::step::{self, StepOutcome, StepSettings};
 
 /// What one optimizer step did.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -53,12 +53,6 @@ pub fn parse_source(data: &str) -> Result<Source> {
     }
 }
 
-/// Optimizer state: first moments `m` and second moments (AdamW's `v`, Sophia's Hessian `h`).
-struct OptState {
-    m: Vec<Tensor>,
-    s: Vec<Tensor>,
-}
-
 pub struct Trainer {
     pub dev: Device,
     pub model: Model,
@@ -66,8 +60,9 @@ pub struct Trainer {
     pub stats: TokenStats,
     examples: Vec<Example>,
     loader: Loader,
-    opt: OptState,
-    grads: Vec<Tensor>,
+    opt: Box<dyn Optimizer>,
+    /// Every adapter tensor's gradient and optimizer state.
+    store: AdapterStore,
     pad: u32,
     pub step: usize,
     pub total_steps: usize,
@@ -77,14 +72,6 @@ pub struct Trainer {
     pub resumed_from: Option<PathBuf>,
     /// The model's fingerprint, saved with every checkpoint.
     model_fingerprint: Option<String>,
-}
-
-fn opt_names(model: &Model, kind: OptimizerKind) -> Vec<(String, Vec<usize>)> {
-    let second = if kind == OptimizerKind::Sophia { "h" } else { "v" };
-    let params: Vec<(String, Vec<usize>)> = model.lora_tensors().into_iter().map(|(n, t)| (n, t.shape().to_vec())).collect();
-    let m = params.iter().map(|(n, s)| (format!("m.{n}"), s.clone()));
-    let s = params.iter().map(|(n, s)| (format!("{second}.{n}"), s.clone()));
-    m.chain(s).collect()
 }
 
 impl Trainer {
@@ -156,7 +143,7 @@ impl Trainer {
             model.attach_lora(&dev, &cfg.lora, cfg.seed)?;
         }
         checkpoint::remove_leftovers(&cfg.out.join("checkpoints"))?;
-        let data_dir = crate::eval::job::data_dir(cfg.data_dir.clone());
+        let data_dir = crate::data::data_dir(cfg.data_dir.clone());
         let texts = data::load(&parse_source(&cfg.data)?, &data_dir)?;
         let (examples, stats) = data::tokenize(tok, &texts, cfg.max_len, cfg.mask_prompt)?;
         if examples.is_empty() {
@@ -192,19 +179,14 @@ impl Trainer {
                 });
             }
         }
-        let names = opt_names(&model, cfg.optimizer);
-        let opt_tensors = match &resumed {
-            Some(ckpt) => checkpoint::load_optimizer(&dev, ckpt, &names)?,
-            None => names.iter().map(|(n, s)| Tensor::zeros(&dev, n, s, DType::F32)).collect(),
+        let opt = optimizer::from_config(&cfg);
+        let store = match &resumed {
+            Some(ckpt) => AdapterStore::load(&dev, &model, opt.as_ref(), ckpt)?,
+            None => AdapterStore::new(&dev, &model, opt.as_ref()),
         };
-        let half = opt_tensors.len() / 2;
-        let mut it = opt_tensors.into_iter();
-        let m: Vec<Tensor> = it.by_ref().take(half).collect();
-        let s: Vec<Tensor> = it.collect();
         let cursor = state.as_ref().map(|s| s.cursor.clone()).unwrap_or(Cursor { epoch: 0, index: 0 });
         let loader = Loader::new(examples.len(), cfg.seed, cursor);
         let pad = tok.eos.first().copied().unwrap_or(0);
-        let grads = model.zero_grads(&dev);
         let model_fingerprint = match model_fingerprint {
             Some(f) => Some(f),
             None => crate::model::load::fingerprint::model(&cfg.model).ok(),
@@ -215,8 +197,8 @@ impl Trainer {
             stats,
             examples,
             loader,
-            opt: OptState { m, s },
-            grads,
+            opt,
+            store,
             pad,
             step: state.as_ref().map_or(0, |s| s.step),
             total_steps,
@@ -232,19 +214,10 @@ impl Trainer {
         self.step >= self.total_steps
     }
 
-    /// Seeds for step `step`, micro-batch `j`: dropout and Sophia's label sampling.
-    fn seed(&self, step: usize, j: usize, salt: u32) -> u32 {
-        let s = self.cfg.seed;
-        elementwise::hash(
-            (s as u32) ^ elementwise::hash((s >> 32) as u32 ^ elementwise::hash(step as u32 ^ elementwise::hash(j as u32 * 2 + salt))),
-        )
-    }
-
-    /// One optimizer step over `grad_accum` micro-batches.
+    /// One optimizer step over `grad_accum` micro-batches (`step::step`).
     pub fn step(&mut self) -> Result<StepReport> {
         let t0 = Instant::now();
-        let (dev, cfg) = (&self.dev, &self.cfg);
-        let step = self.step;
+        let cfg = &self.cfg;
         let mut tokens = 0;
         let micro: Vec<data::Batch> = (0..cfg.grad_accum)
             .map(|_| {
@@ -255,91 +228,26 @@ impl Trainer {
             })
             .collect();
         let targets: usize = micro.iter().map(|b| b.n_targets).sum();
-        for g in &mut self.grads {
-            *g = Tensor::zeros(dev, g.label(), &g.shape().to_vec(), DType::F32);
-        }
-        let scale = 1.0 / targets.max(1) as f32;
-        let sophia_step = cfg.optimizer == OptimizerKind::Sophia && step % cfg.hessian_every == 0;
-        let mut loss_sum = 0f64;
-        for (j, batch) in micro.iter().enumerate() {
-            let opts = Options { recompute: cfg.recompute, dropout_seed: Some(self.seed(step, j, 0)), all_logits: false };
-            let fwd = self.model.forward_train(dev, &batch.ids, &batch.targets, batch.b, opts)?;
-            self.model.backward(dev, &fwd, None, scale, &mut self.grads)?;
-            if sophia_step && j + 1 == micro.len() && batch.n_targets > 0 {
-                // Gauss-Newton-Bartlett: the gradient of the loss on labels the model samples itself.
-                let labels = optim::sample_labels(dev, &fwd.logits, &fwd.targets, self.seed(step, j, 1))?;
-                let mut ghat = self.model.zero_grads(dev);
-                self.model.backward(dev, &fwd, Some(&labels), 1.0 / batch.n_targets as f32, &mut ghat)?;
-                for (h, g) in self.opt.s.iter_mut().zip(&ghat) {
-                    optim::sophia_hessian(dev, h, g, cfg.sophia.beta2, batch.n_targets as f32)?;
-                }
-            }
-            loss_sum += block_on(Some(dev), fwd.loss.to_vec_f32(dev))?.iter().map(|&l| l as f64).sum::<f64>();
-        }
-        let loss = loss_sum * scale as f64;
-        let flex_penalty = self.flex()?;
-        let (dev, cfg) = (&self.dev, &self.cfg);
-        let norm2 = block_on(Some(dev), optim::sum_squares(dev, &self.grads.iter().collect::<Vec<_>>())?.to_vec_f32(dev))?[0] as f64;
-        let grad_norm = norm2.sqrt();
-        if !loss.is_finite() || !grad_norm.is_finite() {
-            let last = checkpoint::list(&self.cfg.out.join("checkpoints"))?.pop();
-            return Err(Error::Training {
-                step: step + 1,
-                detail: format!("the loss is {loss} and the gradient norm {grad_norm}"),
-                hint: match last {
+        let lr = cfg.lr_at(self.step, self.total_steps);
+        let settings = StepSettings { step: self.step, seed: cfg.seed, lr, clip: cfg.clip, recompute: cfg.recompute, flex: &cfg.flex };
+        let out = match step::step(&self.dev, &mut self.model, &mut self.store, self.opt.as_ref(), &micro, &settings) {
+            Ok(out) => out,
+            Err(Error::Training { step, detail, .. }) => {
+                let last = checkpoint::list(&cfg.out.join("checkpoints"))?.pop();
+                let hint = match last {
                     Some((s, p)) => format!("The last good checkpoint (step {s}) is {}; resume from it with a lower --lr", p.display()),
                     None => "No checkpoint was written yet; lower --lr or check the data".into(),
-                },
-            });
-        }
-        let clip = if cfg.clip > 0.0 && grad_norm > cfg.clip as f64 { (cfg.clip as f64 / grad_norm) as f32 } else { 1.0 };
-        let lr = cfg.lr_at(step, self.total_steps);
-        let mut params = self.model.lora_tensors_mut();
-        for (i, p) in params.iter_mut().enumerate() {
-            let (g, m, s) = (&self.grads[i], &mut self.opt.m[i], &mut self.opt.s[i]);
-            match cfg.optimizer {
-                OptimizerKind::Adamw => optim::adamw(dev, p, g, m, s, &cfg.adamw, lr, step as u32 + 1, clip)?,
-                OptimizerKind::Sophia => optim::sophia(dev, p, g, m, s, &cfg.sophia, lr, clip)?,
+                };
+                return Err(Error::Training { step, detail, hint });
             }
-        }
-        dev.flush();
+            Err(e) => return Err(e),
+        };
         self.step += 1;
         self.tokens += tokens as u64;
         let seconds = t0.elapsed().as_secs_f64();
         self.elapsed_s += seconds;
+        let StepOutcome { loss, grad_norm, flex_penalty } = out;
         Ok(StepReport { step: self.step, loss, lr, grad_norm, flex_penalty, tokens, targets, seconds })
-    }
-
-    /// FLeX: λ·mean over the chosen LoRA matrices of their spectral penalty; in `train` mode its
-    /// gradient is added to the LoRA gradients on the device.
-    fn flex(&mut self) -> Result<Option<f64>> {
-        let f = &self.cfg.flex;
-        if f.mode == FlexMode::Off {
-            return Ok(None);
-        }
-        let names: Vec<String> = self.model.lora_tensors().into_iter().map(|(n, _)| n).collect();
-        let chosen: Vec<usize> = (0..names.len())
-            .filter(|&i| match f.matrices {
-                FlexMatrices::A => names[i].contains("lora_A"),
-                FlexMatrices::B => names[i].contains("lora_B"),
-                FlexMatrices::Both => true,
-            })
-            .collect();
-        let coef = f.lambda / chosen.len().max(1) as f32;
-        let params = self.model.lora_tensors();
-        let ws: Vec<&Tensor> = chosen.iter().map(|&i| params[i].1).collect();
-        let mut gs: Vec<&mut Tensor> = self.grads.iter_mut().enumerate().filter(|(i, _)| chosen.contains(i)).map(|(_, g)| g).collect();
-        let grads = if f.mode == FlexMode::Train { Some(gs.as_mut_slice()) } else { None };
-        // penalty_batch stacks same-shape matrices into one batched transform.
-        let value = spectral::penalty_batch(&self.dev, &ws, grads, coef, &f.spectral())?;
-        let total = block_on(Some(&self.dev), value.to_vec_f32(&self.dev))?[0] as f64;
-        Ok(Some(coef as f64 * total))
-    }
-
-    /// The optimizer state as (name, tensor) pairs, for checkpoints.
-    fn opt_named(&self) -> Vec<(String, &Tensor)> {
-        let names = opt_names(&self.model, self.cfg.optimizer);
-        names.into_iter().map(|(n, _)| n).zip(self.opt.m.iter().chain(&self.opt.s)).collect()
     }
 
     /// Writes a checkpoint of the current step.
@@ -355,7 +263,14 @@ impl Trainer {
             model_path: std::path::absolute(&self.cfg.model).ok(),
             config: self.cfg.clone(),
         };
-        checkpoint::save(&self.dev, &self.cfg.out.join("checkpoints"), &self.model, &self.opt_named(), &state, self.cfg.keep_checkpoints)
+        checkpoint::save(
+            &self.dev,
+            &self.cfg.out.join("checkpoints"),
+            &self.model,
+            &self.store.named_state(),
+            &state,
+            self.cfg.keep_checkpoints,
+        )
     }
 }
 
@@ -583,7 +498,7 @@ pub fn run(mut tr: Trainer, on: &mut dyn FnMut(Event)) -> Result<Summary> {
         tokens: tr.tokens,
         seconds,
         tokens_per_s: (tr.tokens - tokens0) as f64 / seconds.max(1e-9),
-        peak_rss_mib: crate::bench::peak_rss().map(|b| b as f64 / (1 << 20) as f64),
+        peak_rss_mib: crate::train::metrics::peak_rss().map(|b| b as f64 / (1 << 20) as f64),
         trainable_params: trainable,
         total_params: total,
         adapter,

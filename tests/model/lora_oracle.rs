@@ -74,7 +74,7 @@ fn check_case(dev: &Device, case: &Case, n: usize) {
     model.backward(dev, &fwd, None, 1.0 / n_targets as f32, &mut grads).unwrap();
     let names: Vec<String> = model.lora_tensors().into_iter().map(|(n, _)| n).collect();
     assert_eq!(names.len(), case.f32s.keys().filter(|k| k.starts_with(&format!("{p}grad."))).count(), "case{n}: adapter tensor count");
-    for (name, g) in names.iter().zip(&grads) {
+    for (name, g) in names.iter().zip(grads.tensors()) {
         let want = &case.f32s[&format!("{p}grad.{name}")].1;
         let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
         assert!(scale > 0.0, "case{n} {name}: the oracle gradient is zero");

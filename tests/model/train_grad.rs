@@ -36,7 +36,8 @@ fn adapted(dev: &Device, arch: Arch, format: WeightFormat, lora: &LoraConfig) ->
     let mut model = Model::load(dev, cfg.clone(), &mut random_weights(&cfg, 7), format).unwrap();
     model.attach_lora(dev, lora, 11).unwrap();
     let mut rng = Rng::new(13);
-    for t in model.lora_tensors_mut() {
+    for key in model.lora_keys() {
+        let t = model.lora_param_mut(key).unwrap();
         let v = rng.vec(t.numel(), 0.3);
         *t = Tensor::from_f32(dev, &t.label().to_string(), &t.shape().to_vec(), &v).unwrap();
     }
@@ -50,7 +51,7 @@ fn loss_and_grads(dev: &Device, model: &Model, opts: Options) -> (f64, Vec<Vec<f
     let mut grads = model.zero_grads(dev);
     model.backward(dev, &fwd, None, 1.0 / n as f32, &mut grads).unwrap();
     let loss = read(dev, &fwd.loss).iter().map(|&l| l as f64).sum::<f64>() / n as f64;
-    (loss, grads.iter().map(|g| read(dev, g)).collect())
+    (loss, grads.tensors().map(|g| read(dev, g)).collect())
 }
 
 fn all_targets(dropout: f32) -> LoraConfig {
@@ -64,7 +65,8 @@ fn lora_gradients_match_finite_differences() {
         let mut model = adapted(&dev, arch, WeightFormat::F32, &all_targets(dropout));
         let opts = Options { recompute: false, dropout_seed: Some(77), all_logits: false };
         let (_, grads) = loss_and_grads(&dev, &model, opts);
-        let names: Vec<String> = model.lora_tensors().iter().map(|(n, _)| n.clone()).collect();
+        let keys = model.lora_keys();
+        let names: Vec<String> = keys.iter().map(|k| k.peft_name()).collect();
         let mut rng = Rng::new(3);
         let mut checked = 0;
         for (ti, name) in names.iter().enumerate() {
@@ -74,7 +76,7 @@ fn lora_gradients_match_finite_differences() {
                 let i = rng.below(grads[ti].len() as u64) as usize;
                 let h = 1e-2f32;
                 let mut at = |delta: f32| {
-                    model.lora_tensors_mut()[ti].host_f32_mut("test").unwrap()[i] += delta;
+                    model.lora_param_mut(keys[ti]).unwrap().host_f32_mut("test").unwrap()[i] += delta;
                     loss_and_grads(&dev, &model, opts).0
                 };
                 let lp = at(h);
