@@ -84,8 +84,8 @@ step "GPU op tests" 150 env -u CI cargo test --test ops
 step "bench matmul" 90 "$bin" bench matmul --reps 2 "${backend_flag[@]}"
 step "bench nf4" 90 "$bin" bench nf4 --reps 1 "${backend_flag[@]}"
 if [ -f "$model" ]; then
-  step "bench train" 90 "$bin" bench train --model "$model" --device gpu --seq 128 --steps 2 "${backend_flag[@]}"
-  step "bench generate" 90 "$bin" bench generate --model "$model" --device gpu --prompt-tokens 128 --decode-tokens 16 "${backend_flag[@]}"
+  step "bench train" 150 "$bin" bench train --model "$model" --device gpu --seq 64 --steps 1 "${backend_flag[@]}"
+  step "bench generate" 90 "$bin" bench generate --model "$model" --device gpu --prompt-tokens 64 --decode-tokens 16 "${backend_flag[@]}"
 else
   say ""
   say "== bench train, bench generate: not run, no model at $model (set FLEXLORA_MODEL_GGUF or run scripts/fetch-model.sh)"
