@@ -25,6 +25,9 @@ pub struct Kernel {
 
 type PipelineKey = (&'static str, &'static str, Vec<(&'static str, u32)>);
 
+/// One opened adapter. Drive it from one thread at a time on the GL backend: wgpu's GL context lock
+/// panics ("Could not lock adapter context") after a 6 s wait, which one slow llvmpipe compile or
+/// dispatch on another thread exceeds (the op tests serialize GL work for this reason).
 pub struct GpuDevice {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
