@@ -12,6 +12,8 @@ if [ -f "$src" ] && ! grep -q 'bookworm-backports' "$src"; then
 fi
 command -v vulkaninfo >/dev/null || need_apt+=(vulkan-tools)
 dpkg -s mesa-vulkan-drivers >/dev/null 2>&1 || need_apt+=(mesa-vulkan-drivers)
+# OpenGL on the CPU (llvmpipe through EGL, headless): the second backend the GPU op tests run on.
+for p in libegl1 libegl-mesa0 libgl1-mesa-dri; do dpkg -s "$p" >/dev/null 2>&1 || need_apt+=("$p"); done
 command -v spirv-val >/dev/null || need_apt+=(spirv-tools)
 command -v chromium >/dev/null || need_apt+=(chromium)
 # The evaluation sandbox runs generated Python and Java; it needs interpreters every user can run.
@@ -19,9 +21,9 @@ command -v chromium >/dev/null || need_apt+=(chromium)
 command -v javac >/dev/null || need_apt+=(openjdk-17-jdk-headless)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq
-  # Mesa and its libdrm from backports when the suite is there; fall back to bookworm's otherwise.
+  # Mesa (Vulkan and EGL/GL drivers, one version) and its libdrm from backports when the suite is there; fall back to bookworm's otherwise.
   if grep -q 'bookworm-backports' "$src" 2>/dev/null; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t bookworm-backports mesa-vulkan-drivers libdrm2 >/dev/null \
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t bookworm-backports mesa-vulkan-drivers libegl-mesa0 libgl1-mesa-dri libdrm2 >/dev/null \
       || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mesa-vulkan-drivers >/dev/null
   fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null

@@ -16,7 +16,7 @@ export FLEXLORA_DATA=${FLEXLORA_DATA:-$(cd .. && pwd)/shared/data}
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 
-echo "== cargo test (CPU backend, GPU kernels on the first adapter, shader portability)"
+echo "== cargo test (CPU backend, GPU kernels on every adapter: Vulkan and GL here, shader portability)"
 cargo test 2>&1 | tee -a "$log"
 
 echo "== wasm32 library build"

@@ -50,11 +50,29 @@ enum Command {
     /// Serve the browser page on 127.0.0.1 with a model and adapters to load: the same engine in
     /// WebAssembly, on WebGPU or the CPU, adapters switchable without reloading the base.
     Web(WebArgs),
+    /// Run every GPU kernel, forward and backward, on each adapter (and the CPU backend's SIMD
+    /// tiers) against the CPU twin on seeded odd shapes; print a matrix (op x device: pass/fail,
+    /// max error, time). Exits non-zero on any failure.
+    Selftest {
+        /// Only adapters of this graphics API, or `cpu` for the CPU backend's tiers alone.
+        #[arg(long, value_enum)]
+        backend: Option<SelftestBackend>,
+    },
     /// Measure kernel speed.
     Bench {
         #[command(subcommand)]
         what: BenchCommand,
     },
+}
+
+/// `selftest --backend`: a GPU API, or the CPU backend.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SelftestBackend {
+    Vulkan,
+    Metal,
+    Dx12,
+    Gl,
+    Cpu,
 }
 
 #[derive(Subcommand)]
@@ -607,6 +625,7 @@ fn main() -> Result<()> {
 fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
     match cli.command {
         Command::Devices { backend } => devices(backend),
+        Command::Selftest { backend } => selftest(backend),
         Command::Generate(args) => generate(args),
         Command::Eval(args) => eval(args),
         Command::Train(args) => train(*args, matches.subcommand_matches("train").unwrap_or(matches)),
@@ -958,5 +977,29 @@ fn eval_ppl(a: EvalArgs) -> Result<()> {
     println!("mean NLL      {:.4} nats/token", report.mean_nll);
     println!("perplexity    {:.4}", report.perplexity);
     println!("{:.1} s; summary in {}", report.secs, out.join("summary.json").display());
+    Ok(())
+}
+
+fn selftest(backend: Option<SelftestBackend>) -> Result<()> {
+    use flexlora::selftest::{self, Target};
+    let target = match backend {
+        None => Target::All,
+        Some(SelftestBackend::Cpu) => Target::Cpu,
+        Some(SelftestBackend::Vulkan) => Target::Gpu(BackendChoice::Vulkan),
+        Some(SelftestBackend::Metal) => Target::Gpu(BackendChoice::Metal),
+        Some(SelftestBackend::Dx12) => Target::Gpu(BackendChoice::Dx12),
+        Some(SelftestBackend::Gl) => Target::Gpu(BackendChoice::Gl),
+    };
+    let columns = selftest::run(target, &mut |line| eprintln!("{line}"));
+    println!("flexlora {} selftest", env!("CARGO_PKG_VERSION"));
+    print!("{}", selftest::matrix(&columns));
+    let failed: Vec<&str> = columns.iter().filter(|c| !c.passed()).map(|c| c.label.as_str()).collect();
+    if columns.is_empty() {
+        anyhow::bail!("selftest: nothing to test (no GPU adapter and no CPU SIMD tier beyond the portable one); run `flexlora devices`");
+    }
+    if !failed.is_empty() {
+        anyhow::bail!("selftest failed on: {}", failed.join(", "));
+    }
+    println!("all {} devices pass", columns.len());
     Ok(())
 }

@@ -25,6 +25,9 @@ pub struct Kernel {
 
 type PipelineKey = (&'static str, &'static str, Vec<(&'static str, u32)>);
 
+/// One opened adapter. Drive it from one thread at a time on the GL backend: wgpu's GL context lock
+/// panics ("Could not lock adapter context") after a 6 s wait, which one slow llvmpipe compile or
+/// dispatch on another thread exceeds (the op tests serialize GL work for this reason).
 pub struct GpuDevice {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
@@ -43,6 +46,8 @@ impl std::fmt::Debug for GpuDevice {
 
 impl GpuDevice {
     /// Opens `adapter` with the largest limits it offers (the engine binds big weight buffers).
+    /// No optional feature is requested: no kernel uses shader-f16 or subgroups, so every adapter
+    /// (GL and the browser's included) runs the same WGSL.
     pub async fn open(adapter: &wgpu::Adapter) -> Result<Self> {
         let info = adapter.get_info();
         let limits = adapter.limits();
@@ -150,6 +155,24 @@ impl GpuDevice {
                     limit: max_bind,
                 });
             }
+        }
+        // OpenGL ES/GL adapters allow as few as 4-16 storage buffers per stage (llvmpipe's GL: 16).
+        // Refuse here, naming the limit, instead of letting pipeline creation fail on a validation
+        // error (which wgpu turns into a panic).
+        let max_storage = self.limits.max_storage_buffers_per_shader_stage;
+        if buffers.len() as u32 > max_storage {
+            return Err(Error::Limit {
+                op: kernel.entry,
+                detail: format!(
+                    "{}:{} binds {} storage buffers, above this adapter's max_storage_buffers_per_shader_stage ({:?} backend)",
+                    kernel.shader.name,
+                    kernel.entry,
+                    buffers.len(),
+                    self.info.backend
+                ),
+                limit: max_storage as u64,
+                hint: "run this op on another backend (--backend vulkan|metal|dx12) or --device cpu",
+            });
         }
         let max_groups = self.limits.max_compute_workgroups_per_dimension;
         if groups.iter().any(|&g| g > max_groups) {

@@ -85,6 +85,19 @@ impl BackendChoice {
     }
 }
 
+impl BackendChoice {
+    /// The choice that selects adapters of `backend`; `None` for the browser's WebGPU and no-op.
+    pub fn of(backend: wgpu::Backend) -> Option<Self> {
+        match backend {
+            wgpu::Backend::Vulkan => Some(BackendChoice::Vulkan),
+            wgpu::Backend::Metal => Some(BackendChoice::Metal),
+            wgpu::Backend::Dx12 => Some(BackendChoice::Dx12),
+            wgpu::Backend::Gl => Some(BackendChoice::Gl),
+            _ => None,
+        }
+    }
+}
+
 fn backends_for(backend: Option<BackendChoice>) -> wgpu::Backends {
     match backend {
         Some(b) => b.backends(),
@@ -189,6 +202,33 @@ pub async fn select(choice: DeviceChoice, backend: Option<BackendChoice>) -> Res
             hint: NO_ADAPTER_HINT,
         }),
     }
+}
+
+/// One GPU adapter opened (or the reason it could not be), for code that runs on every adapter:
+/// `flexlora selftest` and the op tests.
+#[derive(Debug)]
+pub struct Opened {
+    pub info: wgpu::AdapterInfo,
+    pub device: Result<Device>,
+}
+
+impl Opened {
+    /// "Vulkan: llvmpipe (LLVM 15.0.6, 256 bits)", the column heading users see.
+    pub fn label(&self) -> String {
+        format!("{:?}: {}", self.info.backend, self.info.name)
+    }
+}
+
+/// Opens every GPU adapter wgpu sees for `backend` (all backends when `None`), in enumeration
+/// order. Software adapters are included: on a machine without a GPU they are what there is to test.
+pub async fn open_each(backend: Option<BackendChoice>) -> Vec<Opened> {
+    let mut out = Vec::new();
+    for a in adapters(backend).await {
+        let info = a.get_info();
+        let device = GpuDevice::open(&a).await.map(Device::Gpu);
+        out.push(Opened { info, device });
+    }
+    out
 }
 
 /// Drives a future to completion on native targets, polling the GPU while it is pending; the

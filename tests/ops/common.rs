@@ -3,7 +3,7 @@
 use std::sync::OnceLock;
 
 use flexlora::device::cpu::{self as cpu_dev, Tier};
-use flexlora::device::{self, block_on, Device, DeviceChoice};
+use flexlora::device::{self, block_on, BackendChoice, Device};
 use flexlora::Tensor;
 
 /// Seeded inputs (the library's splitmix64), the same on every device and run.
@@ -25,24 +25,84 @@ impl Rng {
     }
 }
 
-/// The GPU adapter for tests (lavapipe here), opened once. `None` means no adapter: tests say so
-/// loudly, and under CI=true that is a failure, never a skip.
-pub fn gpu() -> Option<&'static Device> {
-    static GPU: OnceLock<Option<Device>> = OnceLock::new();
-    GPU.get_or_init(|| match block_on(None, device::select(DeviceChoice::Gpu, None)) {
-        Ok(sel) => {
-            eprintln!("GPU tests run on {}", sel.device.name());
-            Some(sel.device)
-        }
-        Err(e) => {
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("CI=true but no GPU adapter: {e}");
+/// Every GPU adapter of this machine (here lavapipe's Vulkan and llvmpipe's OpenGL through EGL),
+/// opened once. `FLEXLORA_TEST_BACKEND=vulkan|gl|metal|dx12` keeps one backend (to rerun a failure
+/// alone or time a backend). None at all means tests say so loudly; under CI=true a missing adapter
+/// is a failure, never a skip: on Linux both Vulkan and GL must be there (scripts/install-system-deps.sh).
+pub fn gpus<'a>() -> impl Iterator<Item = &'a Device> {
+    static GPUS: OnceLock<Vec<Device>> = OnceLock::new();
+    GPUS.get_or_init(open_gpus).iter()
+}
+
+fn open_gpus() -> Vec<Device> {
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    let only = std::env::var("FLEXLORA_TEST_BACKEND").ok().filter(|v| !v.is_empty());
+    let backend = only.as_deref().map(|b| match b.to_lowercase().as_str() {
+        "vulkan" => BackendChoice::Vulkan,
+        "gl" => BackendChoice::Gl,
+        "metal" => BackendChoice::Metal,
+        "dx12" => BackendChoice::Dx12,
+        _ => panic!("FLEXLORA_TEST_BACKEND={b}: use vulkan, gl, metal or dx12"),
+    });
+    let mut out = Vec::new();
+    for o in block_on(None, device::open_each(backend)) {
+        let label = o.label();
+        match o.device {
+            Ok(d) => {
+                eprintln!("GPU tests run on {}", d.name());
+                out.push(d);
             }
-            eprintln!("\n*** skipped: no adapter ({e}) — GPU kernels are NOT being tested ***\n");
-            None
+            Err(e) if ci => panic!("CI=true but the adapter {} does not open: {e}", label),
+            Err(e) => eprintln!("*** skipped adapter {}: {e} ***", label),
         }
-    })
-    .as_ref()
+    }
+    if ci {
+        let mut want = vec![];
+        if cfg!(target_os = "linux") {
+            want = match backend {
+                Some(b) => vec![b],
+                None => vec![BackendChoice::Vulkan, BackendChoice::Gl],
+            };
+        } else if let Some(b) = backend {
+            want = vec![b];
+        }
+        for b in want {
+            let present = out.iter().any(|d| d.gpu().is_some_and(|g| BackendChoice::of(g.info.backend) == Some(b)));
+            assert!(
+                present,
+                "CI=true but no {b:?} adapter: run scripts/install-system-deps.sh (Vulkan: mesa-vulkan-drivers; GL: libegl1, libegl-mesa0, libgl1-mesa-dri)"
+            );
+        }
+        assert!(!out.is_empty(), "CI=true but no GPU adapter");
+    }
+    if out.is_empty() {
+        eprintln!("\n*** skipped: no adapter — GPU kernels are NOT being tested ***\n");
+    }
+    out
+}
+
+/// Runs `f` on every GPU adapter; a failure says which backend failed and how to rerun it alone.
+/// Tests run in parallel threads, and wgpu's GL backend panics when a thread waits more than 6 s for
+/// its context ("Could not lock adapter context"), which one slow llvmpipe compile or dispatch
+/// causes: so GL work from tests is serialized here (the engine itself drives a device from one thread).
+pub fn each_gpu(mut f: impl FnMut(&Device)) {
+    static GL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    for g in gpus() {
+        let gl = g.gpu().is_some_and(|g| g.info.backend == wgpu::Backend::Gl);
+        let _serial = gl.then(|| GL.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(g)));
+        if let Err(panic) = run {
+            let b = g.gpu().map(|g| format!("{:?}", g.info.backend).to_lowercase()).unwrap_or_default();
+            eprintln!("*** failed on {} (rerun with FLEXLORA_TEST_BACKEND={b}) ***", g.name());
+            std::panic::resume_unwind(panic);
+        }
+    }
+}
+
+/// Runs `f` on the CPU backend, then on every GPU adapter (see `each_gpu`).
+pub fn every_device(mut f: impl FnMut(&Device)) {
+    f(&cpu());
+    each_gpu(f);
 }
 
 pub fn cpu() -> Device {
@@ -78,16 +138,17 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32)
     let _ = worst;
 }
 
-/// Runs `f` on the CPU backend and on the GPU, and compares every output tensor.
+/// Runs `f` on the CPU backend and on every GPU adapter, and compares every output tensor.
 #[track_caller]
 pub fn cpu_vs_gpu(what: &str, atol: f32, rtol: f32, f: impl Fn(&Device) -> Vec<Vec<f32>>) {
     let want = f(&cpu());
-    if let Some(g) = gpu() {
-        let got = f(g);
+    each_gpu(|dev| {
+        let got = f(dev);
+        let backend = dev.gpu().map(|g| g.info.backend);
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert_close(&format!("{what} output {i} (GPU vs CPU)"), g, w, atol, rtol);
+            assert_close(&format!("{what} output {i} ({backend:?} GPU vs CPU)"), g, w, atol, rtol);
         }
-    }
+    });
 }
 
 /// Checks an analytic gradient against central differences of `loss` at up to `probes` coordinates.

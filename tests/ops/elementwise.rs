@@ -40,12 +40,13 @@ fn gpu_matches_cpu() {
 /// limit, never a device loss or a silent wrong answer.
 #[test]
 fn oversized_binding_is_a_clear_error() {
-    let Some(g) = gpu() else { return };
-    let limit = g.gpu().unwrap().limits.max_storage_buffer_binding_size as usize;
-    let n = limit / 4 + 1024;
-    let big = flexlora::Tensor::zeros(g, "huge.weight", &[n], flexlora::DType::F32);
-    let err = elementwise::scale(g, &big, 2.0).unwrap_err().to_string();
-    assert!(err.contains("huge.weight") && err.contains(&limit.to_string()), "{err}");
+    each_gpu(|g| {
+        let limit = g.gpu().unwrap().limits.max_storage_buffer_binding_size as usize;
+        let n = limit / 4 + 1024;
+        let big = flexlora::Tensor::zeros(g, "huge.weight", &[n], flexlora::DType::F32);
+        let err = elementwise::scale(g, &big, 2.0).unwrap_err().to_string();
+        assert!(err.contains("huge.weight") && err.contains(&limit.to_string()), "{err}");
+    });
 }
 
 /// Dropout keeps about 1-p of the elements, scales them by 1/(1-p), is a pure function of the

@@ -82,28 +82,29 @@ fn gpu_matches_cpu_forward_backward_both_kernels() {
 /// multiples of 4 (so the vec4 kernels run) except M, which no kernel needs aligned for nn/nt.
 #[test]
 fn gpu_kernels_agree_and_accumulate() {
-    let Some(g) = gpu() else { return };
-    for &(m, n, k) in &[(70, 68, 36), (12, 20, 8), (3, 4, 4)] {
-        let mut rng = Rng::new((m + n + k) as u64);
-        let (a, b, c0) = (rng.vec(m * k, 1.0), rng.vec(k * n, 1.0), rng.vec(m * n, 1.0));
-        let mut want = naive(m, n, k, &a, &b);
-        want.iter_mut().zip(&c0).for_each(|(w, c)| *w += c);
-        let (a_t, b_t) = (transpose(m, k, &a), transpose(k, n, &b));
-        for variant in [Variant::Tiled, Variant::Vec4, Variant::Registers] {
-            for (ta, tb) in [(false, false), (false, true), (true, false)] {
-                if ta && m % 4 != 0 {
-                    continue;
+    each_gpu(|g| {
+        for &(m, n, k) in &[(70, 68, 36), (12, 20, 8), (3, 4, 4)] {
+            let mut rng = Rng::new((m + n + k) as u64);
+            let (a, b, c0) = (rng.vec(m * k, 1.0), rng.vec(k * n, 1.0), rng.vec(m * n, 1.0));
+            let mut want = naive(m, n, k, &a, &b);
+            want.iter_mut().zip(&c0).for_each(|(w, c)| *w += c);
+            let (a_t, b_t) = (transpose(m, k, &a), transpose(k, n, &b));
+            for variant in [Variant::Tiled, Variant::Vec4, Variant::Registers] {
+                for (ta, tb) in [(false, false), (false, true), (true, false)] {
+                    if ta && m % 4 != 0 {
+                        continue;
+                    }
+                    let at = if ta { up(g, &[k, m], &a_t) } else { up(g, &[m, k], &a) };
+                    let bt = if tb { up(g, &[n, k], &b_t) } else { up(g, &[k, n], &b) };
+                    let av = if ta { View { t: &at, rs: 1, cs: m } } else { View { t: &at, rs: k, cs: 1 } };
+                    let bv = if tb { View { t: &bt, rs: 1, cs: k } } else { View { t: &bt, rs: n, cs: 1 } };
+                    let mut c = up(g, &[m, n], &c0);
+                    gemm_into(g, m, n, k, av, bv, &mut c, true, variant).unwrap();
+                    assert_close(&format!("{variant:?} {m}x{n}x{k} ta={ta} tb={tb} accumulate"), &read(g, &c), &want, 1e-4, 1e-4);
                 }
-                let at = if ta { up(g, &[k, m], &a_t) } else { up(g, &[m, k], &a) };
-                let bt = if tb { up(g, &[n, k], &b_t) } else { up(g, &[k, n], &b) };
-                let av = if ta { View { t: &at, rs: 1, cs: m } } else { View { t: &at, rs: k, cs: 1 } };
-                let bv = if tb { View { t: &bt, rs: 1, cs: k } } else { View { t: &bt, rs: n, cs: 1 } };
-                let mut c = up(g, &[m, n], &c0);
-                gemm_into(g, m, n, k, av, bv, &mut c, true, variant).unwrap();
-                assert_close(&format!("{variant:?} {m}x{n}x{k} ta={ta} tb={tb} accumulate"), &read(g, &c), &want, 1e-4, 1e-4);
             }
         }
-    }
+    });
 }
 
 #[test]

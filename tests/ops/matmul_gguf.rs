@@ -94,9 +94,10 @@ fn rejects_shapes_that_are_not_whole_blocks() {
 
 #[test]
 fn gpu_refuses_gguf_blocks_clearly() {
-    let Some(g) = gpu() else { return };
-    let bytes = random_blocks(GgmlType::Q8_0, 3, 64, 2);
-    let w = matmul_gguf::GgufTensor::new(g, "f.gguf: w", GgmlType::Q8_0, &[3, 64], &bytes).unwrap();
-    let err = matmul_gguf::forward(g, &up(g, &[1, 64], &[0.0; 64]), &w).unwrap_err().to_string();
-    assert!(err.contains("no GPU kernel") && err.contains("--weights nf4"), "{err}");
+    each_gpu(|g| {
+        let bytes = random_blocks(GgmlType::Q8_0, 3, 64, 2);
+        let w = matmul_gguf::GgufTensor::new(g, "f.gguf: w", GgmlType::Q8_0, &[3, 64], &bytes).unwrap();
+        let err = matmul_gguf::forward(g, &up(g, &[1, 64], &[0.0; 64]), &w).unwrap_err().to_string();
+        assert!(err.contains("no GPU kernel") && err.contains("--weights nf4"), "{err}");
+    });
 }

@@ -68,8 +68,9 @@ fn gpu_matches_cpu_forward_and_dx() {
 
 #[test]
 fn gpu_rejects_k_not_multiple_of_8() {
-    let Some(g) = gpu() else { return };
-    let (w, _) = weight(g, 4, 12, 1);
-    let err = matmul_nf4::forward(g, &up(g, &[2, 12], &[0.0; 24]), &w).unwrap_err();
-    assert!(err.to_string().contains("multiple of 8"), "{err}");
+    each_gpu(|g| {
+        let (w, _) = weight(g, 4, 12, 1);
+        let err = matmul_nf4::forward(g, &up(g, &[2, 12], &[0.0; 24]), &w).unwrap_err();
+        assert!(err.to_string().contains("multiple of 8"), "{err}");
+    });
 }

@@ -8,14 +8,6 @@ use flexlora::ops::cross_entropy::IGNORE;
 use flexlora::ops::optim::{self, AdamW, Sophia};
 use flexlora::Tensor;
 
-/// The CPU backend and, when there is one, the GPU.
-fn on_every_device(f: impl Fn(&Device)) {
-    f(&cpu());
-    if let Some(g) = gpu() {
-        f(g);
-    }
-}
-
 fn read_u32(dev: &Device, t: &Tensor) -> Vec<u32> {
     match flexlora::device::block_on(Some(dev), t.to_host(dev)).expect("read-back") {
         flexlora::tensor::HostData::U32(v) => v,
@@ -69,7 +61,7 @@ fn adamw_three_steps_match_the_published_rule() {
     // The steps must move the parameters well beyond the tolerance, or the test proves nothing.
     assert!(p.iter().zip(&p0).all(|(a, &b)| (a - b as f64).abs() > 1e-4), "steps too small to test: {p:?} vs {p0:?}");
 
-    on_every_device(|dev| {
+    every_device(|dev| {
         let mut pt = Tensor::from_f32(dev, "w", &[3, 3], &p0).unwrap();
         let mut mt = Tensor::zeros(dev, "w.m", &[3, 3], flexlora::DType::F32);
         let mut vt = Tensor::zeros(dev, "w.v", &[3, 3], flexlora::DType::F32);
@@ -144,7 +136,7 @@ fn sophia_three_steps_with_hessian_updates_match_the_published_rule() {
         want.push((f32s(&p), f32s(&m), f32s(&h)));
     }
 
-    on_every_device(|dev| {
+    every_device(|dev| {
         let mut pt = Tensor::from_f32(dev, "w", &[n], &p0).unwrap();
         let mut mt = Tensor::zeros(dev, "w.m", &[n], flexlora::DType::F32);
         let mut ht = Tensor::from_f32(dev, "w.h", &[n], &h0).unwrap();
@@ -168,7 +160,7 @@ fn sum_squares_matches_f64() {
     let mut rng = Rng::new(720);
     let data: Vec<Vec<f32>> = sizes.iter().map(|&n| rng.vec(n, 2.0)).collect();
     let want: f64 = data.iter().flatten().map(|&x| x as f64 * x as f64).sum();
-    on_every_device(|dev| {
+    every_device(|dev| {
         let ts: Vec<Tensor> = data.iter().map(|d| up(dev, &[d.len()], d)).collect();
         let refs: Vec<&Tensor> = ts.iter().collect();
         let s = optim::sum_squares(dev, &refs).unwrap();
@@ -197,11 +189,11 @@ fn sample_labels_gpu_equals_cpu_and_keeps_ignored_rows() {
             for (r, (&l, &t)) in want.iter().zip(&targets).enumerate() {
                 assert!(if t == IGNORE { l == IGNORE } else { (l as usize) < vocab }, "row {r}: target {t}, label {l}");
             }
-            if let Some(g) = gpu() {
+            each_gpu(|g| {
                 let got =
                     read_u32(g, &optim::sample_labels(g, &up(g, &[rows, vocab], &logits), &up_u32(g, &[rows], &targets), seed).unwrap());
                 assert_eq!(got, want, "sample_labels GPU vs CPU, {rows}x{vocab}, seed {seed}");
-            }
+            });
         }
     }
 }
@@ -215,7 +207,7 @@ fn sample_labels_follow_the_softmax() {
     let logits_row: Vec<f32> = probs.iter().map(|p| (p.ln() + 1.7) as f32).collect();
     let (rows, seeds) = (2500usize, 8u32);
     let logits: Vec<f32> = (0..rows).flat_map(|_| logits_row.clone()).collect();
-    on_every_device(|dev| {
+    every_device(|dev| {
         let (lt, tt) = (up(dev, &[rows, 4], &logits), up_u32(dev, &[rows], &vec![0; rows]));
         let mut counts = [0f64; 4];
         let mut per_seed = vec![];
@@ -243,7 +235,7 @@ fn sample_labels_of_a_peaked_row_is_its_argmax() {
     for (r, &k) in peaks.iter().enumerate() {
         logits[r * vocab + k as usize] = 40.0;
     }
-    on_every_device(|dev| {
+    every_device(|dev| {
         let (lt, tt) = (up(dev, &[rows, vocab], &logits), up_u32(dev, &[rows], &vec![1; rows]));
         for seed in 0..40 {
             assert_eq!(read_u32(dev, &optim::sample_labels(dev, &lt, &tt, seed).unwrap()), peaks, "seed {seed} on {}", dev.kind());

@@ -51,10 +51,10 @@ fn probe_weights(n: usize, bs: usize, seed: u64) -> Vec<f32> {
 
 fn check_bit_exact(n: usize, bs: usize, w: &[f32]) {
     let want = nf4::quantize(w, bs).unwrap();
-    for dev in std::iter::once(&cpu()).chain(gpu()) {
+    every_device(|dev| {
         let q = quant_nf4::quantize(dev, &up(dev, &[n], w), bs).unwrap();
         let packed = bytes_from_words(&read_u32(dev, &q.packed), n);
-        let what = format!("{} n={n} bs={bs}", dev.kind());
+        let what = format!("{} n={n} bs={bs}", dev.name());
         if let Some(i) = packed.iter().zip(&want.packed).position(|(a, b)| a != b) {
             panic!("{what}: byte {i}: got {:#04x}, want {:#04x} (weights {:?})", packed[i], want.packed[i], &w[2 * i..(2 * i + 2).min(n)]);
         }
@@ -66,7 +66,7 @@ fn check_bit_exact(n: usize, bs: usize, w: &[f32]) {
         assert_eq!(bits(&read(dev, &q.absmax)), bits(&want.absmax), "{what}: absmax bits");
         let deq = quant_nf4::dequantize(dev, &q).unwrap();
         assert_eq!(bits(&read(dev, &deq)), bits(&want.dequantize().unwrap()), "{what}: dequantized");
-    }
+    });
 }
 
 #[test]
@@ -125,10 +125,10 @@ fn upload_of_cpu_quantized_weight_dequantizes_on_every_device() {
     let w = Rng::new(5).vec(n, 2.0);
     let q = nf4::quantize(&w, bs).unwrap();
     let want = q.dequantize().unwrap();
-    for dev in std::iter::once(&cpu()).chain(gpu()) {
+    every_device(|dev| {
         let t = Nf4Tensor::from_nf4(dev, "w", &q, &[n]).unwrap();
-        assert_eq!(bits(&read(dev, &quant_nf4::dequantize(dev, &t).unwrap())), bits(&want), "{}", dev.kind());
-    }
+        assert_eq!(bits(&read(dev, &quant_nf4::dequantize(dev, &t).unwrap())), bits(&want), "{}", dev.name());
+    });
 }
 
 #[test]
@@ -137,8 +137,8 @@ fn double_quantized_state_uploads_and_dequantizes_on_every_device() {
     let w = Rng::new(8).vec(n, 1.0);
     let state = flexlora::quant::Nf4State::quantize(&w, bs, true).unwrap();
     let want = state.dequantize().unwrap();
-    for dev in std::iter::once(&cpu()).chain(gpu()) {
+    every_device(|dev| {
         let t = Nf4Tensor::from_state(dev, "w", &state, &[n]).unwrap();
-        assert_eq!(bits(&read(dev, &quant_nf4::dequantize(dev, &t).unwrap())), bits(&want), "{}", dev.kind());
-    }
+        assert_eq!(bits(&read(dev, &quant_nf4::dequantize(dev, &t).unwrap())), bits(&want), "{}", dev.name());
+    });
 }

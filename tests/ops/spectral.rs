@@ -12,14 +12,6 @@ use rustfft::num_complex::Complex;
 /// 3570 = 2·3·5·7·17 (a prime past the register radix).
 const LENGTHS: [usize; 9] = [4608, 12288, 32768, 88064, 7, 97, 1001, 4099, 3570];
 
-/// The CPU backend, and the GPU when there is one.
-fn devices() -> Vec<&'static Device> {
-    static CPU: std::sync::OnceLock<Device> = std::sync::OnceLock::new();
-    let mut d = vec![CPU.get_or_init(cpu)];
-    d.extend(gpu());
-    d
-}
-
 /// Unnormalized DFT of a real signal in f64, computed independently of the op.
 fn dft(x: &[f32]) -> Vec<Complex<f64>> {
     let n = x.len();
@@ -80,7 +72,7 @@ fn radices_cover_model_lengths() {
 fn penalty_matches_reference() {
     let sp = Spectral::default();
     let mut rng = Rng::new(70);
-    for dev in devices() {
+    every_device(|dev| {
         for n in LENGTHS {
             let x = rng.vec(n, 0.05);
             let (got, _) = run(dev, &[n], &x, None, 1.0, &sp);
@@ -93,13 +85,13 @@ fn penalty_matches_reference() {
             let (got, _) = run(dev, &[r, c], &x, None, 1.0, &sp);
             assert_rel(&format!("{} per_row {r}x{c}", dev.kind()), got, ref_penalty(&x, c, &sp), 1e-4);
         }
-    }
+    });
 }
 
 #[test]
 fn constant_and_cosine_closed_forms() {
     let sp = Spectral::default();
-    for dev in devices() {
+    every_device(|dev| {
         for n in [4608usize, 97, 1001] {
             // A constant lives at DC only, where ρ = 1 - φ_low = 0.
             let c = 0.3f32;
@@ -116,7 +108,7 @@ fn constant_and_cosine_closed_forms() {
                 assert_rel(&format!("{} cos N={n} f={f}", dev.kind()), got, want, 1e-4);
             }
         }
-    }
+    });
 }
 
 /// P is quadratic, so central differences in f64 are exact up to rounding: the check can be tight.
@@ -152,30 +144,31 @@ fn cpu_grad_matches_finite_differences_and_accumulates() {
 
 #[test]
 fn gpu_grad_matches_cpu() {
-    let Some(g) = gpu() else { return };
-    let mut rng = Rng::new(72);
-    let coef = 0.02 / 180.0;
-    let cases: Vec<(Vec<usize>, bool)> = LENGTHS
-        .iter()
-        .map(|&n| (vec![n], false))
-        .chain([(vec![8, 576], true), (vec![1536, 8], true), (vec![3, 4099], true), (vec![8, 11008], true)])
-        .collect();
-    for (shape, per_row) in cases {
-        let sp = Spectral { per_row, ..Spectral::default() };
-        let n: usize = shape.iter().product();
-        let x = rng.vec(n, 0.05);
-        let g0 = rng.vec(n, 1e-3);
-        let (pc, gc) = run(&cpu(), &shape, &x, Some(&g0), coef, &sp);
-        let (pg, gg) = run(g, &shape, &x, Some(&g0), coef, &sp);
-        assert_rel(&format!("{shape:?} per_row={per_row} penalty GPU vs CPU"), pg, pc, 1e-4);
-        let (gc, gg) = (gc.unwrap(), gg.unwrap());
-        // Compare the added part, with a tolerance scaled to its largest entry.
-        let dc: Vec<f32> = gc.iter().zip(&g0).map(|(a, b)| a - b).collect();
-        let dg: Vec<f32> = gg.iter().zip(&g0).map(|(a, b)| a - b).collect();
-        let scale = dc.iter().fold(0f32, |m, v| m.max(v.abs()));
-        assert!(scale > 0.0, "{shape:?}: zero gradient");
-        assert_close(&format!("{shape:?} per_row={per_row} grad GPU vs CPU"), &dg, &dc, 1e-4 * scale, 1e-4);
-    }
+    each_gpu(|g| {
+        let mut rng = Rng::new(72);
+        let coef = 0.02 / 180.0;
+        let cases: Vec<(Vec<usize>, bool)> = LENGTHS
+            .iter()
+            .map(|&n| (vec![n], false))
+            .chain([(vec![8, 576], true), (vec![1536, 8], true), (vec![3, 4099], true), (vec![8, 11008], true)])
+            .collect();
+        for (shape, per_row) in cases {
+            let sp = Spectral { per_row, ..Spectral::default() };
+            let n: usize = shape.iter().product();
+            let x = rng.vec(n, 0.05);
+            let g0 = rng.vec(n, 1e-3);
+            let (pc, gc) = run(&cpu(), &shape, &x, Some(&g0), coef, &sp);
+            let (pg, gg) = run(g, &shape, &x, Some(&g0), coef, &sp);
+            assert_rel(&format!("{shape:?} per_row={per_row} penalty GPU vs CPU"), pg, pc, 1e-4);
+            let (gc, gg) = (gc.unwrap(), gg.unwrap());
+            // Compare the added part, with a tolerance scaled to its largest entry.
+            let dc: Vec<f32> = gc.iter().zip(&g0).map(|(a, b)| a - b).collect();
+            let dg: Vec<f32> = gg.iter().zip(&g0).map(|(a, b)| a - b).collect();
+            let scale = dc.iter().fold(0f32, |m, v| m.max(v.abs()));
+            assert!(scale > 0.0, "{shape:?}: zero gradient");
+            assert_close(&format!("{shape:?} per_row={per_row} grad GPU vs CPU"), &dg, &dc, 1e-4 * scale, 1e-4);
+        }
+    });
 }
 
 /// penalty_batch stacks same-shape matrices: it must equal per-matrix calls, values and gradients.
@@ -185,7 +178,7 @@ fn batch_equals_per_matrix() {
     let shapes = [[8, 576], [1536, 8], [8, 576], [576, 8], [7, 13], [1536, 8], [8, 1536]];
     let xs: Vec<Vec<f32>> = shapes.iter().map(|s| rng.vec(s[0] * s[1], 0.05)).collect();
     let g0: Vec<Vec<f32>> = shapes.iter().map(|s| rng.vec(s[0] * s[1], 1e-3)).collect();
-    for dev in devices() {
+    every_device(|dev| {
         for per_row in [false, true] {
             let sp = Spectral { per_row, ..Spectral::default() };
             let ws: Vec<_> = shapes.iter().zip(&xs).map(|(s, x)| up(dev, s, x)).collect();
@@ -209,5 +202,5 @@ fn batch_equals_per_matrix() {
                 assert_close(&format!("{} per_row={per_row} matrix {i} grad", dev.kind()), &read(dev, g), w, 1e-5 * scale, 1e-4);
             }
         }
-    }
+    });
 }
