@@ -1,11 +1,12 @@
 """Peer benchmark for `flexlora bench generate`: llama.cpp (llama-cpp-python) on the CPU.
+(Not named llama_cpp.py: the script would shadow the module it imports.)
 
 Loads the same GGUF file and measures what flexlora measures, with the same token ids
 ((i * 7919 + 13) % V): one prefill pass of N tokens, then greedy single-token decode steps with
 the KV cache; plus peak resident memory. For benchmarks only; never used by tests.
 
     python3 -m venv /tmp/venv-llama && /tmp/venv-llama/bin/pip install llama-cpp-python
-    /tmp/venv-llama/bin/python scripts/bench/llama_cpp.py FILE.gguf [PROMPT_TOKENS] [DECODE_TOKENS] [THREADS]
+    /tmp/venv-llama/bin/python scripts/bench/llama_cpp_generate.py FILE.gguf [PROMPT_TOKENS] [DECODE_TOKENS] [THREADS]
 
 THREADS defaults to 2, flexlora's thread count on the 2-core machines (rayon's default is one per
 core); pass the same number to both. Force llama.cpp's SIMD tier by building the wheel with
@@ -25,7 +26,8 @@ threads = int(sys.argv[4]) if len(sys.argv) > 4 else 2
 llm = llama_cpp.Llama(
     model_path=path,
     n_ctx=prompt + decode + 8,
-    n_batch=prompt,
+    # n_batch sizes the logits buffer `scores` indexes by position; n_ubatch is the compute batch.
+    n_batch=prompt + decode + 8,
     n_ubatch=prompt,
     n_threads=threads,
     n_threads_batch=threads,
