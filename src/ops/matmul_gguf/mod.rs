@@ -18,6 +18,8 @@ use crate::tensor::{dims2, DType, Tensor};
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 
 const OP: &str = "matmul_gguf";
 
@@ -222,7 +224,12 @@ pub fn cpu_forward(x: &[f32], w: &[u8], ty: GgmlType, y: &mut [f32], t: usize, n
 /// dequantized at a time by plain Rust compiled for the tier's SIMD.
 fn rows_dot(ty: GgmlType, w: &[u8], x: &[f32], k: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: both tiers have AVX2 and FMA (`tier()` only returns tiers this CPU runs).
+    // SAFETY: `tier()` only returns tiers this CPU runs; both have AVX2 and FMA, AVX-512 AVX-512F.
+    if unsafe { cpu::tier() == cpu::Tier::Avx512 && avx512::rows_dot(ty, w, x, k, out) } {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: as above.
     if cpu::tier() != cpu::Tier::Portable && unsafe { avx2::rows_dot(ty, w, x, k, out) } {
         return;
     }
