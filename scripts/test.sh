@@ -11,7 +11,8 @@ if [ -z "${XDG_RUNTIME_DIR:-}" ] || [ ! -w "${XDG_RUNTIME_DIR:-/nonexistent}" ];
 fi
 # The real default model (tests/real_model.rs, tests/gguf.rs) and the datasets (tests/eval_*).
 FLEXLORA_MODEL_GGUF=${FLEXLORA_MODEL_GGUF:-$(bash scripts/fetch-model.sh)}
-export FLEXLORA_MODEL_GGUF
+FLEXLORA_QWEN_GGUF=${FLEXLORA_QWEN_GGUF:-$(bash scripts/fetch-model.sh qwen)}
+export FLEXLORA_MODEL_GGUF FLEXLORA_QWEN_GGUF
 export FLEXLORA_DATA=${FLEXLORA_DATA:-$(cd .. && pwd)/shared/data}
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

@@ -104,18 +104,40 @@ fn decode_logits_through_the_8_bit_head_equal_the_f32_head() {
     common::assert_close("next-token logits, 8-bit vs f32 head", &q8, &f32_head, 1e-4, 1e-4);
 }
 
-#[test]
-fn native_gguf_blocks_give_the_f32_dequantized_models_logits() {
-    let Some(path) = model_path() else { return };
+/// Qwen2.5-Coder-0.5B-Instruct (Q4_K_M: Q4_K, Q5_0, Q6_K, Q8_0 blocks and an untied output
+/// matrix), fetched by `scripts/fetch-model.sh qwen` (scripts/test.sh does). Path:
+/// $FLEXLORA_QWEN_GGUF, else models/ in the checkout. Missing: a loud skip, a failure under CI=true.
+fn qwen_path() -> Option<PathBuf> {
+    let p = std::env::var_os("FLEXLORA_QWEN_GGUF")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"));
+    if p.exists() {
+        return Some(p);
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true but Qwen is missing at {}: run scripts/fetch-model.sh qwen",
+        p.display()
+    );
+    eprintln!("\n*** skipped: {} not found (run scripts/fetch-model.sh qwen) — Qwen is NOT being tested ***\n", p.display());
+    None
+}
+
+/// Logits of `--weights auto` (the file's blocks, output projection included) against the
+/// f32-dequantized model's, for the prompt (many tokens: the tiled GEMM path) and three decode
+/// steps (the per-tier row kernels), within float tolerance.
+fn native_blocks_equal_f32(path: &std::path::Path) {
     let cpu = common::cpu();
-    let (native, tok) = load::open(&cpu, &path, WeightFormat::Auto).unwrap();
-    let (dense, _) = load::open(&cpu, &path, WeightFormat::F32).unwrap();
+    let (native, tok) = load::open(&cpu, path, WeightFormat::Auto).unwrap();
+    let (dense, _) = load::open(&cpu, path, WeightFormat::F32).unwrap();
     assert!(
         native.layers.iter().flat_map(|l| l.linears()).all(|l| matches!(l.weight, flexlora::model::Weight::Gguf(_))),
         "--weights auto must keep every linear of a GGUF in its blocks on the CPU"
     );
+    if let Some(head) = &native.lm_head {
+        assert!(matches!(head.weight, flexlora::model::Weight::Gguf(_)), "an untied output projection must stay in its blocks");
+    }
     let ids = tok.encode(&tok.chat_prompt(None, "def fibonacci(n):"), true).unwrap();
-    // The prompt (many tokens: the tiled GEMM path), then three decode steps (the row path).
     let run = |model: &flexlora::model::Model| {
         let mut cache = model.new_cache(&cpu, 1, ids.len() + 3);
         let mut out = vec![common::read(&cpu, &model.forward(&cpu, &ids, &mut cache, true).unwrap())];
@@ -126,8 +148,20 @@ fn native_gguf_blocks_give_the_f32_dequantized_models_logits() {
     };
     let (got, want) = (run(&native), run(&dense));
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-        common::assert_close(&format!("logits, native blocks vs f32 weights, step {i}"), g, w, 2e-3, 2e-3);
+        common::assert_close(&format!("{}: logits, native blocks vs f32 weights, step {i}", path.display()), g, w, 2e-3, 2e-3);
     }
+}
+
+#[test]
+fn native_gguf_blocks_give_the_f32_dequantized_models_logits() {
+    let Some(path) = model_path() else { return };
+    native_blocks_equal_f32(&path);
+}
+
+#[test]
+fn qwen_native_gguf_blocks_give_the_f32_dequantized_models_logits() {
+    let Some(path) = qwen_path() else { return };
+    native_blocks_equal_f32(&path);
 }
 
 #[test]

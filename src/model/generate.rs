@@ -175,6 +175,13 @@ pub struct Request {
 #[derive(Debug, Clone)]
 pub struct TextState {
     pub ids: Vec<u32>,
+    /// The text of `ids[..read]`, decoded incrementally: each token decodes only itself and the
+    /// tokens since the previous cut (`prefix..`), so a step costs O(1) in the text's length.
+    text: String,
+    /// Token offsets: `ids[prefix..read]` decode to the end of `text`; the tokens after `read`
+    /// are not yet in `text` (they end in an incomplete UTF-8 character).
+    prefix: usize,
+    read: usize,
     /// Bytes of text already handed out.
     shown: usize,
     max_new_tokens: usize,
@@ -184,29 +191,51 @@ pub struct TextState {
 
 impl TextState {
     pub fn new(max_new_tokens: usize) -> Self {
-        TextState { ids: vec![], shown: 0, max_new_tokens, finish: (max_new_tokens == 0).then_some("length") }
+        let finish = (max_new_tokens == 0).then_some("length");
+        TextState { ids: vec![], text: String::new(), prefix: 0, read: 0, shown: 0, max_new_tokens, finish }
     }
 
     /// Takes the next sampled token; returns the text it adds (empty while a UTF-8 character is
     /// incomplete, cut at a stop string).
+    ///
+    /// Incremental detokenization (as Hugging Face's text-generation-inference does it): the new
+    /// text is decode(ids[prefix..]) minus decode(ids[prefix..read]). Decoding from `prefix`, one
+    /// step back, rather than from `read` keeps tokenizers whose decoding depends on the token
+    /// before (SentencePiece's leading space) right; a result ending in U+FFFD is an incomplete
+    /// character, held back until the next token completes it.
     pub fn push(&mut self, id: u32, tok: &Tokenizer, stop: &[String]) -> Result<String> {
         if tok.eos.contains(&id) {
             self.finish = Some("eos");
             return Ok(String::new());
         }
         self.ids.push(id);
-        let text = tok.decode(&self.ids)?;
+        let before = tok.decode(&self.ids[self.prefix..self.read])?;
+        let now = tok.decode(&self.ids[self.prefix..])?;
+        let old_len = self.text.len();
+        if now.len() > before.len() && !now.ends_with('\u{FFFD}') && now.starts_with(&before) {
+            self.text.push_str(&now[before.len()..]);
+            self.prefix = self.read;
+            self.read = self.ids.len();
+        }
+        // Only a match that ends in the new text is new: search from one stop string's length
+        // before it.
+        let longest = stop.iter().map(|s| s.len()).max().unwrap_or(0);
+        let mut from = old_len.saturating_sub(longest);
+        while !self.text.is_char_boundary(from) {
+            from -= 1;
+        }
         let mut delta = String::new();
-        if let Some(cut) = stop.iter().filter_map(|s| text.find(s.as_str())).min() {
+        if let Some(cut) = stop.iter().filter(|s| !s.is_empty()).filter_map(|s| self.text[from..].find(s.as_str())).min() {
+            // A stop string that began in text already shown still cuts the final text there.
+            let cut = from + cut;
             if cut > self.shown {
-                delta = text[self.shown..cut].to_string();
+                delta = self.text[self.shown..cut].to_string();
             }
             self.shown = cut;
             self.finish = Some("stop");
-        } else if !text.ends_with('\u{FFFD}') && text.len() > self.shown && text.is_char_boundary(self.shown) {
-            // Hold back text that ends in a partial UTF-8 character.
-            delta = text[self.shown..].to_string();
-            self.shown = text.len();
+        } else if self.text.len() > self.shown {
+            delta = self.text[self.shown..].to_string();
+            self.shown = self.text.len();
         }
         if self.finish.is_none() && self.ids.len() == self.max_new_tokens {
             self.finish = Some("length");
@@ -216,8 +245,11 @@ impl TextState {
 
     /// The finished sequence's text (cut at the stop string when it stopped on one).
     pub fn text(&self, tok: &Tokenizer) -> Result<String> {
-        let full = tok.decode(&self.ids)?;
-        Ok(if self.finish == Some("stop") { full[..self.shown.min(full.len())].to_string() } else { full })
+        if self.finish == Some("stop") {
+            return Ok(self.text[..self.shown].to_string());
+        }
+        // Whole, so a trailing incomplete character shows as U+FFFD as a full decode has it.
+        tok.decode(&self.ids)
     }
 }
 

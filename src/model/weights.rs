@@ -265,12 +265,33 @@ impl Model {
             layers.push(Layer { attn_norm, q, k, v, o, mlp_norm, gate, up, down });
         }
         let norm = take(src, "model.norm.weight", &[c])?;
-        let head = if cfg.tied { None } else { Some(take(src, "lm_head.weight", &[cfg.vocab, c])?) };
-        let head_q8 = match dev {
-            Device::Cpu(_) => Q8Matrix::exact(head.as_ref().unwrap_or(&embed).host_f32("load")?, cfg.vocab, c),
-            Device::Gpu(_) => None,
+        // An untied output projection stays in the file's blocks under Auto on the CPU, like the
+        // other linears (Qwen2.5-0.5B's [151936, 896] matrix: 110 MiB of Q6_K instead of 545 MiB
+        // of f32, read at every decode step).
+        let head_blocks = match (cfg.tied, format, dev) {
+            (false, WeightFormat::Auto, Device::Cpu(_)) => src.get_blocks("lm_head.weight")?,
+            _ => None,
         };
-        let lm_head = head.map(|w| Linear { weight: Weight::F32(w), bias: None, lora: None });
+        let head = match head_blocks {
+            Some((ty, shape, bytes)) => {
+                if shape != [cfg.vocab, c] {
+                    return Err(Error::Weights {
+                        file: src.origin(),
+                        tensor: "lm_head.weight".into(),
+                        detail: format!("shape {shape:?}, but the config implies {:?}", [cfg.vocab, c]),
+                    });
+                }
+                Some(Weight::Gguf(GgufTensor::new(dev, &format!("{}: lm_head.weight", src.origin()), ty, &shape, &bytes)?))
+            }
+            None if cfg.tied => None,
+            None => Some(Weight::F32(take(src, "lm_head.weight", &[cfg.vocab, c])?)),
+        };
+        let head_q8 = match (dev, &head) {
+            (Device::Cpu(_), None) => Q8Matrix::exact(embed.host_f32("load")?, cfg.vocab, c),
+            (Device::Cpu(_), Some(Weight::F32(h))) => Q8Matrix::exact(h.host_f32("load")?, cfg.vocab, c),
+            _ => None,
+        };
+        let lm_head = head.map(|weight| Linear { weight, bias: None, lora: None });
         let rope = RopeTables::new(dev, &cfg.inv_freq(), cfg.max_pos.clamp(1, MAX_ROPE_POSITIONS))?;
         Ok(Model { cfg, embed, layers, norm, lm_head, head_q8, rope, lora: None })
     }

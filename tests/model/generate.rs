@@ -74,3 +74,69 @@ fn batched_generation_equals_one_request_at_a_time() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// GPT-2's byte -> printable character map (byte-level BPE's alphabet).
+fn byte_char(b: u8) -> char {
+    let printable = |b: u8| (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+    if printable(b) {
+        return b as char;
+    }
+    let n = (0..b).filter(|&c| !printable(c)).count() as u32;
+    char::from_u32(256 + n).unwrap()
+}
+
+#[test]
+fn incremental_detokenization_streams_what_full_decoding_gives() {
+    use flexlora::model::generate::TextState;
+    use flexlora::model::tokenizer::{gpt2_tokenizer_json, Tokenizer};
+    // A byte-level vocabulary: two specials, every byte, and a few multi-byte tokens, so random
+    // sequences split UTF-8 characters (é, €, 🦀) across tokens and cross stop strings.
+    let mut toks: Vec<String> = vec!["<|bos|>".into(), "<|eos|>".into()];
+    toks.extend((0..=255u8).map(|b| byte_char(b).to_string()));
+    for word in ["def", "\n\n", " return", "é", "🦀", "ab"] {
+        toks.push(word.bytes().map(byte_char).collect());
+    }
+    let types: Vec<i32> = (0..toks.len()).map(|i| if i < 2 { 3 } else { 1 }).collect();
+    let json = gpt2_tokenizer_json(&toks, &[], &types, "gpt2", None).unwrap().to_string();
+    let tok = Tokenizer::from_json("test vocabulary", json, Some(0), vec![1], None).unwrap();
+    // Tokens drawn from: ASCII bytes, the first and later bytes of multi-byte characters, and the words.
+    let e_acute = "é".as_bytes().to_vec();
+    let crab = "🦀".as_bytes().to_vec();
+    let pool: Vec<u32> = b"ab \nxyz()".iter().chain(&e_acute).chain(&crab).map(|&b| 2 + b as u32).chain(258..264).collect();
+    let mut rng = Rng::new(42);
+    for case in 0..200 {
+        let n = 1 + rng.below(40) as usize;
+        let ids: Vec<u32> = (0..n).map(|_| pool[rng.below(pool.len() as u64) as usize]).collect();
+        let stop: Vec<String> = match case % 3 {
+            0 => vec![],
+            1 => vec!["\n\n".into()],
+            _ => vec!["ab".into(), "é".into()],
+        };
+        let mut state = TextState::new(n);
+        let mut streamed = String::new();
+        for &id in &ids {
+            streamed.push_str(&state.push(id, &tok, &stop).unwrap());
+            if state.finish.is_some() {
+                break;
+            }
+        }
+        let full = tok.decode(&state.ids).unwrap();
+        let final_text = state.text(&tok).unwrap();
+        match stop.iter().filter_map(|s| full.find(s.as_str())).min() {
+            // Cut at the first stop string; nothing after it was streamed.
+            Some(cut) => {
+                assert_eq!(state.finish, Some("stop"), "case {case}: {ids:?}");
+                assert_eq!(final_text, full[..cut], "case {case}: {ids:?}");
+                assert!(
+                    full[..cut].starts_with(&streamed) || streamed.starts_with(&full[..cut]),
+                    "case {case}: streamed {streamed:?}, full {full:?}"
+                );
+            }
+            None => {
+                assert_eq!(final_text, full, "case {case}: {ids:?}");
+                // Everything but a trailing incomplete character was streamed.
+                assert_eq!(streamed, full.trim_end_matches('\u{FFFD}'), "case {case}: {ids:?}");
+            }
+        }
+    }
+}

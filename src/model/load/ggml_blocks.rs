@@ -158,7 +158,7 @@ pub fn dequantize_blocks(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> bool {
 
 /// The little-endian f16 at byte `at` of a block, as f32.
 #[inline(always)]
-fn half(b: &[u8], at: usize) -> f32 {
+pub(crate) fn half(b: &[u8], at: usize) -> f32 {
     f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32()
 }
 
@@ -226,7 +226,7 @@ pub(crate) fn q5_1(b: &[u8], y: &mut [f32]) {
 /// (`get_scale_min_k4`): sub-blocks 0..4 use the low 6 bits of bytes j and j+4; 4..8 take their
 /// low 4 bits from byte j+4 and their top 2 bits from the top bits of bytes j-4 and j.
 #[inline(always)]
-fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
+pub(crate) fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
     if j < 4 {
         (s[j] & 63, s[j + 4] & 63)
     } else {

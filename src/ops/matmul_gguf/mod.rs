@@ -16,6 +16,11 @@ use crate::model::load::ggml_blocks::{self, GgmlType};
 use crate::ops::quant_nf4::words_from_bytes;
 use crate::tensor::{dims2, DType, Tensor};
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+
 const OP: &str = "matmul_gguf";
 
 /// The block types the fused kernels take.
@@ -214,10 +219,20 @@ pub fn cpu_forward(x: &[f32], w: &[u8], ty: GgmlType, y: &mut [f32], t: usize, n
 }
 
 /// out[r·T + ti] = deq(row r of `w`) · x[ti] for the `out.len() / T` rows in `w` and the
-/// T = x.len() / K tokens (out is [rows, T]), one row dequantized at a time into a [K] buffer:
-/// the same plain Rust on every tier, compiled for the tier's SIMD (the dequantizers and the dot
-/// vectorize).
+/// T = x.len() / K tokens (out is [rows, T]). On the AVX2 and AVX-512 tiers the common block
+/// types run the intrinsics of `avx2`; otherwise one block (or, for F16/BF16/F32, one row) is
+/// dequantized at a time by plain Rust compiled for the tier's SIMD.
 fn rows_dot(ty: GgmlType, w: &[u8], x: &[f32], k: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `tier()` only returns tiers this CPU runs; both have AVX2 and FMA, AVX-512 AVX-512F.
+    if unsafe { cpu::tier() == cpu::Tier::Avx512 && avx512::rows_dot(ty, w, x, k, out) } {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: as above.
+    if cpu::tier() != cpu::Tier::Portable && unsafe { avx2::rows_dot(ty, w, x, k, out) } {
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     match cpu::tier() {
         // SAFETY: `tier()` only returns tiers this CPU runs; the body only indexes slices.
@@ -231,36 +246,84 @@ fn rows_dot(ty: GgmlType, w: &[u8], x: &[f32], k: usize, out: &mut [f32]) {
 
 #[inline(always)]
 fn rows_dot_body(ty: GgmlType, w: &[u8], x: &[f32], k: usize, out: &mut [f32]) {
-    use ggml_blocks as g;
     match ty {
-        GgmlType::Q4_0 => rows_dot_blocks::<32>(g::q4_0, w, x, k, out),
-        GgmlType::Q4_1 => rows_dot_blocks::<32>(g::q4_1, w, x, k, out),
-        GgmlType::Q5_0 => rows_dot_blocks::<32>(g::q5_0, w, x, k, out),
-        GgmlType::Q5_1 => rows_dot_blocks::<32>(g::q5_1, w, x, k, out),
-        GgmlType::Q8_0 => rows_dot_blocks::<32>(g::q8_0, w, x, k, out),
-        GgmlType::Q4_K => rows_dot_blocks::<256>(g::q4_k, w, x, k, out),
-        GgmlType::Q5_K => rows_dot_blocks::<256>(g::q5_k, w, x, k, out),
-        GgmlType::Q6_K => rows_dot_blocks::<256>(g::q6_k, w, x, k, out),
+        GgmlType::Q4_0 => rows_dot_blocks::<32, Q4_0>(w, x, k, out),
+        GgmlType::Q4_1 => rows_dot_blocks::<32, Q4_1>(w, x, k, out),
+        GgmlType::Q5_0 => rows_dot_blocks::<32, Q5_0>(w, x, k, out),
+        GgmlType::Q5_1 => rows_dot_blocks::<32, Q5_1>(w, x, k, out),
+        GgmlType::Q8_0 => rows_dot_blocks::<32, Q8_0>(w, x, k, out),
+        GgmlType::Q4_K => rows_dot_blocks::<256, Q4_K>(w, x, k, out),
+        GgmlType::Q5_K => rows_dot_blocks::<256, Q5_K>(w, x, k, out),
+        GgmlType::Q6_K => rows_dot_blocks::<256, Q6_K>(w, x, k, out),
         _ => rows_dot_rows(ty, w, x, k, out),
     }
+}
+
+/// One block type's dequantizer as a trait, not a closure or fn pointer: a fn item passed as
+/// `impl Fn` went through an out-of-line `Fn::call` shim per block (seen in perf), which kept the
+/// dot from vectorizing and cost 4x in decode.
+trait DeqBlock {
+    fn deq(b: &[u8], y: &mut [f32]);
+}
+
+macro_rules! deq_blocks {
+    ($($name:ident => $f:path;)*) => {$(
+        #[allow(non_camel_case_types)]
+        struct $name;
+        impl DeqBlock for $name {
+            #[inline(always)]
+            fn deq(b: &[u8], y: &mut [f32]) {
+                $f(b, y)
+            }
+        }
+    )*};
+}
+
+deq_blocks! {
+    Q4_0 => ggml_blocks::q4_0;
+    Q4_1 => ggml_blocks::q4_1;
+    Q5_0 => ggml_blocks::q5_0;
+    Q5_1 => ggml_blocks::q5_1;
+    Q8_0 => ggml_blocks::q8_0;
+    Q4_K => ggml_blocks::q4_k;
+    Q5_K => ggml_blocks::q5_k;
+    Q6_K => ggml_blocks::q6_k;
 }
 
 /// `rows_dot` for a block type of B elements: each block is dequantized by `block` (inlined,
 /// into a [B] array that stays in L1) and multiplied into 32 running sums per token, so no row
 /// buffer is written and the type's match is outside the loops.
 #[inline(always)]
-fn rows_dot_blocks<const B: usize>(block: impl Fn(&[u8], &mut [f32]), w: &[u8], x: &[f32], k: usize, out: &mut [f32]) {
+fn rows_dot_blocks<const B: usize, D: DeqBlock>(w: &[u8], x: &[f32], k: usize, out: &mut [f32]) {
     let t = x.len() / k;
     let rows = out.len() / t;
     let (nb, rb) = (k / B, w.len() / rows);
     let bb = rb / nb;
-    let mut acc = vec![[0f32; 32]; t];
     let mut wb = [0f32; B];
+    if t == 1 {
+        // Decode: the 32 running sums stay in registers for the whole row, one horizontal sum
+        // per row (a [T] buffer of sums round-trips memory at every block).
+        for (r, y) in out.iter_mut().enumerate() {
+            let mut a = [0f32; 32];
+            for (bi, bytes) in w[r * rb..(r + 1) * rb].chunks_exact(bb).enumerate() {
+                D::deq(bytes, &mut wb);
+                let xb: &[f32; B] = x[bi * B..][..B].try_into().expect("B floats");
+                for (wc, xc) in wb.chunks_exact(32).zip(xb.chunks_exact(32)) {
+                    for j in 0..32 {
+                        a[j] += wc[j] * xc[j];
+                    }
+                }
+            }
+            *y = sum32(a);
+        }
+        return;
+    }
+    let mut acc = vec![[0f32; 32]; t];
     for (r, yr) in out.chunks_exact_mut(t).enumerate() {
         acc.iter_mut().for_each(|a| *a = [0f32; 32]);
         let row = &w[r * rb..(r + 1) * rb];
         for (bi, bytes) in row.chunks_exact(bb).enumerate() {
-            block(bytes, &mut wb);
+            D::deq(bytes, &mut wb);
             for (ti, a) in acc.iter_mut().enumerate() {
                 let xb: &[f32; B] = x[ti * k + bi * B..][..B].try_into().expect("B floats");
                 for (wc, xc) in wb.chunks_exact(32).zip(xb.chunks_exact(32)) {
@@ -271,9 +334,19 @@ fn rows_dot_blocks<const B: usize>(block: impl Fn(&[u8], &mut [f32]), w: &[u8], 
             }
         }
         for (v, a) in yr.iter_mut().zip(&acc) {
-            *v = a.iter().sum();
+            *v = sum32(*a);
         }
     }
+}
+
+/// The sum of 32 lanes as a tree (vector adds, not a chain of 32 scalar ones).
+#[inline(always)]
+fn sum32(a: [f32; 32]) -> f32 {
+    let mut h = [0f32; 8];
+    for i in 0..8 {
+        h[i] = (a[i] + a[i + 8]) + (a[i + 16] + a[i + 24]);
+    }
+    ((h[0] + h[4]) + (h[2] + h[6])) + ((h[1] + h[5]) + (h[3] + h[7]))
 }
 
 /// `rows_dot` for types of one element per block (F16, BF16, F32): whole rows dequantized into
