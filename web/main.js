@@ -17,11 +17,19 @@ function startWorker() {
       const p = pending.get(m.id);
       pending.delete(m.id);
       if (m.ok) p?.resolve(m.result); else p?.reject(new Error(m.error));
+    } else if (m.event === 'engine-stopped') {
+      showError(m.error);
     } else {
       for (const l of listeners) l(m);
     }
   };
-  worker.onerror = (e) => showError(`the model worker failed: ${e.message ?? e}`);
+  // The worker answers a trap itself; this is for a worker that could not even do that.
+  worker.onerror = (e) => {
+    const text = `the model worker failed: ${e.message ?? e}; reload the page`;
+    showError(text);
+    for (const p of pending.values()) p.reject(new Error(text));
+    pending.clear();
+  };
 }
 
 // A thread of the threaded build that traps cannot answer, and the worker waiting for it never

@@ -32,7 +32,7 @@ function describe(e) {
   const panic = wasm?.last_panic?.();
   const text = String(e?.message ?? e);
   if (panic) { dead = panic; return `the engine stopped: ${panic} (reload the page)`; }
-  if (e instanceof WebAssembly.RuntimeError || /out of memory|Array buffer allocation failed/i.test(text)) {
+  if (e instanceof WebAssembly.RuntimeError || (e instanceof RangeError && /allocation failed|memory/i.test(text))) {
     dead = text;
     let mem = '';
     try { const [used, max] = wasm.memory_bytes(); mem = ` with ${(used / 2 ** 30).toFixed(2)} GiB of its ${(max / 2 ** 30).toFixed(0)} GiB in use`; } catch { /* the module is gone */ }
@@ -135,18 +135,37 @@ const ops = {
   },
 };
 
+// A trap inside an async library call happens in wasm-bindgen's task queue, not in the awaited
+// call: it surfaces here, uncaught, and the request would never be answered. Answer it.
+let current = null; // the id of the request running now
+const onTrap = (err) => {
+  const error = describe(err);
+  dead ??= error;
+  if (current !== null) post({ id: current, ok: false, error });
+  else post({ event: 'engine-stopped', error });
+  current = null;
+};
+self.addEventListener('error', (ev) => { ev.preventDefault(); onTrap(ev.error ?? ev.message); });
+self.addEventListener('unhandledrejection', (ev) => { ev.preventDefault(); onTrap(ev.reason); });
+
 let queue = Promise.resolve();
 self.onmessage = (ev) => {
   const msg = ev.data;
   if (msg.op === 'stop') { stopRequested.add(msg.gen); return; }
+  // After a trap the request that hit it never finishes (its future is gone), so the queue
+  // behind it would wait forever: answer at once instead.
+  if (dead) { post({ id: msg.id, ok: false, error: `the engine stopped earlier (${dead}); reload the page` }); return; }
   queue = queue.then(async () => {
     if (dead) { post({ id: msg.id, ok: false, error: `the engine stopped earlier (${dead}); reload the page` }); return; }
     const op = ops[msg.op];
+    current = msg.id;
     try {
       if (!op) throw new Error(`unknown request ${msg.op}`);
-      post({ id: msg.id, ok: true, result: await op(msg) });
+      const result = await op(msg);
+      if (current === msg.id) post({ id: msg.id, ok: true, result });
     } catch (e) {
-      post({ id: msg.id, ok: false, error: describe(e) });
+      if (current === msg.id) post({ id: msg.id, ok: false, error: describe(e) });
     }
+    current = null;
   });
 };

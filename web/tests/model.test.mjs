@@ -306,6 +306,7 @@ test('out of memory: refused before allocating, and a real failed allocation, ea
     try { await window.flexlora.loadModel({ url: window.flexlora.manifest.model.url }); return 'loaded'; } catch { /* shown */ }
     return document.getElementById('error').textContent;
   });
+  console.log('too large:', tooLarge);
   assert.match(tooLarge, /out of memory: huge-5GiB\.gguf is 5\.00 GiB.*at most 1\.94 GiB/, tooLarge);
   await page.close();
 
@@ -321,7 +322,9 @@ test('out of memory: refused before allocating, and a real failed allocation, ea
     try { await window.flexlora.loadModel({ bytes, name: 'many-layers.gguf' }); return 'loaded'; } catch { /* shown */ }
     return document.getElementById('error').textContent;
   });
+  console.log('declared too large:', declared);
   assert.match(declared, /out of memory: many-layers\.gguf needs at least \d+\.\d+ GiB/, declared);
+  await loadServed(page);
   assert.deepEqual(await pageIds(page, -1), native.base, 'the engine still works after the refusal');
   await page.close();
 
@@ -333,6 +336,7 @@ test('out of memory: refused before allocating, and a real failed allocation, ea
       try { await window.flexlora.loadModel({ url: window.flexlora.manifest.model.url }); return 'loaded'; } catch { /* shown */ }
       return document.getElementById('error').textContent;
     });
+    console.log('failed allocation:', failed);
     assert.match(failed, /out of memory in WebAssembly: the engine stopped .*GiB .* in use/, `${failed}\n${page.logs.join('\n')}`);
     // The page stays a page: it answers, and the next request says the engine must be reloaded.
     const after = await page.evaluate(async () => {
