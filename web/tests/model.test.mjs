@@ -16,7 +16,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
-import { chromiumArgs, chromiumPath } from './harness.mjs';
+import { chromiumArgs, chromiumPath, serve, webRoot } from './harness.mjs';
 
 const repo = resolve(fileURLToPath(new URL('../..', import.meta.url)));
 const bin = process.env.FLEXLORA_BIN ?? join(repo, 'target/debug/flexlora');
@@ -192,6 +192,18 @@ test('wasm CPU backend on 2 threads: the page says so, greedy tokens equal nativ
   assert.match(exact.weights, /Q4_1/);
   assert.deepEqual(await pageIds(page, 0), native.autoOne, 'GGUF blocks on 2 threads vs native --weights auto');
   await page.close();
+  // The same page from a plain static server (no COOP/COEP): one thread, and the page says why.
+  const plain = await serve({ mounts: { '/': webRoot }, headers: { 'cache-control': 'no-store' } });
+  try {
+    const p2 = await openPage('cpu', { threads: 2, at: `${plain.url}/index.html` });
+    const d2 = await p2.evaluate(() => window.flexlora.state.device);
+    assert.equal(d2.threads, 1);
+    assert.equal(d2.build, 'single');
+    assert.match(await p2.locator('#device-status').textContent(), /1 thread: the page is not cross-origin isolated/);
+    await p2.close();
+  } finally {
+    plain.close();
+  }
 });
 
 test('WebGPU (SwiftShader): greedy tokens equal native, adapter on and off', { timeout: 1_200_000 }, async () => {
