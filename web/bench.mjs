@@ -44,7 +44,7 @@ function parseArgs(argv) {
       case '--no-isolation': opts.isolation = false; break;
       case '--flexlora-page': opts.flexloraPage = val(); break;
       case '--timeout': opts.timeout = Number(val()); break;
-      case '--native': opts.native = resolve(val()); break;
+      case '--native': { const v = val(); opts.native = v ? resolve(v) : null; break; }
       case '--native-weights': opts.nativeWeights = val(); break;
       case '-h': case '--help':
         console.log('usage: node bench.mjs [--model PATH] [--threads 1,2] [--prompt N] [--decode M] [--runs R] '
@@ -178,7 +178,7 @@ async function benchNative(opts, threads, common) {
         const { spawnSync } = await import('node:child_process');
         const p = spawnSync(opts.native, args, { encoding: 'utf8', env: { ...process.env, RAYON_NUM_THREADS: String(threads) } });
         const m = p.stderr.match(/prompt (\d+) tokens in ([\d.]+) s \(([\d.]+) tokens\/s\); generated (\d+) tokens in ([\d.]+) s \(([\d.]+) tokens\/s\)/);
-        if (p.status !== 0 || !m) throw new Error(`exit ${p.status}: ${p.stderr.slice(-500)}`);
+        if (p.error || p.status !== 0 || !m) throw new Error(`${opts.native}: ${p.error ?? `exit ${p.status}`}: ${(p.stderr ?? '').slice(-500)}`);
         emit({ ...common, engine: 'native', device: 'cpu', weights, threads, prompt_tokens: Number(m[1]), generated_tokens: Number(m[4]),
           prefill_tps: Number(m[3]), decode_tps: Number(m[6]), ids: JSON.parse(readFileSync(out, 'utf8')).ids.length });
       } catch (e) {
