@@ -31,6 +31,17 @@ fi
 
 rustup target list --installed | grep -q wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
 
+# The threaded browser build (web/pkg-threads) rebuilds std with atomics: nightly + rust-src. The
+# toolchain is FLEXLORA_WASM_NIGHTLY (default `nightly`; tested with 1.97.0-nightly 2026-05-19).
+nightly=${FLEXLORA_WASM_NIGHTLY:-nightly}
+if ! rustup run "$nightly" rustc --version >/dev/null 2>&1; then
+  rustup toolchain install "$nightly" --profile minimal --component rust-src || {
+    echo "install-system-deps.sh: could not install the Rust toolchain '$nightly' (with rust-src) that the threaded browser build needs" >&2
+    exit 1
+  }
+fi
+rustup component list --toolchain "$nightly" --installed | grep -q '^rust-src' || rustup component add rust-src --toolchain "$nightly"
+
 # wasm-bindgen-cli must match the wasm-bindgen crate version in Cargo.lock exactly.
 here=$(cd "$(dirname "$0")/.." && pwd)
 wbv=$(awk '/^name = "wasm-bindgen"$/{getline; gsub(/version = |"/,""); print; exit}' "$here/Cargo.lock" 2>/dev/null || true)

@@ -10,6 +10,9 @@
 
 use std::cell::RefCell;
 
+#[cfg(target_feature = "atomics")]
+pub mod threads;
+
 use serde_json::json;
 use wasm_bindgen::prelude::*;
 
@@ -110,7 +113,8 @@ fn device_json(dev: &Device, reason: &str) -> serde_json::Value {
             "subgroups": g.device.features().contains(wgpu::Features::SUBGROUP),
         });
     } else {
-        v["threads"] = json!(1);
+        v["threads"] = json!(crate::device::cpu::threads());
+        v["threaded_build"] = json!(cfg!(target_feature = "atomics"));
         v["simd128"] = json!(cfg!(target_feature = "simd128"));
     }
     v
@@ -182,14 +186,16 @@ pub async fn load_model(name: String, bytes: Vec<u8>, weights: String, progress:
     with_engine(|mut e| async move {
         e.loaded = None;
         e.stream = None;
-        let r = (|| -> crate::Result<Loaded> {
-            let file = GgufFile::from_bytes(name.clone(), bytes)?;
-            let cfg = gguf_model::config(&file)?;
-            let tok = gguf_model::tokenizer(&file, &cfg)?;
+        let r = (|| -> Result<Loaded, JsValue> {
+            let file_len = bytes.len() as u64;
+            let file = GgufFile::from_bytes(name.clone(), bytes).map_err(js)?;
+            let cfg = gguf_model::config(&file).map_err(js)?;
+            check_fits(&name, file_len, &cfg, format, &e.dev).map_err(bad)?;
+            let tok = gguf_model::tokenizer(&file, &cfg).map_err(js)?;
             let total = tensor_names(&cfg).len();
             let mut src = gguf_model::GgufSource { file: &file, cfg: cfg.clone() };
             let mut src = Progress { inner: &mut src, done: 0, total, report: &progress };
-            let model = Model::load(&e.dev, cfg, &mut src, format)?;
+            let model = Model::load(&e.dev, cfg, &mut src, format).map_err(js)?;
             Ok(Loaded { name: name.clone(), model, tok, adapters: AdapterSet::new() })
         })();
         match r {
@@ -198,10 +204,61 @@ pub async fn load_model(name: String, bytes: Vec<u8>, weights: String, progress:
                 e.loaded = Some(l);
                 (e, Ok(info.to_string()))
             }
-            Err(err) => (e, Err(js(err))),
+            Err(err) => (e, Err(err)),
         }
     })
     .await
+}
+
+/// All a wasm32 module addresses (65536 pages of 64 KiB); browsers may allow less.
+const WASM_MEMORY_LIMIT: u64 = 4 << 30;
+
+/// Refuses, before anything is allocated, a model whose weights as loaded cannot fit beside the
+/// file's bytes in wasm32's 4 GiB: a lower bound (embedding f32, linears by `format`, the
+/// smallest 2-bit blocks for the file's own ones), so a model this passes may still run out of
+/// memory, but one it refuses never fits. WebGPU keeps the weights in GPU buffers, not here.
+fn check_fits(name: &str, file_len: u64, cfg: &crate::model::config::Config, format: WeightFormat, dev: &Device) -> Result<(), String> {
+    if dev.gpu().is_some() {
+        return Ok(());
+    }
+    let mut need = 0u64;
+    for (tensor, shape) in tensor_names(cfg) {
+        let n = shape.iter().product::<usize>() as u64;
+        let linear = shape.len() == 2 && tensor != "model.embed_tokens.weight";
+        need += match (linear, format) {
+            (false, _) | (true, WeightFormat::F32) => 4 * n,
+            (true, WeightFormat::Nf4 { blocksize }) => n / 2 + n / blocksize.max(1) as u64 * 4,
+            (true, _) => n / 4,
+        };
+    }
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    if need + file_len > WASM_MEMORY_LIMIT {
+        return Err(format!(
+            "out of memory: {name} needs at least {:.2} GiB for its weights as loaded ({}) beside the file's {:.2} GiB, more than \
+                 the {:.0} GiB a WebAssembly (wasm32) page can address; choose a smaller model, the GGUF's own weights \
+                 (`auto`, on the CPU), or the WebGPU device",
+            gib(need),
+            weights_name(format),
+            gib(file_len),
+            gib(WASM_MEMORY_LIMIT)
+        ));
+    }
+    Ok(())
+}
+
+fn weights_name(f: WeightFormat) -> &'static str {
+    match f {
+        WeightFormat::F32 => "f32",
+        WeightFormat::Nf4 { .. } => "NF4",
+        _ => "the GGUF's own blocks",
+    }
+}
+
+/// Bytes of WebAssembly memory in use now and at most (for the page's out-of-memory messages).
+#[wasm_bindgen]
+pub fn memory_bytes() -> Vec<f64> {
+    let now = core::arch::wasm32::memory_size::<0>() as f64 * 65536.0;
+    vec![now, WASM_MEMORY_LIMIT as f64]
 }
 
 fn model_json(l: &Loaded) -> serde_json::Value {

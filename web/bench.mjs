@@ -5,7 +5,7 @@
 //
 //   node bench.mjs [--model PATH] [--threads 1,2] [--prompt 128] [--decode 128] [--runs 3]
 //                  [--engines wllama,flexlora] [--devices cpu,webgpu] [--ngl 0] [--no-isolation]
-//                  [--flexlora-page /index.html] [--timeout 600]
+//                  [--flexlora-page /index.html] [--timeout 600] [--native BIN] [--native-weights nf4,auto]
 //
 // --model: a GGUF file (default $FLEXLORA_MODEL, else SmolLM2-135M-Instruct.Q4_1.gguf in $FLEXLORA_MODELS
 //   or the repository's models/, where scripts/fetch-model.sh puts it).
@@ -13,6 +13,9 @@
 //   wasm threads need; with --no-isolation it is not, and every engine runs single-threaded.
 // --ngl: wllama GPU layers (0: wasm CPU; 99: wllama's own WebGPU backend, reported as device webgpu).
 // --devices: the devices asked of flexlora (webgpu runs on SwiftShader where there is no GPU).
+// --native: the native flexlora binary (default $FLEXLORA_BIN): `flexlora generate` on the CPU with
+//   the same prompt, tokens and threads (RAYON_NUM_THREADS), for the browser/native ratio.
+// flexlora is measured cold (a fresh browser profile: empty OPFS) and warm (the OPFS cache).
 import { basename, resolve } from 'node:path';
 import { stat, readdir, readFile } from 'node:fs/promises';
 import { execFileSync } from 'node:child_process';
@@ -24,6 +27,7 @@ function parseArgs(argv) {
     model: process.env.FLEXLORA_MODEL ?? resolve(process.env.FLEXLORA_MODELS ?? resolve(webRoot, '..', 'models'), 'SmolLM2-135M-Instruct.Q4_1.gguf'),
     threads: '1', prompt: 128, decode: 128, runs: 3, engines: 'wllama,flexlora', devices: 'cpu,webgpu',
     ngl: 0, isolation: true, flexloraPage: '/index.html', timeout: 600,
+    native: process.env.FLEXLORA_BIN ?? null, nativeWeights: 'nf4,auto',
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -40,9 +44,12 @@ function parseArgs(argv) {
       case '--no-isolation': opts.isolation = false; break;
       case '--flexlora-page': opts.flexloraPage = val(); break;
       case '--timeout': opts.timeout = Number(val()); break;
+      case '--native': { const v = val(); opts.native = v ? resolve(v) : null; break; }
+      case '--native-weights': opts.nativeWeights = val(); break;
       case '-h': case '--help':
         console.log('usage: node bench.mjs [--model PATH] [--threads 1,2] [--prompt N] [--decode M] [--runs R] '
-          + '[--engines wllama,flexlora] [--devices cpu,webgpu] [--ngl 0] [--no-isolation] [--flexlora-page /index.html] [--timeout S]');
+          + '[--engines wllama,flexlora] [--devices cpu,webgpu] [--ngl 0] [--no-isolation] [--flexlora-page /index.html] [--timeout S] '
+          + '[--native BIN] [--native-weights nf4,auto]');
         process.exit(0);
       default: throw new Error(`unknown argument ${a}`);
     }
@@ -50,6 +57,7 @@ function parseArgs(argv) {
   opts.threads = opts.threads.split(',').map(Number).filter((n) => n > 0);
   opts.engines = opts.engines.split(',').filter(Boolean);
   opts.devices = opts.devices.split(',').filter(Boolean);
+  opts.nativeWeights = opts.nativeWeights.split(',').filter(Boolean);
   return opts;
 }
 
@@ -95,39 +103,90 @@ async function benchWllama(context, server, opts, modelUrl, threads, common) {
   }
 }
 
-// ---------------------------------------------------------------------------------------------
-// HOOK FOR FLEXLORA'S OWN MEASUREMENT. The lead's page (--flexlora-page, default /index.html) exposes
-//   window.flexloraBench({ modelUrl, device: 'webgpu'|'cpu', promptTokens, decodeTokens, threads })
-//     -> Promise<{ prefill_tps, decode_tps, first_token_ms, ...anything else worth printing }>
-// This script opens the page with ?bench=1, waits up to 60 s for the function to appear, calls it
-// once per device and thread count, and prints what it returns. Until the page has it, the line
-// says "not available".
-// ---------------------------------------------------------------------------------------------
-async function benchFlexlora(context, server, opts, modelUrl, threads, common) {
-  const page = await openPage(context, `${server.url}${opts.flexloraPage}?bench=1`);
-  try {
-    const present = await page.waitForFunction(() => typeof window.flexloraBench === 'function', null, { timeout: 60_000 })
-      .then(() => true, () => false);
-    for (const device of opts.devices) {
-      const line = { ...common, engine: 'flexlora', device, threads_requested: threads, prompt_tokens: opts.prompt, decode_tokens: opts.decode };
-      if (!present) {
-        emit({ ...line, status: 'not available', reason: `${opts.flexloraPage} exposes no window.flexloraBench` });
-        continue;
+// flexlora's own page (--flexlora-page, default /index.html) exposes
+//   window.flexloraBench({ modelUrl, device: 'webgpu'|'cpu', promptTokens, decodeTokens })
+//     -> Promise<{ prefill_tps, decode_tps, first_token_ms, page_open_to_first_token_ms, ... }>
+// For each device: a fresh browser context (empty OPFS), one page opened and measured (cold: the
+// model is downloaded, hashed and cached), then a second page in the same context measured --runs
+// times (warm: the model comes from the OPFS cache; the first run gives the open-to-first-token
+// time). The page is opened with ?threads=N, and says how many threads it runs and why.
+async function benchFlexlora(chrome, server, opts, modelUrl, threads, common) {
+  for (const device of opts.devices) {
+    const line = { ...common, engine: 'flexlora', device, threads_requested: threads, prompt_tokens: opts.prompt, decode_tokens: opts.decode };
+    const context = await chrome.browser.newContext();
+    try {
+      for (const phase of ['cold', 'warm']) {
+        const page = await openPage(context, `${server.url}${opts.flexloraPage}?bench=1&device=${device}&threads=${threads}`);
+        try {
+          const present = await page.waitForFunction(() => typeof window.flexloraBench === 'function' && window.flexlora?.state?.device, null, { timeout: 120_000 })
+            .then(() => true, () => false);
+          if (!present) {
+            emit({ ...line, phase, status: 'not available', reason: `${opts.flexloraPage} exposes no window.flexloraBench or opened no device`, log_tail: page.logs.slice(-20) });
+            break;
+          }
+          const dev = await page.evaluate(() => window.flexlora.state.device);
+          const devInfo = { device_name: dev.name, threads: dev.kind === 'CPU' ? dev.threads : null, build: dev.build, threads_why: dev.threads_why };
+          const runs = phase === 'cold' ? 1 : opts.runs;
+          const results = [];
+          for (let i = 0; i < runs; i++) {
+            const cpu0 = await cpuSnapshot();
+            const wall0 = Date.now();
+            const r = await page.evaluate((args) => window.flexloraBench(args),
+              { modelUrl, device, promptTokens: opts.prompt, decodeTokens: opts.decode, threads });
+            const cores = coresUsed(cpu0, await cpuSnapshot(), (Date.now() - wall0) / 1000);
+            results.push(r);
+            emit({ ...line, ...devInfo, phase, run: i + 1, prefill_tps: round(r?.prefill_tps), decode_tps: round(r?.decode_tps),
+              first_token_ms: round(r?.first_token_ms), load_ms: round(r?.load_ms), open_to_first_token_ms: round(r?.page_open_to_first_token_ms),
+              model_note: r?.model_note, browser_cpu_cores: cores });
+          }
+          if (runs > 1) {
+            emit({ ...line, ...devInfo, phase, run: 'median', prefill_tps: round(median(results.map((r) => r.prefill_tps))),
+              decode_tps: round(median(results.map((r) => r.decode_tps))), open_to_first_token_ms: round(results[0].page_open_to_first_token_ms) });
+          }
+        } catch (e) {
+          emit({ ...line, phase, status: 'error', error: String(e.message ?? e), log_tail: page.logs.slice(-20) });
+        } finally {
+          await page.close();
+        }
       }
+    } finally {
+      await context.close();
+    }
+  }
+}
+
+function median(xs) {
+  const v = xs.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
+  return v.length ? (v.length % 2 ? v[(v.length - 1) / 2] : (v[v.length / 2 - 1] + v[v.length / 2]) / 2) : null;
+}
+
+// Native `flexlora generate` on the same machine, same model, prompt length and thread count (the
+// browser/native ratio): the binary is --native BIN (skipped when absent); its --json timing.
+async function benchNative(opts, threads, common) {
+  if (!opts.native) return;
+  const { mkdtempSync, readFileSync, rmSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const { benchPromptText } = await import('./bench/prompt.js');
+  const dir = mkdtempSync(resolve(tmpdir(), 'flexlora-bench-'));
+  try {
+    for (const weights of opts.nativeWeights) {
+      const out = resolve(dir, 'gen.json');
+      const args = ['generate', '--device', 'cpu', '--weights', weights, '--model', opts.model, '--prompt', benchPromptText(opts.prompt - 1),
+        '--max-new-tokens', String(opts.decode), '--json', out];
       try {
-        const cpu0 = await cpuSnapshot();
-        const wall0 = Date.now();
-        const r = await page.evaluate((args) => window.flexloraBench(args),
-          { modelUrl, device, promptTokens: opts.prompt, decodeTokens: opts.decode, threads });
-        const cores = coresUsed(cpu0, await cpuSnapshot(), (Date.now() - wall0) / 1000);
-        emit({ ...line, ...r, prefill_tps: round(r?.prefill_tps), decode_tps: round(r?.decode_tps), first_token_ms: round(r?.first_token_ms),
-          browser_cpu_cores: cores });
+        // `generate` prints its timing on stderr: "prompt N tokens in S s (R tokens/s); generated M tokens in ...".
+        const { spawnSync } = await import('node:child_process');
+        const p = spawnSync(opts.native, args, { encoding: 'utf8', env: { ...process.env, RAYON_NUM_THREADS: String(threads) } });
+        const m = p.stderr.match(/prompt (\d+) tokens in ([\d.]+) s \(([\d.]+) tokens\/s\); generated (\d+) tokens in ([\d.]+) s \(([\d.]+) tokens\/s\)/);
+        if (p.error || p.status !== 0 || !m) throw new Error(`${opts.native}: ${p.error ?? `exit ${p.status}`}: ${(p.stderr ?? '').slice(-500)}`);
+        emit({ ...common, engine: 'native', device: 'cpu', weights, threads, prompt_tokens: Number(m[1]), generated_tokens: Number(m[4]),
+          prefill_tps: Number(m[3]), decode_tps: Number(m[6]), ids: JSON.parse(readFileSync(out, 'utf8')).ids.length });
       } catch (e) {
-        emit({ ...line, status: 'error', error: String(e.message ?? e), log_tail: page.logs.slice(-20) });
+        emit({ ...common, engine: 'native', weights, threads, status: 'error', error: String(e.message ?? e).slice(-500) });
       }
     }
   } finally {
-    await page.close();
+    rmSync(dir, { recursive: true, force: true });
   }
 }
 
@@ -190,7 +249,11 @@ async function main() {
       }
       if (opts.engines.includes('flexlora')) {
         log(`flexlora, ${threads} thread(s)`);
-        await benchFlexlora(chrome.context, server, opts, modelPath, threads, common);
+        await benchFlexlora(chrome, server, opts, modelPath, threads, common);
+      }
+      if (opts.native) {
+        log(`native flexlora generate, ${threads} thread(s)`);
+        await benchNative(opts, threads, common);
       }
     }
     if (chrome.blocked.length) log('blocked off-machine requests:', chrome.blocked);

@@ -17,11 +17,37 @@ function startWorker() {
       const p = pending.get(m.id);
       pending.delete(m.id);
       if (m.ok) p?.resolve(m.result); else p?.reject(new Error(m.error));
+    } else if (m.event === 'engine-stopped') {
+      showError(m.error);
     } else {
       for (const l of listeners) l(m);
     }
   };
-  worker.onerror = (e) => showError(`the model worker failed: ${e.message ?? e}`);
+  // The worker answers a trap itself; this is for a worker that could not even do that.
+  worker.onerror = (e) => {
+    const text = `the model worker failed: ${e.message ?? e}; reload the page`;
+    showError(text);
+    for (const p of pending.values()) p.reject(new Error(text));
+    pending.clear();
+  };
+}
+
+// A thread of the threaded build that traps cannot answer, and the worker waiting for it never
+// will: web/thread.js says so here, and the page fails every waiting request with the reason.
+new BroadcastChannel('flexlora-engine').onmessage = ({ data: m }) => {
+  if (m?.event !== 'thread-died') return;
+  const oom = /memory allocation|out of memory/i.test(m.error);
+  const text = `the engine stopped: thread ${m.thread} of the CPU backend failed (${m.error})${oom ? ': out of memory in WebAssembly, which addresses at most 4 GiB; try a smaller model' : ''}; reload the page`;
+  showError(text);
+  for (const p of pending.values()) p.reject(new Error(text));
+  pending.clear();
+};
+
+// Threads for the CPU backend: ?threads=N, else one per logical core (at most 8). They run only
+// when the page is cross-origin isolated; the worker says otherwise why not.
+function threadsWanted() {
+  const asked = Number(new URLSearchParams(location.search).get('threads'));
+  return asked > 0 ? Math.floor(asked) : Math.max(1, Math.min(navigator.hardwareConcurrency || 1, 8));
 }
 
 function call(op, args = {}, transfer = []) {
@@ -76,15 +102,16 @@ async function initDevice(choice) {
     const noGpu = await webgpuNote();
     let asked = choice;
     if (noGpu && choice !== 'cpu') asked = 'cpu';
-    const info = await call('init', { device: asked });
+    const info = await call('init', { device: asked, threads: threadsWanted() });
     let why = info.reason;
     if (noGpu && choice !== 'cpu') why = `${noGpu}, so the CPU backend runs`;
     else if (info.kind === 'CPU' && choice === 'auto') why = `${info.reason.replace(/^auto: /, '')}; choose WebGPU to run there anyway`;
     state.device = { ...info, choice };
     if (info.kind === 'GPU') info.name = gpuAdapterInfo || info.name.trim();
     if (choice !== 'auto' && !noGpu) why = 'chosen with the switch';
-    const what = info.kind === 'GPU' ? `WebGPU: ${info.name}` : `CPU backend in WebAssembly (${info.simd128 ? 'SIMD128' : 'no SIMD'}, one thread)`;
-    status('device-status', `${what} — ${why}`, 'ok');
+    const threads = `${info.threads} thread${info.threads === 1 ? '' : 's'}`;
+    const what = info.kind === 'GPU' ? `WebGPU: ${info.name}` : `CPU backend in WebAssembly (${info.simd128 ? 'SIMD128' : 'no SIMD'}, ${threads})`;
+    status('device-status', `${what} — ${why}${info.kind === 'GPU' ? '' : `. ${threads}: ${info.threads_why}`}`, 'ok');
     $('device-details').hidden = !info.limits;
     $('device-limits').textContent = info.limits ? JSON.stringify({ ...info.limits, ...info.features }, null, 1) : '';
     state.model = null;
@@ -119,6 +146,21 @@ async function fetchBytes(url) {
   return { bytes: new Uint8Array(await resp.arrayBuffer()), note: 'downloaded (no cache)' };
 }
 
+// wasm32 holds the model file in one buffer, and one allocation is at most 2 GiB (isize::MAX):
+// a larger file is refused before it is downloaded or copied, with the reason.
+const MAX_MODEL_FILE = 2 ** 31 - 2 ** 26;
+function checkModelSize(name, size) {
+  if (!(size > MAX_MODEL_FILE)) return;
+  throw new Error(`out of memory: ${name} is ${(size / 2 ** 30).toFixed(2)} GiB, and the engine in WebAssembly (wasm32, 4 GiB in all) holds the model file in one buffer of at most ${(MAX_MODEL_FILE / 2 ** 30).toFixed(2)} GiB; choose a smaller model (fewer parameters or a smaller quantization)`);
+}
+
+// The size a URL serves (HEAD), or null when the server does not say.
+async function remoteSize(url) {
+  const r = await fetch(url, { method: 'HEAD' }).catch(() => null);
+  const n = Number(r?.ok ? r.headers.get('content-length') : NaN);
+  return Number.isFinite(n) && n > 0 ? n : null;
+}
+
 // source: { url } or { file: File } or { bytes, name }
 async function loadModel(source) {
   return guarded(async () => {
@@ -128,14 +170,17 @@ async function loadModel(source) {
       let bytes, name, note;
       if (source.url) {
         name = decodeURIComponent(source.url.split('/').pop());
+        checkModelSize(name, await remoteSize(source.url));
         ({ bytes, note } = await fetchBytes(source.url));
       } else if (source.file) {
         name = source.file.name;
+        checkModelSize(name, source.file.size);
         bytes = new Uint8Array(await source.file.arrayBuffer());
         const cache = await cacheModule();
         note = cache.cacheBytes ? ((await cache.cacheBytes(bytes).catch((e) => ({ cacheNote: String(e) }))).cacheNote ?? 'cached') : 'not cached';
       } else {
         ({ bytes, name } = source);
+        checkModelSize(name, bytes.length);
         note = 'from memory';
       }
       state.modelSource = source.file || source.url ? source : { bytes, name };

@@ -1,5 +1,6 @@
-//! The CPU backend: plain Rust ops, multi-threaded with rayon natively and single-threaded in the
-//! browser build. Matrix products go through the `gemm` crate.
+//! The CPU backend: plain Rust ops, multi-threaded with rayon natively and in the threaded browser
+//! build (wasm32 with `+atomics`, rayon's pool on Web Workers: `src/web/threads.rs`), and
+//! single-threaded in the plain browser build. Matrix products go through the `gemm` crate.
 //!
 //! SIMD tiers: every hand-vectorized kernel of the CPU twins asks `tier()` which code to run
 //! (`Tier::Portable`: plain Rust, the only tier on wasm32 and aarch64, where the compiler
@@ -151,11 +152,11 @@ impl Default for CpuDevice {
     }
 }
 
-/// Threads the CPU twins run on (1 in the browser build).
+/// Threads the CPU twins run on (1 in the single-threaded browser build).
 pub fn threads() -> usize {
-    #[cfg(not(target_arch = "wasm32"))]
+    #[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
     return rayon::current_num_threads();
-    #[cfg(target_arch = "wasm32")]
+    #[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
     return 1;
 }
 
@@ -176,12 +177,12 @@ impl SharedOut {
 
 /// Runs `f(i, buffer)` for i in 0..tasks in parallel, each thread reusing one `len`-float buffer.
 pub fn for_each_with_buffer(tasks: usize, len: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
-    #[cfg(not(target_arch = "wasm32"))]
+    #[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
     {
         use rayon::prelude::*;
         (0..tasks).into_par_iter().with_max_len(1).for_each_init(|| vec![0f32; len], |buf, i| f(i, buf));
     }
-    #[cfg(target_arch = "wasm32")]
+    #[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
     {
         let mut buf = vec![0f32; len];
         (0..tasks).for_each(|i| f(i, &mut buf));
@@ -193,12 +194,12 @@ pub fn for_each_chunk<T: Send>(data: &mut [T], chunk: usize, f: impl Fn(usize, &
     if chunk == 0 || data.is_empty() {
         return;
     }
-    #[cfg(not(target_arch = "wasm32"))]
+    #[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
     {
         use rayon::prelude::*;
         data.par_chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
     }
-    #[cfg(target_arch = "wasm32")]
+    #[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
     data.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
 }
 
@@ -213,12 +214,12 @@ pub fn for_each_chunk2<T: Send, U: Send>(
     if ca == 0 || cb == 0 || a.is_empty() {
         return;
     }
-    #[cfg(not(target_arch = "wasm32"))]
+    #[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
     {
         use rayon::prelude::*;
         a.par_chunks_mut(ca).zip(b.par_chunks_mut(cb)).enumerate().for_each(|(i, (x, y))| f(i, x, y));
     }
-    #[cfg(target_arch = "wasm32")]
+    #[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
     a.chunks_mut(ca).zip(b.chunks_mut(cb)).enumerate().for_each(|(i, (x, y))| f(i, x, y));
 }
 
@@ -301,12 +302,12 @@ pub unsafe fn gemm_ptr(
     accumulate: bool,
     threads: usize,
 ) {
-    #[cfg(not(target_arch = "wasm32"))]
+    #[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
     let par = match threads.min(rayon::current_num_threads()) {
         0 | 1 => gemm::Parallelism::None,
         t => gemm::Parallelism::Rayon(t),
     };
-    #[cfg(target_arch = "wasm32")]
+    #[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
     let par = {
         let _ = threads;
         gemm::Parallelism::None

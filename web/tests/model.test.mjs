@@ -16,7 +16,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
-import { chromiumArgs, chromiumPath } from './harness.mjs';
+import { chromiumArgs, chromiumPath, serve, webRoot } from './harness.mjs';
 
 const repo = resolve(fileURLToPath(new URL('../..', import.meta.url)));
 const bin = process.env.FLEXLORA_BIN ?? join(repo, 'target/debug/flexlora');
@@ -26,6 +26,7 @@ const PROMPT = 'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n
 const TOKENS = 32;
 
 let server, url, browser;
+const extraServers = [];
 const native = {}; // name -> ids
 
 function run(args) {
@@ -59,22 +60,23 @@ function nativeIds(adapter, weights = 'nf4') {
   return JSON.parse(readFileSync(out, 'utf8')).ids;
 }
 
-function startServer(adapters) {
+function startServer(adapters, modelPath = model) {
   return new Promise((ok, fail) => {
-    const args = ['web', '--model', model, '--port', '0', ...adapters.flatMap((a) => ['--adapter', a])];
-    server = spawn(bin, args, { cwd: repo, stdio: ['ignore', 'pipe', 'inherit'] });
+    const args = ['web', '--model', modelPath, '--port', '0', ...adapters.flatMap((a) => ['--adapter', a])];
+    const proc = spawn(bin, args, { cwd: repo, stdio: ['ignore', 'pipe', 'inherit'] });
+    if (modelPath === model) server = proc; else extraServers.push(proc);
     let out = '';
-    server.stdout.on('data', (d) => {
+    proc.stdout.on('data', (d) => {
       out += d;
       const m = out.match(/flexlora web: (http:\/\/\S+)/);
       if (m) ok(m[1]);
     });
-    server.on('exit', (code) => fail(new Error(`flexlora web exited with ${code}: ${out}`)));
+    proc.on('exit', (code) => fail(new Error(`flexlora web exited with ${code}: ${out}`)));
   });
 }
 
-async function openPage(device, { noWebGpu = false } = {}) {
-  const context = await browser.newContext();
+async function openPage(device, { noWebGpu = false, threads = 1, on = browser, at = url } = {}) {
+  const context = await on.newContext();
   // A browser without WebGPU: the page sees no navigator.gpu.
   if (noWebGpu) await context.addInitScript(() => Object.defineProperty(Navigator.prototype, 'gpu', { get: () => undefined }));
   const page = await context.newPage();
@@ -82,7 +84,7 @@ async function openPage(device, { noWebGpu = false } = {}) {
   page.on('console', (m) => logs.push(m.text()));
   page.on('pageerror', (e) => logs.push(String(e)));
   page.logs = logs;
-  await page.goto(`${url}?device=${device}`);
+  await page.goto(`${at}?device=${device}&threads=${threads}`);
   await page.waitForFunction(() => document.title !== 'flexlora', null, { timeout: 120_000 });
   assert.equal(await page.title(), 'flexlora: ready', logs.join('\n'));
   return page;
@@ -123,6 +125,7 @@ before(async () => {
 after(async () => {
   await browser?.close();
   server?.kill();
+  for (const p of extraServers) p.kill();
   rmSync(work, { recursive: true, force: true });
 });
 
@@ -172,6 +175,35 @@ test('wasm CPU backend: greedy tokens equal native, adapter on/off/switch', { ti
   const shown = await page.evaluate(() => [document.getElementById('out-0').textContent, document.getElementById('out-1').textContent]);
   assert.ok(shown[0].length > 10 && shown[1].length > 10, `outputs not shown: ${JSON.stringify(shown)}`);
   await page.close();
+});
+
+// The threaded build: `flexlora web` serves the page cross-origin isolated, so two threads run.
+test('wasm CPU backend on 2 threads: the page says so, greedy tokens equal native', { timeout: 900_000 }, async () => {
+  const page = await openPage('cpu', { threads: 2 });
+  const dev = await page.evaluate(() => window.flexlora.state.device);
+  assert.equal(dev.kind, 'CPU');
+  assert.equal(dev.build, 'threads', `the threaded build did not run: ${dev.threads_why}\n${page.logs.join('\n')}`);
+  assert.equal(dev.threads, 2, `threads: ${dev.threads} (${dev.threads_why})`);
+  assert.match(await page.locator('#device-status').textContent(), /2 threads.*cross-origin isolated/);
+  await loadServed(page);
+  assert.deepEqual(await pageIds(page, 0), native.one, 'adapter one on 2 threads vs native');
+  assert.deepEqual(await pageIds(page, -1), native.base, 'base model on 2 threads vs native');
+  const exact = await loadServed(page, 'auto');
+  assert.match(exact.weights, /Q4_1/);
+  assert.deepEqual(await pageIds(page, 0), native.autoOne, 'GGUF blocks on 2 threads vs native --weights auto');
+  await page.close();
+  // The same page from a plain static server (no COOP/COEP): one thread, and the page says why.
+  const plain = await serve({ mounts: { '/': webRoot }, headers: { 'cache-control': 'no-store' } });
+  try {
+    const p2 = await openPage('cpu', { threads: 2, at: `${plain.url}/index.html` });
+    const d2 = await p2.evaluate(() => window.flexlora.state.device);
+    assert.equal(d2.threads, 1);
+    assert.equal(d2.build, 'single');
+    assert.match(await p2.locator('#device-status').textContent(), /1 thread: the page is not cross-origin isolated/);
+    await p2.close();
+  } finally {
+    plain.close();
+  }
 });
 
 test('WebGPU (SwiftShader): greedy tokens equal native, adapter on and off', { timeout: 1_200_000 }, async () => {
@@ -268,4 +300,63 @@ test('no WebGPU: the CPU backend runs and says why; stop ends a generation; adap
     assert.match(await page.locator('#run-status').textContent(), verdict, `${body}: ${await page.locator('#run-log').textContent()}`);
   }
   await page.close();
+});
+
+// Out of memory, three ways, each a clear error in the page: a file too large for wasm32 (refused
+// before it is downloaded), a header that declares a model too large (refused after parsing,
+// before any weight is allocated), and a real failed allocation: Chromium started with V8's limit
+// of 256 MiB per WebAssembly memory (as a browser short of memory would refuse memory.grow), where
+// SmolLM2 does not fit and the module stops in the middle of loading.
+test('out of memory: refused before allocating, and a real failed allocation, each a clear error in the page', { timeout: 600_000 }, async () => {
+  // A 5 GiB "model": SmolLM2's first MiB, then a hole (a sparse file: no disk, no download).
+  const huge = join(work, 'huge-5GiB.gguf');
+  writeFileSync(huge, readFileSync(model).subarray(0, 1 << 20));
+  execFileSync('truncate', ['-s', '5G', huge]);
+  const hugeUrl = await startServer([], huge);
+  let page = await openPage('cpu', { at: hugeUrl });
+  const tooLarge = await page.evaluate(async () => {
+    try { await window.flexlora.loadModel({ url: window.flexlora.manifest.model.url }); return 'loaded'; } catch { /* shown */ }
+    return document.getElementById('error').textContent;
+  });
+  console.log('too large:', tooLarge);
+  assert.match(tooLarge, /out of memory: huge-5GiB\.gguf is 5\.00 GiB.*at most 1\.94 GiB/, tooLarge);
+  await page.close();
+
+  // SmolLM2 whose header says 100000 layers (llama.block_count patched): ~100 GiB as loaded.
+  page = await openPage('cpu');
+  const declared = await page.evaluate(async () => {
+    const bytes = new Uint8Array(await (await fetch(window.flexlora.manifest.model.url)).arrayBuffer());
+    const key = new TextEncoder().encode('llama.block_count');
+    const at = bytes.findIndex((_, i) => key.every((k, j) => bytes[i + j] === k));
+    const view = new DataView(bytes.buffer);
+    if (at < 0 || view.getUint32(at + key.length, true) !== 4) return `no u32 llama.block_count in the file (${at})`;
+    view.setUint32(at + key.length + 4, 100000, true);
+    try { await window.flexlora.loadModel({ bytes, name: 'many-layers.gguf' }); return 'loaded'; } catch { /* shown */ }
+    return document.getElementById('error').textContent;
+  });
+  console.log('declared too large:', declared);
+  assert.match(declared, /out of memory: many-layers\.gguf needs at least \d+\.\d+ GiB/, declared);
+  await loadServed(page);
+  assert.deepEqual(await pageIds(page, -1), native.base, 'the engine still works after the refusal');
+  await page.close();
+
+  // A real failed allocation.
+  const small = await chromium.launch({ executablePath: chromiumPath, ignoreDefaultArgs: ['--headless'], args: [...chromiumArgs, '--js-flags=--wasm-max-mem-pages=4096'] });
+  try {
+    page = await openPage('cpu', { on: small });
+    const failed = await page.evaluate(async () => {
+      try { await window.flexlora.loadModel({ url: window.flexlora.manifest.model.url }); return 'loaded'; } catch { /* shown */ }
+      return document.getElementById('error').textContent;
+    });
+    console.log('failed allocation:', failed);
+    assert.match(failed, /out of memory in WebAssembly: the engine stopped .*GiB .* in use/, `${failed}\n${page.logs.join('\n')}`);
+    // The page stays a page: it answers, and the next request says the engine must be reloaded.
+    const after = await page.evaluate(async () => {
+      try { await window.flexlora.loadModel({ url: window.flexlora.manifest.model.url }); return 'loaded'; } catch { /* shown */ }
+      return document.getElementById('error').textContent;
+    });
+    assert.match(after, /engine stopped earlier.*reload the page/, after);
+  } finally {
+    await small.close();
+  }
 });
