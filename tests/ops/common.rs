@@ -99,6 +99,15 @@ pub fn each_gpu(mut f: impl FnMut(&Device)) {
     }
 }
 
+/// One GPU adapter, not GL when another exists (Vulkan here), for the whole-model tests
+/// (tests/model, tests/real_model): a model forward on GL too would add minutes (and GL work must
+/// be serialized, see `each_gpu`); the op tests run every kernel on every adapter.
+#[allow(dead_code)]
+pub fn gpu() -> Option<&'static Device> {
+    let gl = |d: &&Device| d.gpu().is_some_and(|g| g.info.backend == wgpu::Backend::Gl);
+    gpus().find(|d| !gl(d)).or_else(|| gpus().next())
+}
+
 /// Runs `f` on the CPU backend, then on every GPU adapter (see `each_gpu`).
 pub fn every_device(mut f: impl FnMut(&Device)) {
     f(&cpu());
