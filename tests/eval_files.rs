@@ -40,23 +40,16 @@ fn samples_file_scores_canonical_solutions_and_empty_ones() {
     let canonical = |t: &tasks::Task| t.canonical_solution.clone().unwrap()[t.prompt_tail.len()..].to_string();
     let line = |t: &tasks::Task, c: &str| serde_json::json!({"task_id": t.id, "completion": c, "model": "any"});
     let d = data.to_str().unwrap();
+    // `eval --task humaneval --limit 12 --samples FILE --out DIR`: (success, stdout, stderr).
+    let score = |samples: &Path, out: &Path| {
+        let (samples, out) = (samples.to_str().unwrap(), out.to_str().unwrap());
+        flexlora(&["eval", "--task", "humaneval", "--limit", "12", "--samples", samples, "--data", d, "--out", out])
+    };
     let run = |name: &str, lines: Vec<serde_json::Value>| -> PathBuf {
         let samples = dir.join(format!("{name}.jsonl"));
         write_lines(&samples, &lines);
         let out = dir.join(name);
-        let (ok, stdout, stderr) = flexlora(&[
-            "eval",
-            "--task",
-            "humaneval",
-            "--limit",
-            "12",
-            "--samples",
-            samples.to_str().unwrap(),
-            "--data",
-            d,
-            "--out",
-            out.to_str().unwrap(),
-        ]);
+        let (ok, stdout, stderr) = score(&samples, &out);
         assert!(ok, "{stdout}\n{stderr}");
         out
     };
@@ -83,37 +76,12 @@ fn samples_file_scores_canonical_solutions_and_empty_ones() {
         let samples = dir.join(format!("{name}.jsonl"));
         write_lines(&samples, &lines);
         let out = dir.join(name);
-        let (ok, _, stderr) = flexlora(&[
-            "eval",
-            "--task",
-            "humaneval",
-            "--limit",
-            "12",
-            "--samples",
-            samples.to_str().unwrap(),
-            "--data",
-            d,
-            "--out",
-            out.to_str().unwrap(),
-        ]);
+        let (ok, _, stderr) = score(&samples, &out);
         assert!(!ok && stderr.contains(expected) && stderr.contains(samples.to_str().unwrap()), "{name}: {stderr}");
         assert!(!out.join("results.jsonl").exists(), "{name}");
     }
     // Another run's directory is not overwritten.
-    let samples = dir.join("empty.jsonl");
-    let (ok, _, stderr) = flexlora(&[
-        "eval",
-        "--task",
-        "humaneval",
-        "--limit",
-        "12",
-        "--samples",
-        samples.to_str().unwrap(),
-        "--data",
-        d,
-        "--out",
-        good.to_str().unwrap(),
-    ]);
+    let (ok, _, stderr) = score(&dir.join("empty.jsonl"), &good);
     assert!(!ok && stderr.contains("another run"), "{stderr}");
     assert_eq!(pass1(&good), 1.0);
     let _ = std::fs::remove_dir_all(&dir);
