@@ -10,8 +10,9 @@ if [ -z "${XDG_RUNTIME_DIR:-}" ] || [ ! -w "${XDG_RUNTIME_DIR:-/nonexistent}" ];
   XDG_RUNTIME_DIR=$(mktemp -d); chmod 700 "$XDG_RUNTIME_DIR"; export XDG_RUNTIME_DIR
 fi
 # The real default model (tests/real_model.rs, tests/gguf.rs) and the datasets (tests/eval_*).
-FLEXLORA_MODEL_GGUF=${FLEXLORA_MODEL_GGUF:-$(bash scripts/fetch-model.sh)}
-FLEXLORA_QWEN_GGUF=${FLEXLORA_QWEN_GGUF:-$(bash scripts/fetch-model.sh qwen)}
+# Absolute paths: the browser tests run from web/.
+FLEXLORA_MODEL_GGUF=$(realpath "${FLEXLORA_MODEL_GGUF:-$(bash scripts/fetch-model.sh)}")
+FLEXLORA_QWEN_GGUF=$(realpath "${FLEXLORA_QWEN_GGUF:-$(bash scripts/fetch-model.sh qwen)}")
 export FLEXLORA_MODEL_GGUF FLEXLORA_QWEN_GGUF
 export FLEXLORA_DATA=${FLEXLORA_DATA:-$(cd .. && pwd)/shared/data}
 log=$(mktemp)

@@ -20,7 +20,8 @@ import { chromiumArgs, chromiumPath, serve, webRoot } from './harness.mjs';
 
 const repo = resolve(fileURLToPath(new URL('../..', import.meta.url)));
 const bin = process.env.FLEXLORA_BIN ?? join(repo, 'target/debug/flexlora');
-const model = process.env.FLEXLORA_MODEL_GGUF;
+// A relative path is taken from the repository root, as scripts/test.sh gives it.
+const model = process.env.FLEXLORA_MODEL_GGUF && resolve(repo, process.env.FLEXLORA_MODEL_GGUF);
 const work = mkdtempSync(join(tmpdir(), 'flexlora-web-'));
 const PROMPT = 'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n';
 const TOKENS = 32;
