@@ -5,8 +5,9 @@
 //! has that shape too.
 //!
 //! Every selected task (`--task`, `--ids`, `--limit`, `--shard`) must have at least one sample and
-//! every sample must belong to a selected task: a partial file would report pass@k over fewer
-//! tasks than the user thinks. Writes config.json, results.jsonl and summary.json to `out`, like
+//! every sample must belong to a selected task (with `--shard`, samples of the other shards' tasks
+//! are allowed: one file serves every shard): a partial file would report pass@k over fewer tasks
+//! than the user thinks. Writes config.json, results.jsonl and summary.json to `out`, like
 //! a generating evaluation, so shards merge the same way.
 
 use std::collections::HashMap;
