@@ -123,7 +123,8 @@ pub fn score(data: &Path, out: &Path, cfg: &ScoreConfig, progress: &mut dyn FnMu
         });
     }
     if cfg.shard.is_none() {
-        let mut unknown: Vec<&String> = by_task.keys().filter(|id| !tasks.iter().any(|t| &&t.id == id)).collect();
+        let selected: std::collections::HashSet<&str> = tasks.iter().map(|t| t.id.as_str()).collect();
+        let mut unknown: Vec<&String> = by_task.keys().filter(|id| !selected.contains(id.as_str())).collect();
         unknown.sort();
         if !unknown.is_empty() {
             return Err(Error::InvalidArgument {
@@ -163,18 +164,17 @@ pub fn score(data: &Path, out: &Path, cfg: &ScoreConfig, progress: &mut dyn FnMu
     progress(programs_total);
     let sandbox = Sandbox::new(SandboxConfig::default())?;
     // Completions continue the dataset's prompt: put back what flexlora trimmed from it.
-    let completions: Vec<Vec<String>> = tasks
-        .iter()
-        .map(|t| by_task.remove(&t.id).unwrap_or_default().into_iter().map(|c| format!("{}{c}", t.prompt_tail)).collect())
-        .collect();
-    let results = run_samples(&sandbox, &tasks, &completions)?;
+    let given: Vec<Vec<String>> = tasks.iter().map(|t| by_task.remove(&t.id).unwrap_or_default()).collect();
+    let completions: Vec<Vec<String>> =
+        tasks.iter().zip(&given).map(|(t, cs)| cs.iter().map(|c| format!("{}{c}", t.prompt_tail)).collect()).collect();
+    let mut results = run_samples(&sandbox, &tasks, &completions)?;
+    // Results come back task by task, samples in order: record each completion as given.
+    for (r, c) in results.iter_mut().zip(given.into_iter().flatten()) {
+        r.completion = c;
+    }
     let mut jsonl = String::new();
     for r in &results {
-        let mut r = r.clone();
-        // Record the completion as given, not with the prompt's whitespace in front.
-        let tail = &tasks.iter().find(|t| t.id == r.task_id).expect("result of a selected task").prompt_tail;
-        r.completion = r.completion[tail.len()..].to_string();
-        jsonl += &(serde_json::to_string(&r).expect("result serializes") + "\n");
+        jsonl += &(serde_json::to_string(r).expect("result serializes") + "\n");
     }
     write_atomic(&out.join("results.jsonl"), jsonl.as_bytes())?;
     let per_task: Vec<TaskCount> = counts(&results).into_iter().map(|(_, c)| c).collect();
