@@ -160,6 +160,53 @@ pub fn threads() -> usize {
     return 1;
 }
 
+/// Runs `f` (a whole forward pass) on one of the pool's threads while the pool's other threads
+/// stay awake, when called from outside the pool with more than one thread; else runs it here.
+///
+/// Why: a decoded token is hundreds of small parallel ops. Called from outside the pool, each op is
+/// a round trip (the caller hands it to a pool thread and sleeps until it is done); and an idle
+/// pool thread goes to sleep within microseconds, so each op also waits for a sleeping thread to
+/// wake up. In the browser a wake-up costs tens of microseconds, which kept the second thread from
+/// speeding decode up. Here `f` runs on a pool thread, which does its own share of every op and
+/// takes back any share no other thread has picked up, and each other thread runs a spinner that
+/// keeps taking the pool's pending work until `f` returns (as llama.cpp's threads spin during a
+/// graph), so no op waits for a wake-up.
+pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    #[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
+    if rayon::current_thread_index().is_none() && rayon::current_num_threads() > 1 {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        /// Sets the flag when `f` returns or unwinds, so the spinners stop either way.
+        struct Done<'a>(&'a AtomicBool);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Release);
+            }
+        }
+        let done = AtomicBool::new(false);
+        return rayon::scope(|s| {
+            let owner = rayon::current_thread_index();
+            let done = &done;
+            for _ in 1..rayon::current_num_threads() {
+                s.spawn(move |_| {
+                    // The thread running `f` may pick a spinner up while it waits inside `f`: it
+                    // must not spin there, since `f` (below it on the stack) sets the flag.
+                    if rayon::current_thread_index() == owner {
+                        return;
+                    }
+                    while !done.load(Ordering::Acquire) {
+                        if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                            std::hint::spin_loop();
+                        }
+                    }
+                });
+            }
+            let _done = Done(done);
+            f()
+        });
+    }
+    f()
+}
+
 /// A pointer into an output that parallel tasks write in disjoint parts, for tasks that call
 /// `gemm_ptr` on their own block of a shared matrix.
 #[derive(Clone, Copy)]

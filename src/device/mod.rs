@@ -44,6 +44,36 @@ impl Device {
         }
     }
 
+    /// Runs `f` (a whole forward pass) on the CPU backend's thread pool (see `cpu::on_pool`), or
+    /// here on a GPU device, whose work the GPU queue orders.
+    pub fn on_pool<R>(&self, f: impl FnOnce() -> R) -> R {
+        /// A value moved to a pool thread although its type is not `Send`.
+        struct Sent<T>(T);
+        // SAFETY: only for the CPU device (checked below). The types that are not `Send` are the
+        // browser's WebGPU handles inside `Device::Gpu` and GPU tensors, which a CPU-device forward
+        // pass never reaches (its tensors are host vectors), and the caller waits for the pool
+        // thread to finish before it touches anything `f` borrowed.
+        unsafe impl<T> Send for Sent<T> {}
+        impl<T> Sent<T> {
+            /// A method, so closures capture the whole `Send` wrapper, not its field.
+            fn into_inner(self) -> T {
+                self.0
+            }
+        }
+        match self {
+            Device::Cpu(_) => {
+                let f = Sent(f);
+                let dev = Sent(self);
+                cpu::on_pool(move || {
+                    debug_assert!(matches!(dev.into_inner(), Device::Cpu(_)), "on_pool moves only CPU work");
+                    Sent(f.into_inner()())
+                })
+                .into_inner()
+            }
+            Device::Gpu(_) => f(),
+        }
+    }
+
     /// Submits pending GPU work (no-op on the CPU).
     pub fn flush(&self) {
         if let Device::Gpu(g) = self {

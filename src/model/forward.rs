@@ -36,6 +36,11 @@ impl Model {
     /// the cache's positions, appends their keys and values to the cache, and returns logits:
     /// [B*T, V] when `all_positions`, else the last position of each sequence [B, V].
     pub fn forward(&self, dev: &Device, tokens: &[u32], cache: &mut KvCache, all_positions: bool) -> Result<Tensor> {
+        dev.on_pool(|| self.forward_here(dev, tokens, cache, all_positions))
+    }
+
+    /// `forward` on the calling thread.
+    fn forward_here(&self, dev: &Device, tokens: &[u32], cache: &mut KvCache, all_positions: bool) -> Result<Tensor> {
         let cfg = &self.cfg;
         let b = cache.b;
         if b == 0 || tokens.is_empty() || tokens.len() % b != 0 {
@@ -81,6 +86,11 @@ impl Model {
     /// batch, so each weight is read once per step for all of them; RoPE and attention run per
     /// sequence at its own position. Returns the logits [S, V].
     pub fn decode_step(&self, dev: &Device, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor> {
+        dev.on_pool(|| self.decode_step_here(dev, tokens, caches))
+    }
+
+    /// `decode_step` on the calling thread.
+    fn decode_step_here(&self, dev: &Device, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor> {
         let cfg = &self.cfg;
         if tokens.is_empty() || tokens.len() != caches.len() || caches.iter().any(|c| c.b != 1) {
             return Err(Error::shape("decode_step", format!("{} tokens for {} single-sequence caches", tokens.len(), caches.len())));

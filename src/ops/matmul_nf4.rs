@@ -278,6 +278,50 @@ fn row_dot(packed: &[u8], absmax: &[f32], bs: usize, xs: &[f32], k: usize, t: us
     }
 }
 
+/// Both NF4 values of every byte, high nibble first: one load per byte instead of two.
+static NF4_PAIRS: [[f32; 2]; 256] = {
+    let mut t = [[0f32; 2]; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = [NF4_CODE[b >> 4], NF4_CODE[b & 15]];
+        b += 1;
+    }
+    t
+};
+
+/// Whether `row_dot_portable` takes rows of K codes in blocks of `bs`: whole blocks of whole
+/// groups of 8 codes.
+fn row_dot_portable_applies(k: usize, bs: usize) -> bool {
+    bs % 8 == 0 && k % bs == 0
+}
+
+/// y[r] = Σ_j deq(row r)[j]·x[j] for one token and every row of `packed` (y has one element per
+/// row): the portable decode kernel (wasm32 SIMD128, aarch64, and the portable tier), with the
+/// codes decoded from `NF4_PAIRS` into registers, never stored. Each block's products are summed
+/// in 8 lanes unscaled, then added to the row's 8 lanes times the block's absmax, so the compiler
+/// vectorizes both without a horizontal sum per block.
+fn row_dot_portable(packed: &[u8], absmax: &[f32], bs: usize, x: &[f32], k: usize, y: &mut [f32]) {
+    assert!(row_dot_portable_applies(k, bs) && packed.len() >= y.len() * k / 2 && absmax.len() >= y.len() * k / bs && x.len() >= k);
+    for (r, out) in y.iter_mut().enumerate() {
+        let row = &packed[r * k / 2..(r + 1) * k / 2];
+        let mut lanes = [0f32; 8];
+        for ((bytes, xb), &scale) in row.chunks_exact(bs / 2).zip(x[..k].chunks_exact(bs)).zip(&absmax[r * k / bs..]) {
+            let mut block = [0f32; 8];
+            for (b4, x8) in bytes.chunks_exact(4).zip(xb.chunks_exact(8)) {
+                for i in 0..4 {
+                    let [hi, lo] = NF4_PAIRS[b4[i] as usize];
+                    block[2 * i] += hi * x8[2 * i];
+                    block[2 * i + 1] += lo * x8[2 * i + 1];
+                }
+            }
+            for i in 0..8 {
+                lanes[i] += block[i] * scale;
+            }
+        }
+        *out = lanes.iter().sum();
+    }
+}
+
 /// Dequantizes the leading multiple of 16 of `bytes` (32 codes each) into `out` with the widest
 /// SIMD of the CPU tier, and returns how many bytes it did (0 on the portable tier).
 fn dequantize_bytes(bytes: &[u8], scale: f32, out: &mut [f32]) -> usize {
@@ -430,10 +474,14 @@ pub fn cpu_forward(x: &[f32], packed: &[u8], absmax: &[f32], bs: usize, y: &mut 
     let mut yt = vec![0f32; n * t];
     let rows_per_task = n.div_ceil(4 * cpu::threads()).max(ROWS_PER_TASK);
     let xs = row_dot_input(x, t, k, bs);
+    let fused = xs.is_none() && t == 1 && row_dot_portable_applies(k, bs);
     cpu::for_each_chunk(&mut yt, rows_per_task * t, |task, out| {
         let n0 = task * rows_per_task;
         if let Some(xs) = &xs {
             return row_dot(&packed[n0 * k / 2..], &absmax[n0 * k / bs..], bs, xs, k, t, out);
+        }
+        if fused {
+            return row_dot_portable(&packed[n0 * k / 2..], &absmax[n0 * k / bs..], bs, x, k, out);
         }
         let mut row = vec![0f32; k];
         for (r, yr) in out.chunks_mut(t).enumerate() {

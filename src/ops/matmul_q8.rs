@@ -98,6 +98,9 @@ fn rows_dot(q: &[i8], scale: &[f32], x: &[f32], k: usize, tokens: usize, out: &m
         }
         return;
     }
+    if tokens == 1 {
+        return row_dot_one(q, scale, &x[..k], k, out, stride, t0);
+    }
     let mut w = vec![0f32; k];
     for (r, row) in q.chunks_exact(k).enumerate() {
         for ((dst, codes), &d) in w.chunks_exact_mut(BLOCK).zip(row.chunks_exact(BLOCK)).zip(&scale[r * k / BLOCK..]) {
@@ -108,6 +111,27 @@ fn rows_dot(q: &[i8], scale: &[f32], x: &[f32], k: usize, tokens: usize, out: &m
         for ti in 0..tokens {
             out[r * stride + t0 + ti] = cpu::dot(&x[ti * k..(ti + 1) * k], &w);
         }
+    }
+}
+
+/// `rows_dot` for one token, portable (wasm32 SIMD128, aarch64, the portable tier): each block's
+/// codes are widened to f32 in registers and dotted with x in 8 lanes, unscaled, then added to the
+/// row's 8 lanes times the block's scale, so the compiler vectorizes it with no stored weights.
+fn row_dot_one(q: &[i8], scale: &[f32], x: &[f32], k: usize, out: &mut [f32], stride: usize, t0: usize) {
+    for (r, row) in q.chunks_exact(k).enumerate() {
+        let mut lanes = [0f32; 8];
+        for ((codes, xb), &d) in row.chunks_exact(BLOCK).zip(x.chunks_exact(BLOCK)).zip(&scale[r * k / BLOCK..]) {
+            let mut block = [0f32; 8];
+            for (c8, x8) in codes.chunks_exact(8).zip(xb.chunks_exact(8)) {
+                for i in 0..8 {
+                    block[i] += c8[i] as f32 * x8[i];
+                }
+            }
+            for i in 0..8 {
+                lanes[i] += block[i] * d;
+            }
+        }
+        out[r * stride + t0] = lanes.iter().sum();
     }
 }
 
