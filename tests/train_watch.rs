@@ -15,15 +15,7 @@ use std::process::{Command, Output};
 use serde_json::Value;
 
 fn model() -> Option<PathBuf> {
-    let p = std::env::var_os("FLEXLORA_MODEL_GGUF")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf"));
-    if p.exists() {
-        return Some(p);
-    }
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but the default model is missing at {}", p.display());
-    eprintln!("\n*** skipped: {} not found (run scripts/fetch-model.sh) — training watch is NOT being tested ***\n", p.display());
-    None
+    support::default_model("training watch")
 }
 
 /// `flexlora train` on MBPP with small, fast settings (a constant schedule: the learning rate of a
