@@ -482,11 +482,11 @@ pub fn load_model(dev: &Device, cfg: &TrainConfig) -> Result<(Model, Tokenizer)>
 /// checkpoints, the final adapter in `<out>/adapter`, the loss curve `<out>/loss.svg` (redrawn at
 /// every validation and checkpoint) and `<out>/summary.json`.
 pub fn run(tr: Trainer, on: &mut dyn FnMut(Event)) -> Result<Summary> {
-    run_with(tr, on, None)
+    run_with(tr, None, on)
 }
 
 /// `run` with a `probe` of the adapter every `probe.every` steps.
-pub fn run_with(mut tr: Trainer, on: &mut dyn FnMut(Event), mut probe: Option<Probe>) -> Result<Summary> {
+pub fn run_with(mut tr: Trainer, mut probe: Option<Probe>, on: &mut dyn FnMut(Event)) -> Result<Summary> {
     let out = tr.cfg.out.clone();
     std::fs::create_dir_all(&out).map_err(crate::error::io_at(&out, "create"))?;
     load::write_atomic(&out.join("config.toml"), tr.cfg.to_toml().as_bytes())?;
