@@ -82,7 +82,8 @@ impl Frame {
         let _ = write!(s, r#"<line x1="{x}" y1="{M}" x2="{x}" y2="{}" stroke="{color}"/>"#, H - M);
         for i in 0..=4 {
             let v = self.lo + (self.hi - self.lo) * i as f64 / 4.0;
-            let _ = write!(s, r#"<text x="{}" y="{}" fill="{color}">{v:.3e}</text>"#, x + 4.0, self.sy(v) + 4.0);
+            let text = if v == 0.0 || (1e-3..1e5).contains(&v.abs()) { format!("{v:.3}") } else { format!("{v:.2e}") };
+            let _ = write!(s, r#"<text x="{}" y="{}" fill="{color}">{text}</text>"#, x + 4.0, self.sy(v) + 4.0);
         }
         let _ = write!(s, r#"<text x="{x}" y="{}" text-anchor="end" fill="{color}">{label} (right axis)</text>"#, H - 12.0);
     }
