@@ -715,6 +715,7 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
 fn train(a: TrainArgs, m: &clap::ArgMatches) -> Result<()> {
     use flexlora::train::run::{self, Event, Trainer};
     let cfg = a.config(m, a.resume.as_deref().map(run::resume_settings).transpose()?.map(|r| r.config))?;
+    let checks = train_eval(&a, &cfg)?;
     let sel = block_on(None, device::select(a.device, a.backend))?;
     eprintln!("device: {} ({})", sel.device.name(), sel.reason);
     let t0 = std::time::Instant::now();
@@ -729,7 +730,8 @@ fn train(a: TrainArgs, m: &clap::ArgMatches) -> Result<()> {
         bytes as f64 / (1 << 20) as f64
     );
     let tr = Trainer::new(sel.device, model, &tok, cfg, a.resume.as_deref())?;
-    let checks = train_eval(&a, &tr)?;
+    // A resumed run writes into its own directory, whatever --out says.
+    let checks = checks.map(|c| flexlora::eval::during_training::TrainingEval { out: tr.cfg.out.clone(), ..c });
     let bar = indicatif::ProgressBar::new(tr.total_steps as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template("[{bar:30}] {pos}/{len} steps  {msg}  {elapsed_precise} ETA {eta}")
@@ -811,7 +813,7 @@ fn train(a: TrainArgs, m: &clap::ArgMatches) -> Result<()> {
 }
 
 /// `train --eval-every`: what the pass@1 check of the adapter during training runs on.
-fn train_eval(a: &TrainArgs, tr: &flexlora::train::run::Trainer) -> Result<Option<flexlora::eval::during_training::TrainingEval>> {
+fn train_eval(a: &TrainArgs, cfg: &flexlora::train::config::TrainConfig) -> Result<Option<flexlora::eval::during_training::TrainingEval>> {
     use flexlora::eval::job::{TaskFileRef, TaskSet};
     if a.eval_every == 0 {
         return Ok(None);
@@ -830,8 +832,8 @@ fn train_eval(a: &TrainArgs, tr: &flexlora::train::run::Trainer) -> Result<Optio
         name,
         limit: a.eval_limit,
         max_new_tokens: a.eval_max_new_tokens,
-        data: flexlora::data::data_dir(tr.cfg.data_dir.clone()),
-        out: tr.cfg.out.clone(),
+        data: flexlora::data::data_dir(cfg.data_dir.clone()),
+        out: cfg.out.clone(),
     }))
 }
 
