@@ -380,7 +380,7 @@ struct TrainArgs {
     /// Dataset directory (default: $FLEXLORA_DATA, else ../shared/data).
     #[arg(long)]
     data_dir: Option<std::path::PathBuf>,
-    /// Output directory: checkpoints, metrics.jsonl, loss.svg, adapter/, summary.json.
+    /// Output directory: checkpoints, metrics.jsonl, loss.svg, adapter/, summary.json (and eval/ with --eval-every).
     #[arg(long, default_value_os_t = train_defaults().out)]
     out: std::path::PathBuf,
     /// Frozen base weights: nf4 (QLoRA), auto (a GGUF's own blocks on the CPU, else NF4) or f32.
