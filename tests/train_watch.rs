@@ -115,14 +115,14 @@ fn validation_loss_is_logged_plotted_summarized_and_resumed_without_duplicates()
     let Some(model) = model() else { return };
     let Some(data) = support::data_dir("mbpp.jsonl") else { return };
     let root = support::tmpdir("train-watch", "val");
-    let watch = ["--val-every", "2", "--val-limit", "3", "--save-every", "2", "--log-every", "1"];
+    let watch = ["--val-every", "1", "--val-limit", "3", "--save-every", "1", "--log-every", "1"];
 
-    // A: four steps, validated every 2.
+    // A: two steps, each validated.
     let a = root.join("a");
-    let out = train(&model, &data, &a, &[&["--steps", "4"][..], &watch].concat());
+    let out = train(&model, &data, &a, &[&["--steps", "2"][..], &watch].concat());
     let recs = records(&a);
     let val = kind(&recs, "val_loss");
-    assert_eq!(val.iter().map(|v| v["step"].as_u64().unwrap()).collect::<Vec<_>>(), [2, 4], "{val:?}");
+    assert_eq!(val.iter().map(|v| v["step"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 2], "{val:?}");
     for v in &val {
         let l = v["val_loss"].as_f64().unwrap();
         assert!(l.is_finite() && l > 0.0 && l < 20.0, "{v}");
@@ -131,20 +131,20 @@ fn validation_loss_is_logged_plotted_summarized_and_resumed_without_duplicates()
     }
     // Each validation follows its step's record.
     let order: Vec<(u64, bool)> = recs.iter().map(|r| (r["step"].as_u64().unwrap(), r.get("val_loss").is_some())).collect();
-    assert_eq!(order, [(1, false), (2, false), (2, true), (3, false), (4, false), (4, true)]);
+    assert_eq!(order, [(1, false), (1, true), (2, false), (2, true)]);
 
     // Progress lines on a stderr that is not a terminal.
     let stderr = String::from_utf8_lossy(&out.stderr);
-    for step in 1..=4 {
+    for step in 1..=2 {
         let line = stderr
             .lines()
-            .find(|l| l.starts_with(&format!("step {step}/4 ")))
+            .find(|l| l.starts_with(&format!("step {step}/2 ")))
             .unwrap_or_else(|| panic!("no progress line for step {step}:\n{stderr}"));
         for part in ["loss ", "flex ", "tok/s", "elapsed ", "ETA "] {
             assert!(line.contains(part), "`{part}` missing from the progress line `{line}`");
         }
     }
-    assert!(stderr.contains("validation: 3 examples of mbpp:validation every 2 steps"), "{stderr}");
+    assert!(stderr.contains("validation: 3 examples of mbpp:validation every 1 steps"), "{stderr}");
 
     // The summary names the best validation.
     let best = val.iter().min_by(|x, y| x["val_loss"].as_f64().unwrap().total_cmp(&y["val_loss"].as_f64().unwrap())).unwrap();
@@ -152,37 +152,37 @@ fn validation_loss_is_logged_plotted_summarized_and_resumed_without_duplicates()
     assert_eq!(summary["best_val"]["step"], best["step"]);
     assert_eq!(summary["best_val"]["val_loss"], best["val_loss"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let want = format!("best validation loss {:.4} at step {} of 4", best["val_loss"].as_f64().unwrap(), best["step"]);
+    let want = format!("best validation loss {:.4} at step {} of 2", best["val_loss"].as_f64().unwrap(), best["step"]);
     assert!(stdout.contains(&want), "`{want}` missing from:\n{stdout}");
 
     // loss.svg: well formed, one curve per series, a point per step / validation.
     let svg = parse_svg(&std::fs::read_to_string(a.join("loss.svg")).unwrap());
     assert_eq!(svg[0].0, "svg");
-    assert_eq!(polyline(&svg, "lightsteelblue").len(), 4, "training loss");
-    assert_eq!(polyline(&svg, "darkorange").len(), 4, "its moving average");
+    assert_eq!(polyline(&svg, "lightsteelblue").len(), 2, "training loss");
+    assert_eq!(polyline(&svg, "darkorange").len(), 2, "its moving average");
     let v = polyline(&svg, "seagreen");
     assert_eq!(v.len(), 2, "validation loss");
     assert!(v[0].0 < v[1].0, "validation points out of step order: {v:?}");
-    assert_eq!(polyline(&svg, "purple").len(), 4, "FLeX penalty");
+    assert_eq!(polyline(&svg, "purple").len(), 2, "FLeX penalty");
     assert!(svg.iter().any(|(n, a)| n == "text" && a.iter().any(|(k, v)| k == "fill" && v == "purple")), "no right-axis labels");
 
-    // B: two steps without validation, a killed run's leftovers after its checkpoint (a step and
-    // a validation past it, a line cut short), then resumed to four steps with validation.
+    // B: one step without validation, a killed run's leftovers after its checkpoint (a step and
+    // a validation past it, a line cut short), then resumed to two steps with validation.
     let b = root.join("b");
-    train(&model, &data, &b, &["--steps", "2", "--save-every", "2", "--val-every", "0"]);
+    train(&model, &data, &b, &["--steps", "1", "--save-every", "1", "--val-every", "0"]);
     assert!(kind(&records(&b), "val_loss").is_empty(), "--val-every 0 still validated");
     let mut text = std::fs::read_to_string(b.join("metrics.jsonl")).unwrap();
-    text += r#"{"step":3,"loss":9.0,"lr":0.0002,"grad_norm":1.0,"flex_penalty":1.0,"tokens":64,"targets":9,"seconds":1.0}"#;
+    text += r#"{"step":2,"loss":9.0,"lr":0.0002,"grad_norm":1.0,"flex_penalty":1.0,"tokens":64,"targets":9,"seconds":1.0}"#;
     text += "\n";
-    text += r#"{"step":3,"val_loss":9.0,"val_tokens":5,"val_examples":3,"seconds":1.0}"#;
-    text += "\n{\"step\":4,\"lo";
+    text += r#"{"step":2,"val_loss":9.0,"val_tokens":5,"val_examples":3,"seconds":1.0}"#;
+    text += "\n{\"step\":3,\"lo";
     std::fs::write(b.join("metrics.jsonl"), text).unwrap();
-    let out = train(&model, &data, &b, &[&["--steps", "4", "--resume", b.to_str().unwrap()][..], &watch].concat());
+    let out = train(&model, &data, &b, &[&["--steps", "2", "--resume", b.to_str().unwrap()][..], &watch].concat());
     assert!(String::from_utf8_lossy(&out.stderr).contains("resumed from"));
     let rb = records(&b);
     let steps: Vec<u64> = rb.iter().map(|r| r["step"].as_u64().unwrap()).collect();
-    assert_eq!(steps, [1, 2, 3, 4, 4], "duplicated or stale records: {rb:?}");
-    // Same updates as A although A validated at step 2 and B did not; same validation at step 4.
+    assert_eq!(steps, [1, 2, 2], "duplicated or stale records: {rb:?}");
+    // Same updates as A although A validated at step 1 and B did not; same validation at step 2.
     assert_eq!(kind(&rb, "loss"), kind(&recs, "loss"), "validation changed the training trajectory, or resume is not exact");
     assert_eq!(kind(&rb, "val_loss"), val[1..], "the resumed run's validation differs");
     assert_eq!(
