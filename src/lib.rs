@@ -18,6 +18,7 @@ pub mod eval;
 pub mod experiment;
 pub mod model;
 pub mod ops;
+pub mod plot;
 pub mod quant;
 pub mod rng;
 pub mod shaders;

@@ -380,7 +380,7 @@ struct TrainArgs {
     /// Dataset directory (default: $FLEXLORA_DATA, else ../shared/data).
     #[arg(long)]
     data_dir: Option<std::path::PathBuf>,
-    /// Output directory: checkpoints, metrics.jsonl, loss.svg, adapter/, summary.json.
+    /// Output directory: checkpoints, metrics.jsonl, loss.svg, adapter/, summary.json (and eval/ with --eval-every).
     #[arg(long, default_value_os_t = train_defaults().out)]
     out: std::path::PathBuf,
     /// Frozen base weights: nf4 (QLoRA), auto (a GGUF's own blocks on the CPU, else NF4) or f32.
@@ -476,6 +476,32 @@ struct TrainArgs {
     /// Graphics API for the GPU (vulkan, metal, dx12, gl).
     #[arg(long, value_enum)]
     backend: Option<BackendChoice>,
+    /// Held-out examples for the validation loss: auto (MBPP validation, tasks 511-600, when
+    /// training on MBPP's train split; else none), none, mbpp:SPLIT or a JSONL file.
+    #[arg(long, default_value_t = train_defaults().val_data)]
+    val_data: String,
+    /// Validation loss every N steps and at the end, into metrics.jsonl (0: never).
+    #[arg(long, default_value_t = train_defaults().val_every)]
+    val_every: usize,
+    /// Only the first N validation examples (0: all).
+    #[arg(long, default_value_t = train_defaults().val_limit)]
+    val_limit: usize,
+    /// When stderr is not a terminal (logs, CI): a progress line every N steps (0: none).
+    #[arg(long, default_value_t = 10)]
+    log_every: usize,
+    /// pass@1 (greedy, in the sandbox) of the adapter every N steps and at the end, into
+    /// metrics.jsonl and OUT/eval/step-N/ (0: never).
+    #[arg(long, default_value_t = 0)]
+    eval_every: usize,
+    /// The benchmark for --eval-every: humaneval, mbpp (test split), mbjp, humaneval-java or file:PATH.
+    #[arg(long, default_value = "humaneval", value_parser = EvalTask::parse)]
+    eval_task: EvalTask,
+    /// --eval-every: the first N tasks of --eval-task.
+    #[arg(long, default_value_t = 20)]
+    eval_limit: usize,
+    /// --eval-every: tokens generated per task at most.
+    #[arg(long, default_value_t = 384)]
+    eval_max_new_tokens: usize,
 }
 
 impl TrainArgs {
@@ -531,6 +557,9 @@ impl TrainArgs {
         set!(flex.phi_low = flex_phi_low);
         set!(flex.phi_high = flex_phi_high);
         set!(flex.matrices = flex_matrices);
+        set!(val_data = val_data);
+        set!(val_every = val_every);
+        set!(val_limit = val_limit);
         c.mask_prompt &= !self.no_mask_prompt;
         c.recompute |= self.recompute;
         c.lora.rslora |= self.rslora;
@@ -686,6 +715,7 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
 fn train(a: TrainArgs, m: &clap::ArgMatches) -> Result<()> {
     use flexlora::train::run::{self, Event, Trainer};
     let cfg = a.config(m, a.resume.as_deref().map(run::resume_settings).transpose()?.map(|r| r.config))?;
+    let checks = train_eval(&a, &cfg)?;
     let sel = block_on(None, device::select(a.device, a.backend))?;
     eprintln!("device: {} ({})", sel.device.name(), sel.reason);
     let t0 = std::time::Instant::now();
@@ -700,6 +730,8 @@ fn train(a: TrainArgs, m: &clap::ArgMatches) -> Result<()> {
         bytes as f64 / (1 << 20) as f64
     );
     let tr = Trainer::new(sel.device, model, &tok, cfg, a.resume.as_deref())?;
+    // A resumed run writes into its own directory, whatever --out says.
+    let checks = checks.map(|c| flexlora::eval::during_training::TrainingEval { out: tr.cfg.out.clone(), ..c });
     let bar = indicatif::ProgressBar::new(tr.total_steps as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template("[{bar:30}] {pos}/{len} steps  {msg}  {elapsed_precise} ETA {eta}")
@@ -709,7 +741,10 @@ fn train(a: TrainArgs, m: &clap::ArgMatches) -> Result<()> {
     let mut tok_s = 0.0;
     // indicatif hides the bar (and its println) when stderr is not a terminal; logs still matter then.
     let say = |line: String| if bar.is_hidden() { eprintln!("{line}") } else { bar.println(line) };
-    let summary = run::run(tr, &mut |e| match e {
+    let (t_run, mut step0) = (std::time::Instant::now(), None);
+    let mut check = |tr: &Trainer| checks.as_ref().expect("a probe only with --eval-every").check(&tr.dev, &tr.model, &tok, tr.step);
+    let probe = checks.as_ref().map(|_| run::Probe { every: a.eval_every, check: &mut check });
+    let summary = run::run_with(tr, probe, &mut |e| match e {
         Event::Started { trainer } => {
             let (trainable, total) = trainer.model.trainable_params();
             let s = &trainer.stats;
@@ -726,13 +761,36 @@ fn train(a: TrainArgs, m: &clap::ArgMatches) -> Result<()> {
             if let Some(p) = &trainer.resumed_from {
                 say(format!("resumed from {} at step {}", p.display(), trainer.step));
             }
+            if let Some(v) = &trainer.val {
+                say(format!("validation: {} examples of {} every {} steps", v.examples.len(), v.name, trainer.cfg.val_every));
+            }
             bar.set_position(trainer.step as u64);
+            step0 = Some((trainer.step, trainer.total_steps));
         }
         Event::Step(r) => {
             tok_s = if tok_s == 0.0 { r.tokens as f64 / r.seconds } else { 0.8 * tok_s + 0.2 * r.tokens as f64 / r.seconds };
             let flex = r.flex_penalty.map(|p| format!(" flex {p:.4}")).unwrap_or_default();
             bar.set_message(format!("loss {:.4}{flex}  lr {:.2e}  |g| {:.3}  {tok_s:.0} tok/s", r.loss, r.lr, r.grad_norm));
             bar.set_position(r.step as u64);
+            let (first, total) = step0.unwrap_or((0, r.step));
+            if bar.is_hidden() && a.log_every > 0 && (r.step.is_multiple_of(a.log_every) || r.step == total) {
+                let elapsed = t_run.elapsed().as_secs_f64();
+                let eta = elapsed / (r.step - first).max(1) as f64 * (total - r.step) as f64;
+                let hms = |s: f64| format!("{}:{:02}:{:02}", s as u64 / 3600, s as u64 / 60 % 60, s as u64 % 60);
+                eprintln!(
+                    "step {}/{total}  loss {:.4}{flex}  {tok_s:.0} tok/s  elapsed {}  ETA {}",
+                    r.step,
+                    r.loss,
+                    hms(elapsed),
+                    hms(eta)
+                );
+            }
+        }
+        Event::Validated(v) => {
+            say(format!("step {}: validation loss {:.4} ({} tokens, {:.1} s)", v.step, v.val_loss, v.val_tokens, v.seconds))
+        }
+        Event::Evaluated(e) => {
+            say(format!("step {}: pass@1 {:.4} on {} ({}/{} tasks, {:.1} s)", e.step, e.pass1, e.eval_task, e.passed, e.tasks, e.seconds))
         }
         Event::Saved(p) => say(format!("checkpoint {}", p.display())),
     })?;
@@ -747,8 +805,36 @@ fn train(a: TrainArgs, m: &clap::ArgMatches) -> Result<()> {
         summary.tokens_per_s,
         summary.peak_rss_mib.unwrap_or(0.0)
     );
+    if let Some(b) = &summary.best_val {
+        println!("best validation loss {:.4} at step {} of {} ({} tokens)", b.val_loss, b.step, summary.steps, b.val_tokens);
+    }
     println!("adapter: {} (load it with --adapter, or PEFT's PeftModel.from_pretrained)", summary.adapter.display());
     Ok(())
+}
+
+/// `train --eval-every`: what the pass@1 check of the adapter during training runs on.
+fn train_eval(a: &TrainArgs, cfg: &flexlora::train::config::TrainConfig) -> Result<Option<flexlora::eval::during_training::TrainingEval>> {
+    use flexlora::eval::job::{TaskFileRef, TaskSet};
+    if a.eval_every == 0 {
+        return Ok(None);
+    }
+    if a.eval_limit == 0 || a.eval_max_new_tokens == 0 {
+        anyhow::bail!("--eval-limit and --eval-max-new-tokens must be at least 1 with --eval-every (or pass --eval-every 0)");
+    }
+    let (task, task_file, name) = match &a.eval_task {
+        EvalTask::Set(t) => (*t, None, serde_json::to_value(t)?.as_str().unwrap_or_default().to_string()),
+        EvalTask::File(path) => (TaskSet::File, Some(TaskFileRef::open(path)?), format!("file:{}", path.display())),
+        EvalTask::Ppl => anyhow::bail!("--eval-task ppl: pass@1 needs a code benchmark (humaneval, mbpp, mbjp, humaneval-java, file:PATH)"),
+    };
+    Ok(Some(flexlora::eval::during_training::TrainingEval {
+        task,
+        task_file,
+        name,
+        limit: a.eval_limit,
+        max_new_tokens: a.eval_max_new_tokens,
+        data: flexlora::data::data_dir(cfg.data_dir.clone()),
+        out: cfg.out.clone(),
+    }))
 }
 
 fn devices(backend: Option<BackendChoice>) -> Result<()> {

@@ -216,6 +216,7 @@ max_len = 48
 mask_prompt = false
 warmup_steps = 0
 save_every = 0
+val_every = 0 # the validation loss is tests/train_watch.rs's; here it would double the time
 [[eval]]
 name = "java"
 task = "mbjp"

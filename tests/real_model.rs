@@ -5,6 +5,9 @@
 #[path = "ops/common.rs"]
 #[allow(dead_code)]
 mod common;
+#[path = "support/mod.rs"]
+#[allow(dead_code)]
+mod support;
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -14,19 +17,7 @@ use flexlora::model::generate::{generate, GenerateOptions, Sampling};
 use flexlora::model::{load, WeightFormat};
 
 fn model_path() -> Option<PathBuf> {
-    let p = std::env::var_os("FLEXLORA_MODEL_GGUF")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf"));
-    if p.exists() {
-        return Some(p);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "CI=true but the default model is missing at {}: run scripts/fetch-model.sh",
-        p.display()
-    );
-    eprintln!("\n*** skipped: {} not found (run scripts/fetch-model.sh) — the real model is NOT being tested ***\n", p.display());
-    None
+    support::default_model("the real model")
 }
 
 /// The first Python function in a completion (inside a ``` block when there is one).
@@ -108,19 +99,7 @@ fn decode_logits_through_the_8_bit_head_equal_the_f32_head() {
 /// matrix), fetched by `scripts/fetch-model.sh qwen` (scripts/test.sh does). Path:
 /// $FLEXLORA_QWEN_GGUF, else models/ in the checkout. Missing: a loud skip, a failure under CI=true.
 fn qwen_path() -> Option<PathBuf> {
-    let p = std::env::var_os("FLEXLORA_QWEN_GGUF")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"));
-    if p.exists() {
-        return Some(p);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "CI=true but Qwen is missing at {}: run scripts/fetch-model.sh qwen",
-        p.display()
-    );
-    eprintln!("\n*** skipped: {} not found (run scripts/fetch-model.sh qwen) — Qwen is NOT being tested ***\n", p.display());
-    None
+    support::model_file("FLEXLORA_QWEN_GGUF", "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", "scripts/fetch-model.sh qwen", "Qwen")
 }
 
 /// Logits of `--weights auto` (the file's blocks, output projection included) against the

@@ -9,8 +9,11 @@
 //!
 //! `tasks` and `passk` are plain text and arithmetic and build everywhere; the sandbox spawns
 //! processes with Linux namespaces and exists only on Linux. `ppl` (native) is the other kind of
-//! evaluation: perplexity of held-out text, no generation.
+//! evaluation: perplexity of held-out text, no generation. `during_training` is pass@1 of an
+//! adapter while it trains, the hook `flexlora train --eval-every` hands the training loop.
 
+#[cfg(target_os = "linux")]
+pub mod during_training;
 #[cfg(target_os = "linux")]
 pub mod job;
 pub mod passk;

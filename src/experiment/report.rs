@@ -258,6 +258,7 @@ pub fn write(spec: &Spec) -> Result<Report> {
         );
         if r.same_as.is_none() {
             let history = crate::train::metrics::read(&runner::run_dir(spec, &r.arm, r.seed).join("train/metrics.jsonl"), usize::MAX)?;
+            let history = history.steps();
             let name = format!("{}/seed-{}", r.arm, r.seed);
             losses.push((name.clone(), history.iter().map(|h| (h.step as f64, h.loss)).collect::<Vec<_>>()));
             let p: Vec<(f64, f64)> = history.iter().filter_map(|h| h.flex_penalty.map(|v| (h.step as f64, v))).collect();
@@ -266,10 +267,10 @@ pub fn write(spec: &Spec) -> Result<Report> {
             }
         }
     }
-    write_atomic(&spec.out.join("loss.svg"), crate::train::metrics::series_svg("training loss", &losses).as_bytes())?;
+    write_atomic(&spec.out.join("loss.svg"), crate::plot::series_svg("training loss", &losses).as_bytes())?;
     let _ = writeln!(md, "\n![training loss](loss.svg)\n");
     if !penalties.is_empty() {
-        write_atomic(&spec.out.join("flex.svg"), crate::train::metrics::series_svg("FLeX penalty λ·mean P", &penalties).as_bytes())?;
+        write_atomic(&spec.out.join("flex.svg"), crate::plot::series_svg("FLeX penalty λ·mean P", &penalties).as_bytes())?;
         let _ = writeln!(md, "![FLeX penalty](flex.svg)\n");
     }
     write_atomic(&spec.out.join("report.md"), md.as_bytes())?;
@@ -296,22 +297,15 @@ fn kind(k: ArmKind) -> &'static str {
 /// pass@1 per arm: a point at the pooled value, a whisker for the 95% interval, small dots for
 /// each seed.
 fn pass1_svg(set: &str, points: &[(String, f64, f64, f64, Vec<f64>)]) -> String {
-    let (w, h, m) = (720.0, 400.0, 56.0);
-    let mut s = format!(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12"><rect width="100%" height="100%" fill="white"/>"#
-    );
+    use crate::plot::{Frame, H, M, W};
+    let mut s = crate::plot::open();
     let hi = points.iter().map(|p| p.3).fold(0.0f64, f64::max).clamp(0.05, 1.0);
-    let sy = |y: f64| h - m - y / hi * (h - 2.0 * m);
-    let _ = write!(s, r#"<line x1="{m}" y1="{}" x2="{}" y2="{}" stroke="black"/>"#, h - m, w - m, h - m);
-    let _ = write!(s, r#"<line x1="{m}" y1="{m}" x2="{m}" y2="{}" stroke="black"/>"#, h - m);
-    for i in 0..=4 {
-        let v = hi * i as f64 / 4.0;
-        let _ = write!(s, r#"<text x="{}" y="{}" text-anchor="end">{v:.3}</text>"#, m - 6.0, sy(v) + 4.0);
-    }
-    let _ = write!(s, r#"<text x="{m}" y="{}">pass@1 on {set} (95% interval; dots: seeds)</text>"#, m - 20.0);
+    let f = Frame { x0: 0.0, x1: 1.0, lo: 0.0, hi };
+    f.y_axis(&mut s, &format!("pass@1 on {set} (95% interval; dots: seeds)"));
+    let sy = |y: f64| f.sy(y);
     let n = points.len().max(1) as f64;
     for (i, (name, mean, lo, up, seeds)) in points.iter().enumerate() {
-        let x = m + (i as f64 + 0.5) / n * (w - 2.0 * m);
+        let x = M + (i as f64 + 0.5) / n * (W - 2.0 * M);
         let _ = write!(s, r#"<line x1="{x:.1}" y1="{:.1}" x2="{x:.1}" y2="{:.1}" stroke="steelblue" stroke-width="2"/>"#, sy(*lo), sy(*up));
         for y in [lo, up] {
             let _ = write!(
@@ -327,9 +321,8 @@ fn pass1_svg(set: &str, points: &[(String, f64, f64, f64, Vec<f64>)]) -> String 
             let _ = write!(s, r#"<circle cx="{:.1}" cy="{:.1}" r="2.5" fill="gray"/>"#, x + 12.0, sy(*v));
         }
         let _ = write!(s, r#"<circle cx="{x:.1}" cy="{:.1}" r="5" fill="darkorange"/>"#, sy(*mean));
-        let _ = write!(s, r#"<text x="{x:.1}" y="{}" text-anchor="middle">{name}</text>"#, h - m + 18.0);
-        let _ = write!(s, r#"<text x="{x:.1}" y="{}" text-anchor="middle">{mean:.3}</text>"#, h - m + 34.0);
+        let _ = write!(s, r#"<text x="{x:.1}" y="{}" text-anchor="middle">{name}</text>"#, H - M + 18.0);
+        let _ = write!(s, r#"<text x="{x:.1}" y="{}" text-anchor="middle">{mean:.3}</text>"#, H - M + 34.0);
     }
-    s.push_str("</svg>\n");
-    s
+    crate::plot::close(s)
 }

@@ -284,7 +284,8 @@ fn train(cfg: crate::train::config::TrainConfig, dev: Device, say: &mut dyn FnMu
         summary.seconds
     };
     let history = crate::train::metrics::read(&out.join("metrics.jsonl"), usize::MAX)?;
-    let ratio = |r: &crate::train::run::StepReport| r.flex_penalty.map(|p| p / r.loss);
+    let history = history.steps();
+    let ratio = |r: &&crate::train::run::StepReport| r.flex_penalty.map(|p| p / r.loss);
     Ok(TrainResult {
         steps: history.last().map_or(0, |r| r.step),
         first_loss: history.first().map(|r| r.loss),

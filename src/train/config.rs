@@ -137,6 +137,14 @@ pub struct TrainConfig {
     pub keep_checkpoints: usize,
     /// Recompute each layer's activations during backward (less memory, ~1/3 more compute).
     pub recompute: bool,
+    /// Held-out examples whose loss is logged every `val_every` steps (and at the end): `auto`
+    /// (MBPP's validation split when training on MBPP's train split, else none), `none`,
+    /// `mbpp:SPLIT` or a JSONL file (`train::validate`).
+    pub val_data: String,
+    /// Validate every N steps and at the run's last step; 0 = never.
+    pub val_every: usize,
+    /// Only the first N validation examples (0 = all), so validation stays cheap.
+    pub val_limit: usize,
     pub lora: LoraConfig,
     pub flex: FlexConfig,
 }
@@ -168,6 +176,9 @@ impl Default for TrainConfig {
             save_every: 50,
             keep_checkpoints: 3,
             recompute: false,
+            val_data: "auto".into(),
+            val_every: 50,
+            val_limit: 32,
             lora: LoraConfig::default(),
             flex: FlexConfig::default(),
         }
@@ -243,9 +254,20 @@ impl TrainConfig {
 
     /// Settings a resumed run may change: how long it runs, how often and how many checkpoints it
     /// keeps, memory-for-compute (`recompute` gives the same numbers), where the data directory is,
-    /// and the model path (its identity is checked separately). `out` is always the run's own
-    /// directory. Everything else would silently change the run, so a resume refuses it.
-    pub const RESUMABLE: [&'static str; 7] = ["steps", "epochs", "save_every", "keep_checkpoints", "recompute", "data_dir", "model"];
+    /// the model path (its identity is checked separately) and validation (it never changes an
+    /// update). `out` is always the run's own directory. Everything else would silently change the
+    /// run, so a resume refuses it.
+    pub const RESUMABLE: [&'static str; 10] =
+        ["steps", "epochs", "save_every", "keep_checkpoints", "recompute", "data_dir", "model", "val_data", "val_every", "val_limit"];
+
+    /// Takes the `RESUMABLE` settings from `other` (the flags or the edited `config.toml` of a
+    /// resumed run), keeping the rest.
+    pub fn take_resumable(&mut self, other: &TrainConfig) {
+        (self.steps, self.epochs, self.save_every, self.keep_checkpoints) =
+            (other.steps, other.epochs, other.save_every, other.keep_checkpoints);
+        (self.recompute, self.data_dir, self.model) = (other.recompute, other.data_dir.clone(), other.model.clone());
+        (self.val_data, self.val_every, self.val_limit) = (other.val_data.clone(), other.val_every, other.val_limit);
+    }
 
     /// Differences between `self` and `other` as `key: self -> other` lines (nested keys dotted),
     /// leaving out the keys in `except`.

@@ -9,6 +9,7 @@
 //!   optimizer's named state. `optimizer`: AdamW and Sophia behind one trait.
 //! - `run`: `Trainer` (data, resume, checkpoints around `step`) and `run`, the loop to the end.
 //! - `checkpoint`: atomic checkpoints and exact resume. `metrics`: metrics.jsonl and loss.svg.
+//! - `validate`: the held-out examples and their loss every N steps (no dropout, no gradient).
 
 pub mod adapter;
 pub mod checkpoint;
@@ -19,3 +20,4 @@ pub mod metrics;
 pub mod optimizer;
 pub mod run;
 pub mod step;
+pub mod validate;

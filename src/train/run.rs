@@ -19,8 +19,10 @@ use crate::train::adapter::AdapterStore;
 use crate::train::checkpoint::{self, State};
 use crate::train::config::{OptimizerKind, TrainConfig};
 use crate::train::data::{self, Cursor, Example, Loader, Source, TokenStats};
+use crate::train::metrics::{EvalRecord, History, Record, ValReport};
 use crate::train::optimizer::{self, Optimizer};
 use crate::train::step::{self, StepOutcome, StepSettings};
+use crate::train::validate::{self, ValSet};
 
 /// What one optimizer step did.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -72,6 +74,8 @@ pub struct Trainer {
     pub resumed_from: Option<PathBuf>,
     /// The model's fingerprint, saved with every checkpoint.
     model_fingerprint: Option<String>,
+    /// The held-out examples validated every `cfg.val_every` steps (`validate`), if any.
+    pub val: Option<ValSet>,
 }
 
 impl Trainer {
@@ -121,13 +125,7 @@ impl Trainer {
             model_fingerprint = Some(fp);
             let resumable = cfg;
             cfg = st.config.clone();
-            cfg.steps = resumable.steps;
-            cfg.epochs = resumable.epochs;
-            cfg.save_every = resumable.save_every;
-            cfg.keep_checkpoints = resumable.keep_checkpoints;
-            cfg.recompute = resumable.recompute;
-            cfg.data_dir = resumable.data_dir;
-            cfg.model = resumable.model;
+            cfg.take_resumable(&resumable);
             cfg.out = r.out;
             cfg.validate()?;
             load::peft::load(&dev, &mut model, &ckpt)?;
@@ -164,6 +162,7 @@ impl Trainer {
                 ),
             });
         }
+        let val = validate::load(tok, &cfg, &data_dir)?;
         let longest = examples.iter().map(|e| e.ids.len()).max().unwrap_or(0);
         check_step_memory(&dev, &model, &cfg, longest)?;
         let per_step = cfg.batch_size * cfg.grad_accum;
@@ -206,6 +205,7 @@ impl Trainer {
             elapsed_s: state.as_ref().map_or(0.0, |s| s.elapsed_s),
             resumed_from: resumed,
             model_fingerprint,
+            val,
             cfg,
         })
     }
@@ -248,6 +248,12 @@ impl Trainer {
         self.elapsed_s += seconds;
         let StepOutcome { loss, grad_norm, flex_penalty } = out;
         Ok(StepReport { step: self.step, loss, lr, grad_norm, flex_penalty, tokens, targets, seconds })
+    }
+
+    /// The loss on the validation set now (`validate::loss`); `None` when the run has none.
+    pub fn validate(&self) -> Result<Option<ValReport>> {
+        let Some(set) = &self.val else { return Ok(None) };
+        validate::loss(&self.dev, &self.model, set, self.cfg.batch_size, self.pad, self.step).map(Some)
     }
 
     /// Writes a checkpoint of the current step.
@@ -308,9 +314,7 @@ pub fn resume_settings(path: &Path) -> Result<Resume> {
                 ),
             });
         }
-        (config.steps, config.epochs, config.save_every, config.keep_checkpoints) =
-            (edited.steps, edited.epochs, edited.save_every, edited.keep_checkpoints);
-        (config.recompute, config.data_dir, config.model) = (edited.recompute, edited.data_dir, edited.model);
+        config.take_resumable(&edited);
     }
     config.out = out.clone();
     Ok(Resume { checkpoint, state, out, config })
@@ -432,7 +436,18 @@ fn check_step_memory(dev: &Device, model: &Model, cfg: &TrainConfig, t: usize) -
 pub enum Event<'a> {
     Started { trainer: &'a Trainer },
     Step(&'a StepReport),
+    Validated(&'a ValReport),
+    Evaluated(&'a EvalRecord),
     Saved(&'a Path),
+}
+
+/// A check of the adapter being trained that `run_with` makes every `every` steps and at the
+/// run's last step, its record written into `metrics.jsonl`: pass@1 during training
+/// (`flexlora train --eval-every`, `eval::during_training`). A hook, so that `train` does not
+/// depend on `eval`.
+pub struct Probe<'a> {
+    pub every: usize,
+    pub check: &'a mut dyn FnMut(&Trainer) -> Result<EvalRecord>,
 }
 
 /// The run's end: what `run` writes to `<out>/summary.json`.
@@ -448,6 +463,8 @@ pub struct Summary {
     pub trainable_params: usize,
     pub total_params: usize,
     pub adapter: PathBuf,
+    /// The validation with the lowest loss over the whole run (resumed parts included).
+    pub best_val: Option<ValReport>,
 }
 
 /// Loads the model named by `cfg` on `dev` in the configured weight format, with its tokenizer.
@@ -460,41 +477,72 @@ pub fn load_model(dev: &Device, cfg: &TrainConfig) -> Result<(Model, Tokenizer)>
     load::open(dev, &cfg.model, format)
 }
 
-/// Trains to the end: metrics to `<out>/metrics.jsonl` (one line per step; lines past a resumed
-/// checkpoint are dropped first), checkpoints, the final adapter in `<out>/adapter`, the loss curve
-/// `<out>/loss.svg` and `<out>/summary.json`.
-pub fn run(mut tr: Trainer, on: &mut dyn FnMut(Event)) -> Result<Summary> {
+/// Trains to the end: metrics to `<out>/metrics.jsonl` (one line per step, per validation, per
+/// probe; lines past a resumed checkpoint are dropped first, so none is written twice),
+/// checkpoints, the final adapter in `<out>/adapter`, the loss curve `<out>/loss.svg` (redrawn at
+/// every validation and checkpoint) and `<out>/summary.json`.
+pub fn run(tr: Trainer, on: &mut dyn FnMut(Event)) -> Result<Summary> {
+    run_with(tr, None, on)
+}
+
+/// `run` with a `probe` of the adapter every `probe.every` steps.
+pub fn run_with(mut tr: Trainer, mut probe: Option<Probe>, on: &mut dyn FnMut(Event)) -> Result<Summary> {
     let out = tr.cfg.out.clone();
     std::fs::create_dir_all(&out).map_err(crate::error::io_at(&out, "create"))?;
     load::write_atomic(&out.join("config.toml"), tr.cfg.to_toml().as_bytes())?;
     let metrics_path = out.join("metrics.jsonl");
+    let svg_path = out.join("loss.svg");
     let mut history = crate::train::metrics::read(&metrics_path, tr.step)?;
     crate::train::metrics::rewrite(&metrics_path, &history)?;
     let mut metrics =
         std::fs::OpenOptions::new().append(true).create(true).open(&metrics_path).map_err(crate::error::io_at(&metrics_path, "open"))?;
+    let mut record = |history: &mut History, r: Record| -> Result<()> {
+        metrics.write_all(crate::train::metrics::line(&r).as_bytes()).map_err(crate::error::io_at(&metrics_path, "append to"))?;
+        history.records.push(r);
+        Ok(())
+    };
     on(Event::Started { trainer: &tr });
     let t0 = Instant::now();
     let tokens0 = tr.tokens;
     while !tr.done() {
         let report = tr.step()?;
-        let line = serde_json::to_string(&report).unwrap_or_default();
-        writeln!(metrics, "{line}").map_err(crate::error::io_at(&metrics_path, "append to"))?;
-        history.push(report.clone());
+        record(&mut history, Record::Step(report.clone()))?;
         on(Event::Step(&report));
-        if tr.done() || (tr.cfg.save_every > 0 && tr.step % tr.cfg.save_every == 0) {
+        // Every N steps and at the end; 0 = never. Both before the checkpoint: a run killed
+        // between them resumes from the checkpoint before and redoes them once.
+        let due = |every: usize| every > 0 && (tr.done() || tr.step.is_multiple_of(every));
+        let mut redraw = false;
+        if due(tr.cfg.val_every) {
+            if let Some(v) = tr.validate()? {
+                record(&mut history, Record::Val(v.clone()))?;
+                on(Event::Validated(&v));
+                redraw = true;
+            }
+        }
+        if let Some(p) = probe.as_mut().filter(|p| due(p.every)) {
+            let e = (p.check)(&tr)?;
+            record(&mut history, Record::Eval(e.clone()))?;
+            on(Event::Evaluated(&e));
+        }
+        if tr.done() || (tr.cfg.save_every > 0 && tr.step.is_multiple_of(tr.cfg.save_every)) {
             let p = tr.save()?;
             on(Event::Saved(&p));
+            redraw = true;
+        }
+        if redraw {
+            load::write_atomic(&svg_path, crate::train::metrics::loss_svg(&history).as_bytes())?;
         }
     }
     let adapter = out.join("adapter");
     load::peft::save(&tr.dev, &tr.model, &adapter, &tr.cfg.model.display().to_string())?;
-    load::write_atomic(&out.join("loss.svg"), crate::train::metrics::loss_svg(&history).as_bytes())?;
+    load::write_atomic(&svg_path, crate::train::metrics::loss_svg(&history).as_bytes())?;
     let seconds = t0.elapsed().as_secs_f64();
     let (trainable, total) = tr.model.trainable_params();
+    let steps = history.steps();
     let summary = Summary {
         steps: tr.step,
-        first_loss: history.first().map(|r| r.loss),
-        final_loss: history.last().map(|r| r.loss),
+        first_loss: steps.first().map(|r| r.loss),
+        final_loss: steps.last().map(|r| r.loss),
         tokens: tr.tokens,
         seconds,
         tokens_per_s: (tr.tokens - tokens0) as f64 / seconds.max(1e-9),
@@ -502,6 +550,7 @@ pub fn run(mut tr: Trainer, on: &mut dyn FnMut(Event)) -> Result<Summary> {
         trainable_params: trainable,
         total_params: total,
         adapter,
+        best_val: history.best_validation().cloned(),
     };
     load::write_atomic(&out.join("summary.json"), serde_json::to_string_pretty(&summary).unwrap_or_default().as_bytes())?;
     Ok(summary)

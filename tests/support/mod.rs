@@ -24,3 +24,23 @@ pub fn data_dir(needed: &str) -> Option<PathBuf> {
     eprintln!("\n*** skipped: {} not found (set FLEXLORA_DATA to the folder with the datasets) ***\n", d.join(needed).display());
     None
 }
+
+/// A real model file: $`env`, else `models/<file>` in the checkout. Without it a test skips
+/// loudly (`what`: what is then not tested; `fetch`: the scripts/fetch-model.sh command that
+/// fetches it), and under CI=true it fails.
+#[allow(dead_code)]
+pub fn model_file(env: &str, file: &str, fetch: &str, what: &str) -> Option<PathBuf> {
+    let p = std::env::var_os(env).map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models").join(file));
+    if p.exists() {
+        return Some(p);
+    }
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but {what} is missing at {}: run {fetch}", p.display());
+    eprintln!("\n*** skipped: {} not found (run {fetch}) — {what} is NOT being tested ***\n", p.display());
+    None
+}
+
+/// The real default model, SmolLM2-135M-Instruct (GGUF, Q4_1): $FLEXLORA_MODEL_GGUF, else models/.
+#[allow(dead_code)]
+pub fn default_model(what: &str) -> Option<PathBuf> {
+    model_file("FLEXLORA_MODEL_GGUF", "SmolLM2-135M-Instruct.Q4_1.gguf", "scripts/fetch-model.sh", what)
+}
