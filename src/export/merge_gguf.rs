@@ -7,7 +7,7 @@
 //! The base's quantized blocks are dequantized, not re-quantized: the file holds the exact merged
 //! weights of the dequantized base (re-quantizing to the base's own block types would need
 //! quantizers flexlora does not have; llama.cpp's `llama-quantize` does it from this file).
-//! The whole output is held in memory before it is written (about the file's size).
+//! Tensors are produced one at a time as the file is written, so memory holds one tensor.
 
 use std::path::Path;
 
@@ -66,34 +66,38 @@ pub fn write(file: &GgufFile, cfg: &Config, host: &HostAdapter, dtype: FloatType
         "flexlora.merge.weights",
         Value::String(format!("{}: the base's blocks dequantized, the adapter added, not re-quantized", dtype.name())),
     )?;
-    let mut merged = 0;
+    // Declared now, produced one at a time while the file is written: the merge holds one
+    // tensor in memory, not the model.
     for info in file.tensors() {
-        let view = file.tensor(&info.name)?;
-        let shape = view.shape();
-        if shape.len() < 2 {
-            if view.ggml_type() == GgmlType::F32 {
-                w.add_tensor(info.name.clone(), GgmlType::F32, &shape, view.data)?;
-            } else {
-                w.add_f32(info.name.clone(), &shape, &view.to_f32()?)?;
-            }
-            continue;
+        let shape = info.shape();
+        if shape.len() < 2 && info.ggml_type == GgmlType::F32 {
+            w.add_tensor(info.name.clone(), GgmlType::F32, &shape, file.tensor(&info.name)?.data)?;
+        } else {
+            w.add_tensor_later(info.name.clone(), if shape.len() < 2 { GgmlType::F32 } else { ggml_type(dtype) }, &shape)?;
         }
+    }
+    let mut merged = 0;
+    w.write_file_with(path, &mut |name| {
+        let view = file.tensor(name)?;
+        let shape = view.shape();
         let mut data = view.to_f32()?;
-        if let Some(&(layer, target)) = adapted.get(&info.name) {
+        if shape.len() < 2 {
+            return Ok(FloatType::F32.encode(&data));
+        }
+        if let Some(&(layer, target)) = adapted.get(name) {
             let cols = shape[shape.len() - 1];
             let delta = to_gguf_rows(cfg, target, host.delta(layer, target).unwrap_or_default(), cols);
             if delta.len() != data.len() {
                 return Err(crate::error::Error::Weights {
                     file: file.name().into(),
-                    tensor: info.name.clone(),
+                    tensor: name.into(),
                     detail: format!("shape {shape:?} does not take the adapter's update of {} values", delta.len()),
                 });
             }
             data.iter_mut().zip(&delta).for_each(|(x, d)| *x += d);
             merged += 1;
         }
-        w.add_tensor(info.name.clone(), ggml_type(dtype), &shape, dtype.encode(&data))?;
-    }
-    w.write_file(path)?;
+        Ok(dtype.encode(&data))
+    })?;
     Ok(merged)
 }
