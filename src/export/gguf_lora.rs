@@ -82,10 +82,13 @@ pub fn export(host: &HostAdapter, cfg: &Config, dtype: FloatType, out: &Path, fo
     Ok(ExportReport { tensors: host.pairs.len() * 2, alpha, arch })
 }
 
+/// Adapter tensors by PEFT name: (shape, values).
+pub type PeftTensors = HashMap<String, (Vec<usize>, Vec<f32>)>;
+
 /// Reads a GGUF LoRA for the model configured by `cfg` into PEFT-named tensors (B's q/k rows
 /// back in Hugging Face order) and the config that applies them as llama.cpp does: scale
 /// `adapter.lora.alpha` / R (R = 1 scale when alpha is absent or 0, as llama.cpp does).
-pub fn read(path: &Path, cfg: &Config) -> Result<(LoraConfig, HashMap<String, (Vec<usize>, Vec<f32>)>)> {
+pub fn read(path: &Path, cfg: &Config) -> Result<(LoraConfig, PeftTensors)> {
     let file = GgufFile::open(path)?;
     let bad = |detail: String| Error::Config { file: file.name().into(), detail };
     if file.opt_str("general.type")? != Some("adapter") || file.opt_str("adapter.type")? != Some("lora") {
