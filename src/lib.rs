@@ -27,6 +27,8 @@ pub mod tensor;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod bench;
 #[cfg(not(target_arch = "wasm32"))]
+pub mod export;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod selftest;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod serve;

@@ -63,6 +63,15 @@ enum Command {
         #[command(subcommand)]
         what: BenchCommand,
     },
+    /// Merge a PEFT adapter into its base model (W + scale·B·A on every adapted linear) and write
+    /// the result as a Hugging Face directory or, from a GGUF base, a GGUF file.
+    Merge(MergeArgs),
+    /// Write a PEFT adapter in llama.cpp's GGUF LoRA format (`--lora` in llama.cpp, `lora_path`
+    /// in llama-cpp-python).
+    ExportLora(ExportLoraArgs),
+    /// Write a model's logits for every position of a prompt as a .npy array [T, V] (for
+    /// comparisons with other implementations, scripts/check_*.py).
+    Logits(LogitsArgs),
 }
 
 /// `selftest --backend`: a GPU API, or the CPU backend.
@@ -665,6 +674,9 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
             println!("{}", report.table);
             Ok(())
         }
+        Command::Merge(a) => merge(a),
+        Command::ExportLora(a) => export_lora(a),
+        Command::Logits(a) => logits(a),
         Command::Convert { input, output } => {
             flexlora::model::load::convert_to_hf(&input, &output)?;
             eprintln!("wrote {}", output.display());
@@ -1087,5 +1099,161 @@ fn selftest(backend: Option<SelftestBackend>) -> Result<()> {
         anyhow::bail!("selftest failed on: {}", failed.join(", "));
     }
     println!("all {} devices pass", columns.len());
+    Ok(())
+}
+
+#[derive(Args)]
+struct MergeArgs {
+    /// The base model: a .gguf file or a Hugging Face directory.
+    #[arg(long)]
+    model: std::path::PathBuf,
+    /// The PEFT adapter directory (adapter_config.json, adapter_model.safetensors).
+    #[arg(long)]
+    adapter: std::path::PathBuf,
+    /// Where to write: a directory (--format hf) or a .gguf file (--format gguf).
+    #[arg(long)]
+    out: std::path::PathBuf,
+    /// hf: config.json, model.safetensors and the tokenizer, for transformers; gguf: one file with
+    /// the base GGUF's metadata and tokenizer, for llama.cpp (needs a GGUF base).
+    #[arg(long, value_enum, default_value_t = MergeFormatArg::Hf)]
+    format: MergeFormatArg,
+    /// Type of the written matrices. A quantized GGUF base is dequantized, merged and written in
+    /// this type (not re-quantized; llama-quantize can do that from the output).
+    #[arg(long, value_enum, default_value_t = DtypeArg::F16)]
+    dtype: DtypeArg,
+    /// Replace an existing output.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum MergeFormatArg {
+    Hf,
+    Gguf,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DtypeArg {
+    F16,
+    Bf16,
+    F32,
+}
+
+impl DtypeArg {
+    fn float_type(self) -> flexlora::export::FloatType {
+        match self {
+            DtypeArg::F16 => flexlora::export::FloatType::F16,
+            DtypeArg::Bf16 => flexlora::export::FloatType::BF16,
+            DtypeArg::F32 => flexlora::export::FloatType::F32,
+        }
+    }
+}
+
+#[derive(Args)]
+struct ExportLoraArgs {
+    /// The PEFT adapter directory to export.
+    #[arg(long = "gguf", value_name = "ADAPTER")]
+    adapter: std::path::PathBuf,
+    /// The GGUF LoRA file to write.
+    out: std::path::PathBuf,
+    /// The base model the adapter was trained on (.gguf or Hugging Face directory): it gives the
+    /// architecture name llama.cpp checks, the head counts for q/k row order, and the shapes the
+    /// adapter is checked against.
+    #[arg(long)]
+    model: std::path::PathBuf,
+    /// Type of the LoRA matrices in the file.
+    #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
+    dtype: DtypeArg,
+    /// Replace an existing output file.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args)]
+struct LogitsArgs {
+    #[arg(long)]
+    model: std::path::PathBuf,
+    /// A PEFT adapter directory, or a GGUF LoRA file (.gguf, as `export-lora` writes).
+    #[arg(long)]
+    adapter: Option<std::path::PathBuf>,
+    /// Token ids, comma-separated (the prompt as another tool tokenized it).
+    #[arg(long, value_delimiter = ',', conflicts_with = "prompt", required_unless_present = "prompt")]
+    ids: Vec<u32>,
+    /// Text to tokenize (with the tokenizer's own special tokens) instead of --ids.
+    #[arg(long)]
+    prompt: Option<String>,
+    /// The .npy file to write, f32 [T, V].
+    #[arg(long)]
+    out: std::path::PathBuf,
+    #[command(flatten)]
+    dev: DeviceFlags,
+}
+
+fn merge(a: MergeArgs) -> Result<()> {
+    use flexlora::export::{MergeFormat, MergeOptions};
+    let format = match a.format {
+        MergeFormatArg::Hf => MergeFormat::Hf,
+        MergeFormatArg::Gguf => MergeFormat::Gguf,
+    };
+    let t0 = std::time::Instant::now();
+    let r = flexlora::export::merge(&a.model, &a.adapter, &a.out, &MergeOptions { format, dtype: a.dtype.float_type(), force: a.force })?;
+    for n in &r.notes {
+        eprintln!("note: {n}");
+    }
+    let what = match r.format {
+        MergeFormat::Hf => "Hugging Face directory",
+        MergeFormat::Gguf => "GGUF (the base's blocks dequantized, adapter added; not re-quantized)",
+    };
+    eprintln!(
+        "wrote {} in {:.1} s: {what}, weights {}, {} linear layers merged with scale {}",
+        r.out.display(),
+        t0.elapsed().as_secs_f64(),
+        r.dtype.name(),
+        r.merged,
+        r.scale
+    );
+    Ok(())
+}
+
+fn export_lora(a: ExportLoraArgs) -> Result<()> {
+    let cfg = flexlora::model::load::open_config(&a.model)?;
+    let host = flexlora::export::HostAdapter::read(&a.adapter, &cfg, &a.model.display().to_string())?;
+    let r = flexlora::export::gguf_lora::export(&host, &cfg, a.dtype.float_type(), &a.out, a.force)?;
+    eprintln!(
+        "wrote {}: GGUF LoRA for `{}`, {} tensors ({}), rank {}, adapter.lora.alpha {}{}",
+        a.out.display(),
+        r.arch,
+        r.tensors,
+        a.dtype.float_type().name(),
+        host.cfg.rank,
+        r.alpha,
+        if host.cfg.rslora {
+            format!(" (rsLoRA: alpha {} x sqrt(r), since llama.cpp scales by alpha/r)", host.cfg.alpha)
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
+}
+
+fn logits(a: LogitsArgs) -> Result<()> {
+    let dev = block_on(None, device::select(a.dev.device, a.dev.backend))?.device;
+    let is_gguf_lora = a.adapter.as_ref().is_some_and(|p| p.extension().is_some_and(|e| e == "gguf"));
+    let peft = if is_gguf_lora { None } else { a.adapter.as_deref() };
+    let (mut model, tok) = open_model(&dev, &a.model, &a.dev, peft)?;
+    if let (true, Some(p)) = (is_gguf_lora, &a.adapter) {
+        let l = flexlora::export::gguf_lora::attach(&dev, &mut model, p)?;
+        eprintln!("GGUF LoRA {}: rank {}, alpha {}, {:?}", p.display(), l.rank, l.alpha, l.targets);
+    }
+    let ids = match &a.prompt {
+        Some(p) => tok.encode(p, true)?,
+        None => a.ids.clone(),
+    };
+    let mut cache = model.new_cache(&dev, 1, ids.len());
+    let out = model.forward(&dev, &ids, &mut cache, true)?;
+    let data = block_on(Some(&dev), out.to_vec_f32(&dev))?;
+    flexlora::export::npy::write_f32(&a.out, &[ids.len(), model.cfg.vocab], &data)?;
+    eprintln!("ids {ids:?}");
+    eprintln!("wrote {}: logits [{}, {}]", a.out.display(), ids.len(), model.cfg.vocab);
     Ok(())
 }

@@ -257,3 +257,38 @@ fn write_file_is_atomic_and_readable() {
 mod corrupt;
 #[path = "gguf/default_model.rs"]
 mod default_model;
+
+#[test]
+fn tensors_produced_while_writing_equal_tensors_given_up_front() {
+    let dir = std::env::temp_dir().join(format!("flexlora-gguf-later-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let vals: Vec<f32> = (0..2 * 64).map(|i| i as f32 * 0.25 - 3.0).collect();
+    let f16: Vec<u8> = vals.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect();
+    let mut up_front = GgufWriter::new();
+    up_front.add_metadata("general.alignment", Value::U32(64)).unwrap();
+    up_front.add_f32("a", &[3], &[1.0, 2.0, 3.0]).unwrap();
+    up_front.add_tensor("b", GgmlType::F16, &[2, 64], f16.clone()).unwrap();
+    up_front.add_f32("c", &[2, 64], &vals).unwrap();
+    let mut later = GgufWriter::new();
+    later.add_metadata("general.alignment", Value::U32(64)).unwrap();
+    later.add_f32("a", &[3], &[1.0, 2.0, 3.0]).unwrap();
+    later.add_tensor_later("b", GgmlType::F16, &[2, 64]).unwrap();
+    later.add_tensor_later("c", GgmlType::F32, &[2, 64]).unwrap();
+    let path = dir.join("later.gguf");
+    let mut asked = Vec::new();
+    later
+        .write_file_with(&path, &mut |name| {
+            asked.push(name.to_string());
+            Ok(if name == "b" { f16.clone() } else { vals.iter().flat_map(|v| v.to_le_bytes()).collect() })
+        })
+        .unwrap();
+    assert_eq!(asked, ["b", "c"], "the producer is asked for the later tensors only, in file order");
+    assert_eq!(std::fs::read(&path).unwrap(), up_front.to_bytes().unwrap());
+    // A producer returning the wrong size is an error, and no file appears.
+    let bad = dir.join("bad.gguf");
+    assert_err_mentions(later.write_file_with(&bad, &mut |_| Ok(vec![0u8; 3])), &["b", "3 bytes produced"]);
+    assert!(!bad.exists());
+    // Without a producer, writing fails instead of producing a file with holes.
+    assert!(later.to_bytes().is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -32,7 +32,7 @@ pub fn write_hf(dir: &Path, cfg: &Config, w: &MemorySource) {
 }
 
 /// Inverse of the loader's unpermute: Hugging Face halves -> llama.cpp interleaved pairs.
-fn permute(data: &[f32], heads: usize, cols: usize) -> Vec<f32> {
+pub fn permute(data: &[f32], heads: usize, cols: usize) -> Vec<f32> {
     let d = data.len() / cols / heads;
     let mut out = vec![0f32; data.len()];
     for h in 0..heads {
@@ -46,7 +46,7 @@ fn permute(data: &[f32], heads: usize, cols: usize) -> Vec<f32> {
     out
 }
 
-fn write_gguf(path: &Path, cfg: &Config, w: &MemorySource, arch: &str) {
+pub fn write_gguf(path: &Path, cfg: &Config, w: &MemorySource, arch: &str) {
     let (toks, types) = vocab(cfg.vocab);
     let tokenizer = vec![
         ("tokenizer.ggml.model", Value::String("gpt2".into())),

@@ -13,6 +13,7 @@ mod forward;
 mod generate;
 mod load_7b;
 mod lora_oracle;
+mod merge_tiny;
 mod rope_scaling;
 mod tokenizer_spm;
 mod train_flex;

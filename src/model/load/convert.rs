@@ -1,7 +1,8 @@
 //! `flexlora convert`: a model flexlora reads, written as a Hugging Face directory
 //! (config.json, tokenizer.json, tokenizer_config.json, model.safetensors in f32), so other tools
-//! read what flexlora reads. Tensors are streamed one at a time into the safetensors file: its
-//! header is computed from the shapes first, so no step holds more than one tensor in memory.
+//! read what flexlora reads; `flexlora merge` writes through the same code in f16 or bf16 too.
+//! Tensors are streamed one at a time into the safetensors file: its header is computed from the
+//! shapes first, so no step holds more than one tensor in memory.
 
 use std::io::Write;
 use std::path::Path;
@@ -11,8 +12,61 @@ use crate::model::config::{Config, RopeScaling};
 use crate::model::tokenizer::Tokenizer;
 use crate::model::weights::{tensor_names, WeightSource};
 
+/// A float type weights are written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FloatType {
+    F32,
+    F16,
+    BF16,
+}
+
+impl FloatType {
+    pub fn name(self) -> &'static str {
+        match self {
+            FloatType::F32 => "f32",
+            FloatType::F16 => "f16",
+            FloatType::BF16 => "bf16",
+        }
+    }
+    /// safetensors' dtype string.
+    pub fn safetensors(self) -> &'static str {
+        match self {
+            FloatType::F32 => "F32",
+            FloatType::F16 => "F16",
+            FloatType::BF16 => "BF16",
+        }
+    }
+    /// config.json's `torch_dtype`.
+    pub fn torch(self) -> &'static str {
+        match self {
+            FloatType::F32 => "float32",
+            FloatType::F16 => "float16",
+            FloatType::BF16 => "bfloat16",
+        }
+    }
+    pub fn bytes_per_value(self) -> usize {
+        match self {
+            FloatType::F32 => 4,
+            FloatType::F16 | FloatType::BF16 => 2,
+        }
+    }
+    /// The values as little-endian bytes of this type, each rounded to nearest.
+    pub fn encode(self, values: &[f32]) -> Vec<u8> {
+        match self {
+            FloatType::F32 => bytemuck::cast_slice(values).to_vec(),
+            FloatType::F16 => values.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect(),
+            FloatType::BF16 => values.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect(),
+        }
+    }
+}
+
 /// Writes the model from `src` (configured by `cfg`) and its tokenizer into directory `out`.
 pub fn to_hf_dir(cfg: &Config, src: &mut dyn WeightSource, tok: &Tokenizer, out: &Path) -> Result<()> {
+    to_hf_dir_as(cfg, src, Some(tok), out, FloatType::F32)
+}
+
+/// [`to_hf_dir`] with the weights in `dtype`; without a tokenizer, no tokenizer files are written.
+pub fn to_hf_dir_as(cfg: &Config, src: &mut dyn WeightSource, tok: Option<&Tokenizer>, out: &Path, dtype: FloatType) -> Result<()> {
     if let Some(RopeScaling::Divisors(_)) = cfg.rope_scaling {
         return Err(Error::Config {
             file: src.origin(),
@@ -27,8 +81,11 @@ pub fn to_hf_dir(cfg: &Config, src: &mut dyn WeightSource, tok: &Tokenizer, out:
     let mut header = serde_json::Map::new();
     let mut offset = 0usize;
     for (name, shape) in &names {
-        let bytes = shape.iter().product::<usize>() * 4;
-        header.insert(name.clone(), serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + bytes]}));
+        let bytes = shape.iter().product::<usize>() * dtype.bytes_per_value();
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": dtype.safetensors(), "shape": shape, "data_offsets": [offset, offset + bytes]}),
+        );
         offset += bytes;
     }
     header.insert("__metadata__".into(), serde_json::json!({"format": "pt", "converted_by": "flexlora"}));
@@ -43,7 +100,7 @@ pub fn to_hf_dir(cfg: &Config, src: &mut dyn WeightSource, tok: &Tokenizer, out:
         if &got != shape {
             return Err(Error::Weights { file: src.origin(), tensor: name.clone(), detail: format!("shape {got:?}, expected {shape:?}") });
         }
-        f.write_all(bytemuck::cast_slice(&data)).map_err(io_at(&tmp, "write"))?;
+        f.write_all(&dtype.encode(&data)).map_err(io_at(&tmp, "write"))?;
     }
     f.into_inner().map_err(|e| io_at(&tmp, "write")(e.into_error()))?.sync_all().map_err(io_at(&tmp, "write"))?;
     std::fs::rename(&tmp, &path).map_err(io_at(&path, "rename"))?;
@@ -52,7 +109,10 @@ pub fn to_hf_dir(cfg: &Config, src: &mut dyn WeightSource, tok: &Tokenizer, out:
         let text = serde_json::to_string_pretty(v).map_err(|e| Error::Config { file: file.into(), detail: e.to_string() })?;
         crate::model::load::write_atomic(&out.join(file), text.as_bytes())
     };
-    write_json("config.json", &cfg.to_hf_json())?;
+    let mut config = cfg.to_hf_json();
+    config["torch_dtype"] = dtype.torch().into();
+    write_json("config.json", &config)?;
+    let Some(tok) = tok else { return Ok(()) };
     let tok_json: serde_json::Value =
         serde_json::from_str(&tok.json).map_err(|e| Error::Config { file: "tokenizer.json".into(), detail: e.to_string() })?;
     write_json("tokenizer.json", &tok_json)?;

@@ -91,7 +91,7 @@ fn rope_scaling(f: &GgufFile, arch: &str, cfg: &Config) -> Result<Option<RopeSca
 }
 
 /// The GGUF name of a Hugging Face tensor name.
-fn gguf_name(hf: &str) -> Option<String> {
+pub fn gguf_name(hf: &str) -> Option<String> {
     if let Some(rest) = hf.strip_prefix("model.layers.") {
         let (i, rest) = rest.split_once('.')?;
         let (module, kind) = rest.rsplit_once('.')?;
@@ -131,6 +131,23 @@ pub fn unpermute_rows<T: Copy + Default>(data: &[T], heads: usize, cols: usize) 
         for i in 0..d / 2 {
             for j in 0..2 {
                 let (src, dst) = (h * d + 2 * i + j, h * d + j * (d / 2) + i);
+                out[dst * cols..(dst + 1) * cols].copy_from_slice(&data[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+/// The inverse of [`unpermute_rows`]: Hugging Face q/k rows in llama.cpp's interleaved order (what
+/// its converter writes for Llama models).
+pub fn permute_rows<T: Copy + Default>(data: &[T], heads: usize, cols: usize) -> Vec<T> {
+    let rows = data.len() / cols;
+    let d = rows / heads;
+    let mut out = vec![T::default(); data.len()];
+    for h in 0..heads {
+        for i in 0..d / 2 {
+            for j in 0..2 {
+                let (dst, src) = (h * d + 2 * i + j, h * d + j * (d / 2) + i);
                 out[dst * cols..(dst + 1) * cols].copy_from_slice(&data[src * cols..(src + 1) * cols]);
             }
         }

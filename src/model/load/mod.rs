@@ -98,7 +98,7 @@ fn check_exists(path: &std::path::Path) -> crate::error::Result<()> {
 /// A Hugging Face directory's tokenizer.json, with the chat template from tokenizer_config.json.
 /// A tokenizer with more ids than the embedding has rows would index past it: that is an error.
 #[cfg(not(target_arch = "wasm32"))]
-fn hf_tokenizer(dir: &std::path::Path, cfg: &crate::model::Config) -> crate::error::Result<crate::model::tokenizer::Tokenizer> {
+pub(crate) fn hf_tokenizer(dir: &std::path::Path, cfg: &crate::model::Config) -> crate::error::Result<crate::model::tokenizer::Tokenizer> {
     let tok_path = dir.join("tokenizer.json");
     let json = std::fs::read_to_string(&tok_path).map_err(crate::error::io_at(&tok_path, "read"))?;
     // A damaged tokenizer_config.json matters only to --chat: keep why, so --chat can say it.

@@ -44,6 +44,21 @@ pub fn config_json(cfg: &LoraConfig, base_model: &str) -> String {
     serde_json::to_string_pretty(&v).unwrap_or_default()
 }
 
+/// The `__metadata__` of `adapter_model.safetensors`: PEFT's `format`, and the rank, alpha, scaling
+/// and target modules, for loaders that read only the weights file (values are strings, as
+/// safetensors requires).
+pub fn weights_metadata(cfg: &LoraConfig) -> std::collections::HashMap<String, String> {
+    let targets: Vec<&str> = cfg.targets.iter().map(|t| t.name()).collect();
+    std::collections::HashMap::from([
+        ("format".to_string(), "pt".to_string()),
+        ("peft_type".to_string(), "LORA".to_string()),
+        ("r".to_string(), cfg.rank.to_string()),
+        ("lora_alpha".to_string(), cfg.alpha.to_string()),
+        ("use_rslora".to_string(), cfg.rslora.to_string()),
+        ("target_modules".to_string(), targets.join(",")),
+    ])
+}
+
 /// Parses a PEFT `adapter_config.json`, rejecting what flexlora cannot apply (DoRA, other PEFT
 /// types, biases, extra trained modules) with a message naming the key. `path` names the file.
 pub fn parse_config(path: &str, text: &str) -> Result<LoraConfig> {
@@ -113,7 +128,7 @@ pub fn attach_bytes(dev: &Device, model: &mut Model, origin: &str, config_text: 
     let cfg = parse_config(&format!("{origin}/{CONFIG_FILE}"), config_text)?;
     let weights_origin = format!("{origin}/{WEIGHTS_FILE}");
     let (mut tensors, _) = safetensors_bytes::read_all(&weights_origin, weights)?;
-    check_names(model, &cfg, &weights_origin, tensors.keys())?;
+    check_names(model.layers.len(), &cfg, &weights_origin, tensors.keys())?;
     // PEFT saves without the adapter name; older versions sometimes kept `.default`.
     model.attach_lora_from(dev, &cfg, &weights_origin, &mut |name| {
         Ok(tensors.remove(name).or_else(|| tensors.remove(&name.replace(".weight", ".default.weight"))))
@@ -122,9 +137,8 @@ pub fn attach_bytes(dev: &Device, model: &mut Model, origin: &str, config_text: 
 }
 
 /// Refuses tensors the adapter config does not account for: a module outside `target_modules`
-/// or a layer this model does not have would otherwise be dropped without a word.
-fn check_names<'a>(model: &Model, cfg: &LoraConfig, origin: &str, names: impl Iterator<Item = &'a String>) -> Result<()> {
-    let layers = model.layers.len();
+/// or a layer this model (of `layers` layers) does not have would otherwise be dropped without a word.
+pub fn check_names<'a>(layers: usize, cfg: &LoraConfig, origin: &str, names: impl Iterator<Item = &'a String>) -> Result<()> {
     let mut expected = std::collections::HashSet::new();
     for i in 0..layers {
         for &t in &cfg.targets {
@@ -163,10 +177,9 @@ fn check_names<'a>(model: &Model, cfg: &LoraConfig, origin: &str, names: impl It
 
 #[cfg(not(target_arch = "wasm32"))]
 mod native {
-    use std::collections::HashMap;
     use std::path::Path;
 
-    use super::{attach_bytes, config_err, config_json, CONFIG_FILE, WEIGHTS_FILE};
+    use super::{attach_bytes, config_err, config_json, weights_metadata, CONFIG_FILE, WEIGHTS_FILE};
     use crate::device::{block_on, Device};
     use crate::error::{io_at, Result};
     use crate::model::load::{safetensors, write_atomic};
@@ -186,8 +199,7 @@ mod native {
     pub fn save(dev: &Device, model: &Model, dir: &Path, base_model: &str) -> Result<()> {
         let cfg = model.lora.as_ref().ok_or_else(|| config_err(&dir.display().to_string(), "the model has no adapter to save"))?;
         std::fs::create_dir_all(dir).map_err(|e| config_err(&dir.display().to_string(), format!("cannot create the directory: {e}")))?;
-        let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-        safetensors::write(&dir.join(WEIGHTS_FILE), &host_tensors(dev, model)?, Some(meta))?;
+        safetensors::write(&dir.join(WEIGHTS_FILE), &host_tensors(dev, model)?, Some(weights_metadata(cfg)))?;
         write_atomic(&dir.join(CONFIG_FILE), config_json(cfg, base_model).as_bytes())
     }
 

@@ -2,7 +2,9 @@
 //! (with helpers for F32 and F16 from f32 values). Used by tests and by conversion code.
 //!
 //! Tensor data is borrowed or owned (`Cow`), so a converter can pass slices of a memory-mapped
-//! source without copying; the whole file is produced by one `write_to` call.
+//! source without copying; the whole file is produced by one `write_to` call. A tensor can also be
+//! declared by type and shape alone (`add_tensor_later`) and its bytes produced while the file is
+//! written (`write_file_with`), so a converter holds one tensor at a time.
 
 use std::borrow::Cow;
 use std::io::Write;
@@ -19,6 +21,9 @@ struct PendingTensor<'a> {
     /// Row-major, outermost first (written reversed, innermost first, as GGUF wants).
     shape: Vec<usize>,
     data: Cow<'a, [u8]>,
+    /// Bytes of data: `data.len()`, or what a later tensor's producer must return.
+    n_bytes: u64,
+    later: bool,
 }
 
 /// Collects metadata and tensors, then writes them as one GGUF v3 file.
@@ -69,6 +74,22 @@ impl<'a> GgufWriter<'a> {
         data: impl Into<Cow<'a, [u8]>>,
     ) -> Result<()> {
         let (name, data) = (name.into(), data.into());
+        let n_bytes = self.check_tensor(&name, ggml_type, shape, Some(data.len() as u64))?;
+        self.tensors.push(PendingTensor { name, ggml_type, shape: shape.to_vec(), data, n_bytes, later: false });
+        Ok(())
+    }
+
+    /// Declares a tensor of row-major `shape` whose bytes `write_file_with`'s producer returns
+    /// when the file is written.
+    pub fn add_tensor_later(&mut self, name: impl Into<String>, ggml_type: GgmlType, shape: &[usize]) -> Result<()> {
+        let name = name.into();
+        let n_bytes = self.check_tensor(&name, ggml_type, shape, None)?;
+        self.tensors.push(PendingTensor { name, ggml_type, shape: shape.to_vec(), data: Cow::Borrowed(&[]), n_bytes, later: true });
+        Ok(())
+    }
+
+    /// Checks a new tensor's name, shape and (when given) byte count; returns the byte count.
+    fn check_tensor(&self, name: &str, ggml_type: GgmlType, shape: &[usize], given: Option<u64>) -> Result<u64> {
         if self.tensors.iter().any(|t| t.name == name) {
             return Err(invalid(format!("tensor `{name}` added twice")));
         }
@@ -78,14 +99,13 @@ impl<'a> GgufWriter<'a> {
         let (block, _) = ggml_type.block();
         let n = shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
         let expected = n.and_then(|n| ggml_type.bytes_for(n));
-        if shape.last().copied().unwrap_or(1) % block != 0 || expected != Some(data.len() as u64) {
-            return Err(invalid(format!(
+        match expected {
+            Some(e) if shape.last().copied().unwrap_or(1) % block == 0 && given.is_none_or(|g| g == e) => Ok(e),
+            _ => Err(invalid(format!(
                 "tensor `{name}`: {} bytes do not hold shape {shape:?} of {ggml_type} ({block} values per block, rows must be whole blocks)",
-                data.len()
-            )));
+                given.map_or("its".to_string(), |g| g.to_string())
+            ))),
         }
-        self.tensors.push(PendingTensor { name, ggml_type, shape: shape.to_vec(), data });
-        Ok(())
     }
 
     /// Adds an F32 tensor.
@@ -102,6 +122,12 @@ impl<'a> GgufWriter<'a> {
 
     /// Writes the file to `w`; `label` names the destination in errors.
     pub fn write_to<W: Write>(&self, w: &mut W, label: &str) -> Result<()> {
+        self.write_to_with(w, label, &mut |name| Err(invalid(format!("tensor `{name}` was declared for later but no producer was given"))))
+    }
+
+    /// [`write_to`](Self::write_to), asking `produce(name)` for the bytes of each tensor added
+    /// with `add_tensor_later`, in file order.
+    pub fn write_to_with<W: Write>(&self, w: &mut W, label: &str, produce: &mut dyn FnMut(&str) -> Result<Vec<u8>>) -> Result<()> {
         let io = |source| Error::Io { action: "write", path: label.into(), source };
         let mut head = Vec::new();
         head.extend_from_slice(b"GGUF");
@@ -122,14 +148,19 @@ impl<'a> GgufWriter<'a> {
             }
             head.extend_from_slice(&t.ggml_type.id().to_le_bytes());
             head.extend_from_slice(&offset.to_le_bytes());
-            offset = pad_to(offset + t.data.len() as u64, self.alignment);
+            offset = pad_to(offset + t.n_bytes, self.alignment);
         }
         head.resize(pad_to(head.len() as u64, self.alignment) as usize, 0);
         w.write_all(&head).map_err(io)?;
         let zeros = vec![0u8; self.alignment as usize];
         for t in &self.tensors {
-            w.write_all(&t.data).map_err(io)?;
-            let pad = pad_to(t.data.len() as u64, self.alignment) - t.data.len() as u64;
+            let produced = if t.later { Some(produce(&t.name)?) } else { None };
+            let data: &[u8] = produced.as_deref().unwrap_or(&t.data);
+            if data.len() as u64 != t.n_bytes {
+                return Err(invalid(format!("tensor `{}`: {} bytes produced, {} declared", t.name, data.len(), t.n_bytes)));
+            }
+            w.write_all(data).map_err(io)?;
+            let pad = pad_to(t.n_bytes, self.alignment) - t.n_bytes;
             w.write_all(&zeros[..pad as usize]).map_err(io)?;
         }
         w.flush().map_err(io)
@@ -145,6 +176,12 @@ impl<'a> GgufWriter<'a> {
     /// Writes the file at `path` atomically: to a temporary file beside it, then renamed.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn write_file(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
+        self.write_file_with(path, &mut |name| Err(invalid(format!("tensor `{name}` was declared for later but no producer was given"))))
+    }
+
+    /// [`write_file`](Self::write_file) with a producer for tensors added by `add_tensor_later`.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn write_file_with(&self, path: impl AsRef<std::path::Path>, produce: &mut dyn FnMut(&str) -> Result<Vec<u8>>) -> Result<()> {
         let path = path.as_ref();
         let label = path.display().to_string();
         let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
@@ -154,7 +191,7 @@ impl<'a> GgufWriter<'a> {
         let result = (|| {
             let file = std::fs::File::create(&tmp).map_err(|e| io("create", e))?;
             let mut w = std::io::BufWriter::new(file);
-            self.write_to(&mut w, &label)?;
+            self.write_to_with(&mut w, &label, produce)?;
             w.into_inner().map_err(|e| io("write", e.into_error()))?.sync_all().map_err(|e| io("sync", e))?;
             std::fs::rename(&tmp, path).map_err(|e| io("rename into place", e))
         })();
