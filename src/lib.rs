@@ -20,13 +20,12 @@ pub mod model;
 pub mod ops;
 pub mod quant;
 pub mod rng;
+pub mod selftest;
 pub mod shaders;
 pub mod tensor;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod bench;
-#[cfg(not(target_arch = "wasm32"))]
-pub mod selftest;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod serve;
 #[cfg(not(target_arch = "wasm32"))]
