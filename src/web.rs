@@ -494,6 +494,8 @@ pub fn last_panic() -> Option<String> {
 /// selftest --dump FILE` writes; without it the column fails and says so); "all" does both.
 /// Returns JSON: `columns` (label, open_error, outcomes: op, pass, max_err, secs, detail) in the
 /// matrix's op order, and `passed`. A WebGPU adapter that does not open is a failed column.
+/// Built only with the `web-selftest` feature, into web/pkg-selftest (see Cargo.toml).
+#[cfg(feature = "web-selftest")]
 #[wasm_bindgen]
 pub async fn selftest(backend: String, native_dump: Option<String>) -> Result<String, JsValue> {
     use crate::selftest::{self as st, digest, Column};

@@ -1,6 +1,7 @@
-// Runs the library's selftest (src/web.rs `selftest`) off the page's thread, one request per
-// worker: { backend, dump } -> the result's JSON parsed, or { error }.
-import init, { install_panic_hook, last_panic, selftest } from './pkg/flexlora.js';
+// Runs the library's selftest (src/web.rs `selftest`, built into ./pkg-selftest by
+// scripts/build-web.sh) off the page's thread, one request per worker: { backend, dump } -> the
+// result's JSON parsed, or { error }.
+import init, { install_panic_hook, last_panic, selftest } from './pkg-selftest/flexlora.js';
 
 self.onmessage = async ({ data: { backend, dump } }) => {
   try {

@@ -8,7 +8,7 @@
 // matrix to target/browser-selftest.md (and the raw result to target/browser-selftest.json).
 // Under CI=true a browser without WebGPU is a failure, not a skip.
 //
-// Needs: the native binary (FLEXLORA_BIN, default target/debug/flexlora), web/pkg
+// Needs: the native binary (FLEXLORA_BIN, default target/debug/flexlora), web/pkg-selftest
 // (scripts/build-web.sh), Debian's chromium, playwright-core.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -30,7 +30,7 @@ let server, browser;
 before(async () => {
   if (skip) return;
   assert.ok(existsSync(bin), `${bin} is missing: build with cargo build`);
-  assert.ok(existsSync(join(webRoot, 'pkg/flexlora_bg.wasm')), 'web/pkg is missing: run scripts/build-web.sh');
+  assert.ok(existsSync(join(webRoot, 'pkg-selftest/flexlora_bg.wasm')), 'web/pkg-selftest is missing: run scripts/build-web.sh');
   // The native reference: the portable CPU twin's digests (the CPU tiers run too: a few seconds).
   execFileSync(bin, ['selftest', '--backend', 'cpu', '--dump', join(work, 'native.json')], { cwd: repo, stdio: ['ignore', 'ignore', 'inherit'] });
   const dump = JSON.parse(readFileSync(join(work, 'native.json'), 'utf8'));
