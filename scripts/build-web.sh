@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds the library for the browser (wasm32) and generates the JS bindings, twice:
+# Builds the library for the browser (wasm32) and generates the JS bindings, three times:
 #   web/pkg          single-threaded (stable Rust): for pages that are not cross-origin isolated;
+#   web/pkg-selftest the same with the selftest export, for web/selftest.html;
 #   web/pkg-threads  threaded (+atomics, shared memory): rayon's pool on Web Workers, for pages
 #                    served with COOP/COEP (as `flexlora web` serves them).
 # The threaded build needs nightly Rust with rust-src (`-Z build-std` rebuilds std with atomics):
@@ -11,6 +12,11 @@ cd "$(dirname "$0")/.."
 cargo build --lib --release --target wasm32-unknown-unknown
 wasm-bindgen --target web --no-typescript --out-dir web/pkg target/wasm32-unknown-unknown/release/flexlora.wasm
 echo "web/pkg: $(du -h web/pkg/flexlora_bg.wasm | cut -f1) wasm (one thread)"
+# The selftest page's build (web/selftest.html): the same, plus the `selftest` export, whose
+# training ops would make web/pkg ~0.7 MB bigger for a page that never runs them.
+cargo build --lib --release --target wasm32-unknown-unknown --features web-selftest
+wasm-bindgen --target web --no-typescript --out-dir web/pkg-selftest target/wasm32-unknown-unknown/release/flexlora.wasm
+echo "web/pkg-selftest: $(du -h web/pkg-selftest/flexlora_bg.wasm | cut -f1) wasm (one thread, with the selftest)"
 
 if [ "${FLEXLORA_WEB_THREADS:-1}" = 0 ]; then
   rm -rf web/pkg-threads

@@ -24,7 +24,7 @@ cargo test 2>&1 | tee -a "$log"
 echo "== wasm32 library build"
 cargo build --lib --target wasm32-unknown-unknown
 
-echo "== browser: kernels on WebGPU, the demo page against native generate (wasm CPU and WebGPU)"
+echo "== browser: every op on WebGPU and the wasm CPU backend (tests/ops.test.mjs), the demo page against native generate"
 bash scripts/build-web.sh
 export FLEXLORA_BIN=${FLEXLORA_BIN:-$PWD/target/debug/flexlora}
 (cd web && node --test --test-concurrency=1 test.mjs tests/*.test.mjs) 2>&1 | tee -a "$log"

@@ -21,6 +21,7 @@ pub mod ops;
 pub mod plot;
 pub mod quant;
 pub mod rng;
+pub mod selftest;
 pub mod shaders;
 pub mod tensor;
 
@@ -28,8 +29,6 @@ pub mod tensor;
 pub mod bench;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod export;
-#[cfg(not(target_arch = "wasm32"))]
-pub mod selftest;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod serve;
 #[cfg(not(target_arch = "wasm32"))]

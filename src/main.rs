@@ -57,6 +57,10 @@ enum Command {
         /// Only adapters of this graphics API, or `cpu` for the CPU backend's tiers alone.
         #[arg(long, value_enum)]
         backend: Option<SelftestBackend>,
+        /// Also write the portable CPU reference's digests (sampled values, block sums) to this
+        /// JSON file, for the browser selftest (web/selftest.html) to check the wasm CPU backend.
+        #[arg(long)]
+        dump: Option<std::path::PathBuf>,
     },
     /// Measure kernel speed.
     Bench {
@@ -663,7 +667,7 @@ fn main() -> Result<()> {
 fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
     match cli.command {
         Command::Devices { backend } => devices(backend),
-        Command::Selftest { backend } => selftest(backend),
+        Command::Selftest { backend, dump } => selftest(backend, dump),
         Command::Generate(args) => generate(args),
         Command::Eval(args) => eval(args),
         Command::Train(args) => train(*args, matches.subcommand_matches("train").unwrap_or(matches)),
@@ -1078,7 +1082,7 @@ fn eval_ppl(a: EvalArgs) -> Result<()> {
     Ok(())
 }
 
-fn selftest(backend: Option<SelftestBackend>) -> Result<()> {
+fn selftest(backend: Option<SelftestBackend>, dump: Option<std::path::PathBuf>) -> Result<()> {
     use flexlora::selftest::{self, Target};
     let target = match backend {
         None => Target::All,
@@ -1088,11 +1092,21 @@ fn selftest(backend: Option<SelftestBackend>) -> Result<()> {
         Some(SelftestBackend::Dx12) => Target::Gpu(BackendChoice::Dx12),
         Some(SelftestBackend::Gl) => Target::Gpu(BackendChoice::Gl),
     };
-    let columns = selftest::run(target, &mut |line| eprintln!("{line}"));
+    let cases = selftest::cases();
+    let reference = selftest::reference(&cases);
+    if let Some(path) = &dump {
+        let made_by = format!("flexlora {} {} CPU portable", env!("CARGO_PKG_VERSION"), std::env::consts::ARCH);
+        let d = selftest::digest::Dump::of(&cases, &reference, made_by);
+        std::fs::write(path, serde_json::to_string(&d)?)
+            .map_err(|e| anyhow::anyhow!("writing the selftest dump {}: {e}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    let columns = selftest::run(target, &cases, &reference, &mut |line| eprintln!("{line}"));
     println!("flexlora {} selftest", env!("CARGO_PKG_VERSION"));
     print!("{}", selftest::matrix(&columns));
     let failed: Vec<&str> = columns.iter().filter(|c| !c.passed()).map(|c| c.label.as_str()).collect();
-    if columns.is_empty() {
+    // With --dump the reference is the product, so a machine with nothing else to test succeeds.
+    if columns.is_empty() && dump.is_none() {
         anyhow::bail!("selftest: nothing to test (no GPU adapter and no CPU SIMD tier beyond the portable one); run `flexlora devices`");
     }
     if !failed.is_empty() {

@@ -487,3 +487,57 @@ pub fn install_panic_hook() {
 pub fn last_panic() -> Option<String> {
     LAST_PANIC.with(|p| p.borrow().clone())
 }
+
+/// `flexlora selftest` in the browser, on the same seeded cases: `backend` "webgpu" runs every op
+/// forward and backward on this browser's WebGPU adapter against the CPU backend compiled to wasm;
+/// "cpu" checks that CPU backend against the native one, given `native_dump` (the JSON `flexlora
+/// selftest --dump FILE` writes; without it the column fails and says so); "all" does both.
+/// Returns JSON: `columns` (label, open_error, outcomes: op, pass, max_err, secs, detail) in the
+/// matrix's op order, and `passed`. A WebGPU adapter that does not open is a failed column.
+/// Built only with the `web-selftest` feature, into web/pkg-selftest (see Cargo.toml).
+#[cfg(feature = "web-selftest")]
+#[wasm_bindgen]
+pub async fn selftest(backend: String, native_dump: Option<String>) -> Result<String, JsValue> {
+    use crate::selftest::{self as st, digest, Column};
+    let (gpu, cpu) = match backend.as_str() {
+        "webgpu" | "gpu" => (true, false),
+        "cpu" => (false, true),
+        "all" => (true, true),
+        other => return Err(bad(format!("unknown selftest backend `{other}`: use webgpu, cpu or all"))),
+    };
+    let cases = st::cases();
+    let reference = st::run_each(&cases, &Device::cpu()).await;
+    let mut columns = Vec::new();
+    if gpu {
+        columns.push(match device::select(DeviceChoice::Gpu, None).await {
+            Ok(sel) => {
+                let ran = st::run_each(&cases, &sel.device).await;
+                // Browsers may hide the adapter's name (Chromium does): then its type says what it is.
+                let label = match sel.device.gpu().map(|g| &g.info) {
+                    Some(i) if !i.name.is_empty() => format!("WebGPU: {} ({:?})", i.name, i.device_type),
+                    Some(i) => format!("WebGPU ({:?} adapter, unnamed)", i.device_type),
+                    None => "WebGPU".into(),
+                };
+                Column { label, outcomes: st::judge(&cases, &ran, &reference), open_error: None }
+            }
+            Err(e) => {
+                Column { label: "WebGPU".into(), outcomes: vec![], open_error: Some(format!("this browser gave no WebGPU device: {e}")) }
+            }
+        });
+    }
+    if cpu {
+        let simd = if cfg!(target_feature = "simd128") { "SIMD128" } else { "no SIMD" };
+        let label = format!("wasm CPU ({simd}, {} threads)", crate::device::cpu::threads());
+        let dump = native_dump
+            .ok_or_else(|| "no native dump given: write one with `flexlora selftest --dump native.json` and choose it".to_string())
+            .and_then(|text| digest::Dump::from_json("the native dump", &text).map_err(|e| e.to_string()));
+        columns.push(match dump {
+            Ok(d) => {
+                Column { label: format!("{label} vs {}", d.made_by), outcomes: digest::judge(&cases, &reference, &d), open_error: None }
+            }
+            Err(e) => Column { label, outcomes: vec![], open_error: Some(e) },
+        });
+    }
+    let passed = columns.iter().all(Column::passed);
+    Ok(json!({ "columns": columns, "ops": cases.iter().map(|c| c.op).collect::<Vec<_>>(), "passed": passed }).to_string())
+}

@@ -120,8 +120,8 @@ pub struct Timing {
     pub decode_secs: f64,
 }
 
-/// Clock that works natively and in the browser.
-fn now() -> f64 {
+/// Clock that works natively and in the browser (seconds; also the selftest's).
+pub(crate) fn now() -> f64 {
     #[cfg(not(target_arch = "wasm32"))]
     {
         use std::sync::OnceLock;
