@@ -124,30 +124,26 @@ pub fn gguf_name(hf: &str) -> Option<String> {
 /// has halves (i, i + D/2). Returns rows in Hugging Face order. Rows are `cols` items of any
 /// type: values, or the packed bytes of a quantized row (rows are whole blocks).
 pub fn unpermute_rows<T: Copy + Default>(data: &[T], heads: usize, cols: usize) -> Vec<T> {
-    let rows = data.len() / cols;
-    let d = rows / heads;
-    let mut out = vec![T::default(); data.len()];
-    for h in 0..heads {
-        for i in 0..d / 2 {
-            for j in 0..2 {
-                let (src, dst) = (h * d + 2 * i + j, h * d + j * (d / 2) + i);
-                out[dst * cols..(dst + 1) * cols].copy_from_slice(&data[src * cols..(src + 1) * cols]);
-            }
-        }
-    }
-    out
+    move_rows(data, heads, cols, true)
 }
 
 /// The inverse of [`unpermute_rows`]: Hugging Face q/k rows in llama.cpp's interleaved order (what
 /// its converter writes for Llama models).
 pub fn permute_rows<T: Copy + Default>(data: &[T], heads: usize, cols: usize) -> Vec<T> {
+    move_rows(data, heads, cols, false)
+}
+
+/// Row 2i+j of each head's llama.cpp order is row j·D/2 + i of its Hugging Face order; `to_hf`
+/// says which way to move them.
+fn move_rows<T: Copy + Default>(data: &[T], heads: usize, cols: usize, to_hf: bool) -> Vec<T> {
     let rows = data.len() / cols;
     let d = rows / heads;
     let mut out = vec![T::default(); data.len()];
     for h in 0..heads {
         for i in 0..d / 2 {
             for j in 0..2 {
-                let (dst, src) = (h * d + 2 * i + j, h * d + j * (d / 2) + i);
+                let (gguf, hf) = (h * d + 2 * i + j, h * d + j * (d / 2) + i);
+                let (src, dst) = if to_hf { (gguf, hf) } else { (hf, gguf) };
                 out[dst * cols..(dst + 1) * cols].copy_from_slice(&data[src * cols..(src + 1) * cols]);
             }
         }
