@@ -212,7 +212,8 @@ impl DeviceFlags {
 /// the heap lets the next step reuse them.
 fn keep_freed_memory() {
     #[cfg(target_os = "linux")]
-    // SAFETY: mallopt only sets allocator parameters; it is called before any other thread exists.
+    // SAFETY: mallopt takes two integers and only sets allocator parameters (nothing to check);
+    // it is called before any other thread exists.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);

@@ -125,6 +125,13 @@ pub fn tier() -> Tier {
     }
 }
 
+/// The debug assertion behind the SAFETY argument of every call into a SIMD kernel ("`tier()`
+/// only returns tiers this CPU runs"): this CPU executes tier `t`'s instructions.
+#[inline]
+pub fn debug_assert_runs(t: Tier) {
+    debug_assert!(t.runs_here(), "a {t} kernel was called on a CPU that runs only {:?}", Tier::supported());
+}
+
 /// Runs `f` with every kernel on tier `t` (for tests and benchmarks). The override is process-wide,
 /// not per thread, because the kernels run on rayon's workers: calls take a lock, so they run one
 /// at a time (do not nest them), and kernels other threads run meanwhile use `t` too, which only
@@ -210,15 +217,26 @@ pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 /// A pointer into an output that parallel tasks write in disjoint parts, for tasks that call
 /// `gemm_ptr` on their own block of a shared matrix.
 #[derive(Clone, Copy)]
-pub struct SharedOut(pub *mut f32);
-// SAFETY: only used where every task writes its own elements (see the callers).
+pub struct SharedOut {
+    ptr: *mut f32,
+    len: usize,
+}
+// SAFETY (Send and Sync): only used where every task writes its own elements (see the callers,
+// whose SAFETY comments and debug assertions bound each task's block); the wrapped slice stays
+// mutably borrowed by the caller for as long as the tasks run.
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 impl SharedOut {
+    pub fn new(out: &mut [f32]) -> SharedOut {
+        SharedOut { ptr: out.as_mut_ptr(), len: out.len() }
+    }
+
     /// The pointer `i` floats on (a method, so closures capture the `Sync` wrapper, not the field).
+    /// Panics past the end of the wrapped slice.
     pub fn at(self, i: usize) -> *mut f32 {
-        // SAFETY: callers stay inside the output they wrapped.
-        unsafe { self.0.add(i) }
+        assert!(i <= self.len, "SharedOut::at({i}) past the end of its {} floats", self.len);
+        // SAFETY: i <= len (asserted), so the pointer stays inside (or one past) the allocation.
+        unsafe { self.ptr.add(i) }
     }
 }
 
@@ -349,6 +367,8 @@ pub unsafe fn gemm_ptr(
     accumulate: bool,
     threads: usize,
 ) {
+    // The part of the contract checkable here (the callers check the extents against their slices).
+    debug_assert!(m == 0 || n == 0 || (c_rs >= n && !c.is_null() && (k == 0 || (!a.is_null() && !b.is_null()))));
     #[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
     let par = match threads.min(rayon::current_num_threads()) {
         0 | 1 => gemm::Parallelism::None,
@@ -359,6 +379,8 @@ pub unsafe fn gemm_ptr(
         let _ = threads;
         gemm::Parallelism::None
     };
+    // SAFETY: this function's contract (every access in bounds, `c`'s elements ours alone); gemm
+    // reads a and b and writes c only at the strided positions of an [m, k]·[k, n] product.
     gemm::gemm(
         m,
         n,
@@ -387,7 +409,9 @@ pub unsafe fn gemm_ptr(
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if tier() >= Tier::Avx2 {
-        // SAFETY: `tier()` only returns tiers this CPU runs, and Avx2 and up include AVX2 + FMA.
+        // SAFETY: `tier()` only returns tiers this CPU runs, and Avx2 and up include AVX2 + FMA;
+        // the body indexes slices only.
+        debug_assert_runs(Tier::Avx2);
         return unsafe { dot_avx2(a, b) };
     }
     dot_with::<false>(a, b)
@@ -424,6 +448,8 @@ pub fn transpose_into(src: &[f32], n: usize, m: usize, dst: &mut [f32]) {
     }
 }
 
+/// # Safety
+/// The CPU must have AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {

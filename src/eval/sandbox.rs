@@ -417,6 +417,7 @@ fn random_hex() -> String {
     let mut b = [0u8; 16];
     // SAFETY: getrandom writes at most b.len() bytes into b.
     let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    debug_assert!(n <= b.len() as isize);
     if n != b.len() as isize {
         // Not secret, only unguessable by a completion written before this run: time will do.
         let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();

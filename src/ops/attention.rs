@@ -197,7 +197,10 @@ fn attend_row(q: &[f32], keys: &Keys, scale: f32, out: &mut [f32]) -> f32 {
     let mut p = vec![0f32; keys.n];
     #[cfg(target_arch = "x86_64")]
     if cpu::tier() == cpu::Tier::Avx512 && d % 16 == 0 && d <= 128 {
-        // SAFETY: `tier()` only returns tiers this CPU runs; the assert bounds every row.
+        // SAFETY: `tier()` only returns tiers this CPU runs; the assert bounds every row (d
+        // floats of q, out and every key and value row, p one score per key).
+        cpu::debug_assert_runs(cpu::Tier::Avx512);
+        debug_assert!(p.len() == keys.n);
         return unsafe {
             match d / 16 {
                 1 => simd::attend_row::<1>(q, keys, scale, &mut p, out),
@@ -240,6 +243,10 @@ mod simd {
     /// `attend_row` for d = 16·C: q stays in C registers, each key's score is C FMAs and one
     /// reduction (independent across keys, so they overlap), and the output accumulates in two
     /// sets of C registers (even and odd keys) so consecutive FMAs do not wait on each other.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F; q and out hold 16·C floats, p one per key, and k and v every
+    /// key's row of 16·C floats (`super::attend_row` asserts it).
     #[target_feature(enable = "avx512f")]
     pub unsafe fn attend_row<const C: usize>(q: &[f32], keys: &Keys, scale: f32, p: &mut [f32], out: &mut [f32]) -> f32 {
         let qv: [__m512; C] = std::array::from_fn(|c| _mm512_loadu_ps(q.as_ptr().add(16 * c)));
@@ -435,7 +442,7 @@ fn gemm_forward(q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], lse: &mut [f32],
     let Dims { t, s, h, d, .. } = dims;
     assert!(o.len() >= q.len(), "attention: output too small");
     let o_len = o.len();
-    let out = cpu::SharedOut(o.as_mut_ptr());
+    let out = cpu::SharedOut::new(o);
     // lse is [B, H, T]: one chunk per task.
     cpu::for_each_chunk(lse, t, |bh, lse_h| {
         let hv = head_view(&dims, bh / h, bh % h);
@@ -469,7 +476,7 @@ fn gemm_backward(
     let Dims { b: nb, t, s, h, d, scale, .. } = dims;
     assert!(dq.len() >= q.len(), "attention: dq too small");
     let dq_len = dq.len();
-    let dq_out = cpu::SharedOut(dq.as_mut_ptr());
+    let dq_out = cpu::SharedOut::new(dq);
     let mut dkv = vec![0f32; nb * h * 2 * s * d];
     cpu::for_each_chunk(&mut dkv, 2 * s * d, |bh, dkv_h| {
         let (b, hh) = (bh / h, bh % h);

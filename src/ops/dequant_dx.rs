@@ -39,7 +39,7 @@ pub fn backward_dx<const COLS: usize>(
         // dx[:, k0..k0+kw] = Σ_tiles dy[:, n0..n0+rows] · W[n0..n0+rows, k0..k0+kw].
         let width = k.div_ceil(cpu::threads()).next_multiple_of(align);
         let dx_len = dx.len();
-        let out = cpu::SharedOut(dx.as_mut_ptr());
+        let out = cpu::SharedOut::new(dx);
         cpu::for_each_with_buffer(k.div_ceil(width), TILE_ROWS * width, |i, tile| {
             let (k0, kw) = (i * width, width.min(k - i * width));
             for n0 in (0..n).step_by(TILE_ROWS) {

@@ -331,12 +331,15 @@ fn dequantize_bytes(bytes: &[u8], scale: f32, out: &mut [f32]) -> usize {
     match cpu::tier() {
         _ if n == 0 => {}
         cpu::Tier::Avx512 => {
-            // SAFETY: `tier()` only returns tiers this CPU runs; the assert bounds every access.
+            // SAFETY: `tier()` only returns tiers this CPU runs; the assert bounds every access
+            // (2 floats out per byte in).
+            cpu::debug_assert_runs(cpu::Tier::Avx512);
             unsafe { simd::dequantize_avx512(&bytes[..n], scale, out) };
             return n;
         }
         cpu::Tier::Avx2 => {
             // SAFETY: as above.
+            cpu::debug_assert_runs(cpu::Tier::Avx2);
             unsafe { simd::dequantize_avx2(&bytes[..n], scale, out) };
             return n;
         }
@@ -352,6 +355,9 @@ mod simd {
     use std::arch::x86_64::*;
 
     /// 16 packed bytes -> their 32 codes as bytes in element order (high nibble first).
+    ///
+    /// # Safety
+    /// `p` must be valid for 16 bytes (SSE2 is baseline on x86-64).
     #[inline(always)]
     unsafe fn codes(p: *const u8) -> (__m128i, __m128i) {
         let b = _mm_loadu_si128(p as *const __m128i);
@@ -362,6 +368,9 @@ mod simd {
     }
 
     /// The codebook lookup is one 16-entry permute per 16 codes.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F; `out` must hold 2·bytes.len() floats.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn dequantize_avx512(bytes: &[u8], scale: f32, out: &mut [f32]) {
         let lut = _mm512_loadu_ps(NF4_CODE.as_ptr());
@@ -380,6 +389,11 @@ mod simd {
     /// chunk's absmax first (so weights are `code * absmax`, rounded as `dequantize` rounds them),
     /// and two chunks per step feed four accumulators per token, enough independent FMAs to keep
     /// the loop on the permute port instead of on FMA latency.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F; packed holds `rows` rows of K codes (K/2 bytes), absmax their
+    /// K/bs scales each, xs T rows of K floats, and y index `(rows - 1)·stride + t0 + T - 1`
+    /// (see `row_dot`).
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn row_dot_avx512<const T: usize>(
@@ -427,6 +441,9 @@ mod simd {
     }
 
     /// Two 8-entry permutes per 8 codes, blended on the code's bit 3.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2; `out` must hold 2·bytes.len() floats.
     #[target_feature(enable = "avx2")]
     pub unsafe fn dequantize_avx2(bytes: &[u8], scale: f32, out: &mut [f32]) {
         let lo_lut = _mm256_loadu_ps(NF4_CODE.as_ptr());
@@ -459,7 +476,7 @@ pub fn cpu_forward(x: &[f32], packed: &[u8], absmax: &[f32], bs: usize, y: &mut 
     assert!(x.len() >= t * k && y.len() >= t * n, "matmul_nf4: buffers too small");
     if t >= MANY_TOKENS {
         let y_len = y.len();
-        let out = cpu::SharedOut(y.as_mut_ptr());
+        let out = cpu::SharedOut::new(y);
         cpu::for_each_with_buffer(n.div_ceil(TILE_ROWS), TILE_ROWS * k, |i, tile| {
             let (n0, rows) = (i * TILE_ROWS, TILE_ROWS.min(n - i * TILE_ROWS));
             let tile = &mut tile[..rows * k];

@@ -84,6 +84,7 @@ fn rows_dot(q: &[i8], scale: &[f32], x: &[f32], k: usize, tokens: usize, out: &m
         // SAFETY: `tier()` only returns tiers this CPU runs; the asserts above bound every access, including
         // the unchecked writes to `out` and reads of `scale`.
         debug_assert!(tokens >= 1 && x.len() >= (tokens - 1) * k + k);
+        cpu::debug_assert_runs(cpu::Tier::Avx512);
         unsafe {
             match tokens {
                 1 => simd::rows_dot::<1>(q, scale, x, k, out, stride, t0),
@@ -142,6 +143,10 @@ mod simd {
 
     /// `rows_dot` for T tokens: each block's 32 codes widen to two 16-lane f32 vectors times the
     /// block's scale (the exact weights), which feed two accumulators per token.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F, and the buffers must be as `super::rows_dot` asserts (T·K
+    /// floats in x, whole blocks per row, a scale per block, `out` holding every row's stride).
     #[target_feature(enable = "avx512f")]
     pub unsafe fn rows_dot<const T: usize>(q: &[i8], scale: &[f32], x: &[f32], k: usize, out: &mut [f32], stride: usize, t0: usize) {
         let blocks = k / BLOCK;

@@ -46,6 +46,7 @@ pub fn thread_init_data() -> js_sys::Array {
 
 fn pool(handle: usize) -> &'static PoolStart {
     // SAFETY: `handle` comes from `thread_pool_new`, whose box is leaked and never freed.
+    debug_assert!(handle != 0 && handle % std::mem::align_of::<PoolStart>() == 0, "thread pool handle {handle}");
     unsafe { &*(handle as *const PoolStart) }
 }
 

@@ -116,3 +116,15 @@ fn mismatched_inner_sizes_are_an_error() {
     assert!(err.contains("inner sizes differ") && err.contains("`a`"), "{err}");
     let _ = Device::cpu();
 }
+
+/// The shared output the parallel GEMM tasks write through (`cpu::SharedOut`) hands out pointers
+/// only inside (or one past) the slice it wraps.
+#[test]
+fn cpu_shared_out_stays_inside_its_slice() {
+    let mut out = [0f32; 4];
+    let shared = flexlora::device::cpu::SharedOut::new(&mut out);
+    assert_eq!(shared.at(4) as usize - shared.at(0) as usize, 16);
+    let past = std::panic::catch_unwind(|| shared.at(5)).unwrap_err();
+    let msg = past.downcast_ref::<String>().map(String::as_str).unwrap_or("");
+    assert!(msg.contains("past the end of its 4 floats"), "{msg}");
+}

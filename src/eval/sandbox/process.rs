@@ -44,7 +44,8 @@ impl Sandbox {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         // SAFETY: the closure runs in the child between fork and exec; it only makes system calls
-        // on data prepared before the fork and allocates nothing.
+        // on data prepared before the fork and allocates nothing. (No run-time check: a debug
+        // assertion failing there could not report, the child has no harness.)
         unsafe { cmd.pre_exec(move || setup.apply()) };
         let child = if self.isolation == Isolation::Full { spawn_in_new_pid_namespace(&mut cmd)? } else { cmd.spawn()? };
         Ok(supervise(child, run.limits, self.isolation))
@@ -57,10 +58,12 @@ impl Sandbox {
 /// thread's own namespace, so the thread is moved back with setns right after the spawn.
 fn spawn_in_new_pid_namespace(cmd: &mut Command) -> io::Result<std::process::Child> {
     let own = File::open("/proc/thread-self/ns/pid")?;
-    // SAFETY: plain system call; affects only children of the calling thread.
+    // SAFETY: plain system call on an integer flag (no memory passed); affects only children of
+    // the calling thread.
     check(unsafe { libc::unshare(libc::CLONE_NEWPID) })?;
     let child = cmd.spawn();
     // SAFETY: `own` is an open namespace file; setns to the thread's active pid namespace.
+    debug_assert!(own.as_raw_fd() >= 0);
     let back = check(unsafe { libc::setns(own.as_raw_fd(), libc::CLONE_NEWPID) });
     let child = child?;
     if let Err(e) = back {
@@ -110,7 +113,7 @@ const AT_RECURSIVE: libc::c_int = 0x8000;
 
 impl Setup {
     fn new(isolation: Isolation, dir: &Path, id: u32, l: &Limits) -> io::Result<Setup> {
-        // SAFETY: getuid/getgid cannot fail.
+        // SAFETY: getuid/getgid take no arguments and cannot fail (nothing to check).
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         let mut nproc = l.processes;
         if isolation == Isolation::None {
@@ -141,7 +144,9 @@ impl Setup {
     /// directory, limits, then (as root) the unprivileged uid. Order matters: namespaces and
     /// mounts need privileges that the last step gives up.
     fn apply(&self) -> io::Result<()> {
-        // SAFETY (whole function): system calls on pointers to memory owned by self.
+        // SAFETY (whole function): system calls on pointers to memory owned by self: NUL-terminated
+        // CStrings, byte vectors passed with their own length, and locals. (Runs between fork
+        // and exec, where a failing debug assertion could not report: see `execute`.)
         unsafe {
             // Own session and process group, so that the whole group can be killed.
             check(libc::setsid())?;
@@ -234,7 +239,9 @@ fn tasks_of_uid(uid: u32) -> u64 {
 /// Kills the program: its process group, and the process itself (init of its pid namespace
 /// under `Full`, which takes every descendant with it).
 fn kill_tree(pid: i32) {
-    // SAFETY: plain system calls; pid is our unreaped child, so its number is not reused.
+    // SAFETY: plain system calls; pid is our unreaped child, so its number is not reused. Checked
+    // always, not only in debug builds: kill(-1) or kill(0) would signal far more than the child.
+    assert!(pid > 1, "kill_tree({pid}): not a child's pid");
     unsafe {
         libc::kill(-pid, libc::SIGKILL);
         libc::kill(pid, libc::SIGKILL);
@@ -243,10 +250,11 @@ fn kill_tree(pid: i32) {
 
 fn reap(pid: i32, block: bool) -> Option<(Exit, Duration)> {
     let (mut status, flags) = (0, if block { 0 } else { libc::WNOHANG });
-    // SAFETY: rusage is plain data, filled by wait4.
+    // SAFETY: rusage is plain data (integers and timevals), for which all zeros is valid.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     loop {
-        // SAFETY: pointers to locals.
+        // SAFETY: pointers to locals; pid is one child's (wait4(-1 or 0) would reap any child).
+        debug_assert!(pid > 0);
         let r = unsafe { libc::wait4(pid, &mut status, flags, &mut ru) };
         if r == pid {
             break;
@@ -318,7 +326,8 @@ fn pump(streams: &mut [Option<File>; 2], bufs: &mut [Vec<u8>; 2], cap: usize, wa
         std::thread::sleep(wait);
         return false;
     }
-    // SAFETY: fds is a valid array of fds.len() pollfd.
+    // SAFETY: fds is a valid array of fds.len() pollfd, of open files.
+    debug_assert!(fds.iter().all(|p| p.fd >= 0));
     let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, wait.as_millis() as libc::c_int) };
     if n <= 0 {
         return false;

@@ -264,7 +264,8 @@ mod native {
             let bytes = if len < 64 {
                 Bytes::Owned(std::fs::read(path).map_err(|e| io("read", e))?)
             } else {
-                // SAFETY: read-only mapping; see the caveat above about concurrent modification.
+                // SAFETY: read-only mapping; see the caveat above about concurrent modification
+                // (not checkable at run time).
                 Bytes::Mapped(unsafe { memmap2::Mmap::map(&file) }.map_err(|e| io("memory-map", e))?)
             };
             GgufFile::parse(name, bytes)

@@ -57,6 +57,7 @@ impl SafetensorsDir {
             let file = std::fs::File::open(&path).map_err(|e| io_err(&path, e))?;
             // SAFETY: the map is read-only; a file changed underneath us while loading is the
             // user's error and at worst yields wrong values, which shape checks partly catch.
+            // (Not checkable at run time: another process may write the file at any moment.)
             let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| io_err(&path, e))?;
             let st = SafeTensors::deserialize(&map)
                 .map_err(|e| io_err(&path, format!("not a valid safetensors file ({e}); is it truncated?")))?;
@@ -112,6 +113,7 @@ fn release(map: &memmap2::Mmap, start: usize, len: usize) {
     // SAFETY: MADV_DONTNEED on a private read-only file mapping discards the pages; a later read
     // of the range faults the unchanged file contents back in. No borrow of the range is alive:
     // the tensor was converted to an owned Vec before this call.
+    debug_assert!(start.checked_add(len).is_some_and(|end| end <= map.len()));
     let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len) };
     #[cfg(not(unix))]
     let _ = (map, start, len);

@@ -9,6 +9,11 @@
 //! Written by hand because the plain-Rust version (`rows_dot_blocks`) vectorizes the nibble
 //! unpacking only 4 lanes wide and ran at 10% of the memory bound. Q5_1 and Q5_K are rare in
 //! files and keep that path.
+//!
+//! Safety of the helpers below (all `unsafe fn`): they need AVX2 and FMA (checked once, by a debug
+//! assertion in `rows_dot`), and read through raw pointers: a block function's `b` points at one
+//! whole block of its type (the `BYTES` of `rows`) and `x` at that block's B floats, which `rows`
+//! guarantees by asserting that w holds `rows` rows of whole blocks and x holds T·K floats.
 
 use std::arch::x86_64::*;
 
@@ -22,6 +27,7 @@ use crate::model::load::ggml_blocks::{half, scale_min_k4, GgmlType};
 /// elements of `ty`, x holds T·K floats and out T·rows.
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn rows_dot(ty: GgmlType, w: &[u8], x: &[f32], k: usize, out: &mut [f32]) -> bool {
+    debug_assert!(std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma"));
     match ty {
         GgmlType::Q4_0 => rows::<32, 18>(w, x, k, out, |b, x, acc| q4_0(b, x, acc)),
         GgmlType::Q4_1 => rows::<32, 20>(w, x, k, out, |b, x, acc| q4_1(b, x, acc)),

@@ -1,6 +1,9 @@
 //! AVX-512 versions of the `avx2` decode kernels for the 4-bit types (Q4_0, Q4_1, Q4_K): the same
 //! arithmetic 16 lanes wide, so a 32-element block is two vectors (16 bytes widened once to 16
 //! lanes give both nibble halves). The other types use `avx2` on the AVX-512 tier too.
+//!
+//! Safety of the helpers below (all `unsafe fn`): as in `avx2`, with AVX-512F instead of AVX2
+//! (checked once, by a debug assertion in `rows_dot`).
 
 use std::arch::x86_64::*;
 
@@ -13,6 +16,7 @@ use crate::model::load::ggml_blocks::{half, scale_min_k4, GgmlType};
 /// x holds T·K floats and out T·rows.
 #[target_feature(enable = "avx512f")]
 pub unsafe fn rows_dot(ty: GgmlType, w: &[u8], x: &[f32], k: usize, out: &mut [f32]) -> bool {
+    debug_assert!(std::arch::is_x86_feature_detected!("avx512f"));
     match ty {
         GgmlType::Q4_0 => rows::<32, 18>(w, x, k, out, |b, x, acc| q4_0(b, x, acc)),
         GgmlType::Q4_1 => rows::<32, 20>(w, x, k, out, |b, x, acc| q4_1(b, x, acc)),

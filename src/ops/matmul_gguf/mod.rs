@@ -197,13 +197,15 @@ pub fn cpu_forward(x: &[f32], w: &[u8], ty: GgmlType, y: &mut [f32], t: usize, n
         return;
     }
     if t >= MANY_TOKENS {
-        let out = cpu::SharedOut(y.as_mut_ptr());
+        let y_len = y.len();
+        let out = cpu::SharedOut::new(y);
         cpu::for_each_with_buffer(n.div_ceil(TILE_ROWS), TILE_ROWS * k, |i, tile| {
             let (n0, rows) = (i * TILE_ROWS, TILE_ROWS.min(n - i * TILE_ROWS));
             let tile = &mut tile[..rows * k];
             deq(ty, &w[n0 * rb..(n0 + rows) * rb], tile);
             // y[:, n0..n0+rows] = x · tileᵀ. SAFETY: in bounds by the assert; tasks write
             // disjoint column blocks of y.
+            debug_assert!(n0 + rows <= n && t * n <= y_len && x.len() >= t * k && tile.len() == rows * k);
             unsafe { cpu::gemm_ptr(t, rows, k, x.as_ptr(), (k, 1), tile.as_ptr(), (1, k), out.at(n0), n, false, 1) };
         });
         return;
@@ -224,22 +226,31 @@ pub fn cpu_forward(x: &[f32], w: &[u8], ty: GgmlType, y: &mut [f32], t: usize, n
 /// dequantized at a time by plain Rust compiled for the tier's SIMD.
 fn rows_dot(ty: GgmlType, w: &[u8], x: &[f32], k: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: `tier()` only returns tiers this CPU runs; both have AVX2 and FMA, AVX-512 AVX-512F.
-    if unsafe { cpu::tier() == cpu::Tier::Avx512 && avx512::rows_dot(ty, w, x, k, out) } {
-        return;
-    }
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: as above.
-    if cpu::tier() != cpu::Tier::Portable && unsafe { avx2::rows_dot(ty, w, x, k, out) } {
-        return;
-    }
-    #[cfg(target_arch = "x86_64")]
-    match cpu::tier() {
-        // SAFETY: `tier()` only returns tiers this CPU runs; the body only indexes slices.
-        cpu::Tier::Avx512 => return unsafe { simd::rows_dot_avx512(ty, w, x, k, out) },
+    {
+        let tier = cpu::tier();
+        // The intrinsics kernels' contract: whole rows of K elements in w, T·K floats in x, T·rows
+        // in out (`rows` in avx2.rs and avx512.rs also asserts the first two).
+        let (block, block_bytes) = ty.block();
+        let (t, rows) = (x.len() / k, out.len() / (x.len() / k).max(1));
+        debug_assert!(k % block == 0 && t >= 1 && x.len() == t * k && out.len() == t * rows && w.len() >= rows * (k / block) * block_bytes);
+        // SAFETY: `tier()` only returns tiers this CPU runs; both have AVX2 and FMA, AVX-512
+        // AVX-512F; the buffers are as the kernels need (asserted above).
+        cpu::debug_assert_runs(tier);
+        if tier == cpu::Tier::Avx512 && unsafe { avx512::rows_dot(ty, w, x, k, out) } {
+            return;
+        }
         // SAFETY: as above.
-        cpu::Tier::Avx2 => return unsafe { simd::rows_dot_avx2(ty, w, x, k, out) },
-        cpu::Tier::Portable => {}
+        if tier != cpu::Tier::Portable && unsafe { avx2::rows_dot(ty, w, x, k, out) } {
+            return;
+        }
+        match tier {
+            // SAFETY: `tier()` only returns tiers this CPU runs (asserted above); the body only
+            // indexes slices.
+            cpu::Tier::Avx512 => return unsafe { simd::rows_dot_avx512(ty, w, x, k, out) },
+            // SAFETY: as above.
+            cpu::Tier::Avx2 => return unsafe { simd::rows_dot_avx2(ty, w, x, k, out) },
+            cpu::Tier::Portable => {}
+        }
     }
     rows_dot_body(ty, w, x, k, out)
 }
@@ -383,11 +394,19 @@ fn dot16(a: &[f32], b: &[f32]) -> f32 {
 mod simd {
     use super::{rows_dot_body, GgmlType};
 
+    /// `rows_dot_body` compiled for AVX2 + FMA.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn rows_dot_avx2(ty: GgmlType, w: &[u8], x: &[f32], k: usize, out: &mut [f32]) {
         rows_dot_body(ty, w, x, k, out)
     }
 
+    /// `rows_dot_body` compiled for AVX-512F.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F, AVX2 and FMA (the AVX-512 tier).
     #[target_feature(enable = "avx512f,avx2,fma")]
     pub unsafe fn rows_dot_avx512(ty: GgmlType, w: &[u8], x: &[f32], k: usize, out: &mut [f32]) {
         rows_dot_body(ty, w, x, k, out)
