@@ -130,7 +130,25 @@ pub fn write(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)], metadata: 
         })
         .collect::<Result<_>>()?;
     let bytes = safetensors::serialize(views, metadata).map_err(|e| io_err(path, e))?;
-    crate::model::load::write_atomic(path, &bytes)
+    crate::model::load::write_atomic(path, &sorted_header(&bytes).map_err(|e| io_err(path, e))?)
+}
+
+/// The file with its JSON header's keys in sorted order. `safetensors::serialize` writes the
+/// metadata in a `HashMap`'s order, which changes from map to map: without this the same adapter
+/// would not be the same bytes twice (and a resumed run's files would not equal the uninterrupted
+/// run's). The header stays padded with spaces to a multiple of 8 bytes.
+fn sorted_header(bytes: &[u8]) -> std::result::Result<Vec<u8>, String> {
+    let n = bytes.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize).ok_or("no header length")?;
+    let header = bytes.get(8..8 + n).ok_or("header past the end")?;
+    // serde_json's map is a BTreeMap (no `preserve_order`): serializing it sorts the keys.
+    let value: serde_json::Value = serde_json::from_slice(header).map_err(|e| format!("header: {e}"))?;
+    let mut json = serde_json::to_vec(&value).map_err(|e| format!("header: {e}"))?;
+    json.resize(json.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + json.len() + bytes.len() - 8 - n);
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&json);
+    out.extend_from_slice(&bytes[8 + n..]);
+    Ok(out)
 }
 
 /// Tensors of one small safetensors file (adapters, optimizer state) as f32, with the file's
@@ -138,4 +156,32 @@ pub fn write(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)], metadata: 
 pub fn read_all(path: &Path) -> Result<(HashMap<String, (Vec<usize>, Vec<f32>)>, HashMap<String, String>)> {
     let bytes = std::fs::read(path).map_err(|e| io_err(path, e))?;
     super::safetensors_bytes::read_all(&path.display().to_string(), &bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The same tensors and metadata give the same bytes every time (each `HashMap` has its own
+    /// random order), and the file reads back.
+    #[test]
+    fn same_content_same_bytes() {
+        let dir = std::env::temp_dir().join(format!("flexlora-st-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let tensors = vec![("b".to_string(), vec![2, 3], vec![1.5f32; 6]), ("a".to_string(), vec![4], vec![-2.0f32; 4])];
+        let files: Vec<Vec<u8>> = (0..6)
+            .map(|i| {
+                let meta: HashMap<String, String> = (0..8).map(|k| (format!("key{k}"), format!("value {k}"))).collect();
+                let p = dir.join(format!("{i}.safetensors"));
+                write(&p, &tensors, Some(meta)).unwrap();
+                std::fs::read(&p).unwrap()
+            })
+            .collect();
+        assert!(files.iter().all(|f| f == &files[0]), "the same content gave different bytes");
+        assert_eq!(u64::from_le_bytes(files[0][..8].try_into().unwrap()) % 8, 0, "header not padded to 8 bytes");
+        let (read, meta) = read_all(&dir.join("0.safetensors")).unwrap();
+        assert_eq!(read["b"], (vec![2, 3], vec![1.5f32; 6]));
+        assert_eq!(meta["key7"], "value 7");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
