@@ -1,6 +1,8 @@
-//! AVX-512 versions of the `avx2` decode kernels for the 4-bit types (Q4_0, Q4_1, Q4_K): the same
+//! AVX-512 versions of the `avx2` decode kernels for Q4_0, Q4_1, Q5_0, Q8_0 and Q4_K: the same
 //! arithmetic 16 lanes wide, so a 32-element block is two vectors (16 bytes widened once to 16
-//! lanes give both nibble halves). The other types use `avx2` on the AVX-512 tier too.
+//! lanes give both nibble halves). The other types use `avx2` on the AVX-512 tier too. Q5_0 and
+//! Q8_0 matter for models whose rows are not whole 256-element super-blocks (Qwen2.5-0.5B's 896):
+//! llama.cpp's K-quant files store those tensors, the output head included, in them.
 //!
 //! Safety of the helpers below (all `unsafe fn`): as in `avx2`, with AVX-512F instead of AVX2
 //! (checked once, by a debug assertion in `rows_dot`).
@@ -20,6 +22,8 @@ pub unsafe fn rows_dot(ty: GgmlType, w: &[u8], x: &[f32], k: usize, out: &mut [f
     match ty {
         GgmlType::Q4_0 => rows::<32, 18>(w, x, k, out, |b, x, acc| q4_0(b, x, acc)),
         GgmlType::Q4_1 => rows::<32, 20>(w, x, k, out, |b, x, acc| q4_1(b, x, acc)),
+        GgmlType::Q5_0 => rows::<32, 22>(w, x, k, out, |b, x, acc| q5_0(b, x, acc)),
+        GgmlType::Q8_0 => rows::<32, 34>(w, x, k, out, |b, x, acc| q8_0(b, x, acc)),
         GgmlType::Q4_K => rows::<256, 144>(w, x, k, out, |b, x, acc| q4_k(b, x, acc)),
         _ => return false,
     }
@@ -88,6 +92,34 @@ unsafe fn q4_0(b: *const u8, x: *const f32, acc: &mut Acc) {
 #[target_feature(enable = "avx512f")]
 unsafe fn q4_1(b: *const u8, x: *const f32, acc: &mut Acc) {
     block32(nibbles(b.add(4)), _mm512_set1_ps(f16_at(b)), _mm512_set1_ps(f16_at(b.add(2))), x, x.add(16), acc);
+}
+
+/// block_q5_0: element j takes low nibble j (j < 16) or high nibble j - 16, plus bit j of qh as its
+/// fifth bit; (q - 16)·d.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn q5_0(b: *const u8, x: *const f32, acc: &mut Acc) {
+    let d = f16_at(b);
+    let qh = _mm512_set1_epi32(u32::from_le_bytes([*b.add(2), *b.add(3), *b.add(4), *b.add(5)]) as i32);
+    let v = _mm512_cvtepu8_epi32(_mm_loadu_si128(b.add(6) as *const __m128i));
+    let (m, one) = (_mm512_set1_epi32(0xF), _mm512_set1_epi32(1));
+    let j = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    let fifth = |shift: __m512i| _mm512_slli_epi32::<4>(_mm512_and_si512(_mm512_srlv_epi32(qh, shift), one));
+    let lo = _mm512_or_si512(_mm512_and_si512(v, m), fifth(j));
+    let hi = _mm512_or_si512(_mm512_srli_epi32::<4>(v), fifth(_mm512_add_epi32(j, _mm512_set1_epi32(16))));
+    let q = (_mm512_cvtepi32_ps(lo), _mm512_cvtepi32_ps(hi));
+    block32(q, _mm512_set1_ps(d), _mm512_set1_ps(-16.0 * d), x, x.add(16), acc);
+}
+
+/// block_q8_0: q·d, q signed (each weight rebuilt as q·d before its multiply, as in `avx2`).
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn q8_0(b: *const u8, x: *const f32, acc: &mut Acc) {
+    let d = _mm512_set1_ps(f16_at(b));
+    for h in 0..2 {
+        let q = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(b.add(2 + 16 * h) as *const __m128i)));
+        acc[h] = _mm512_fmadd_ps(_mm512_mul_ps(q, d), _mm512_loadu_ps(x.add(16 * h)), acc[h]);
+    }
 }
 
 /// Group g's 32 bytes: low nibbles are sub-block 2g (elements 64g..64g+32), high nibbles 2g+1.
