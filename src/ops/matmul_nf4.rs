@@ -467,8 +467,9 @@ mod simd {
 use crate::ops::dequant_dx::{self, MANY_TOKENS, TILE_ROWS};
 
 /// CPU twin of `forward`. Few tokens: tasks of `ROWS_PER_TASK` weight rows, each row dequantized
-/// once into a [K] buffer and dotted with every token; results land in yᵀ [N, T], then are
-/// transposed. Many tokens: one parallel pass over tiles of `TILE_ROWS` rows, each task
+/// once into a [K] buffer and dotted with every token (on AVX-512 `row_dot`, and for one token
+/// below AVX-512 `row_dot_portable`, decode codes in registers instead); results land in yᵀ [N, T],
+/// then are transposed. Many tokens: one parallel pass over tiles of `TILE_ROWS` rows, each task
 /// dequantizing its tile and multiplying it on its own thread into its columns of y, so only one
 /// tile per thread is ever dequantized.
 #[allow(clippy::too_many_arguments)]
