@@ -63,27 +63,6 @@ fn weight_dims(w: &Nf4Tensor) -> Result<(usize, usize)> {
     }
 }
 
-/// `input`'s shape with its last dimension (the width `found`, which must be `want`) set to `to`.
-fn swap_width(input: &Tensor, found: usize, want: usize, to: usize, w: &Nf4Tensor) -> Result<Vec<usize>> {
-    if found != want || input.shape().is_empty() {
-        return Err(Error::shape(
-            OP,
-            format!(
-                "`{}` {:?} has width {found}, the NF4 weight `{}` [N, K] = {:?} needs {want}",
-                input.label(),
-                input.shape(),
-                w.packed.label(),
-                w.shape
-            ),
-        ));
-    }
-    let mut shape = input.shape().to_vec();
-    if let Some(last) = shape.last_mut() {
-        *last = to;
-    }
-    Ok(shape)
-}
-
 fn gpu_params(t: usize, n: usize, k: usize, w: &Nf4Tensor) -> Result<Params> {
     if k % 8 != 0 {
         return Err(Error::Limit {
@@ -138,7 +117,7 @@ pub fn forward(dev: &Device, x: &Tensor, w: &Nf4Tensor) -> Result<Tensor> {
     x.expect(OP, DType::F32)?;
     let (t, k) = dims2(x);
     let (n, kw) = weight_dims(w)?;
-    let shape = swap_width(x, k, kw, n, w)?;
+    let shape = dequant_matmul::swap_width(OP, x, k, kw, n, || format!("NF4 weight `{}` [N, K] = {:?}", w.packed.label(), w.shape))?;
     let mut y = Tensor::zeros(dev, "matmul_nf4.y", &shape, DType::F32);
     match dev {
         Device::Cpu(_) => {
@@ -171,7 +150,7 @@ pub fn backward_dx(dev: &Device, dy: &Tensor, w: &Nf4Tensor) -> Result<Tensor> {
     dy.expect(OP, DType::F32)?;
     let (t, n) = dims2(dy);
     let (nw, k) = weight_dims(w)?;
-    let shape = swap_width(dy, n, nw, k, w)?;
+    let shape = dequant_matmul::swap_width(OP, dy, n, nw, k, || format!("NF4 weight `{}` [N, K] = {:?}", w.packed.label(), w.shape))?;
     let mut dx = Tensor::zeros(dev, "matmul_nf4.dx", &shape, DType::F32);
     match dev {
         Device::Cpu(_) => {
@@ -464,30 +443,17 @@ mod simd {
 
 // From MANY_TOKENS tokens on, the CPU twins dequantize W a tile of TILE_ROWS rows at a time and
 // hand the tile to the GEMM: the dequantization is then shared by all tokens.
-use crate::ops::dequant_dx::{self, MANY_TOKENS, TILE_ROWS};
+use crate::ops::dequant_matmul::{self, MANY_TOKENS};
 
 /// CPU twin of `forward`. Few tokens: tasks of `ROWS_PER_TASK` weight rows, each row dequantized
 /// once into a [K] buffer and dotted with every token (on AVX-512 `row_dot`, and for one token
 /// below AVX-512 `row_dot_portable`, decode codes in registers instead); results land in yᵀ [N, T],
-/// then are transposed. Many tokens: one parallel pass over tiles of `TILE_ROWS` rows, each task
-/// dequantizing its tile and multiplying it on its own thread into its columns of y, so only one
-/// tile per thread is ever dequantized.
+/// then are transposed. Many tokens: `dequant_matmul::forward_many_tokens` over NF4 row ranges.
 #[allow(clippy::too_many_arguments)]
 pub fn cpu_forward(x: &[f32], packed: &[u8], absmax: &[f32], bs: usize, y: &mut [f32], t: usize, n: usize, k: usize) {
     assert!(x.len() >= t * k && y.len() >= t * n, "matmul_nf4: buffers too small");
     if t >= MANY_TOKENS {
-        let y_len = y.len();
-        let out = cpu::SharedOut::new(y);
-        cpu::for_each_with_buffer(n.div_ceil(TILE_ROWS), TILE_ROWS * k, |i, tile| {
-            let (n0, rows) = (i * TILE_ROWS, TILE_ROWS.min(n - i * TILE_ROWS));
-            let tile = &mut tile[..rows * k];
-            dequantize_range(packed, absmax, bs, n0 * k, tile);
-            // y[:, n0..n0+rows] = x · tileᵀ. SAFETY: in bounds by the assert; tasks write
-            // disjoint column blocks of y.
-            debug_assert!(n0 + rows <= n && t * n <= y_len && tile.len() == rows * k);
-            unsafe { cpu::gemm_ptr(t, rows, k, x.as_ptr(), (k, 1), tile.as_ptr(), (1, k), out.at(n0), n, false, 1) };
-        });
-        return;
+        return dequant_matmul::forward_many_tokens(x, y, t, n, k, |n0, tile| dequantize_range(packed, absmax, bs, n0 * k, tile));
     }
     let mut yt = vec![0f32; n * t];
     let rows_per_task = n.div_ceil(4 * cpu::threads()).max(ROWS_PER_TASK);
@@ -513,12 +479,12 @@ pub fn cpu_forward(x: &[f32], packed: &[u8], absmax: &[f32], bs: usize, y: &mut 
     cpu::transpose_into(&yt, n, t, y);
 }
 
-/// CPU twin of `backward_dx` (the shared algorithm in `dequant_dx`), dequantizing NF4 ranges.
+/// CPU twin of `backward_dx` (the shared algorithm in `dequant_matmul`), dequantizing NF4 ranges.
 #[allow(clippy::too_many_arguments)]
 pub fn cpu_backward_dx(dy: &[f32], packed: &[u8], absmax: &[f32], bs: usize, dx: &mut [f32], t: usize, n: usize, k: usize) {
     assert!(dy.len() >= t * n && dx.len() >= t * k, "matmul_nf4: buffers too small");
     // Ranges start on block boundaries (a multiple of the block size, or of 64 for larger blocks).
-    dequant_dx::backward_dx::<COLS_PER_TASK>(dy, dx, t, n, k, bs.min(64), |row, k0, out| {
+    dequant_matmul::backward_dx::<COLS_PER_TASK>(dy, dx, t, n, k, bs.min(64), |row, k0, out| {
         dequantize_range(packed, absmax, bs, row * k + k0, out)
     });
 }

@@ -10,7 +10,7 @@
 pub mod attention;
 pub mod contract;
 pub mod cross_entropy;
-pub mod dequant_dx;
+pub mod dequant_matmul;
 pub mod elementwise;
 pub mod embedding;
 pub mod matmul;

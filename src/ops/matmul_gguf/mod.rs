@@ -40,7 +40,7 @@ pub const TYPES: [GgmlType; 11] = [
 
 // From MANY_TOKENS tokens on, the CPU twins dequantize W a tile of TILE_ROWS rows at a time and
 // hand the tile to the GEMM, sharing each dequantization among all tokens (as `matmul_nf4`).
-use crate::ops::dequant_dx::{self, MANY_TOKENS, TILE_ROWS};
+use crate::ops::dequant_matmul::{self, MANY_TOKENS};
 /// Weight rows per forward task at least; columns per few-token dx task (a multiple of every
 /// block size, 32 and 256, so slices start on block boundaries).
 const ROWS_PER_TASK: usize = 8;
@@ -114,28 +114,6 @@ impl GgufTensor {
     }
 }
 
-/// `input`'s shape with its last dimension (the width `found`, which must be `want`) set to `to`.
-fn swap_width(input: &Tensor, found: usize, want: usize, to: usize, w: &GgufTensor) -> Result<Vec<usize>> {
-    if found != want || input.shape().is_empty() {
-        return Err(Error::shape(
-            OP,
-            format!(
-                "`{}` {:?} has width {found}, the {} weight `{}` [N, K] = {:?} needs {want}",
-                input.label(),
-                input.shape(),
-                w.ty,
-                w.blocks.label(),
-                w.shape
-            ),
-        ));
-    }
-    let mut shape = input.shape().to_vec();
-    if let Some(last) = shape.last_mut() {
-        *last = to;
-    }
-    Ok(shape)
-}
-
 fn no_gpu_kernel(w: &GgufTensor) -> Error {
     Error::Limit {
         op: OP,
@@ -150,7 +128,7 @@ pub fn forward(dev: &Device, x: &Tensor, w: &GgufTensor) -> Result<Tensor> {
     x.expect(OP, DType::F32)?;
     let (t, k) = dims2(x);
     let (n, kw) = w.dims();
-    let shape = swap_width(x, k, kw, n, w)?;
+    let shape = dequant_matmul::swap_width(OP, x, k, kw, n, || format!("{} weight `{}` [N, K] = {:?}", w.ty, w.blocks.label(), w.shape))?;
     let mut y = Tensor::zeros(dev, "matmul_gguf.y", &shape, DType::F32);
     match dev {
         Device::Cpu(_) => cpu_forward(x.host_f32(OP)?, w.host_bytes(OP)?, w.ty, y.host_f32_mut(OP)?, t, n, k),
@@ -164,7 +142,7 @@ pub fn backward_dx(dev: &Device, dy: &Tensor, w: &GgufTensor) -> Result<Tensor> 
     dy.expect(OP, DType::F32)?;
     let (t, n) = dims2(dy);
     let (nw, k) = w.dims();
-    let shape = swap_width(dy, n, nw, k, w)?;
+    let shape = dequant_matmul::swap_width(OP, dy, n, nw, k, || format!("{} weight `{}` [N, K] = {:?}", w.ty, w.blocks.label(), w.shape))?;
     let mut dx = Tensor::zeros(dev, "matmul_gguf.dx", &shape, DType::F32);
     match dev {
         Device::Cpu(_) => cpu_backward_dx(dy.host_f32(OP)?, w.host_bytes(OP)?, w.ty, dx.host_f32_mut(OP)?, t, n, k),
@@ -183,8 +161,7 @@ fn deq(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
 
 /// CPU twin of `forward` on the packed rows `w` ([N · row_bytes]). Few tokens: tasks of rows,
 /// each row dequantized once into a [K] buffer and dotted with every token (yᵀ [N, T], then
-/// transposed). Many tokens: tiles of `TILE_ROWS` rows dequantized and multiplied by the GEMM,
-/// each on its own thread into its columns of y.
+/// transposed). Many tokens: `dequant_matmul::forward_many_tokens` over whole rows of blocks.
 pub fn cpu_forward(x: &[f32], w: &[u8], ty: GgmlType, y: &mut [f32], t: usize, n: usize, k: usize) {
     let (block, block_bytes) = ty.block();
     let rb = k / block * block_bytes;
@@ -197,18 +174,7 @@ pub fn cpu_forward(x: &[f32], w: &[u8], ty: GgmlType, y: &mut [f32], t: usize, n
         return;
     }
     if t >= MANY_TOKENS {
-        let y_len = y.len();
-        let out = cpu::SharedOut::new(y);
-        cpu::for_each_with_buffer(n.div_ceil(TILE_ROWS), TILE_ROWS * k, |i, tile| {
-            let (n0, rows) = (i * TILE_ROWS, TILE_ROWS.min(n - i * TILE_ROWS));
-            let tile = &mut tile[..rows * k];
-            deq(ty, &w[n0 * rb..(n0 + rows) * rb], tile);
-            // y[:, n0..n0+rows] = x · tileᵀ. SAFETY: in bounds by the assert; tasks write
-            // disjoint column blocks of y.
-            debug_assert!(n0 + rows <= n && t * n <= y_len && x.len() >= t * k && tile.len() == rows * k);
-            unsafe { cpu::gemm_ptr(t, rows, k, x.as_ptr(), (k, 1), tile.as_ptr(), (1, k), out.at(n0), n, false, 1) };
-        });
-        return;
+        return dequant_matmul::forward_many_tokens(x, y, t, n, k, |n0, tile| deq(ty, &w[n0 * rb..n0 * rb + tile.len() / k * rb], tile));
     }
     let mut yt = vec![0f32; n * t];
     let rows_per_task = n.div_ceil(4 * cpu::threads()).max(ROWS_PER_TASK);
@@ -413,12 +379,12 @@ mod simd {
     }
 }
 
-/// CPU twin of `backward_dx` (the shared algorithm in `dequant_dx`), dequantizing whole blocks.
+/// CPU twin of `backward_dx` (the shared algorithm in `dequant_matmul`), dequantizing whole blocks.
 pub fn cpu_backward_dx(dy: &[f32], w: &[u8], ty: GgmlType, dx: &mut [f32], t: usize, n: usize, k: usize) {
     let (block, block_bytes) = ty.block();
     let rb = k / block * block_bytes;
     assert!(k % block == 0 && dy.len() >= t * n && dx.len() >= t * k && w.len() >= n * rb, "matmul_gguf: buffers too small");
     // Bytes of row `nn`'s elements k0..k0+kw (both multiples of the block).
     let slice = |nn: usize, k0: usize, kw: usize| &w[nn * rb + k0 / block * block_bytes..][..kw / block * block_bytes];
-    dequant_dx::backward_dx::<COLS_PER_TASK>(dy, dx, t, n, k, block.max(64), |row, k0, out| deq(ty, slice(row, k0, out.len()), out));
+    dequant_matmul::backward_dx::<COLS_PER_TASK>(dy, dx, t, n, k, block.max(64), |row, k0, out| deq(ty, slice(row, k0, out.len()), out));
 }
