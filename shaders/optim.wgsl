@@ -1,8 +1,9 @@
 // Optimizer steps, in place on f32 vectors of length N: AdamW (decoupled weight decay) and SophiaG
 // with its Hessian EMA; the sum of squares (global gradient norm) as a two-pass reduction; and the
 // labels Sophia's Gauss-Newton-Bartlett estimator samples from the model's own softmax.
-// Everything that comes from the host arrives in the uniform params (bias corrections included),
-// so a step never waits on a read-back.
+// Everything that comes from the host arrives in the uniform params (bias corrections included);
+// what only the device knows (the clipping factor, whether the step was finite) reaches the
+// updates through `control`, which step_stats writes, so a step never waits on a read-back.
 
 struct AdamParams {
     n: u32,
@@ -12,7 +13,7 @@ struct AdamParams {
     decay: f32,      // 1 - lr * weight_decay
     step_size: f32,  // lr / (1 - beta1^t)
     bc2_sqrt: f32,   // sqrt(1 - beta2^t)
-    grad_scale: f32, // multiplies g first (clipping factor, 1 / accumulation steps)
+    _pad: u32,
 }
 
 struct SophiaParams {
@@ -22,8 +23,8 @@ struct SophiaParams {
     eps: f32,
     decay: f32, // 1 - lr * weight_decay
     lr: f32,
-    grad_scale: f32,
-    _pad: u32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 struct HessianParams {
@@ -40,6 +41,13 @@ struct ReduceParams {
     square: u32, // 1: sum x^2, 0: sum x
 }
 
+struct StatsParams {
+    slot: u32,       // this step's row of step_log
+    clip: f32,       // global gradient-norm clip (0: none)
+    loss_scale: f32, // 1 / the step's targets
+    flex_coef: f32,  // lambda / matrices (0 when FLeX is off)
+}
+
 struct SampleParams {
     rows: u32,
     vocab: u32,
@@ -52,6 +60,7 @@ struct SampleParams {
 @group(0) @binding(0) var<uniform> hessian_p: HessianParams;
 @group(0) @binding(0) var<uniform> reduce_p: ReduceParams;
 @group(0) @binding(0) var<uniform> sample_p: SampleParams;
+@group(0) @binding(0) var<uniform> stats_p: StatsParams;
 
 // Each storage binding number has one buffer and one meaning in this file (binding 0 is the
 // entry point's own params struct); an entry point binds the subset it uses.
@@ -71,6 +80,14 @@ struct SampleParams {
 @group(0) @binding(10) var<storage, read> logits: array<f32>;         // [N, V]
 @group(0) @binding(11) var<storage, read> targets: array<u32>;        // [N]
 @group(0) @binding(12) var<storage, read_write> labels: array<u32>;   // [N]
+// adamw, sophia: [scale, go] (go 0: change nothing), written by step_stats
+@group(0) @binding(13) var<storage, read> control: array<f32>;        // [2]
+// step_stats: the step's sums in, the update's control and the step's log row out
+@group(0) @binding(14) var<storage, read> loss_sum: array<f32>;       // [1]
+@group(0) @binding(15) var<storage, read> norm2: array<f32>;          // [1]
+@group(0) @binding(16) var<storage, read> flex_value: array<f32>;     // [1]
+@group(0) @binding(17) var<storage, read_write> control_out: array<f32>; // [2]
+@group(0) @binding(18) var<storage, read_write> step_log: array<f32>;    // [slots, 4]
 
 override WG: u32 = 256u;
 
@@ -85,8 +102,8 @@ fn index(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
 @compute @workgroup_size(WG)
 fn adamw(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let i = index(wid, nwg, lid);
-    if i >= adam_p.n { return; }
-    let gi = adam_p.grad_scale * g[i];
+    if i >= adam_p.n || control[1] == 0.0 { return; }
+    let gi = control[0] * g[i];
     let mi = adam_p.beta1 * m[i] + (1.0 - adam_p.beta1) * gi;
     let vi = adam_p.beta2 * v[i] + (1.0 - adam_p.beta2) * gi * gi;
     m[i] = mi;
@@ -100,8 +117,8 @@ fn adamw(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
 @compute @workgroup_size(WG)
 fn sophia(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let i = index(wid, nwg, lid);
-    if i >= sophia_p.n { return; }
-    let gi = sophia_p.grad_scale * g[i];
+    if i >= sophia_p.n || control[1] == 0.0 { return; }
+    let gi = control[0] * g[i];
     let mi = sophia_p.beta1 * m[i] + (1.0 - sophia_p.beta1) * gi;
     m[i] = mi;
     let ratio = clamp(mi / max(sophia_p.rho * h[i], sophia_p.eps), -1.0, 1.0);
@@ -114,6 +131,31 @@ fn sophia_hessian(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     if i >= hessian_p.n { return; }
     let gi = ghat[i];
     h_ema[i] = hessian_p.beta2 * h_ema[i] + (1.0 - hessian_p.beta2) * (hessian_p.scale * gi * gi);
+}
+
+// Not inf or NaN, from the bits: a compiler may assume floats are finite and fold `x == x`.
+fn is_finite(x: f32) -> bool {
+    return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u;
+}
+
+// One thread: the step's loss, gradient norm and FLeX penalty into its log row, and the update's
+// control: the clipping factor, and go = 0 from the first non-finite step on.
+@compute @workgroup_size(1)
+fn step_stats() {
+    let loss = stats_p.loss_scale * loss_sum[0];
+    let norm = sqrt(norm2[0]);
+    let finite = is_finite(loss) && is_finite(norm);
+    var scale = 1.0;
+    if stats_p.clip > 0.0 && norm > stats_p.clip {
+        scale = stats_p.clip / norm;
+    }
+    control_out[0] = scale;
+    control_out[1] = select(0.0, 1.0, finite && control_out[1] != 0.0);
+    let row = stats_p.slot * 4u;
+    step_log[row] = loss;
+    step_log[row + 1u] = norm;
+    step_log[row + 2u] = stats_p.flex_coef * flex_value[0];
+    step_log[row + 3u] = select(0.0, 1.0, finite);
 }
 
 var<workgroup> sums: array<f32, WG>;

@@ -267,13 +267,17 @@ pub fn train(dev: &Device, model: &mut crate::model::Model, t: usize, steps: usi
     let mut store = AdapterStore::new(dev, model, &opt);
     let flex = FlexConfig { mode: FlexMode::Off, ..FlexConfig::default() };
     let mut total = 0.0;
+    let mut log = step::StepLog::new(dev, 1)?;
     for step in 0..=steps {
         let t0 = Instant::now();
         let settings = step::StepSettings { step, seed: 0, lr: 1e-4, clip: 0.0, recompute, flex: &flex };
-        let r = step::step(dev, model, &mut store, &opt, &batch, &settings)?;
-        if let Device::Gpu(g) = dev {
-            g.wait();
+        step::step(dev, model, &mut store, &opt, &batch, &settings, &mut log)?;
+        // The read-back waits for the step (a trainer reads once per log interval).
+        let logged = block_on(Some(dev), log.read(dev))?;
+        if let Some(e) = logged.error {
+            return Err(e);
         }
+        let r = logged.steps[0];
         let secs = t0.elapsed().as_secs_f64();
         let what = if step == 0 { "warm-up" } else { "step" };
         let _ = writeln!(out, "  {what} {step}: {secs:.2} s ({:.1} tokens/s), loss {:.4}, |g| {:.4}", t as f64 / secs, r.loss, r.grad_norm);

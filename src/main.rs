@@ -675,7 +675,7 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
         Command::Web(args) => web(args),
         Command::Experiment { spec, device, backend } => {
             let mut dev = || Ok(block_on(None, device::select(device, backend))?.device);
-            let (_, report) = flexlora::experiment::run(&spec, &mut dev, &mut |line| eprintln!("{line}"))?;
+            let (_, report) = block_on(None, flexlora::experiment::run(&spec, &mut dev, &mut |line| eprintln!("{line}")))?;
             println!("{}", report.table);
             Ok(())
         }
@@ -746,7 +746,11 @@ fn train(a: TrainArgs, m: &clap::ArgMatches) -> Result<()> {
         params as f64 / 1e6,
         bytes as f64 / (1 << 20) as f64
     );
-    let tr = Trainer::new(sel.device, model, &tok, cfg, a.resume.as_deref())?;
+    let mut tr = Trainer::new(sel.device, model, &tok, cfg, a.resume.as_deref())?;
+    if !matches!(tr.dev, flexlora::Device::Cpu(_)) {
+        // One read-back of the steps' numbers per progress line on a GPU.
+        tr.readback_every = a.log_every.max(1);
+    }
     // A resumed run writes into its own directory, whatever --out says.
     let checks = checks.map(|c| flexlora::eval::during_training::TrainingEval { out: tr.cfg.out.clone(), ..c });
     let bar = indicatif::ProgressBar::new(tr.total_steps as u64);
@@ -761,11 +765,13 @@ fn train(a: TrainArgs, m: &clap::ArgMatches) -> Result<()> {
     let (t_run, mut step0) = (std::time::Instant::now(), None);
     let mut check = |tr: &Trainer| checks.as_ref().expect("a probe only with --eval-every").check(&tr.dev, &tr.model, &tok, tr.step);
     let probe = checks.as_ref().map(|_| run::Probe { every: a.eval_every, check: &mut check });
-    let summary = run::run_with(tr, probe, &mut |e| match e {
-        Event::Started { trainer } => {
-            let (trainable, total) = trainer.model.trainable_params();
-            let s = &trainer.stats;
-            say(format!(
+    let summary = block_on(
+        None,
+        run::run_with(tr, probe, &mut |e| match e {
+            Event::Started { trainer } => {
+                let (trainable, total) = trainer.model.trainable_params();
+                let s = &trainer.stats;
+                say(format!(
                 "trainable parameters: {trainable} of {total} ({:.3}%); data: {} examples ({} truncated to {} tokens, {} left without targets and skipped), {} tokens, {} trained",
                 100.0 * trainable as f64 / total as f64,
                 s.examples,
@@ -775,42 +781,44 @@ fn train(a: TrainArgs, m: &clap::ArgMatches) -> Result<()> {
                 s.tokens,
                 s.target_tokens
             ));
-            if let Some(p) = &trainer.resumed_from {
-                say(format!("resumed from {} at step {}", p.display(), trainer.step));
+                if let Some(p) = &trainer.resumed_from {
+                    say(format!("resumed from {} at step {}", p.display(), trainer.step));
+                }
+                if let Some(v) = &trainer.val {
+                    say(format!("validation: {} examples of {} every {} steps", v.examples.len(), v.name, trainer.cfg.val_every));
+                }
+                bar.set_position(trainer.step as u64);
+                step0 = Some((trainer.step, trainer.total_steps));
             }
-            if let Some(v) = &trainer.val {
-                say(format!("validation: {} examples of {} every {} steps", v.examples.len(), v.name, trainer.cfg.val_every));
+            Event::Step(r) => {
+                tok_s = if tok_s == 0.0 { r.tokens as f64 / r.seconds } else { 0.8 * tok_s + 0.2 * r.tokens as f64 / r.seconds };
+                let flex = r.flex_penalty.map(|p| format!(" flex {p:.4}")).unwrap_or_default();
+                bar.set_message(format!("loss {:.4}{flex}  lr {:.2e}  |g| {:.3}  {tok_s:.0} tok/s", r.loss, r.lr, r.grad_norm));
+                bar.set_position(r.step as u64);
+                let (first, total) = step0.unwrap_or((0, r.step));
+                if bar.is_hidden() && a.log_every > 0 && (r.step.is_multiple_of(a.log_every) || r.step == total) {
+                    let elapsed = t_run.elapsed().as_secs_f64();
+                    let eta = elapsed / (r.step - first).max(1) as f64 * (total - r.step) as f64;
+                    let hms = |s: f64| format!("{}:{:02}:{:02}", s as u64 / 3600, s as u64 / 60 % 60, s as u64 % 60);
+                    eprintln!(
+                        "step {}/{total}  loss {:.4}{flex}  {tok_s:.0} tok/s  elapsed {}  ETA {}",
+                        r.step,
+                        r.loss,
+                        hms(elapsed),
+                        hms(eta)
+                    );
+                }
             }
-            bar.set_position(trainer.step as u64);
-            step0 = Some((trainer.step, trainer.total_steps));
-        }
-        Event::Step(r) => {
-            tok_s = if tok_s == 0.0 { r.tokens as f64 / r.seconds } else { 0.8 * tok_s + 0.2 * r.tokens as f64 / r.seconds };
-            let flex = r.flex_penalty.map(|p| format!(" flex {p:.4}")).unwrap_or_default();
-            bar.set_message(format!("loss {:.4}{flex}  lr {:.2e}  |g| {:.3}  {tok_s:.0} tok/s", r.loss, r.lr, r.grad_norm));
-            bar.set_position(r.step as u64);
-            let (first, total) = step0.unwrap_or((0, r.step));
-            if bar.is_hidden() && a.log_every > 0 && (r.step.is_multiple_of(a.log_every) || r.step == total) {
-                let elapsed = t_run.elapsed().as_secs_f64();
-                let eta = elapsed / (r.step - first).max(1) as f64 * (total - r.step) as f64;
-                let hms = |s: f64| format!("{}:{:02}:{:02}", s as u64 / 3600, s as u64 / 60 % 60, s as u64 % 60);
-                eprintln!(
-                    "step {}/{total}  loss {:.4}{flex}  {tok_s:.0} tok/s  elapsed {}  ETA {}",
-                    r.step,
-                    r.loss,
-                    hms(elapsed),
-                    hms(eta)
-                );
+            Event::Validated(v) => {
+                say(format!("step {}: validation loss {:.4} ({} tokens, {:.1} s)", v.step, v.val_loss, v.val_tokens, v.seconds))
             }
-        }
-        Event::Validated(v) => {
-            say(format!("step {}: validation loss {:.4} ({} tokens, {:.1} s)", v.step, v.val_loss, v.val_tokens, v.seconds))
-        }
-        Event::Evaluated(e) => {
-            say(format!("step {}: pass@1 {:.4} on {} ({}/{} tasks, {:.1} s)", e.step, e.pass1, e.eval_task, e.passed, e.tasks, e.seconds))
-        }
-        Event::Saved(p) => say(format!("checkpoint {}", p.display())),
-    })?;
+            Event::Evaluated(e) => say(format!(
+                "step {}: pass@1 {:.4} on {} ({}/{} tasks, {:.1} s)",
+                e.step, e.pass1, e.eval_task, e.passed, e.tasks, e.seconds
+            )),
+            Event::Saved(p) => say(format!("checkpoint {}", p.display())),
+        }),
+    )?;
     bar.finish();
     println!(
         "trained {} steps, loss {:.4} -> {:.4}, {} tokens in {:.1} s ({:.1} tokens/s), peak memory {:.0} MiB",

@@ -426,7 +426,7 @@ fn new_trainer(cfg: &TrainConfig, resume: Option<&Path>) -> flexlora::Result<Tra
 }
 
 fn train(cfg: &TrainConfig, resume: Option<&Path>) -> flexlora::Result<run::Summary> {
-    run::run(new_trainer(cfg, resume)?, &mut |_| {})
+    flexlora::device::block_on(None, run::run(new_trainer(cfg, resume)?, &mut |_| {}))
 }
 
 #[test]
@@ -685,7 +685,7 @@ fn resume_writes_only_into_the_resumed_run_and_removes_leftovers() {
     assert_eq!(tr.cfg.out, b);
     assert_eq!(tr.step, 2);
     assert!(!leftover.exists(), "the leftover temporary checkpoint is still there");
-    let summary = run::run(tr, &mut |_| {}).unwrap();
+    let summary = flexlora::device::block_on(None, run::run(tr, &mut |_| {})).unwrap();
     assert_eq!(summary.steps, 4);
     assert_eq!(snapshot(&[&a]), before_a, "resuming B changed files of A");
     assert!(b.join("checkpoints/step-0000004/state.json").exists());
@@ -716,7 +716,7 @@ fn examples_without_targets_are_skipped_and_counted() {
     let cfg = TrainConfig { max_len: 10, ..train_config(&model_dir, &data, &root.join("out")) };
     let mut tr = new_trainer(&cfg, None).unwrap();
     assert_eq!((tr.stats.examples, tr.stats.without_targets), (2, 1));
-    let r = tr.step().unwrap();
+    let r = flexlora::device::block_on(None, tr.step()).unwrap();
     assert!(r.targets > 0 && r.loss > 0.0, "{r:?}");
     let _ = std::fs::remove_dir_all(&root);
 }

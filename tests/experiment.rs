@@ -244,7 +244,8 @@ train = {{ flex = {{ mode = "published" }} }}
     let mut device = || Ok(flexlora::Device::cpu());
 
     let mut lines = Vec::new();
-    let (first, rep) = flexlora::experiment::run(&spec_path, &mut device, &mut |l| lines.push(l.to_string())).unwrap();
+    let (first, rep) =
+        flexlora::device::block_on(None, flexlora::experiment::run(&spec_path, &mut device, &mut |l| lines.push(l.to_string()))).unwrap();
     assert_eq!(
         first.iter().map(|o| (o.arm.as_str(), o.skipped)).collect::<Vec<_>>(),
         [("base", false), ("lora", false), ("lora-published", false)]
@@ -278,7 +279,8 @@ train = {{ flex = {{ mode = "published" }} }}
     let adapter = runner::run_dir(&spec, "lora", 0).join("train/adapter/adapter_model.safetensors");
     let before: Vec<_> = done.iter().chain([&adapter]).map(|p| mtime(p)).collect();
     let mut lines = Vec::new();
-    let (second, _) = flexlora::experiment::run(&spec_path, &mut device, &mut |l| lines.push(l.to_string())).unwrap();
+    let (second, _) =
+        flexlora::device::block_on(None, flexlora::experiment::run(&spec_path, &mut device, &mut |l| lines.push(l.to_string()))).unwrap();
     assert!(second.iter().all(|o| o.skipped), "{second:?}");
     assert_eq!(lines.iter().filter(|l| l.contains("finished earlier, skipped")).count(), 3, "{lines:#?}");
     assert_eq!(done.iter().chain([&adapter]).map(|p| mtime(p)).collect::<Vec<_>>(), before);
@@ -287,7 +289,8 @@ train = {{ flex = {{ mode = "published" }} }}
     // not repeated (its adapter is reused) and evaluation reuses its finished samples.
     std::fs::remove_file(&done[1]).unwrap();
     let mut lines = Vec::new();
-    let (third, _) = flexlora::experiment::run(&spec_path, &mut device, &mut |l| lines.push(l.to_string())).unwrap();
+    let (third, _) =
+        flexlora::device::block_on(None, flexlora::experiment::run(&spec_path, &mut device, &mut |l| lines.push(l.to_string()))).unwrap();
     assert_eq!(third.iter().map(|o| o.skipped).collect::<Vec<_>>(), [true, false, true]);
     assert!(lines.iter().any(|l| l.contains("training finished earlier")), "{lines:#?}");
     assert_eq!(mtime(&adapter), before[3], "the adapter was rewritten");

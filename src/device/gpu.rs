@@ -3,7 +3,9 @@
 //! Dispatches are recorded into one pending command encoder and submitted together when results
 //! are read back (or on `flush`), so a chain of ops costs one submit. Nothing here blocks on the
 //! GPU: read-back returns a future that resolves from wgpu's `map_async` callback, which is what the
-//! browser requires. The native front end drives such futures with `device::block_on`.
+//! browser requires. Natively the future waits for the GPU itself when first polled (wgpu runs
+//! callbacks only from `poll` there), so async library code needs no device-aware executor: the
+//! front end drives it with `device::block_on`.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -248,8 +250,16 @@ impl GpuDevice {
             }
         });
         let label = label.to_string();
+        #[cfg(not(target_arch = "wasm32"))]
+        let device = self.device.clone();
         async move {
-            MapFuture { state }.await.map_err(|detail| Error::Readback { tensor: label.clone(), detail })?;
+            MapFuture {
+                state,
+                #[cfg(not(target_arch = "wasm32"))]
+                device,
+            }
+            .await
+            .map_err(|detail| Error::Readback { tensor: label.clone(), detail })?;
             let view = staging.get_mapped_range(..).map_err(|e| Error::Readback { tensor: label, detail: e.to_string() })?;
             let out = view[..bytes as usize].to_vec();
             drop(view);
@@ -279,11 +289,19 @@ struct MapState {
 
 struct MapFuture {
     state: Arc<Mutex<MapState>>,
+    /// Natively, what to wait on: the map callback runs only inside `poll` on this device.
+    #[cfg(not(target_arch = "wasm32"))]
+    device: wgpu::Device,
 }
 
 impl Future for MapFuture {
     type Output = std::result::Result<(), String>;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        #[cfg(not(target_arch = "wasm32"))]
+        if self.state.lock().unwrap().result.is_none() {
+            // Not under the lock: the callback takes it.
+            let _ = self.device.poll(wgpu::PollType::wait_indefinitely());
+        }
         let mut s = self.state.lock().unwrap();
         match s.result.take() {
             Some(r) => Poll::Ready(r),

@@ -262,10 +262,9 @@ pub async fn open_each(backend: Option<BackendChoice>) -> Vec<Opened> {
 }
 
 /// Drives a future to completion on native targets, polling the GPU while it is pending; the
-/// browser awaits instead. Meant for the top of native programs (CLI, tests, benches), but native-only
-/// library code calls it too where it reads results back: the training step (`train::step`),
-/// checkpoints and adapter saving (`train::checkpoint`, `model::load::peft::save`) and evaluation
-/// (`eval::job`, `eval::ppl`). Code that must run in the browser cannot use it.
+/// browser awaits instead. Meant for the top of native programs (CLI, tests, benches). A read-back
+/// future waits for its GPU by itself natively, so `device` only lets other futures (a GPU's
+/// `open`) make progress. Code that must run in the browser cannot use it.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn block_on<T>(device: Option<&Device>, fut: impl std::future::Future<Output = T>) -> T {
     use std::task::{Context, Poll, Waker};

@@ -20,13 +20,13 @@ pub mod stats;
 
 /// Loads the spec, runs what is unfinished and writes the report.
 #[cfg(target_os = "linux")]
-pub fn run(
+pub async fn run(
     spec_path: &std::path::Path,
     device: &mut dyn FnMut() -> crate::Result<crate::Device>,
     say: &mut dyn FnMut(&str),
 ) -> crate::Result<(Vec<runner::RunOutcome>, report::Report)> {
     let spec = spec::load(spec_path)?;
-    let outcomes = runner::run(&spec, device, say)?;
+    let outcomes = runner::run(&spec, device, say).await?;
     let report = report::write(&spec)?;
     Ok((outcomes, report))
 }

@@ -107,7 +107,7 @@ pub fn plan(spec: &Spec) -> Vec<(&Arm, u64)> {
 
 /// Runs every unfinished (arm, seed). `device` makes the device a run trains and evaluates on
 /// (a trainer owns its device); `say` receives one progress line per run and a few within.
-pub fn run(spec: &Spec, device: &mut dyn FnMut() -> Result<Device>, say: &mut dyn FnMut(&str)) -> Result<Vec<RunOutcome>> {
+pub async fn run(spec: &Spec, device: &mut dyn FnMut() -> Result<Device>, say: &mut dyn FnMut(&str)) -> Result<Vec<RunOutcome>> {
     std::fs::create_dir_all(&spec.out).map_err(io_at(&spec.out, "create"))?;
     let runs = plan(spec);
     let total = runs.len();
@@ -126,7 +126,7 @@ pub fn run(spec: &Spec, device: &mut dyn FnMut() -> Result<Device>, say: &mut dy
         let t = Instant::now();
         let summary = match arm.kind {
             ArmKind::Published => published(spec, arm, seed)?,
-            _ => one(spec, arm, seed, device, &mut |line| say(&format!("{tag}: {line}")))?,
+            _ => one(spec, arm, seed, device, &mut |line| say(&format!("{tag}: {line}"))).await?,
         };
         let dir = run_dir(spec, &arm.name, seed);
         std::fs::create_dir_all(&dir).map_err(io_at(&dir, "create"))?;
@@ -190,7 +190,13 @@ fn published(spec: &Spec, arm: &Arm, seed: u64) -> Result<RunSummary> {
 }
 
 /// Trains (unless base) and evaluates one (arm, seed).
-fn one(spec: &Spec, arm: &Arm, seed: u64, device: &mut dyn FnMut() -> Result<Device>, say: &mut dyn FnMut(&str)) -> Result<RunSummary> {
+async fn one(
+    spec: &Spec,
+    arm: &Arm,
+    seed: u64,
+    device: &mut dyn FnMut() -> Result<Device>,
+    say: &mut dyn FnMut(&str),
+) -> Result<RunSummary> {
     let t0 = Instant::now();
     let dir = run_dir(spec, &arm.name, seed);
     let train_dir = dir.join("train");
@@ -207,7 +213,7 @@ fn one(spec: &Spec, arm: &Arm, seed: u64, device: &mut dyn FnMut() -> Result<Dev
                 cfg.flex.lambda = lambda;
                 selected_from = Some(name);
             }
-            Some(train(cfg, device()?, say)?)
+            Some(train(cfg, device()?, say).await?)
         }
     };
     let dev = device()?;
@@ -257,7 +263,7 @@ fn one(spec: &Spec, arm: &Arm, seed: u64, device: &mut dyn FnMut() -> Result<Dev
 
 /// Trains to the end (resuming from the last checkpoint when there is one), or reads the result
 /// of a training that finished before the run was interrupted.
-fn train(cfg: crate::train::config::TrainConfig, dev: Device, say: &mut dyn FnMut(&str)) -> Result<TrainResult> {
+async fn train(cfg: crate::train::config::TrainConfig, dev: Device, say: &mut dyn FnMut(&str)) -> Result<TrainResult> {
     let out = cfg.out.clone();
     let (mode, lambda) = (cfg.flex.mode, cfg.flex.lambda);
     let done = out.join("summary.json");
@@ -280,7 +286,8 @@ fn train(cfg: crate::train::config::TrainConfig, dev: Device, say: &mut dyn FnMu
                     say(&format!("step {}/{total}: loss {:.4}{flex}, {:.1} s/step", r.step, r.loss, r.seconds));
                 }
             }
-        })?;
+        })
+        .await?;
         summary.seconds
     };
     let history = crate::train::metrics::read(&out.join("metrics.jsonl"), usize::MAX)?;

@@ -173,6 +173,7 @@ pub fn all() -> Vec<Contract> {
         optim::SOPHIA.contract(),
         optim::SOPHIA_HESSIAN.contract(),
         optim::REDUCE.contract(),
+        optim::STEP_STATS.contract(),
         optim::SAMPLE_LABELS.contract(),
         quant_nf4::QUANTIZE.contract(),
         quant_nf4::DEQUANTIZE.contract(),

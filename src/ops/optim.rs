@@ -2,11 +2,11 @@
 //! the sum of squares behind global gradient-norm clipping, and the labels Sophia's
 //! Gauss-Newton-Bartlett estimator samples from the model. Kernels: `shaders/optim.wgsl`.
 //!
-//! Every per-step value the host knows (learning rate, bias corrections, clipping factor) travels
-//! in the uniform params, so these updates never read back from the GPU themselves. The clipping
-//! factor is the caller's: `train::step` reads back the gradient norm (`sum_squares`) to form it,
-//! and also reads back each micro-batch's loss and the FLeX value, so a step drains the queue
-//! several times, not once.
+//! Every per-step value the host knows (learning rate, bias corrections) travels in the uniform
+//! params. What only the device knows during a step stays there: `step_stats` turns the step's
+//! loss sum, gradient sum of squares and FLeX value into the clipping factor and a go flag (the
+//! update's `control`, [scale, go]) and appends the step's numbers to a log on the device, which
+//! the trainer reads back once per log interval. A step therefore never waits on the GPU.
 
 use crate::device::Device;
 use crate::error::{Error, Result};
@@ -64,7 +64,7 @@ params! {
         decay: f32,
         step_size: f32,
         bc2_sqrt: f32,
-        grad_scale: f32,
+        _pad: u32,
     }
 }
 
@@ -76,8 +76,8 @@ params! {
         eps: f32,
         decay: f32,
         lr: f32,
-        grad_scale: f32,
-        _pad: u32,
+        _pad0: u32,
+        _pad1: u32,
     }
 }
 
@@ -100,6 +100,15 @@ params! {
 }
 
 params! {
+    struct StatsParams {
+        slot: u32,
+        clip: f32,
+        loss_scale: f32,
+        flex_coef: f32,
+    }
+}
+
+params! {
     struct SampleParams {
         rows: u32,
         vocab: u32,
@@ -115,13 +124,19 @@ const REDUCE_CHUNK: u32 = WG * 16;
 
 const SHARED: &[(&str, u32)] = &[("WG", WG)];
 
-pub(crate) static ADAMW: Entry<AdamParams, 4> =
-    Entry::new(&shaders::OPTIM, "adamw", [read(1, "g"), write(2, "param"), write(3, "m"), write(4, "v")], SHARED);
-pub(crate) static SOPHIA: Entry<SophiaParams, 4> =
-    Entry::new(&shaders::OPTIM, "sophia", [read(1, "g"), write(2, "param"), write(3, "m"), read(5, "h")], SHARED);
+pub(crate) static ADAMW: Entry<AdamParams, 5> =
+    Entry::new(&shaders::OPTIM, "adamw", [read(1, "g"), write(2, "param"), write(3, "m"), write(4, "v"), read(13, "control")], SHARED);
+pub(crate) static SOPHIA: Entry<SophiaParams, 5> =
+    Entry::new(&shaders::OPTIM, "sophia", [read(1, "g"), write(2, "param"), write(3, "m"), read(5, "h"), read(13, "control")], SHARED);
 pub(crate) static SOPHIA_HESSIAN: Entry<HessianParams, 2> =
     Entry::new(&shaders::OPTIM, "sophia_hessian", [read(6, "ghat"), write(7, "h_ema")], SHARED);
 pub(crate) static REDUCE: Entry<ReduceParams, 2> = Entry::new(&shaders::OPTIM, "reduce", [read(8, "x"), write(9, "partials")], SHARED);
+pub(crate) static STEP_STATS: Entry<StatsParams, 5> = Entry::new(
+    &shaders::OPTIM,
+    "step_stats",
+    [read(14, "loss_sum"), read(15, "norm2"), read(16, "flex_value"), write(17, "control_out"), write(18, "step_log")],
+    &[],
+);
 pub(crate) static SAMPLE_LABELS: Entry<SampleParams, 3> =
     Entry::new(&shaders::OPTIM, "sample_labels", [read(10, "logits"), read(11, "targets"), write(12, "labels")], SHARED);
 
@@ -134,6 +149,11 @@ fn check_beta(op: &'static str, name: &str, beta: f32) -> Result<()> {
         });
     }
     Ok(())
+}
+
+fn check_control(op: &'static str, control: &Tensor) -> Result<()> {
+    control.expect(op, DType::F32)?;
+    check_shape(op, control, &[2])
 }
 
 /// Checks that every tensor in `ts` is f32 with the shape of `p`.
@@ -151,8 +171,23 @@ fn check_same(op: &'static str, p: &Tensor, ts: &[&Tensor]) -> Result<()> {
     Ok(())
 }
 
-/// One AdamW step in place. `step` is 1-based (bias correction), `lr` this step's learning rate,
-/// `grad_scale` multiplies the gradient first (global-norm clipping factor, 1/accumulation...).
+/// The [2] f32 `control` of an update: [scale, go]. The update multiplies the gradient by `scale`
+/// first (global-norm clipping factor...), and changes nothing when `go` is 0. `train::step`
+/// computes it on the device (`step_stats`); this makes one from host values.
+pub fn control(dev: &Device, scale: f32) -> Result<Tensor> {
+    Tensor::from_f32(dev, "control", &[2], &[scale, 1.0])
+}
+
+/// (scale, go) of a `control` tensor on the CPU.
+fn host_control(op: &'static str, control: &Tensor) -> Result<Option<f32>> {
+    control.expect(op, DType::F32)?;
+    check_shape(op, control, &[2])?;
+    let c = control.host_f32(op)?;
+    Ok(if c[1] == 0.0 { None } else { Some(c[0]) })
+}
+
+/// One AdamW step in place. `step` is 1-based (bias correction), `lr` this step's learning rate;
+/// `control` ([scale, go], see [`control`]) scales the gradient first or skips the update.
 /// p -= lr*wd*p; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; p -= lr * (m/(1-b1^t)) / (sqrt(v/(1-b2^t)) + eps)
 #[allow(clippy::too_many_arguments)]
 pub fn adamw(
@@ -164,10 +199,11 @@ pub fn adamw(
     hp: &AdamW,
     lr: f32,
     step: u32,
-    grad_scale: f32,
+    control: &Tensor,
 ) -> Result<()> {
     const OP: &str = "adamw";
     check_same(OP, p, &[g, m, v])?;
+    check_control(OP, control)?;
     check_beta(OP, "beta1", hp.beta1)?;
     check_beta(OP, "beta2", hp.beta2)?;
     if step == 0 {
@@ -188,13 +224,14 @@ pub fn adamw(
         decay: 1.0 - lr * hp.weight_decay,
         step_size: (lr as f64 / (1.0 - (hp.beta1 as f64).powf(t))) as f32,
         bc2_sqrt: (1.0 - (hp.beta2 as f64).powf(t)).sqrt() as f32,
-        grad_scale,
+        _pad: 0,
     };
     match dev {
         Device::Cpu(_) => {
+            let Some(scale) = host_control(OP, control)? else { return Ok(()) };
             let (g, m, v) = (g.host_f32(OP)?, m.host_f32_mut(OP)?, v.host_f32_mut(OP)?);
             for (i, p) in p.host_f32_mut(OP)?.iter_mut().enumerate() {
-                let gi = k.grad_scale * g[i];
+                let gi = scale * g[i];
                 m[i] = k.beta1 * m[i] + (1.0 - k.beta1) * gi;
                 v[i] = k.beta2 * v[i] + (1.0 - k.beta2) * gi * gi;
                 let denom = v[i].sqrt() / k.bc2_sqrt + k.eps;
@@ -202,7 +239,7 @@ pub fn adamw(
             }
         }
         Device::Gpu(gd) => {
-            let bufs = [g.bind(OP)?, p.bind(OP)?, m.bind(OP)?, v.bind(OP)?];
+            let bufs = [g.bind(OP)?, p.bind(OP)?, m.bind(OP)?, v.bind(OP)?, control.bind(OP)?];
             ADAMW.dispatch(gd, &[("WG", WG)], &k, bufs, groups(gd, p.numel(), WG))?;
         }
     }
@@ -211,10 +248,12 @@ pub fn adamw(
 
 /// One SophiaG step in place (paper Algorithm 3 / official SophiaG):
 /// p *= 1 - lr*wd; m = b1 m + (1-b1) g; p -= lr * clip(m / max(rho*h, eps), -1, 1)
+/// `control` ([scale, go], see [`control`]) scales the gradient first or skips the update.
 #[allow(clippy::too_many_arguments)]
-pub fn sophia(dev: &Device, p: &mut Tensor, g: &Tensor, m: &mut Tensor, h: &Tensor, hp: &Sophia, lr: f32, grad_scale: f32) -> Result<()> {
+pub fn sophia(dev: &Device, p: &mut Tensor, g: &Tensor, m: &mut Tensor, h: &Tensor, hp: &Sophia, lr: f32, control: &Tensor) -> Result<()> {
     const OP: &str = "sophia";
     check_same(OP, p, &[g, m, h])?;
+    check_control(OP, control)?;
     check_beta(OP, "beta1", hp.beta1)?;
     let k = SophiaParams {
         n: p.numel() as u32,
@@ -223,21 +262,22 @@ pub fn sophia(dev: &Device, p: &mut Tensor, g: &Tensor, m: &mut Tensor, h: &Tens
         eps: hp.eps,
         decay: 1.0 - lr * hp.weight_decay,
         lr,
-        grad_scale,
-        _pad: 0,
+        _pad0: 0,
+        _pad1: 0,
     };
     match dev {
         Device::Cpu(_) => {
+            let Some(scale) = host_control(OP, control)? else { return Ok(()) };
             let (g, m, h) = (g.host_f32(OP)?, m.host_f32_mut(OP)?, h.host_f32(OP)?);
             for (i, p) in p.host_f32_mut(OP)?.iter_mut().enumerate() {
-                m[i] = k.beta1 * m[i] + (1.0 - k.beta1) * (k.grad_scale * g[i]);
+                m[i] = k.beta1 * m[i] + (1.0 - k.beta1) * (scale * g[i]);
                 // Written as the kernel's clamp: NaN in m stays NaN rather than becoming ±1.
                 let ratio = (m[i] / (k.rho * h[i]).max(k.eps)).clamp(-1.0, 1.0);
                 *p = *p * k.decay - k.lr * ratio;
             }
         }
         Device::Gpu(gd) => {
-            let bufs = [g.bind(OP)?, p.bind(OP)?, m.bind(OP)?, h.bind(OP)?];
+            let bufs = [g.bind(OP)?, p.bind(OP)?, m.bind(OP)?, h.bind(OP)?, control.bind(OP)?];
             SOPHIA.dispatch(gd, &[("WG", WG)], &k, bufs, groups(gd, p.numel(), WG))?;
         }
     }
@@ -266,48 +306,115 @@ pub fn sophia_hessian(dev: &Device, h: &mut Tensor, ghat: &Tensor, beta2: f32, s
     Ok(())
 }
 
-/// Sum of squares of all elements of all `ts` as a [1] f32 tensor on the device (global grad norm; the caller reads it back).
+/// Sum of squares of all elements of all `ts` as a [1] f32 tensor on the device (the global
+/// gradient norm's square, which `step_stats` reads).
 pub fn sum_squares(dev: &Device, ts: &[&Tensor]) -> Result<Tensor> {
-    const OP: &str = "sum_squares";
+    reduce(dev, ts, true)
+}
+
+/// Sum of all elements of all `ts` as a [1] f32 tensor on the device (a step's loss).
+pub fn sum(dev: &Device, ts: &[&Tensor]) -> Result<Tensor> {
+    reduce(dev, ts, false)
+}
+
+fn reduce(dev: &Device, ts: &[&Tensor], square: bool) -> Result<Tensor> {
+    let op: &'static str = if square { "sum_squares" } else { "sum" };
     for t in ts {
-        t.expect(OP, DType::F32)?;
+        t.expect(op, DType::F32)?;
     }
     match dev {
         Device::Cpu(_) => {
             // f64 accumulation: exact enough for any parameter count, and cheap at LoRA sizes.
             let mut s = 0f64;
             for t in ts {
-                s += t.host_f32(OP)?.iter().map(|&x| x as f64 * x as f64).sum::<f64>();
+                let x = t.host_f32(op)?;
+                s += if square { x.iter().map(|&x| x as f64 * x as f64).sum::<f64>() } else { x.iter().map(|&x| x as f64).sum::<f64>() };
             }
-            Tensor::from_f32(dev, "sum_squares", &[1], &[s as f32])
+            Tensor::from_f32(dev, op, &[1], &[s as f32])
         }
         Device::Gpu(gd) => {
             // Pass 1: every tensor writes one partial per REDUCE_CHUNK elements into its own range
             // of `partials`; pass 2: one workgroup sums the partials. Two passes, no atomics (WGSL
             // has no float atomics), and the result stays on the device.
-            let out = Tensor::zeros(dev, "sum_squares", &[1], DType::F32);
+            let out = Tensor::zeros(dev, op, &[1], DType::F32);
             let counts: Vec<usize> = ts.iter().map(|t| t.numel().div_ceil(REDUCE_CHUNK as usize)).collect();
             let total: usize = counts.iter().sum();
             if total == 0 {
                 return Ok(out);
             }
-            let partials = Tensor::zeros(dev, "sum_squares.partials", &[total], DType::F32);
+            let partials = Tensor::zeros(dev, "reduce.partials", &[total], DType::F32);
             let mut offset = 0;
             for (t, &count) in ts.iter().zip(&counts) {
                 if count == 0 {
                     continue;
                 }
-                let k = ReduceParams { n: t.numel() as u32, chunk: REDUCE_CHUNK, offset: offset as u32, square: 1 };
-                let bufs = [t.bind(OP)?, partials.bind(OP)?];
+                let k = ReduceParams { n: t.numel() as u32, chunk: REDUCE_CHUNK, offset: offset as u32, square: square as u32 };
+                let bufs = [t.bind(op)?, partials.bind(op)?];
                 REDUCE.dispatch(gd, &[("WG", WG)], &k, bufs, groups(gd, t.numel(), REDUCE_CHUNK))?;
                 offset += count;
             }
             let k = ReduceParams { n: total as u32, chunk: total as u32, offset: 0, square: 0 };
-            let bufs = [partials.bind(OP)?, out.bind(OP)?];
+            let bufs = [partials.bind(op)?, out.bind(op)?];
             REDUCE.dispatch(gd, &[("WG", WG)], &k, bufs, [1, 1, 1])?;
             Ok(out)
         }
     }
+}
+
+/// The numbers one training step records, read back by [`StepLog`]-style callers: `slot`'s four
+/// values in `step_log` [slots, 4].
+///
+/// From the step's loss sum (`loss_sum` [1], times `loss_scale` = 1 / targets), its gradients'
+/// sum of squares (`norm2` [1]) and the FLeX penalty's raw value (`flex_value` [1], times
+/// `flex_coef`), on the device:
+/// - `step_log[slot]` = [loss, gradient norm, FLeX penalty, 1 if the loss and the norm are finite else 0];
+/// - `control` = [clip factor, go]: the factor is `clip / norm` when `clip > 0` and the norm is
+///   larger, else 1; `go` stays 0 from the first non-finite step on, so that step's update and
+///   every later one change nothing until the host has read the log and stopped the run.
+#[allow(clippy::too_many_arguments)]
+pub fn step_stats(
+    dev: &Device,
+    loss_sum: &Tensor,
+    loss_scale: f32,
+    norm2: &Tensor,
+    flex_value: &Tensor,
+    flex_coef: f32,
+    clip: f32,
+    control: &mut Tensor,
+    step_log: &mut Tensor,
+    slot: usize,
+) -> Result<()> {
+    const OP: &str = "step_stats";
+    for t in [loss_sum, norm2, flex_value] {
+        t.expect(OP, DType::F32)?;
+        check_shape(OP, t, &[1])?;
+    }
+    check_control(OP, control)?;
+    step_log.expect(OP, DType::F32)?;
+    let slots = step_log.numel() / 4;
+    if step_log.shape() != [slots, 4] || slot >= slots {
+        return Err(Error::shape(OP, format!("slot {slot} of a step log of shape {:?} (want [slots, 4], slot < slots)", step_log.shape())));
+    }
+    let k = StatsParams { slot: slot as u32, clip, loss_scale, flex_coef };
+    match dev {
+        Device::Cpu(_) => {
+            let (l, n2, f) = (loss_sum.host_f32(OP)?[0], norm2.host_f32(OP)?[0], flex_value.host_f32(OP)?[0]);
+            let loss = k.loss_scale * l;
+            let norm = n2.sqrt();
+            let finite = loss.is_finite() && norm.is_finite();
+            let c = control.host_f32_mut(OP)?;
+            let go = finite && c[1] != 0.0;
+            c[0] = if k.clip > 0.0 && norm > k.clip { k.clip / norm } else { 1.0 };
+            c[1] = if go { 1.0 } else { 0.0 };
+            let row = &mut step_log.host_f32_mut(OP)?[slot * 4..slot * 4 + 4];
+            row.copy_from_slice(&[loss, norm, k.flex_coef * f, if finite { 1.0 } else { 0.0 }]);
+        }
+        Device::Gpu(gd) => {
+            let bufs = [loss_sum.bind(OP)?, norm2.bind(OP)?, flex_value.bind(OP)?, control.bind(OP)?, step_log.bind(OP)?];
+            STEP_STATS.dispatch(gd, &[], &k, bufs, [1, 1, 1])?;
+        }
+    }
+    Ok(())
 }
 
 /// Labels for Sophia's GNB estimator: for each row of logits [N, V], a token sampled from softmax(row)

@@ -231,7 +231,7 @@ async fn optim_adamw(dev: &Device) -> Result<Outputs> {
     let (mut m, mut v) = (Tensor::zeros(dev, "m", &[n], crate::DType::F32), Tensor::zeros(dev, "v", &[n], crate::DType::F32));
     for step in 1..=3u32 {
         let g = up(dev, &[n], &vals(36 + step as u64, n, 1.0))?;
-        optim::adamw(dev, &mut p, &g, &mut m, &mut v, &hp, 1e-2, step, 0.7)?;
+        optim::adamw(dev, &mut p, &g, &mut m, &mut v, &hp, 1e-2, step, &optim::control(dev, 0.7)?)?;
     }
     Ok(vec![("p", read(dev, &p).await?), ("m", read(dev, &m).await?), ("v", read(dev, &v).await?)])
 }
@@ -244,7 +244,7 @@ async fn optim_sophia(dev: &Device) -> Result<Outputs> {
     let mut h = up(dev, &[n], &vals(41, n, 0.5).iter().map(|x| x.abs()).collect::<Vec<_>>())?;
     for step in 1..=3u64 {
         optim::sophia_hessian(dev, &mut h, &up(dev, &[n], &vals(42 + step, n, 1.0))?, hp.beta2, 2.0)?;
-        optim::sophia(dev, &mut p, &up(dev, &[n], &vals(46 + step, n, 1.0))?, &mut m, &h, &hp, 1e-2, 0.9)?;
+        optim::sophia(dev, &mut p, &up(dev, &[n], &vals(46 + step, n, 1.0))?, &mut m, &h, &hp, 1e-2, &optim::control(dev, 0.9)?)?;
     }
     Ok(vec![("p", read(dev, &p).await?), ("m", read(dev, &m).await?), ("h", read(dev, &h).await?)])
 }
@@ -252,6 +252,22 @@ async fn optim_sophia(dev: &Device) -> Result<Outputs> {
 async fn optim_sum_squares(dev: &Device) -> Result<Outputs> {
     let (a, b) = (up(dev, &[7, 131], &vals(50, 917, 1.0))?, up(dev, &[70_001], &vals(51, 70_001, 1.0))?);
     Ok(vec![("sum", read(dev, &optim::sum_squares(dev, &[&a, &b])?).await?)])
+}
+
+async fn optim_step_stats(dev: &Device) -> Result<Outputs> {
+    let one = |x: f32| up(dev, &[1], &[x]);
+    let mut control = optim::control(dev, 1.0)?;
+    let mut log = Tensor::zeros(dev, "log", &[2, 4], crate::DType::F32);
+    optim::step_stats(dev, &one(6.0)?, 0.25, &one(25.0)?, &one(3.0)?, 0.5, 2.0, &mut control, &mut log, 0)?;
+    let clipped = read(dev, &control).await?;
+    let n = 1031;
+    let mut p = up(dev, &[n], &vals(53, n, 1.0))?;
+    let (mut m, mut v) = (Tensor::zeros(dev, "m", &[n], crate::DType::F32), Tensor::zeros(dev, "v", &[n], crate::DType::F32));
+    optim::adamw(dev, &mut p, &up(dev, &[n], &vals(54, n, 1.0))?, &mut m, &mut v, &optim::AdamW::default(), 1e-2, 1, &control)?;
+    // A non-finite step stops the next update.
+    optim::step_stats(dev, &one(f32::INFINITY)?, 1.0, &one(1.0)?, &one(0.0)?, 0.0, 2.0, &mut control, &mut log, 1)?;
+    optim::adamw(dev, &mut p, &up(dev, &[n], &vals(55, n, 1.0))?, &mut m, &mut v, &optim::AdamW::default(), 1e-2, 2, &control)?;
+    Ok(vec![("control", clipped), ("log", read(dev, &log).await?), ("p", read(dev, &p).await?), ("m", read(dev, &m).await?)])
 }
 
 async fn optim_sample_labels(dev: &Device) -> Result<Outputs> {
@@ -306,6 +322,7 @@ pub fn cases() -> Vec<Case> {
         c("optim.adamw", 1e-6, 1e-5, |d| Box::pin(optim_adamw(d))),
         c("optim.sophia", 1e-6, 1e-5, |d| Box::pin(optim_sophia(d))),
         c("optim.sum_squares", 0.0, 1e-5, |d| Box::pin(optim_sum_squares(d))),
+        c("optim.step_stats", 1e-6, 1e-5, |d| Box::pin(optim_step_stats(d))),
         c("optim.sample_labels", 0.0, 0.0, |d| Box::pin(optim_sample_labels(d))),
         c("spectral.forward", 0.0, 1e-4, |d| Box::pin(spectral_run(d, false))),
         // The gradient's entries span decades; tests/ops/spectral.rs scales atol to the largest too.

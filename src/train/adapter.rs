@@ -70,12 +70,13 @@ impl AdapterStore {
         out
     }
 
-    /// One optimizer update of every adapter tensor in `model` from its accumulated gradient.
-    pub fn update(&mut self, dev: &Device, model: &mut Model, opt: &dyn Optimizer, lr: f32, step: u32, grad_scale: f32) -> Result<()> {
+    /// One optimizer update of every adapter tensor in `model` from its accumulated gradient,
+    /// scaled or skipped by `control` ([scale, go] on the device, `ops::optim::control`).
+    pub fn update(&mut self, dev: &Device, model: &mut Model, opt: &dyn Optimizer, lr: f32, step: u32, control: &Tensor) -> Result<()> {
         for (key, state) in self.state.iter_mut() {
             let (p, g) = (model.lora_param_mut(*key), self.grads.get(*key));
             let (Some(p), Some(g)) = (p, g) else { return Err(detached(*key)) };
-            opt.update(dev, p, g, state, lr, step, grad_scale)?;
+            opt.update(dev, p, g, state, lr, step, control)?;
         }
         Ok(())
     }

@@ -15,10 +15,11 @@ pub trait Optimizer {
     /// Checkpoints name each tensor `<state>.<PEFT name of the parameter>`.
     fn state_names(&self) -> &'static [&'static str];
 
-    /// Updates `p` in place from its gradient `g` (times `grad_scale`: the clipping factor) with
-    /// learning rate `lr`; `step` counts optimizer steps from 1.
+    /// Updates `p` in place from its gradient `g` with learning rate `lr`; `step` counts optimizer
+    /// steps from 1. `control` ([scale, go] on the device, `ops::optim::control`) scales the
+    /// gradient (the clipping factor) or, with go 0, skips the update.
     #[allow(clippy::too_many_arguments)]
-    fn update(&self, dev: &Device, p: &mut Tensor, g: &Tensor, state: &mut [Tensor], lr: f32, step: u32, grad_scale: f32) -> Result<()>;
+    fn update(&self, dev: &Device, p: &mut Tensor, g: &Tensor, state: &mut [Tensor], lr: f32, step: u32, control: &Tensor) -> Result<()>;
 
     /// Whether step `step` (0-based) also refreshes a curvature estimate from a gradient on
     /// labels the model samples itself (Sophia's Gauss-Newton-Bartlett Hessian); AdamW never does.
@@ -53,9 +54,9 @@ impl Optimizer for AdamW {
         &["m", "v"]
     }
 
-    fn update(&self, dev: &Device, p: &mut Tensor, g: &Tensor, state: &mut [Tensor], lr: f32, step: u32, grad_scale: f32) -> Result<()> {
+    fn update(&self, dev: &Device, p: &mut Tensor, g: &Tensor, state: &mut [Tensor], lr: f32, step: u32, control: &Tensor) -> Result<()> {
         let [m, v] = state else { return Err(wrong_state("adamw", self.state_names(), state.len())) };
-        optim::adamw(dev, p, g, m, v, &self.0, lr, step, grad_scale)
+        optim::adamw(dev, p, g, m, v, &self.0, lr, step, control)
     }
 }
 
@@ -70,9 +71,9 @@ impl Optimizer for SophiaG {
         &["m", "h"]
     }
 
-    fn update(&self, dev: &Device, p: &mut Tensor, g: &Tensor, state: &mut [Tensor], lr: f32, _step: u32, grad_scale: f32) -> Result<()> {
+    fn update(&self, dev: &Device, p: &mut Tensor, g: &Tensor, state: &mut [Tensor], lr: f32, _step: u32, control: &Tensor) -> Result<()> {
         let [m, h] = state else { return Err(wrong_state("sophia", self.state_names(), state.len())) };
-        optim::sophia(dev, p, g, m, h, &self.hp, lr, grad_scale)
+        optim::sophia(dev, p, g, m, h, &self.hp, lr, control)
     }
 
     fn estimates_curvature(&self, step: usize) -> bool {

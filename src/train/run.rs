@@ -21,7 +21,7 @@ use crate::train::config::{OptimizerKind, TrainConfig};
 use crate::train::data::{self, Cursor, Example, Loader, Source, TokenStats};
 use crate::train::metrics::{EvalRecord, History, Record, ValReport};
 use crate::train::optimizer::{self, Optimizer};
-use crate::train::step::{self, StepOutcome, StepSettings};
+use crate::train::step::{self, StepLog, StepSettings};
 use crate::train::validate::{self, ValSet};
 
 /// What one optimizer step did.
@@ -76,6 +76,29 @@ pub struct Trainer {
     model_fingerprint: Option<String>,
     /// The held-out examples validated every `cfg.val_every` steps (`validate`), if any.
     pub val: Option<ValSet>,
+    /// Steps `run` queues between read-backs of their numbers (`step::StepLog`): 1 on the CPU,
+    /// where reading back costs nothing, and 10 on a GPU, where each read-back drains the queue.
+    /// Validation, probes and checkpoints read back first.
+    pub readback_every: usize,
+    log: StepLog,
+    /// What the host knows of each queued step (the device holds the rest).
+    queued: Vec<Queued>,
+    /// When the first step queued since the last read-back started.
+    interval_start: Option<Instant>,
+}
+
+/// A step queued but not read back yet.
+struct Queued {
+    lr: f32,
+    tokens: usize,
+    targets: usize,
+}
+
+/// What `Trainer::flush` read back: the reports of the queued steps up to the first that failed,
+/// and that step's error.
+pub struct Flushed {
+    pub reports: Vec<StepReport>,
+    pub error: Option<Error>,
 }
 
 impl Trainer {
@@ -190,7 +213,13 @@ impl Trainer {
             Some(f) => Some(f),
             None => crate::model::load::fingerprint::model(&cfg.model).ok(),
         };
+        let readback_every = if matches!(dev, Device::Cpu(_)) { 1 } else { 10 };
+        let log = StepLog::new(&dev, readback_every)?;
         Ok(Trainer {
+            readback_every,
+            log,
+            queued: Vec::new(),
+            interval_start: None,
             dev,
             model,
             stats,
@@ -214,9 +243,24 @@ impl Trainer {
         self.step >= self.total_steps
     }
 
-    /// One optimizer step over `grad_accum` micro-batches (`step::step`).
-    pub fn step(&mut self) -> Result<StepReport> {
-        let t0 = Instant::now();
+    /// One optimizer step over `grad_accum` micro-batches (`step::step`), read back at once.
+    pub async fn step(&mut self) -> Result<StepReport> {
+        self.queue()?;
+        let Flushed { mut reports, error } = self.flush().await?;
+        match (error, reports.pop()) {
+            (Some(e), _) => Err(e),
+            (None, Some(r)) => Ok(r),
+            (None, None) => Err(Error::Optimizer { op: "step", detail: "the step left no report".into(), hint: "a bug: please report it" }),
+        }
+    }
+
+    /// Runs one optimizer step without reading anything back (`step::step`); `flush` returns its
+    /// report. The step log holds `readback_every` steps; a full log is flushed by the caller.
+    pub fn queue(&mut self) -> Result<()> {
+        self.interval_start.get_or_insert_with(Instant::now);
+        if self.log.capacity() != self.readback_every.max(1) && self.log.pending() == 0 {
+            self.log = StepLog::new(&self.dev, self.readback_every)?;
+        }
         let cfg = &self.cfg;
         let mut tokens = 0;
         let micro: Vec<data::Batch> = (0..cfg.grad_accum)
@@ -230,30 +274,60 @@ impl Trainer {
         let targets: usize = micro.iter().map(|b| b.n_targets).sum();
         let lr = cfg.lr_at(self.step, self.total_steps);
         let settings = StepSettings { step: self.step, seed: cfg.seed, lr, clip: cfg.clip, recompute: cfg.recompute, flex: &cfg.flex };
-        let out = match step::step(&self.dev, &mut self.model, &mut self.store, self.opt.as_ref(), &micro, &settings) {
-            Ok(out) => out,
-            Err(Error::Training { step, detail, .. }) => {
-                let last = checkpoint::list(&cfg.out.join("checkpoints"))?.pop();
+        step::step(&self.dev, &mut self.model, &mut self.store, self.opt.as_ref(), &micro, &settings, &mut self.log)?;
+        self.step += 1;
+        self.tokens += tokens as u64;
+        self.queued.push(Queued { lr, tokens, targets });
+        Ok(())
+    }
+
+    /// Steps queued and not read back yet.
+    pub fn queued(&self) -> usize {
+        self.queued.len()
+    }
+
+    /// Reads back the queued steps' numbers (one read-back) and returns their reports; each
+    /// step's seconds are the interval's wall time shared equally. A step whose loss or gradient
+    /// norm was not finite ends the list with its error (`Error::Training`, naming the last good
+    /// checkpoint): it and every step queued after it changed no adapter tensor.
+    pub async fn flush(&mut self) -> Result<Flushed> {
+        let logged = self.log.read(&self.dev).await?;
+        let queued = std::mem::take(&mut self.queued);
+        let seconds = self.interval_start.take().map_or(0.0, |t| t.elapsed().as_secs_f64()) / queued.len().max(1) as f64;
+        self.elapsed_s += seconds * queued.len() as f64;
+        let reports = logged
+            .steps
+            .iter()
+            .zip(&queued)
+            .map(|(o, q)| StepReport {
+                step: o.step,
+                loss: o.loss,
+                lr: q.lr,
+                grad_norm: o.grad_norm,
+                flex_penalty: o.flex_penalty,
+                tokens: q.tokens,
+                targets: q.targets,
+                seconds,
+            })
+            .collect();
+        let error = match logged.error {
+            Some(Error::Training { step, detail, .. }) => {
+                let last = checkpoint::list(&self.cfg.out.join("checkpoints"))?.pop();
                 let hint = match last {
                     Some((s, p)) => format!("The last good checkpoint (step {s}) is {}; resume from it with a lower --lr", p.display()),
                     None => "No checkpoint was written yet; lower --lr or check the data".into(),
                 };
-                return Err(Error::Training { step, detail, hint });
+                Some(Error::Training { step, detail, hint })
             }
-            Err(e) => return Err(e),
+            other => other,
         };
-        self.step += 1;
-        self.tokens += tokens as u64;
-        let seconds = t0.elapsed().as_secs_f64();
-        self.elapsed_s += seconds;
-        let StepOutcome { loss, grad_norm, flex_penalty } = out;
-        Ok(StepReport { step: self.step, loss, lr, grad_norm, flex_penalty, tokens, targets, seconds })
+        Ok(Flushed { reports, error })
     }
 
     /// The loss on the validation set now (`validate::loss`); `None` when the run has none.
-    pub fn validate(&self) -> Result<Option<ValReport>> {
+    pub async fn validate(&self) -> Result<Option<ValReport>> {
         let Some(set) = &self.val else { return Ok(None) };
-        validate::loss(&self.dev, &self.model, set, self.cfg.batch_size, self.pad, self.step).map(Some)
+        validate::loss(&self.dev, &self.model, set, self.cfg.batch_size, self.pad, self.step).await.map(Some)
     }
 
     /// Writes a checkpoint of the current step.
@@ -481,12 +555,14 @@ pub fn load_model(dev: &Device, cfg: &TrainConfig) -> Result<(Model, Tokenizer)>
 /// probe; lines past a resumed checkpoint are dropped first, so none is written twice),
 /// checkpoints, the final adapter in `<out>/adapter`, the loss curve `<out>/loss.svg` (redrawn at
 /// every validation and checkpoint) and `<out>/summary.json`.
-pub fn run(tr: Trainer, on: &mut dyn FnMut(Event)) -> Result<Summary> {
-    run_with(tr, None, on)
+pub async fn run(tr: Trainer, on: &mut dyn FnMut(Event<'_>)) -> Result<Summary> {
+    run_with(tr, None, on).await
 }
 
 /// `run` with a `probe` of the adapter every `probe.every` steps.
-pub fn run_with(mut tr: Trainer, mut probe: Option<Probe>, on: &mut dyn FnMut(Event)) -> Result<Summary> {
+/// Steps are queued and read back every `tr.readback_every` steps, and before a validation, a
+/// probe, a checkpoint and the end; each read-back then records and reports its steps in order.
+pub async fn run_with(mut tr: Trainer, mut probe: Option<Probe<'_>>, on: &mut dyn FnMut(Event<'_>)) -> Result<Summary> {
     let out = tr.cfg.out.clone();
     std::fs::create_dir_all(&out).map_err(crate::error::io_at(&out, "create"))?;
     load::write_atomic(&out.join("config.toml"), tr.cfg.to_toml().as_bytes())?;
@@ -505,15 +581,26 @@ pub fn run_with(mut tr: Trainer, mut probe: Option<Probe>, on: &mut dyn FnMut(Ev
     let t0 = Instant::now();
     let tokens0 = tr.tokens;
     while !tr.done() {
-        let report = tr.step()?;
-        record(&mut history, Record::Step(report.clone()))?;
-        on(Event::Step(&report));
+        tr.queue()?;
         // Every N steps and at the end; 0 = never. Both before the checkpoint: a run killed
         // between them resumes from the checkpoint before and redoes them once.
-        let due = |every: usize| every > 0 && (tr.done() || tr.step.is_multiple_of(every));
+        let (done, step) = (tr.done(), tr.step);
+        let due = |every: usize| every > 0 && (done || step.is_multiple_of(every));
+        let save = done || due(tr.cfg.save_every);
+        let probing = probe.as_ref().is_some_and(|p| due(p.every));
+        if save || probing || due(tr.cfg.val_every) || tr.queued() >= tr.readback_every.max(1) {
+            let Flushed { reports, error } = tr.flush().await?;
+            for report in reports {
+                record(&mut history, Record::Step(report.clone()))?;
+                on(Event::Step(&report));
+            }
+            if let Some(e) = error {
+                return Err(e);
+            }
+        }
         let mut redraw = false;
         if due(tr.cfg.val_every) {
-            if let Some(v) = tr.validate()? {
+            if let Some(v) = tr.validate().await? {
                 record(&mut history, Record::Val(v.clone()))?;
                 on(Event::Validated(&v));
                 redraw = true;
@@ -524,7 +611,7 @@ pub fn run_with(mut tr: Trainer, mut probe: Option<Probe>, on: &mut dyn FnMut(Ev
             record(&mut history, Record::Eval(e.clone()))?;
             on(Event::Evaluated(&e));
         }
-        if tr.done() || (tr.cfg.save_every > 0 && tr.step.is_multiple_of(tr.cfg.save_every)) {
+        if save {
             let p = tr.save()?;
             on(Event::Saved(&p));
             redraw = true;

@@ -11,7 +11,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use crate::device::{block_on, Device};
+use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::model::tokenizer::Tokenizer;
 use crate::model::weights::Model;
@@ -70,18 +70,23 @@ pub fn load(tok: &Tokenizer, cfg: &TrainConfig, data_dir: &Path) -> Result<Optio
 /// The mean loss per target token of `set` after step `step`, in micro-batches of `batch_size`
 /// (`pad` fills the shorter rows, as in training). Only each layer's input is kept (no backward
 /// follows), so validation needs less memory than a training micro-batch of the same size.
-pub fn loss(dev: &Device, model: &Model, set: &ValSet, batch_size: usize, pad: u32, step: usize) -> Result<ValReport> {
+/// The losses are read back once, after the last batch.
+pub async fn loss(dev: &Device, model: &Model, set: &ValSet, batch_size: usize, pad: u32, step: usize) -> Result<ValReport> {
     let t0 = Instant::now();
-    let (mut sum, mut tokens) = (0f64, 0usize);
+    let (mut losses, mut tokens) = (Vec::new(), 0usize);
     for chunk in set.examples.chunks(batch_size.max(1)) {
         let refs: Vec<&Example> = chunk.iter().collect();
         let batch = data::make_batch(&refs, pad);
         // Dropout off: the adapter as evaluation and generation use it.
         let opts = Options { recompute: true, dropout_seed: None, all_logits: false };
         let fwd = model.forward_train(dev, &batch.ids, &batch.targets, batch.b, opts)?;
-        // Ignored rows hold 0, so the sum is the batch's total NLL.
-        sum += block_on(Some(dev), fwd.loss.to_vec_f32(dev))?.iter().map(|&l| l as f64).sum::<f64>();
+        losses.push(fwd.loss);
         tokens += batch.n_targets;
+    }
+    // Ignored rows hold 0, so the sum is the set's total NLL.
+    let mut sum = 0f64;
+    for l in &losses {
+        sum += l.to_vec_f32(dev).await?.iter().map(|&l| l as f64).sum::<f64>();
     }
     let val_loss = sum / tokens.max(1) as f64;
     if !val_loss.is_finite() {

@@ -44,7 +44,7 @@ fn train(mode: FlexMode, lambda: f32, tag: &str) -> (Vec<f64>, Vec<Option<f64>>,
     let mut tr = Trainer::new(dev, model, &tok, cfg, None).unwrap();
     let (mut losses, mut penalties) = (Vec::new(), Vec::new());
     while !tr.done() {
-        let r = tr.step().unwrap();
+        let r = flexlora::device::block_on(None, tr.step()).unwrap();
         losses.push(r.loss);
         penalties.push(r.flex_penalty);
     }

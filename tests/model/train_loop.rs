@@ -86,7 +86,7 @@ fn training_lowers_the_loss_and_leaves_the_nf4_base_untouched() {
         let mut tr = Trainer::new(dev, model, &tok, cfg, None).unwrap();
         let mut seen = Vec::new();
         while !tr.done() {
-            seen.push(tr.step().unwrap().loss);
+            seen.push(flexlora::device::block_on(None, tr.step()).unwrap().loss);
         }
         assert_eq!(packed_bases(&tr.model), before, "{optimizer:?}: the frozen NF4 base changed");
         let (first, last) = (seen[..3].iter().sum::<f64>() / 3.0, seen[seen.len() - 3..].iter().sum::<f64>() / 3.0);
@@ -192,11 +192,12 @@ fn diverging_run_stops_and_keeps_the_last_good_checkpoint() {
     let dev = Device::cpu();
     let (model, tok) = run::load_model(&dev, &cfg).unwrap();
     let mut tr = Trainer::new(dev, model, &tok, cfg, None).unwrap();
-    tr.step().unwrap();
+    flexlora::device::block_on(None, tr.step()).unwrap();
     let good = tr.save().unwrap();
     // An absurd learning rate from here on makes the adapter overflow within a few steps.
     tr.cfg.lr = 1e30;
-    let err = (0..20).find_map(|_| tr.step().err()).expect("the loss never became non-finite").to_string();
+    let err =
+        (0..20).find_map(|_| flexlora::device::block_on(None, tr.step()).err()).expect("the loss never became non-finite").to_string();
     assert!(err.contains("training stopped at step") && err.contains(&good.display().to_string()), "{err}");
     let state = flexlora::train::checkpoint::load_state(&good).unwrap();
     assert_eq!(state.step, 1);
@@ -223,4 +224,65 @@ fn toml_config_round_trips_and_rejects_unknown_keys() {
     std::fs::write(&path, "steps = 7\nlearning_rate = 0.1\n").unwrap();
     let e = TrainConfig::from_toml(&path).unwrap_err().to_string();
     assert!(e.contains("run.toml") && e.contains("learning_rate"), "{e}");
+}
+
+/// Queuing steps and reading their numbers back once per interval (what `run` does on a GPU)
+/// reports the same steps and leaves the same adapter as reading back after every step; and when a
+/// queued step turns non-finite, the read-back stops at it and neither it nor the steps queued
+/// after it changed the adapter.
+#[test]
+fn steps_read_back_per_interval_match_steps_read_one_by_one() {
+    use flexlora::device::block_on;
+    let (dir, data) = fixture("interval");
+    let mut cfg = config(&dir, &data, &dir.join("run"));
+    cfg.steps = 7;
+    let adapter =
+        |tr: &Trainer| -> Vec<Vec<f32>> { tr.model.lora_params().into_iter().map(|(_, t)| t.host_f32("test").unwrap().to_vec()).collect() };
+    let new = |cfg: &flexlora::train::config::TrainConfig| {
+        let dev = Device::cpu();
+        let (model, tok) = run::load_model(&dev, cfg).unwrap();
+        Trainer::new(dev, model, &tok, cfg.clone(), None).unwrap()
+    };
+    let mut one = new(&cfg);
+    let each: Vec<_> = (0..7).map(|_| block_on(None, one.step()).unwrap()).collect();
+    let mut batched = new(&cfg);
+    batched.readback_every = 3;
+    let mut reports = Vec::new();
+    while !batched.done() {
+        batched.queue().unwrap();
+        if batched.queued() == 3 || batched.done() {
+            let f = block_on(None, batched.flush()).unwrap();
+            assert!(f.error.is_none());
+            reports.extend(f.reports);
+        }
+    }
+    let key = |r: &run::StepReport| (r.step, r.loss.to_bits(), r.grad_norm.to_bits(), r.tokens, r.targets);
+    assert_eq!(reports.iter().map(key).collect::<Vec<_>>(), each.iter().map(key).collect::<Vec<_>>());
+    assert_eq!(adapter(&batched), adapter(&one));
+
+    // Divergence inside an interval: queue steps at an absurd learning rate, then read back.
+    let mut cfg = cfg;
+    cfg.steps = 40;
+    cfg.clip = 0.0;
+    cfg.warmup_steps = 0;
+    cfg.schedule = flexlora::train::config::Schedule::Constant;
+    let mut tr = new(&cfg);
+    block_on(None, tr.step()).unwrap();
+    tr.cfg.lr = 1e30;
+    tr.readback_every = 20;
+    for _ in 0..20 {
+        tr.queue().unwrap();
+    }
+    let f = block_on(None, tr.flush()).unwrap();
+    let err = f.error.expect("the loss never became non-finite in 20 steps at lr 1e30").to_string();
+    let good = f.reports.len();
+    assert!(good < 20 && err.contains(&format!("at step {}:", good + 2)), "{good} good steps, then: {err}");
+    // The same run stepped one by one up to the last good step has the same adapter.
+    let mut again = new(&cfg);
+    block_on(None, again.step()).unwrap();
+    again.cfg.lr = 1e30;
+    for _ in 0..good {
+        block_on(None, again.step()).unwrap();
+    }
+    assert_eq!(adapter(&tr), adapter(&again), "the failed step or a later one changed the adapter");
 }

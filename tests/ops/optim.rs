@@ -67,7 +67,7 @@ fn adamw_three_steps_match_the_published_rule() {
         let mut vt = Tensor::zeros(dev, "w.v", &[3, 3], flexlora::DType::F32);
         for t in 0..3 {
             let g = up(dev, &[3, 3], &grads[t]);
-            optim::adamw(dev, &mut pt, &g, &mut mt, &mut vt, &hp, lrs[t], t as u32 + 1, grad_scale).unwrap();
+            optim::adamw(dev, &mut pt, &g, &mut mt, &mut vt, &hp, lrs[t], t as u32 + 1, &optim::control(dev, grad_scale).unwrap()).unwrap();
             let what = format!("adamw on {} step {}", dev.kind(), t + 1);
             assert_close(&format!("{what} m"), &read(dev, &mt), &want[t].1, 1e-7, 1e-5);
             assert_close(&format!("{what} v"), &read(dev, &vt), &want[t].2, 1e-10, 1e-5);
@@ -86,13 +86,17 @@ fn adamw_defaults_and_errors() {
     let g = Tensor::from_f32(&dev, "lora_a.grad", &[2, 3], &[0.0; 6]).unwrap();
     let mut m = Tensor::from_f32(&dev, "lora_a.m", &[3, 2], &[0.0; 6]).unwrap();
     let mut v = Tensor::from_f32(&dev, "lora_a.v", &[2, 3], &[0.0; 6]).unwrap();
-    let err = optim::adamw(&dev, &mut p, &g, &mut m, &mut v, &AdamW::default(), 1e-3, 1, 1.0).unwrap_err().to_string();
+    let err = optim::adamw(&dev, &mut p, &g, &mut m, &mut v, &AdamW::default(), 1e-3, 1, &optim::control(&dev, 1.0).unwrap())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("lora_a.m") && err.contains("[3, 2]") && err.contains("[2, 3]"), "{err}");
     let mut m = Tensor::from_f32(&dev, "lora_a.m", &[2, 3], &[0.0; 6]).unwrap();
-    let err = optim::adamw(&dev, &mut p, &g, &mut m, &mut v, &AdamW::default(), 1e-3, 0, 1.0).unwrap_err().to_string();
+    let err = optim::adamw(&dev, &mut p, &g, &mut m, &mut v, &AdamW::default(), 1e-3, 0, &optim::control(&dev, 1.0).unwrap())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("step"), "{err}");
     let bad = AdamW { beta2: 1.0, ..AdamW::default() };
-    assert!(optim::adamw(&dev, &mut p, &g, &mut m, &mut v, &bad, 1e-3, 1, 1.0).is_err());
+    assert!(optim::adamw(&dev, &mut p, &g, &mut m, &mut v, &bad, 1e-3, 1, &optim::control(&dev, 1.0).unwrap()).is_err());
 }
 
 /// SophiaG (Liu et al. 2023, Algorithm 3) from the rule; returns how many coordinates the clip
@@ -142,7 +146,7 @@ fn sophia_three_steps_with_hessian_updates_match_the_published_rule() {
         let mut ht = Tensor::from_f32(dev, "w.h", &[n], &h0).unwrap();
         for t in 0..3 {
             let g = up(dev, &[n], &grads[t]);
-            optim::sophia(dev, &mut pt, &g, &mut mt, &ht, &hp, lrs[t], grad_scale).unwrap();
+            optim::sophia(dev, &mut pt, &g, &mut mt, &ht, &hp, lrs[t], &optim::control(dev, grad_scale).unwrap()).unwrap();
             if t < 2 {
                 optim::sophia_hessian(dev, &mut ht, &up(dev, &[n], &ghats[t]), hp.beta2, batch).unwrap();
             }
@@ -240,5 +244,48 @@ fn sample_labels_of_a_peaked_row_is_its_argmax() {
         for seed in 0..40 {
             assert_eq!(read_u32(dev, &optim::sample_labels(dev, &lt, &tt, seed).unwrap()), peaks, "seed {seed} on {}", dev.kind());
         }
+    });
+}
+
+#[test]
+fn sum_matches_f64() {
+    let mut rng = Rng::new(721);
+    let data: Vec<Vec<f32>> = [3usize, 70_001, 0].iter().map(|&n| rng.vec(n, 2.0)).collect();
+    let want: f64 = data.iter().flatten().map(|&x| x as f64).sum();
+    every_device(|dev| {
+        let ts: Vec<Tensor> = data.iter().map(|d| up(dev, &[d.len()], d)).collect();
+        let s = optim::sum(dev, &ts.iter().collect::<Vec<_>>()).unwrap();
+        assert_close(&format!("sum on {}", dev.kind()), &read(dev, &s), &[want as f32], 1e-4, 1e-5);
+    });
+}
+
+/// `step_stats` writes the step's log row and the update's control: the clip factor when the norm
+/// exceeds the clip, and go = 0 from a non-finite step on, which later finite steps do not undo;
+/// an update whose control says stop changes neither the parameter nor its moments.
+#[test]
+fn step_stats_logs_clips_and_stops_updates_after_a_non_finite_step() {
+    every_device(|dev| {
+        let what = dev.kind();
+        let mut control = optim::control(dev, 1.0).unwrap();
+        let mut log = Tensor::zeros(dev, "log", &[3, 4], flexlora::DType::F32);
+        let one = |x: f32| up(dev, &[1], &[x]);
+        // Step 1: loss sum 6 over 4 targets, |g|² = 25 (norm 5 > clip 2), FLeX value 3 × 0.5.
+        optim::step_stats(dev, &one(6.0), 0.25, &one(25.0), &one(3.0), 0.5, 2.0, &mut control, &mut log, 0).unwrap();
+        assert_close(&format!("{what} control after step 1"), &read(dev, &control), &[0.4, 1.0], 1e-7, 1e-6);
+        // Step 2: a NaN loss; step 3: finite again, under the clip.
+        optim::step_stats(dev, &one(f32::NAN), 0.25, &one(1.0), &one(0.0), 0.0, 2.0, &mut control, &mut log, 1).unwrap();
+        optim::step_stats(dev, &one(2.0), 1.0, &one(1.0), &one(0.0), 0.0, 2.0, &mut control, &mut log, 2).unwrap();
+        let rows = read(dev, &log);
+        assert_close(&format!("{what} step 1 row"), &rows[0..4], &[1.5, 5.0, 1.5, 1.0], 1e-7, 1e-6);
+        assert!(rows[4].is_nan() && rows[7] == 0.0, "{what}: step 2 row {:?} must keep the NaN loss and say not finite", &rows[4..8]);
+        assert_close(&format!("{what} step 3 row"), &rows[8..12], &[2.0, 1.0, 0.0, 1.0], 1e-7, 1e-6);
+        assert_eq!(read(dev, &control)[1], 0.0, "{what}: go must stay 0 after a non-finite step");
+        // A stopped update changes nothing, for both optimizers.
+        let n = 5;
+        let (mut p, mut m, mut v) = (up(dev, &[n], &[1.0; 5]), up(dev, &[n], &[0.5; 5]), up(dev, &[n], &[0.25; 5]));
+        let g = up(dev, &[n], &[3.0; 5]);
+        optim::adamw(dev, &mut p, &g, &mut m, &mut v, &AdamW { weight_decay: 0.1, ..AdamW::default() }, 0.1, 1, &control).unwrap();
+        optim::sophia(dev, &mut p, &g, &mut m, &v, &Sophia::default(), 0.1, &control).unwrap();
+        assert_eq!((read(dev, &p), read(dev, &m), read(dev, &v)), (vec![1.0; 5], vec![0.5; 5], vec![0.25; 5]), "{what}");
     });
 }
