@@ -24,6 +24,7 @@ pub mod rng;
 pub mod selftest;
 pub mod shaders;
 pub mod tensor;
+pub mod train;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod bench;
@@ -31,8 +32,6 @@ pub mod bench;
 pub mod export;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod serve;
-#[cfg(not(target_arch = "wasm32"))]
-pub mod train;
 #[cfg(target_arch = "wasm32")]
 pub mod web;
 

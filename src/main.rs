@@ -749,11 +749,11 @@ fn train(a: TrainArgs, m: &clap::ArgMatches) -> Result<()> {
     let mut tr = Trainer::new(sel.device, model, &tok, cfg, a.resume.as_deref())?;
     if !matches!(tr.dev, flexlora::Device::Cpu(_)) {
         // One read-back of the steps' numbers per progress line on a GPU.
-        tr.readback_every = a.log_every.max(1);
+        tr.session.set_readback_every(&tr.dev, a.log_every.max(1))?;
     }
     // A resumed run writes into its own directory, whatever --out says.
     let checks = checks.map(|c| flexlora::eval::during_training::TrainingEval { out: tr.cfg.out.clone(), ..c });
-    let bar = indicatif::ProgressBar::new(tr.total_steps as u64);
+    let bar = indicatif::ProgressBar::new(tr.session.total_steps as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template("[{bar:30}] {pos}/{len} steps  {msg}  {elapsed_precise} ETA {eta}")
             .unwrap()
@@ -763,7 +763,8 @@ fn train(a: TrainArgs, m: &clap::ArgMatches) -> Result<()> {
     // indicatif hides the bar (and its println) when stderr is not a terminal; logs still matter then.
     let say = |line: String| if bar.is_hidden() { eprintln!("{line}") } else { bar.println(line) };
     let (t_run, mut step0) = (std::time::Instant::now(), None);
-    let mut check = |tr: &Trainer| checks.as_ref().expect("a probe only with --eval-every").check(&tr.dev, &tr.model, &tok, tr.step);
+    let mut check =
+        |tr: &Trainer| checks.as_ref().expect("a probe only with --eval-every").check(&tr.dev, &tr.model, &tok, tr.session.step);
     let probe = checks.as_ref().map(|_| run::Probe { every: a.eval_every, check: &mut check });
     let summary = block_on(
         None,
@@ -782,13 +783,13 @@ fn train(a: TrainArgs, m: &clap::ArgMatches) -> Result<()> {
                 s.target_tokens
             ));
                 if let Some(p) = &trainer.resumed_from {
-                    say(format!("resumed from {} at step {}", p.display(), trainer.step));
+                    say(format!("resumed from {} at step {}", p.display(), trainer.session.step));
                 }
                 if let Some(v) = &trainer.val {
                     say(format!("validation: {} examples of {} every {} steps", v.examples.len(), v.name, trainer.cfg.val_every));
                 }
-                bar.set_position(trainer.step as u64);
-                step0 = Some((trainer.step, trainer.total_steps));
+                bar.set_position(trainer.session.step as u64);
+                step0 = Some((trainer.session.step, trainer.session.total_steps));
             }
             Event::Step(r) => {
                 tok_s = if tok_s == 0.0 { r.tokens as f64 / r.seconds } else { 0.8 * tok_s + 0.2 * r.tokens as f64 / r.seconds };

@@ -6,6 +6,9 @@
 //!   files: [{name, url}]}], data: bool}`; the page offers these to load.
 //! - `/files/model/NAME`, `/files/adapters/I/FILE`: exactly those files, nothing else on disk.
 //! - `/data/FILE`: a file directly inside the data directory (the tasks for the Pyodide runner).
+//! - `/files/train/mbpp-train.jsonl`: MBPP's train split as training examples (`{"prompt",
+//!   "completion"}` lines in the template `flexlora train --data mbpp` uses), for the page's
+//!   fine-tuning panel.
 //! - anything else: a file under the page's directory.
 //!
 //! Every response carries the cross-origin isolation headers (COOP/COEP) that WebAssembly threads
@@ -33,6 +36,9 @@ pub struct Site {
     pub adapters: Vec<PathBuf>,
     pub data_dir: Option<PathBuf>,
 }
+
+/// Where the page finds MBPP's train split as training examples.
+const TRAIN_MBPP: &str = "files/train/mbpp-train.jsonl";
 
 fn bad_arg(flag: &'static str, detail: String) -> Error {
     Error::InvalidArgument { flag, detail }
@@ -90,7 +96,20 @@ impl Site {
                 json!({ "name": label, "files": files })
             })
             .collect();
-        json!({ "model": model, "adapters": adapters, "data": self.data_dir.is_some() }).to_string()
+        let train_data: Vec<_> = self
+            .data_dir
+            .iter()
+            .map(|_| json!({ "name": "MBPP train split (as flexlora train --data mbpp)", "url": TRAIN_MBPP }))
+            .collect();
+        json!({ "model": model, "adapters": adapters, "data": self.data_dir.is_some(), "train_data": train_data }).to_string()
+    }
+
+    /// MBPP's train split as JSONL training examples: the same examples `flexlora train --data
+    /// mbpp` tokenizes, so a run in the page trains on what a native run does.
+    fn mbpp_train_jsonl(&self) -> Result<String> {
+        let dir = self.data_dir.as_ref().ok_or_else(|| bad_arg("--data-dir", "no data directory was given".into()))?;
+        let texts = crate::train::data::load(&crate::train::data::Source::Mbpp { split: crate::data::tasks::MbppSplit::Train }, dir)?;
+        Ok(texts.iter().map(|t| json!({ "prompt": t.prompt, "completion": t.completion }).to_string() + "\n").collect())
     }
 
     /// The file a request path names, or None (404). Never a path outside what was given.
@@ -197,6 +216,14 @@ fn respond(out: &mut TcpStream, site: &Site, method: &str, path: &str) -> std::i
     if path == "/files/manifest.json" {
         let body = site.manifest();
         out.write_all(head("200 OK", "application/json", body.len() as u64).as_bytes())?;
+        return if method == "GET" { out.write_all(body.as_bytes()) } else { Ok(()) };
+    }
+    if path == format!("/{TRAIN_MBPP}") {
+        let (status, body) = match site.mbpp_train_jsonl() {
+            Ok(body) => ("200 OK", body),
+            Err(e) => ("404 Not Found", format!("{e}\n")),
+        };
+        out.write_all(head(status, "application/jsonl", body.len() as u64).as_bytes())?;
         return if method == "GET" { out.write_all(body.as_bytes()) } else { Ok(()) };
     }
     let Some(file) = site.resolve(path) else {

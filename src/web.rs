@@ -4,7 +4,7 @@
 //! only turns JavaScript arguments into library calls and results into JSON.
 //!
 //! State lives in one engine per worker (a thread-local): the device, the model with its
-//! tokenizer, the loaded adapters and the running generation. The worker calls one function at a
+//! tokenizer, the loaded adapters, the running generation and the fine-tuning run (`train`). The worker calls one function at a
 //! time (it queues messages), so a call never finds the engine busy; if it did, the call fails
 //! with "busy" rather than blocking.
 
@@ -12,6 +12,7 @@ use std::cell::RefCell;
 
 #[cfg(target_feature = "atomics")]
 pub mod threads;
+pub mod train;
 
 use serde_json::json;
 use wasm_bindgen::prelude::*;
@@ -45,6 +46,8 @@ struct Engine {
     device_reason: String,
     loaded: Option<Loaded>,
     stream: Option<Stream>,
+    /// The fine-tuning run of the loaded model, if one was started (`train`).
+    training: Option<train::Training>,
 }
 
 thread_local! {
@@ -92,7 +95,7 @@ pub async fn init_device(choice: String) -> Result<String, JsValue> {
     ENGINE.with(|e| e.borrow_mut().take());
     let sel = device::select(choice, None).await.map_err(js)?;
     let info = device_json(&sel.device, &sel.reason);
-    put(Engine { dev: sel.device, device_reason: sel.reason, loaded: None, stream: None });
+    put(Engine { dev: sel.device, device_reason: sel.reason, loaded: None, stream: None, training: None });
     Ok(info.to_string())
 }
 
@@ -185,6 +188,7 @@ pub async fn load_model(name: String, bytes: Vec<u8>, weights: String, progress:
     };
     with_engine(|mut e| async move {
         e.loaded = None;
+        e.training = None;
         e.stream = None;
         let r = (|| -> Result<Loaded, JsValue> {
             let file_len = bytes.len() as u64;

@@ -683,7 +683,7 @@ fn resume_writes_only_into_the_resumed_run_and_removes_leftovers() {
     // The config still names A as `out` (as `state.json` does): the resume must not follow it.
     let tr = new_trainer(&cfg, Some(&b)).unwrap();
     assert_eq!(tr.cfg.out, b);
-    assert_eq!(tr.step, 2);
+    assert_eq!(tr.session.step, 2);
     assert!(!leftover.exists(), "the leftover temporary checkpoint is still there");
     let summary = flexlora::device::block_on(None, run::run(tr, &mut |_| {})).unwrap();
     assert_eq!(summary.steps, 4);

@@ -70,7 +70,7 @@ fn fixture() -> Option<&'static Fixture> {
             *t = Tensor::from_f32(&dev, &label, &shape, &v).unwrap();
         }
         let adapter = dir.join("adapter");
-        peft::save(&dev, &m, &adapter, "SmolLM2-135M-Instruct").unwrap();
+        flexlora::device::block_on(None, peft::save(&dev, &m, &adapter, "SmolLM2-135M-Instruct")).unwrap();
         let adapted = forward(&m);
         Some(Fixture { model, dir, adapter, ids, adapted, base, lora })
     })

@@ -275,9 +275,9 @@ async fn train(cfg: crate::train::config::TrainConfig, dev: Device, say: &mut dy
         let (model, tok) = train_run::load_model(&dev, &cfg)?;
         let tr = Trainer::new(dev, model, &tok, cfg, resume.as_deref())?;
         if let Some(p) = &tr.resumed_from {
-            say(&format!("training resumed from {} at step {}", p.display(), tr.step));
+            say(&format!("training resumed from {} at step {}", p.display(), tr.session.step));
         }
-        let total = tr.total_steps;
+        let total = tr.session.total_steps;
         let every = (total / 10).max(1);
         let summary = train_run::run(tr, &mut |e| {
             if let Event::Step(r) = e {

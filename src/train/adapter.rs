@@ -5,6 +5,7 @@
 //! attaching it to the model: its gradient, state and checkpoint entries follow from its key.
 
 use std::collections::BTreeMap;
+#[cfg(not(target_arch = "wasm32"))]
 use std::path::Path;
 
 use crate::device::Device;
@@ -12,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::model::lora::ParamKey;
 use crate::model::weights::Model;
 use crate::tensor::{DType, Tensor};
+#[cfg(not(target_arch = "wasm32"))]
 use crate::train::checkpoint;
 use crate::train::grad::Grads;
 use crate::train::optimizer::Optimizer;
@@ -38,6 +40,7 @@ impl AdapterStore {
 
     /// Zero gradients and the optimizer state saved in checkpoint `ckpt` (every entry checked
     /// against the model's adapter: names and shapes).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn load(dev: &Device, model: &Model, opt: &dyn Optimizer, ckpt: &Path) -> Result<AdapterStore> {
         let names = opt.state_names();
         let want = checkpoint_names(model, names);
@@ -93,6 +96,7 @@ impl AdapterStore {
 }
 
 /// (checkpoint name, shape) of each optimizer state tensor, in `AdapterStore::named_state` order.
+#[cfg(not(target_arch = "wasm32"))]
 fn checkpoint_names(model: &Model, state_names: &[&str]) -> Vec<(String, Vec<usize>)> {
     let params = model.lora_params();
     state_names.iter().flat_map(|n| params.iter().map(move |(k, p)| (format!("{n}.{}", k.peft_name()), p.shape().to_vec()))).collect()

@@ -73,7 +73,7 @@ pub fn save(dev: &Device, root: &Path, model: &Model, opt: &[(String, &Tensor)],
     let _ = std::fs::remove_dir_all(&tmp);
     let write = || -> Result<()> {
         std::fs::create_dir_all(&tmp).map_err(crate::error::io_at(&tmp, "create"))?;
-        peft::save(dev, model, &tmp, &state.config.model.display().to_string())?;
+        block_on(Some(dev), peft::save(dev, model, &tmp, &state.config.model.display().to_string()))?;
         let mut tensors = Vec::with_capacity(opt.len());
         for (name, t) in opt {
             tensors.push((name.clone(), t.shape().to_vec(), block_on(Some(dev), t.to_vec_f32(dev))?));

@@ -1,7 +1,9 @@
 //! What a training run does: one `TrainConfig`, read from a TOML file (`--config`) and then
 //! overridden by flags, saved with every checkpoint so `--resume` continues the same run.
 
-use std::path::{Path, PathBuf};
+#[cfg(not(target_arch = "wasm32"))]
+use std::path::Path;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -10,14 +12,16 @@ use crate::model::lora::LoraConfig;
 use crate::ops::optim::{AdamW, Sophia};
 use crate::ops::spectral::Spectral;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum OptimizerKind {
     Adamw,
     Sophia,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Schedule {
     Constant,
@@ -27,7 +31,8 @@ pub enum Schedule {
 
 /// FLeX's spectral penalty: `off`, `train` (added to the loss with its gradient) or `published`
 /// (computed and logged, no gradient: what the paper's code did).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum FlexMode {
     Off,
@@ -36,7 +41,8 @@ pub enum FlexMode {
 }
 
 /// Which LoRA matrices the penalty covers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum FlexMatrices {
     A,
@@ -186,6 +192,7 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn from_toml(path: &Path) -> Result<TrainConfig> {
         let text = std::fs::read_to_string(path).map_err(crate::error::io_at(path, "read"))?;
         toml::from_str(&text).map_err(|e| Error::Config { file: path.display().to_string(), detail: e.to_string() })
@@ -193,6 +200,7 @@ impl TrainConfig {
 
     /// The settings in the TOML file `path` laid over `base` (a resumed run's saved settings):
     /// keys the file leaves out keep `base`'s values, not the defaults.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn from_toml_over(path: &Path, base: &TrainConfig) -> Result<TrainConfig> {
         let bad = |detail: String| Error::Config { file: path.display().to_string(), detail };
         let text = std::fs::read_to_string(path).map_err(crate::error::io_at(path, "read"))?;
@@ -212,6 +220,7 @@ impl TrainConfig {
         merged.try_into().map_err(|e: toml::de::Error| bad(e.to_string()))
     }
 
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_default()
     }

@@ -4,12 +4,18 @@
 //! Flow: `load` -> `tokenize` -> (`Loader::next_indices` -> `make_batch`) per step.
 //! Owns data only: it never touches a device or the model.
 
-use std::path::{Path, PathBuf};
+#[cfg(not(target_arch = "wasm32"))]
+use std::path::Path;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::data::tasks::{self, MbppPrompt, MbppSplit};
-use crate::error::{io_at, Error, Result};
+#[cfg(not(target_arch = "wasm32"))]
+use crate::data::tasks::MbppPrompt;
+use crate::data::tasks::{self, MbppSplit};
+#[cfg(not(target_arch = "wasm32"))]
+use crate::error::io_at;
+use crate::error::{Error, Result};
 use crate::model::tokenizer::Tokenizer;
 use crate::ops::cross_entropy::IGNORE;
 use crate::rng::Rng;
@@ -62,6 +68,7 @@ pub fn parse_jsonl(text: &str, path: &str) -> Result<Vec<TextExample>> {
 /// The examples of `source`. MBPP reads `data_dir/mbpp.jsonl` through the eval loader, so training
 /// and `eval --flex-template` see the same prompt text: the description, "\n", one
 /// "# <assert>\n" line per test; the completion is the reference code.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn load(source: &Source, data_dir: &Path) -> Result<Vec<TextExample>> {
     match source {
         Source::Mbpp { split } => {

@@ -7,17 +7,31 @@
 //!   `flexlora bench train`.
 //! - `adapter`: the adapter's training state keyed by (layer, target, A|B): gradients and the
 //!   optimizer's named state. `optimizer`: AdamW and Sophia behind one trait.
-//! - `run`: `Trainer` (data, resume, checkpoints around `step`) and `run`, the loop to the end.
+//! - `session`: one run in memory (examples, loader, optimizer, adapter state, step log):
+//!   `queue` a step, `flush` the queued steps' numbers; what native and browser training share.
+//! - `run`: `Trainer` (data files, resume, checkpoints, validation around a `Session`) and `run`,
+//!   the loop to the end.
 //! - `checkpoint`: atomic checkpoints and exact resume. `metrics`: metrics.jsonl and loss.svg.
 //! - `validate`: the held-out examples and their loss every N steps (no dropout, no gradient).
 
+//!
+//! The step and what it needs (`config`, `data`, `grad`, `step`, `adapter`, `optimizer`,
+//! `session`) work in
+//! memory and compile for the browser (`web` trains with them); `run`, `checkpoint`, `metrics`
+//! and `validate` read or write files and are native only.
+
 pub mod adapter;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod grad;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod metrics;
 pub mod optimizer;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod run;
+pub mod session;
 pub mod step;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod validate;

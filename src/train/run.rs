@@ -18,26 +18,13 @@ use crate::model::weights::{Model, WeightFormat};
 use crate::train::adapter::AdapterStore;
 use crate::train::checkpoint::{self, State};
 use crate::train::config::{OptimizerKind, TrainConfig};
-use crate::train::data::{self, Cursor, Example, Loader, Source, TokenStats};
+use crate::train::data::{self, Example, Source, TokenStats};
 use crate::train::metrics::{EvalRecord, History, Record, ValReport};
-use crate::train::optimizer::{self, Optimizer};
-use crate::train::step::{self, StepLog, StepSettings};
+use crate::train::optimizer;
+use crate::train::session::{self, Continue, Session};
 use crate::train::validate::{self, ValSet};
 
-/// What one optimizer step did.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct StepReport {
-    pub step: usize,
-    pub loss: f64,
-    pub lr: f32,
-    pub grad_norm: f64,
-    /// FLeX penalty λ·mean_W penalty(W) (before the step), when the mode is not `off`.
-    pub flex_penalty: Option<f64>,
-    /// Tokens in the step's batches (padding excluded) and the targets among them.
-    pub tokens: usize,
-    pub targets: usize,
-    pub seconds: f64,
-}
+pub use crate::train::session::{Flushed, StepReport};
 
 /// The data source named by the `data` setting.
 pub fn parse_source(data: &str) -> Result<Source> {
@@ -60,15 +47,8 @@ pub struct Trainer {
     pub model: Model,
     pub cfg: TrainConfig,
     pub stats: TokenStats,
-    examples: Vec<Example>,
-    loader: Loader,
-    opt: Box<dyn Optimizer>,
-    /// Every adapter tensor's gradient and optimizer state.
-    store: AdapterStore,
-    pad: u32,
-    pub step: usize,
-    pub total_steps: usize,
-    pub tokens: u64,
+    /// The run in memory: examples, loader, optimizer, adapter state, step log and counters.
+    pub session: Session,
     pub elapsed_s: f64,
     /// The checkpoint this run resumed from.
     pub resumed_from: Option<PathBuf>,
@@ -76,29 +56,8 @@ pub struct Trainer {
     model_fingerprint: Option<String>,
     /// The held-out examples validated every `cfg.val_every` steps (`validate`), if any.
     pub val: Option<ValSet>,
-    /// Steps `run` queues between read-backs of their numbers (`step::StepLog`): 1 on the CPU,
-    /// where reading back costs nothing, and 10 on a GPU, where each read-back drains the queue.
-    /// Validation, probes and checkpoints read back first.
-    pub readback_every: usize,
-    log: StepLog,
-    /// What the host knows of each queued step (the device holds the rest).
-    queued: Vec<Queued>,
     /// When the first step queued since the last read-back started.
     interval_start: Option<Instant>,
-}
-
-/// A step queued but not read back yet.
-struct Queued {
-    lr: f32,
-    tokens: usize,
-    targets: usize,
-}
-
-/// What `Trainer::flush` read back: the reports of the queued steps up to the first that failed,
-/// and that step's error.
-pub struct Flushed {
-    pub reports: Vec<StepReport>,
-    pub error: Option<Error>,
 }
 
 impl Trainer {
@@ -188,8 +147,7 @@ impl Trainer {
         let val = validate::load(tok, &cfg, &data_dir)?;
         let longest = examples.iter().map(|e| e.ids.len()).max().unwrap_or(0);
         check_step_memory(&dev, &model, &cfg, longest)?;
-        let per_step = cfg.batch_size * cfg.grad_accum;
-        let total_steps = if cfg.steps > 0 { cfg.steps } else { (examples.len() * cfg.epochs).div_ceil(per_step) };
+        let total_steps = session::total_steps(&cfg, examples.len());
         if let Some(st) = &state {
             if total_steps < st.step {
                 return Err(Error::InvalidArgument {
@@ -202,35 +160,29 @@ impl Trainer {
             }
         }
         let opt = optimizer::from_config(&cfg);
-        let store = match &resumed {
-            Some(ckpt) => AdapterStore::load(&dev, &model, opt.as_ref(), ckpt)?,
-            None => AdapterStore::new(&dev, &model, opt.as_ref()),
+        let from = match (&resumed, &state) {
+            (Some(ckpt), Some(st)) => Some(Continue {
+                step: st.step,
+                tokens: st.tokens,
+                cursor: st.cursor.clone(),
+                store: AdapterStore::load(&dev, &model, opt.as_ref(), ckpt)?,
+            }),
+            _ => None,
         };
-        let cursor = state.as_ref().map(|s| s.cursor.clone()).unwrap_or(Cursor { epoch: 0, index: 0 });
-        let loader = Loader::new(examples.len(), cfg.seed, cursor);
         let pad = tok.eos.first().copied().unwrap_or(0);
         let model_fingerprint = match model_fingerprint {
             Some(f) => Some(f),
             None => crate::model::load::fingerprint::model(&cfg.model).ok(),
         };
+        // Reading back costs nothing on the CPU; on a GPU each read-back drains the queue.
         let readback_every = if matches!(dev, Device::Cpu(_)) { 1 } else { 10 };
-        let log = StepLog::new(&dev, readback_every)?;
+        let session = Session::new(&dev, &model, &cfg, examples, pad, readback_every, from)?;
         Ok(Trainer {
-            readback_every,
-            log,
-            queued: Vec::new(),
+            session,
             interval_start: None,
             dev,
             model,
             stats,
-            examples,
-            loader,
-            opt,
-            store,
-            pad,
-            step: state.as_ref().map_or(0, |s| s.step),
-            total_steps,
-            tokens: state.as_ref().map_or(0, |s| s.tokens),
             elapsed_s: state.as_ref().map_or(0.0, |s| s.elapsed_s),
             resumed_from: resumed,
             model_fingerprint,
@@ -240,7 +192,12 @@ impl Trainer {
     }
 
     pub fn done(&self) -> bool {
-        self.step >= self.total_steps
+        self.session.done()
+    }
+
+    /// Optimizer steps done (queued ones included) and in all.
+    pub fn steps(&self) -> (usize, usize) {
+        (self.session.step, self.session.total_steps)
     }
 
     /// One optimizer step over `grad_accum` micro-batches (`step::step`), read back at once.
@@ -254,36 +211,11 @@ impl Trainer {
         }
     }
 
-    /// Runs one optimizer step without reading anything back (`step::step`); `flush` returns its
-    /// report. The step log holds `readback_every` steps; a full log is flushed by the caller.
+    /// Runs one optimizer step without reading anything back (`Session::queue`); `flush`
+    /// returns its report.
     pub fn queue(&mut self) -> Result<()> {
         self.interval_start.get_or_insert_with(Instant::now);
-        if self.log.capacity() != self.readback_every.max(1) && self.log.pending() == 0 {
-            self.log = StepLog::new(&self.dev, self.readback_every)?;
-        }
-        let cfg = &self.cfg;
-        let mut tokens = 0;
-        let micro: Vec<data::Batch> = (0..cfg.grad_accum)
-            .map(|_| {
-                let idx = self.loader.next_indices(cfg.batch_size);
-                let refs: Vec<&Example> = idx.iter().map(|&i| &self.examples[i]).collect();
-                tokens += refs.iter().map(|e| e.ids.len()).sum::<usize>();
-                data::make_batch(&refs, self.pad)
-            })
-            .collect();
-        let targets: usize = micro.iter().map(|b| b.n_targets).sum();
-        let lr = cfg.lr_at(self.step, self.total_steps);
-        let settings = StepSettings { step: self.step, seed: cfg.seed, lr, clip: cfg.clip, recompute: cfg.recompute, flex: &cfg.flex };
-        step::step(&self.dev, &mut self.model, &mut self.store, self.opt.as_ref(), &micro, &settings, &mut self.log)?;
-        self.step += 1;
-        self.tokens += tokens as u64;
-        self.queued.push(Queued { lr, tokens, targets });
-        Ok(())
-    }
-
-    /// Steps queued and not read back yet.
-    pub fn queued(&self) -> usize {
-        self.queued.len()
+        self.session.queue(&self.dev, &mut self.model, &self.cfg)
     }
 
     /// Reads back the queued steps' numbers (one read-back) and returns their reports; each
@@ -291,52 +223,34 @@ impl Trainer {
     /// norm was not finite ends the list with its error (`Error::Training`, naming the last good
     /// checkpoint): it and every step queued after it changed no adapter tensor.
     pub async fn flush(&mut self) -> Result<Flushed> {
-        let logged = self.log.read(&self.dev).await?;
-        let queued = std::mem::take(&mut self.queued);
-        let seconds = self.interval_start.take().map_or(0.0, |t| t.elapsed().as_secs_f64()) / queued.len().max(1) as f64;
-        self.elapsed_s += seconds * queued.len() as f64;
-        let reports = logged
-            .steps
-            .iter()
-            .zip(&queued)
-            .map(|(o, q)| StepReport {
-                step: o.step,
-                loss: o.loss,
-                lr: q.lr,
-                grad_norm: o.grad_norm,
-                flex_penalty: o.flex_penalty,
-                tokens: q.tokens,
-                targets: q.targets,
-                seconds,
-            })
-            .collect();
-        let error = match logged.error {
-            Some(Error::Training { step, detail, .. }) => {
-                let last = checkpoint::list(&self.cfg.out.join("checkpoints"))?.pop();
-                let hint = match last {
-                    Some((s, p)) => format!("The last good checkpoint (step {s}) is {}; resume from it with a lower --lr", p.display()),
-                    None => "No checkpoint was written yet; lower --lr or check the data".into(),
-                };
-                Some(Error::Training { step, detail, hint })
-            }
-            other => other,
-        };
-        Ok(Flushed { reports, error })
+        let seconds = self.interval_start.take().map_or(0.0, |t| t.elapsed().as_secs_f64());
+        let mut flushed = self.session.flush(&self.dev, seconds).await?;
+        self.elapsed_s += seconds;
+        if let Some(Error::Training { step, detail, .. }) = flushed.error.take() {
+            let last = checkpoint::list(&self.cfg.out.join("checkpoints"))?.pop();
+            let hint = match last {
+                Some((s, p)) => format!("The last good checkpoint (step {s}) is {}; resume from it with a lower --lr", p.display()),
+                None => "No checkpoint was written yet; lower --lr or check the data".into(),
+            };
+            flushed.error = Some(Error::Training { step, detail, hint });
+        }
+        Ok(flushed)
     }
 
     /// The loss on the validation set now (`validate::loss`); `None` when the run has none.
     pub async fn validate(&self) -> Result<Option<ValReport>> {
         let Some(set) = &self.val else { return Ok(None) };
-        validate::loss(&self.dev, &self.model, set, self.cfg.batch_size, self.pad, self.step).await.map(Some)
+        let pad = self.session.pad();
+        validate::loss(&self.dev, &self.model, set, self.cfg.batch_size, pad, self.session.step).await.map(Some)
     }
 
     /// Writes a checkpoint of the current step.
     pub fn save(&self) -> Result<PathBuf> {
         let state = State {
-            step: self.step,
-            total_steps: self.total_steps,
-            cursor: self.loader.cursor(),
-            tokens: self.tokens,
+            step: self.session.step,
+            total_steps: self.session.total_steps,
+            cursor: self.session.cursor(),
+            tokens: self.session.tokens,
             elapsed_s: self.elapsed_s,
             model_shape: format!("{:?}", self.model.cfg),
             model_fingerprint: self.model_fingerprint.clone(),
@@ -347,7 +261,7 @@ impl Trainer {
             &self.dev,
             &self.cfg.out.join("checkpoints"),
             &self.model,
-            &self.store.named_state(),
+            &self.session.named_state(),
             &state,
             self.cfg.keep_checkpoints,
         )
@@ -560,7 +474,7 @@ pub async fn run(tr: Trainer, on: &mut dyn FnMut(Event<'_>)) -> Result<Summary> 
 }
 
 /// `run` with a `probe` of the adapter every `probe.every` steps.
-/// Steps are queued and read back every `tr.readback_every` steps, and before a validation, a
+/// Steps are queued and read back every `Session::readback_every` steps, and before a validation, a
 /// probe, a checkpoint and the end; each read-back then records and reports its steps in order.
 pub async fn run_with(mut tr: Trainer, mut probe: Option<Probe<'_>>, on: &mut dyn FnMut(Event<'_>)) -> Result<Summary> {
     let out = tr.cfg.out.clone();
@@ -568,7 +482,7 @@ pub async fn run_with(mut tr: Trainer, mut probe: Option<Probe<'_>>, on: &mut dy
     load::write_atomic(&out.join("config.toml"), tr.cfg.to_toml().as_bytes())?;
     let metrics_path = out.join("metrics.jsonl");
     let svg_path = out.join("loss.svg");
-    let mut history = crate::train::metrics::read(&metrics_path, tr.step)?;
+    let mut history = crate::train::metrics::read(&metrics_path, tr.session.step)?;
     crate::train::metrics::rewrite(&metrics_path, &history)?;
     let mut metrics =
         std::fs::OpenOptions::new().append(true).create(true).open(&metrics_path).map_err(crate::error::io_at(&metrics_path, "open"))?;
@@ -579,16 +493,16 @@ pub async fn run_with(mut tr: Trainer, mut probe: Option<Probe<'_>>, on: &mut dy
     };
     on(Event::Started { trainer: &tr });
     let t0 = Instant::now();
-    let tokens0 = tr.tokens;
+    let tokens0 = tr.session.tokens;
     while !tr.done() {
         tr.queue()?;
         // Every N steps and at the end; 0 = never. Both before the checkpoint: a run killed
         // between them resumes from the checkpoint before and redoes them once.
-        let (done, step) = (tr.done(), tr.step);
+        let (done, step) = (tr.done(), tr.session.step);
         let due = |every: usize| every > 0 && (done || step.is_multiple_of(every));
         let save = done || due(tr.cfg.save_every);
         let probing = probe.as_ref().is_some_and(|p| due(p.every));
-        if save || probing || due(tr.cfg.val_every) || tr.queued() >= tr.readback_every.max(1) {
+        if save || probing || due(tr.cfg.val_every) || tr.session.queued() >= tr.session.readback_every() {
             let Flushed { reports, error } = tr.flush().await?;
             for report in reports {
                 record(&mut history, Record::Step(report.clone()))?;
@@ -621,18 +535,18 @@ pub async fn run_with(mut tr: Trainer, mut probe: Option<Probe<'_>>, on: &mut dy
         }
     }
     let adapter = out.join("adapter");
-    load::peft::save(&tr.dev, &tr.model, &adapter, &tr.cfg.model.display().to_string())?;
+    load::peft::save(&tr.dev, &tr.model, &adapter, &tr.cfg.model.display().to_string()).await?;
     load::write_atomic(&svg_path, crate::train::metrics::loss_svg(&history).as_bytes())?;
     let seconds = t0.elapsed().as_secs_f64();
     let (trainable, total) = tr.model.trainable_params();
     let steps = history.steps();
     let summary = Summary {
-        steps: tr.step,
+        steps: tr.session.step,
         first_loss: steps.first().map(|r| r.loss),
         final_loss: steps.last().map(|r| r.loss),
-        tokens: tr.tokens,
+        tokens: tr.session.tokens,
         seconds,
-        tokens_per_s: (tr.tokens - tokens0) as f64 / seconds.max(1e-9),
+        tokens_per_s: (tr.session.tokens - tokens0) as f64 / seconds.max(1e-9),
         peak_rss_mib: crate::train::metrics::peak_rss().map(|b| b as f64 / (1 << 20) as f64),
         trainable_params: trainable,
         total_params: total,

@@ -32,7 +32,7 @@ fn merged_tiny_models_and_gguf_loras_give_the_adapted_logits() {
             *t = flexlora::Tensor::from_f32(&dev, &label, &shape, &rng.vec(shape.iter().product(), 0.5)).unwrap();
         }
         let adapter = dir.join("adapter");
-        peft::save(&dev, &m, &adapter, "tiny").unwrap();
+        flexlora::device::block_on(None, peft::save(&dev, &m, &adapter, "tiny")).unwrap();
         let mut cache = m.new_cache(&dev, 1, 8);
         let want = read(&dev, &m.forward(&dev, &[0, 5, 17, 9, 33], &mut cache, true).unwrap());
         let base = logits_of(&hf);

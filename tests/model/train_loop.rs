@@ -246,11 +246,11 @@ fn steps_read_back_per_interval_match_steps_read_one_by_one() {
     let mut one = new(&cfg);
     let each: Vec<_> = (0..7).map(|_| block_on(None, one.step()).unwrap()).collect();
     let mut batched = new(&cfg);
-    batched.readback_every = 3;
+    batched.session.set_readback_every(&Device::cpu(), 3).unwrap();
     let mut reports = Vec::new();
     while !batched.done() {
         batched.queue().unwrap();
-        if batched.queued() == 3 || batched.done() {
+        if batched.session.queued() == 3 || batched.done() {
             let f = block_on(None, batched.flush()).unwrap();
             assert!(f.error.is_none());
             reports.extend(f.reports);
@@ -269,7 +269,7 @@ fn steps_read_back_per_interval_match_steps_read_one_by_one() {
     let mut tr = new(&cfg);
     block_on(None, tr.step()).unwrap();
     tr.cfg.lr = 1e30;
-    tr.readback_every = 20;
+    tr.session.set_readback_every(&Device::cpu(), 20).unwrap();
     for _ in 0..20 {
         tr.queue().unwrap();
     }

@@ -13,7 +13,7 @@ use crate::model::load::safetensors_bytes;
 use crate::model::lora::{LoraConfig, Target};
 use crate::model::weights::Model;
 #[cfg(not(target_arch = "wasm32"))]
-pub use native::{host_tensors, load, save};
+pub use native::{load, save};
 
 pub const CONFIG_FILE: &str = "adapter_config.json";
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
@@ -122,6 +122,23 @@ pub fn parse_config(path: &str, text: &str) -> Result<LoraConfig> {
     Ok(cfg)
 }
 
+/// The adapter's tensors read back to the host, PEFT-named, in `lora_tensors` order.
+pub async fn host_tensors(dev: &Device, model: &Model) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    let mut out = Vec::new();
+    for (name, t) in model.lora_tensors() {
+        out.push((name, t.shape().to_vec(), t.to_vec_f32(dev).await?));
+    }
+    Ok(out)
+}
+
+/// The model's adapter as PEFT's two files: `adapter_config.json` text and
+/// `adapter_model.safetensors` bytes (what `save` writes, and what the browser downloads).
+pub async fn files(dev: &Device, model: &Model, base_model: &str) -> Result<(String, Vec<u8>)> {
+    let cfg = model.lora.as_ref().ok_or_else(|| config_err(base_model, "the model has no adapter to save"))?;
+    let weights = safetensors_bytes::to_bytes(WEIGHTS_FILE, &host_tensors(dev, model).await?, Some(weights_metadata(cfg)))?;
+    Ok((config_json(cfg, base_model), weights))
+}
+
 /// Attaches the adapter given as `adapter_config.json` text and `adapter_model.safetensors` bytes
 /// to `model`; `origin` names the adapter (a directory, a URL) in errors.
 pub fn attach_bytes(dev: &Device, model: &mut Model, origin: &str, config_text: &str, weights: &[u8]) -> Result<LoraConfig> {
@@ -179,28 +196,22 @@ pub fn check_names<'a>(layers: usize, cfg: &LoraConfig, origin: &str, names: imp
 mod native {
     use std::path::Path;
 
-    use super::{attach_bytes, config_err, config_json, weights_metadata, CONFIG_FILE, WEIGHTS_FILE};
-    use crate::device::{block_on, Device};
+    use super::{attach_bytes, config_err, files, CONFIG_FILE, WEIGHTS_FILE};
+    use crate::device::Device;
     use crate::error::{io_at, Result};
-    use crate::model::load::{safetensors, write_atomic};
+    use crate::model::load::write_atomic;
     use crate::model::lora::LoraConfig;
     use crate::model::weights::Model;
 
-    /// The adapter's tensors read back to the host, PEFT-named, in `lora_tensors` order.
-    pub fn host_tensors(dev: &Device, model: &Model) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
-        let mut out = Vec::new();
-        for (name, t) in model.lora_tensors() {
-            out.push((name, t.shape().to_vec(), block_on(Some(dev), t.to_vec_f32(dev))?));
-        }
-        Ok(out)
-    }
-
     /// Writes the model's adapter into `dir` (created if needed) in PEFT's layout, each file atomically.
-    pub fn save(dev: &Device, model: &Model, dir: &Path, base_model: &str) -> Result<()> {
-        let cfg = model.lora.as_ref().ok_or_else(|| config_err(&dir.display().to_string(), "the model has no adapter to save"))?;
+    pub async fn save(dev: &Device, model: &Model, dir: &Path, base_model: &str) -> Result<()> {
+        if model.lora.is_none() {
+            return Err(config_err(&dir.display().to_string(), "the model has no adapter to save"));
+        }
+        let (config, weights) = files(dev, model, base_model).await?;
         std::fs::create_dir_all(dir).map_err(|e| config_err(&dir.display().to_string(), format!("cannot create the directory: {e}")))?;
-        safetensors::write(&dir.join(WEIGHTS_FILE), &host_tensors(dev, model)?, Some(weights_metadata(cfg)))?;
-        write_atomic(&dir.join(CONFIG_FILE), config_json(cfg, base_model).as_bytes())
+        write_atomic(&dir.join(WEIGHTS_FILE), &weights)?;
+        write_atomic(&dir.join(CONFIG_FILE), config.as_bytes())
     }
 
     /// Reads a PEFT adapter directory (or its `adapter_model.safetensors`) and attaches it to `model`.
