@@ -262,10 +262,11 @@ pub async fn open_each(backend: Option<BackendChoice>) -> Vec<Opened> {
 }
 
 /// Drives a future to completion on native targets, polling the GPU while it is pending; the
-/// browser awaits instead. Meant for the top of native programs (CLI, tests, benches), but native-only
-/// library code calls it too where it reads results back: the training step (`train::step`),
-/// checkpoints and adapter saving (`train::checkpoint`, `model::load::peft::save`) and evaluation
-/// (`eval::job`, `eval::ppl`). Code that must run in the browser cannot use it.
+/// browser awaits instead, so nothing the browser build runs may call it. The front ends call it:
+/// `main.rs`, tests and benches, and the native-only drivers that run a whole command for them
+/// (`bench`, `selftest`, `eval::job`, `eval::ppl`) or read tensors back to write files (checkpoints,
+/// `model::load::peft::save`). Library code below the front ends is async (it awaits read-backs)
+/// or synchronous CPU code.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn block_on<T>(device: Option<&Device>, fut: impl std::future::Future<Output = T>) -> T {
     use std::task::{Context, Poll, Waker};
