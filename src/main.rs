@@ -310,6 +310,8 @@ struct TrainArgs {
     /// Continue the run whose output directory (or checkpoint directory) this is.
     #[arg(long)]
     resume: Option<std::path::PathBuf>,
+    // The flags these define are read by `TrainConfig::layered` from the matches, which also
+    // tell the flags given on the command line from those left at their defaults.
     #[command(flatten)]
     settings: flexlora::train::config::TrainConfig,
     /// Where to run: a hardware GPU when there is one, else the CPU backend (auto); or force one.

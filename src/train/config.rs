@@ -86,7 +86,7 @@ pub struct FlexConfig {
     )]
     pub matrices: FlexMatrices,
     /// T: the frequency share (of n = N/2+1) where the penalty weight reaches 1 - phi_high: it ramps
-    /// from 1 - phi_low at k = 0 to 1 - phi_high at k = n·T (`ops::spectral`).
+    /// from 1 - phi_low at k = 0 to 1 - phi_high at k = n·T.
     #[cfg_attr(
         not(target_arch = "wasm32"),
         arg(id = "flex_threshold", long = "flex-threshold", value_name = "T", default_value_t = FlexConfig::default().threshold)
