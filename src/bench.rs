@@ -341,27 +341,60 @@ impl BenchModel {
     }
 }
 
-/// What `flexlora bench train` measures.
-pub struct TrainRun {
-    pub source: BenchModel,
-    pub format: crate::model::WeightFormat,
-    pub lora: crate::model::LoraConfig,
+/// `--model` or `--random-7b`: the model of `bench train` and `bench flex`.
+#[derive(clap::Args)]
+pub struct ModelArgs {
+    /// A .gguf file or a Hugging Face model directory.
+    #[arg(long, default_value = "models/SmolLM2-135M-Instruct.Q4_1.gguf")]
+    pub model: std::path::PathBuf,
+    /// Random weights with Code Llama 7B's shapes instead of --model.
+    #[arg(long)]
+    pub random_7b: bool,
+}
+
+impl ModelArgs {
+    pub fn source(&self) -> BenchModel {
+        if self.random_7b {
+            BenchModel::RandomCodeLlama7b
+        } else {
+            BenchModel::File(self.model.clone())
+        }
+    }
+}
+
+/// What `flexlora bench train` measures (its flags).
+#[derive(clap::Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// Tokens in the one training sequence.
+    #[arg(long, default_value_t = 512)]
     pub seq: usize,
     /// Timed steps (after one warm-up step).
+    #[arg(long, default_value_t = 3)]
     pub steps: usize,
+    /// LoRA rank r.
+    #[arg(long, default_value_t = 8)]
+    pub lora_rank: usize,
+    /// The modules to adapt, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "gate_proj,up_proj,down_proj")]
+    pub lora_targets: Vec<crate::model::Target>,
+    /// Recompute activations per layer during backward (less memory).
+    #[arg(long)]
     pub recompute: bool,
 }
 
-/// `flexlora bench train`: loads the model, attaches a fresh adapter, reports the setup, every
-/// step (`train`), the mean and the peak memory.
-pub fn train_run(dev: &Device, run: &TrainRun, out: &mut impl Write) -> Result<()> {
+/// `flexlora bench train`: loads the model (its linear weights in `format`), attaches a fresh
+/// adapter, reports the setup, every step (`train`), the mean and the peak memory.
+pub fn train_run(dev: &Device, run: &TrainArgs, format: crate::model::WeightFormat, out: &mut impl Write) -> Result<()> {
     let t0 = Instant::now();
-    let mut m = run.source.load(dev, run.format)?;
-    m.attach_lora(dev, &run.lora, 0)?;
+    let source = run.model.source();
+    let lora = crate::model::LoraConfig { rank: run.lora_rank, targets: run.lora_targets.clone(), ..Default::default() };
+    let mut m = source.load(dev, format)?;
+    m.attach_lora(dev, &lora, 0)?;
     let (trainable, total) = m.trainable_params();
-    let targets: Vec<&str> = run.lora.targets.iter().map(|t| t.name()).collect();
-    let format = match run.format {
+    let targets: Vec<&str> = lora.targets.iter().map(|t| t.name()).collect();
+    let format = match format {
         crate::model::WeightFormat::Nf4 { .. } => "NF4",
         crate::model::WeightFormat::F32 => "f32",
         crate::model::WeightFormat::Auto => "auto (GGUF blocks or NF4)",
@@ -369,10 +402,10 @@ pub fn train_run(dev: &Device, run: &TrainRun, out: &mut impl Write) -> Result<(
     let _ = writeln!(
         out,
         "{} on {} ({format} base weights, loaded in {:.1} s): LoRA r={} on {}, {trainable} of {total} parameters, T={}{}",
-        run.source.name(),
+        source.name(),
         dev.name(),
         t0.elapsed().as_secs_f64(),
-        run.lora.rank,
+        lora.rank,
         targets.join(","),
         run.seq,
         if run.recompute { ", recomputing activations" } else { "" }
@@ -385,32 +418,66 @@ pub fn train_run(dev: &Device, run: &TrainRun, out: &mut impl Write) -> Result<(
     Ok(())
 }
 
-/// `flexlora bench flex`: the FLeX penalty's time per step at rank `r` (`flex`) and, with
-/// `step_seq`, one training step of that many tokens for the penalty's share.
-pub fn flex_run(
-    dev: &Device,
-    source: &BenchModel,
-    format: crate::model::WeightFormat,
-    r: usize,
-    reps: usize,
-    step_seq: Option<usize>,
-    out: &mut impl Write,
-) -> Result<()> {
-    let cfg = match source {
+/// What `flexlora bench flex` measures (its flags).
+#[derive(clap::Args)]
+pub struct FlexArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// LoRA rank r (MLP targets).
+    #[arg(long, default_value_t = 8)]
+    pub lora_rank: usize,
+    /// Repetitions (the best time is reported).
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+    /// Also time one training step (of --seq tokens) on the same device for the penalty's share.
+    #[arg(long)]
+    pub with_step: bool,
+    /// Tokens in the training step of --with-step.
+    #[arg(long, default_value_t = 512)]
+    pub seq: usize,
+}
+
+/// `flexlora bench flex`: the FLeX penalty's time per step (`flex`) and, with `--with-step`, one
+/// training step of the model (its linear weights in `format`) for the penalty's share.
+pub fn flex_run(dev: &Device, run: &FlexArgs, format: crate::model::WeightFormat, out: &mut impl Write) -> Result<()> {
+    let source = run.model.source();
+    let cfg = match &source {
         BenchModel::RandomCodeLlama7b => codellama_7b(),
         BenchModel::File(p) => crate::model::load::open_config(p)?,
     };
-    let name = match source {
+    let name = match &source {
         BenchModel::RandomCodeLlama7b => "Code Llama 7B shapes".to_string(),
         BenchModel::File(p) => p.display().to_string(),
     };
     let _ = writeln!(out, "{name} on {}", dev.name());
-    let penalty = flex(dev, &cfg, r, reps, out)?;
-    if let Some(seq) = step_seq {
+    let penalty = flex(dev, &cfg, run.lora_rank, run.reps, out)?;
+    if run.with_step {
+        let seq = run.seq;
         let mut m = source.load(dev, format)?;
-        m.attach_lora(dev, &crate::model::LoraConfig { rank: r, ..Default::default() }, 0)?;
+        m.attach_lora(dev, &crate::model::LoraConfig { rank: run.lora_rank, ..Default::default() }, 0)?;
         let step = train(dev, &mut m, seq, 1, false, out)?;
         let _ = writeln!(out, "  training step (T={seq}) {step:.2} s: the penalty adds {:.2}%", 100.0 * penalty / step);
     }
     Ok(())
+}
+
+/// What `flexlora bench generate` measures (its flags).
+#[derive(clap::Args)]
+pub struct GenerateArgs {
+    /// A .gguf file or a Hugging Face model directory.
+    #[arg(long, default_value = "models/SmolLM2-135M-Instruct.Q4_1.gguf")]
+    pub model: std::path::PathBuf,
+    /// Tokens of the prompt, run in one pass (prefill).
+    #[arg(long, default_value_t = 512)]
+    pub prompt_tokens: usize,
+    /// Tokens decoded one at a time after it.
+    #[arg(long, default_value_t = 64)]
+    pub decode_tokens: usize,
+}
+
+/// `flexlora bench generate` on `model` (loaded from `run.model` by the front end, which reports
+/// the loading): the heading, then `generate`.
+pub fn generate_run(dev: &Device, model: &crate::model::Model, run: &GenerateArgs, out: &mut impl Write) -> Result<()> {
+    let _ = writeln!(out, "{} on {}", run.model.display(), dev.name());
+    generate(dev, model, run.prompt_tokens, run.decode_tokens, out)
 }

@@ -56,7 +56,7 @@ enum Command {
     Selftest {
         /// Only adapters of this graphics API, or `cpu` for the CPU backend's tiers alone.
         #[arg(long, value_enum)]
-        backend: Option<SelftestBackend>,
+        backend: Option<flexlora::selftest::Target>,
         /// Also write the portable CPU reference's digests (sampled values, block sums) to this
         /// JSON file, for the browser selftest (web/selftest.html) to check the wasm CPU backend.
         #[arg(long)]
@@ -78,16 +78,6 @@ enum Command {
     Logits(LogitsArgs),
 }
 
-/// `selftest --backend`: a GPU API, or the CPU backend.
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum SelftestBackend {
-    Vulkan,
-    Metal,
-    Dx12,
-    Gl,
-    Cpu,
-}
-
 #[derive(Subcommand)]
 enum BenchCommand {
     /// f32 matmul GFLOP/s at 1024^3 and the SmolLM2 training shapes, on the CPU and the GPU.
@@ -107,52 +97,22 @@ enum BenchCommand {
     },
     /// LoRA training steps (forward, backward, AdamW) on one sequence: tokens/s and peak memory.
     Train {
-        #[arg(long, default_value = "models/SmolLM2-135M-Instruct.Q4_1.gguf")]
-        model: std::path::PathBuf,
-        /// Random weights with Code Llama 7B's shapes instead of --model.
-        #[arg(long)]
-        random_7b: bool,
-        #[arg(long, default_value_t = 512)]
-        seq: usize,
-        #[arg(long, default_value_t = 3)]
-        steps: usize,
-        #[arg(long, default_value_t = 8)]
-        lora_rank: usize,
-        /// Comma-separated LoRA targets (default: gate_proj,up_proj,down_proj).
-        #[arg(long, default_value = "gate_proj,up_proj,down_proj")]
-        lora_targets: String,
-        #[arg(long)]
-        recompute: bool,
+        #[command(flatten)]
+        run: flexlora::bench::TrainArgs,
         #[command(flatten)]
         dev: DeviceFlags,
     },
     /// FLeX penalty + gradient time per step (MLP LoRA, r=8) and its share of a training step.
     Flex {
-        #[arg(long, default_value = "models/SmolLM2-135M-Instruct.Q4_1.gguf")]
-        model: std::path::PathBuf,
-        /// Code Llama 7B's shapes instead of --model (random weights).
-        #[arg(long)]
-        random_7b: bool,
-        #[arg(long, default_value_t = 8)]
-        lora_rank: usize,
-        #[arg(long, default_value_t = 3)]
-        reps: usize,
-        /// Also time one training step (sequence 512) on the same device for the share.
-        #[arg(long)]
-        with_step: bool,
-        #[arg(long, default_value_t = 512)]
-        seq: usize,
+        #[command(flatten)]
+        run: flexlora::bench::FlexArgs,
         #[command(flatten)]
         dev: DeviceFlags,
     },
     /// Prefill (T tokens in one pass) and decode tokens/s of a model, and peak memory.
     Generate {
-        #[arg(long, default_value = "models/SmolLM2-135M-Instruct.Q4_1.gguf")]
-        model: std::path::PathBuf,
-        #[arg(long, default_value_t = 512)]
-        prompt_tokens: usize,
-        #[arg(long, default_value_t = 64)]
-        decode_tokens: usize,
+        #[command(flatten)]
+        run: flexlora::bench::GenerateArgs,
         #[command(flatten)]
         dev: DeviceFlags,
     },
@@ -166,44 +126,14 @@ struct DeviceFlags {
     /// Graphics API for the GPU (vulkan, metal, dx12, gl).
     #[arg(long, value_enum)]
     backend: Option<BackendChoice>,
-    /// How the frozen linear weights are held: nf4 (the default: 4-bit, block 64, quantized
-    /// while loading: QLoRA's base, ~7x less memory than f32, the fastest CPU decode), auto (a
-    /// GGUF file's own quantized blocks on the CPU, the exact model, but decoding ~2.5x slower
-    /// than nf4 until its kernels are tuned; NF4 otherwise), or f32.
-    #[arg(long, value_enum, default_value_t = WeightsArg::Nf4)]
-    weights: WeightsArg,
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum WeightsArg {
-    Auto,
-    F32,
-    Nf4,
-}
-
-impl WeightsArg {
-    /// The value `name` spells (`TrainConfig::weights`); NF4 for an unknown one.
-    fn named(name: &str) -> WeightsArg {
-        <WeightsArg as clap::ValueEnum>::from_str(name, true).unwrap_or(WeightsArg::Nf4)
-    }
-
-    /// The value as spelled in flags and `TrainConfig::weights`.
-    fn name(self) -> &'static str {
-        match self {
-            WeightsArg::Auto => "auto",
-            WeightsArg::F32 => "f32",
-            WeightsArg::Nf4 => "nf4",
-        }
-    }
+    /// How the frozen linear weights are held.
+    #[arg(long, value_enum, default_value_t = flexlora::model::Weights::Nf4)]
+    weights: flexlora::model::Weights,
 }
 
 impl DeviceFlags {
     fn format(&self) -> flexlora::model::WeightFormat {
-        match self.weights {
-            WeightsArg::F32 => flexlora::model::WeightFormat::F32,
-            WeightsArg::Nf4 => flexlora::model::WeightFormat::Nf4 { blocksize: 64 },
-            WeightsArg::Auto => flexlora::model::WeightFormat::Auto,
-        }
+        self.weights.format()
     }
 }
 
@@ -369,221 +299,43 @@ struct EvalArgs {
     dev: DeviceFlags,
 }
 
-/// The defaults `flexlora train` shows in its help: those of `TrainConfig`.
-fn train_defaults() -> flexlora::train::config::TrainConfig {
-    flexlora::train::config::TrainConfig::default()
-}
-
-/// `flexlora train`'s flags. Each setting flag shows the default of `TrainConfig`, but only a flag
-/// given on the command line overrides the --config file (and a resumed run's saved settings):
-/// `config` applies those, found by `ArgMatches::value_source`.
+/// `flexlora train`'s flags: the run's settings (`TrainConfig`, whose flags show its defaults but
+/// override the --config file and a resumed run's settings only when given: `TrainConfig::layered`)
+/// and what the front end does around the run.
 #[derive(Args)]
 struct TrainArgs {
-    /// A TOML file with any of the settings below (flags override it).
+    /// A TOML file with any of the settings below (the flags given on the command line override it).
     #[arg(long)]
     config: Option<std::path::PathBuf>,
     /// Continue the run whose output directory (or checkpoint directory) this is.
     #[arg(long)]
     resume: Option<std::path::PathBuf>,
-    /// A .gguf file or a Hugging Face model directory.
-    #[arg(long, default_value_os_t = train_defaults().model)]
-    model: std::path::PathBuf,
-    /// `mbpp` (train split), `mbpp:validation`, or a JSONL file of {"prompt","completion"} or {"text"} lines.
-    #[arg(long, default_value_t = train_defaults().data)]
-    data: String,
-    /// Dataset directory (default: $FLEXLORA_DATA, else ../shared/data).
-    #[arg(long)]
-    data_dir: Option<std::path::PathBuf>,
-    /// Output directory: checkpoints, metrics.jsonl, loss.svg, adapter/, summary.json (and eval/ with --eval-every).
-    #[arg(long, default_value_os_t = train_defaults().out)]
-    out: std::path::PathBuf,
-    /// Frozen base weights: nf4 (QLoRA), auto (a GGUF's own blocks on the CPU, else NF4) or f32.
-    #[arg(long, value_enum, ignore_case = true, default_value_t = WeightsArg::named(&train_defaults().weights))]
-    weights: WeightsArg,
-    /// Tokens per example; longer ones are truncated.
-    #[arg(long, default_value_t = train_defaults().max_len)]
-    max_len: usize,
-    /// Train on the prompt tokens too (by default only the completion is in the loss).
-    #[arg(long)]
-    no_mask_prompt: bool,
-    /// Sequences per micro-batch.
-    #[arg(long, default_value_t = train_defaults().batch_size)]
-    batch_size: usize,
-    /// Micro-batches whose gradients are accumulated into one optimizer step.
-    #[arg(long, default_value_t = train_defaults().grad_accum)]
-    grad_accum: usize,
-    /// Optimizer steps (0: --epochs passes over the data).
-    #[arg(long, default_value_t = train_defaults().steps)]
-    steps: usize,
-    /// Passes over the data when --steps is 0.
-    #[arg(long, default_value_t = train_defaults().epochs)]
-    epochs: usize,
-    /// Peak learning rate.
-    #[arg(long, default_value_t = train_defaults().lr)]
-    lr: f32,
-    /// Learning-rate schedule after --warmup-steps of linear warmup.
-    #[arg(long, value_enum, ignore_case = true, default_value_t = train_defaults().schedule)]
-    schedule: flexlora::train::config::Schedule,
-    /// Steps of linear warmup from 0 to --lr.
-    #[arg(long, default_value_t = train_defaults().warmup_steps)]
-    warmup_steps: usize,
-    /// The linear and cosine schedules end at lr x this.
-    #[arg(long, default_value_t = train_defaults().min_lr_ratio)]
-    min_lr_ratio: f32,
-    /// Global gradient-norm clip (0 disables).
-    #[arg(long, default_value_t = train_defaults().clip)]
-    clip: f32,
-    /// The optimizer.
-    #[arg(long, value_enum, ignore_case = true, default_value_t = train_defaults().optimizer)]
-    optimizer: flexlora::train::config::OptimizerKind,
-    /// Sophia: Hessian estimate every k steps.
-    #[arg(long, default_value_t = train_defaults().hessian_every)]
-    hessian_every: usize,
-    /// Seed of the adapter's initialization, the data order, dropout and Sophia's sampled labels.
-    #[arg(long, default_value_t = train_defaults().seed)]
-    seed: u64,
-    /// Checkpoint every N steps (0: only at the end).
-    #[arg(long, default_value_t = train_defaults().save_every)]
-    save_every: usize,
-    /// Recompute activations per layer during backward (less memory).
-    #[arg(long)]
-    recompute: bool,
-    /// LoRA rank r.
-    #[arg(long, default_value_t = train_defaults().lora.rank)]
-    lora_rank: usize,
-    /// LoRA alpha: the adapter's output is scaled by alpha/r (alpha/sqrt(r) with --rslora).
-    #[arg(long, default_value_t = train_defaults().lora.alpha)]
-    lora_alpha: f32,
-    /// Dropout probability on the adapter's input while training.
-    #[arg(long, default_value_t = train_defaults().lora.dropout)]
-    lora_dropout: f32,
-    /// Comma-separated modules: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj.
-    #[arg(long, default_value = "gate_proj,up_proj,down_proj")]
-    lora_targets: String,
-    /// Scale by alpha/sqrt(r) (rsLoRA) instead of alpha/r.
-    #[arg(long)]
-    rslora: bool,
-    /// FLeX spectral penalty: off, train (with gradient) or published (logged only, like the paper's code).
-    #[arg(long, value_enum, ignore_case = true, default_value_t = train_defaults().flex.mode)]
-    flex_mode: flexlora::train::config::FlexMode,
-    /// FLeX: weight lambda of the penalty (mean over the chosen matrices).
-    #[arg(long, default_value_t = train_defaults().flex.lambda)]
-    flex_lambda: f32,
-    /// T: the frequency share (of n = N/2+1) where the penalty weight reaches 1 - phi_high.
-    #[arg(long, default_value_t = train_defaults().flex.threshold)]
-    flex_threshold: f32,
-    /// FLeX: the penalty weight at frequency 0 is 1 - phi_low.
-    #[arg(long, default_value_t = train_defaults().flex.phi_low)]
-    flex_phi_low: f32,
-    /// FLeX: the penalty weight from frequency n*T on is 1 - phi_high.
-    #[arg(long, default_value_t = train_defaults().flex.phi_high)]
-    flex_phi_high: f32,
-    /// Which LoRA matrices the penalty covers.
-    #[arg(long, value_enum, ignore_case = true, default_value_t = train_defaults().flex.matrices)]
-    flex_matrices: flexlora::train::config::FlexMatrices,
-    /// Flatten each row separately instead of the whole matrix.
-    #[arg(long)]
-    flex_per_row: bool,
+    // The flags these define are read by `TrainConfig::layered` from the matches, which also
+    // tell the flags given on the command line from those left at their defaults.
+    #[command(flatten)]
+    settings: flexlora::train::config::TrainConfig,
     /// Where to run: a hardware GPU when there is one, else the CPU backend (auto); or force one.
-    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto, help_heading = "Device and progress")]
     device: DeviceChoice,
     /// Graphics API for the GPU (vulkan, metal, dx12, gl).
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, help_heading = "Device and progress")]
     backend: Option<BackendChoice>,
-    /// Held-out examples for the validation loss: auto (MBPP validation, tasks 511-600, when
-    /// training on MBPP's train split; else none), none, mbpp:SPLIT or a JSONL file.
-    #[arg(long, default_value_t = train_defaults().val_data)]
-    val_data: String,
-    /// Validation loss every N steps and at the end, into metrics.jsonl (0: never).
-    #[arg(long, default_value_t = train_defaults().val_every)]
-    val_every: usize,
-    /// Only the first N validation examples (0: all).
-    #[arg(long, default_value_t = train_defaults().val_limit)]
-    val_limit: usize,
     /// When stderr is not a terminal (logs, CI): a progress line every N steps (0: none).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, help_heading = "Device and progress")]
     log_every: usize,
     /// pass@1 (greedy, in the sandbox) of the adapter every N steps and at the end, into
     /// metrics.jsonl and OUT/eval/step-N/ (0: never).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, help_heading = "Device and progress")]
     eval_every: usize,
     /// The benchmark for --eval-every: humaneval, mbpp (test split), mbjp, humaneval-java or file:PATH.
-    #[arg(long, default_value = "humaneval", value_parser = EvalTask::parse)]
+    #[arg(long, default_value = "humaneval", value_parser = EvalTask::parse, help_heading = "Device and progress")]
     eval_task: EvalTask,
     /// --eval-every: the first N tasks of --eval-task.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, help_heading = "Device and progress")]
     eval_limit: usize,
     /// --eval-every: tokens generated per task at most.
-    #[arg(long, default_value_t = 384)]
+    #[arg(long, default_value_t = 384, help_heading = "Device and progress")]
     eval_max_new_tokens: usize,
-}
-
-impl TrainArgs {
-    /// The flags given on the command line (`m`: this subcommand's matches) over --config over
-    /// `base` (a resumed run's settings) or the defaults.
-    fn config(
-        &self,
-        m: &clap::ArgMatches,
-        base: Option<flexlora::train::config::TrainConfig>,
-    ) -> Result<flexlora::train::config::TrainConfig> {
-        let mut c = match (&self.config, base) {
-            (Some(p), Some(b)) => flexlora::train::config::TrainConfig::from_toml_over(p, &b)?,
-            (Some(p), None) => flexlora::train::config::TrainConfig::from_toml(p)?,
-            (None, b) => b.unwrap_or_default(),
-        };
-        let given = |id: &str| m.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
-        macro_rules! set {
-            ($($field:ident).+ = $arg:ident) => {
-                if given(stringify!($arg)) {
-                    c.$($field).+ = self.$arg.clone();
-                }
-            };
-        }
-        set!(model = model);
-        set!(data = data);
-        if self.data_dir.is_some() {
-            c.data_dir = self.data_dir.clone();
-        }
-        set!(out = out);
-        if given("weights") {
-            c.weights = self.weights.name().into();
-        }
-        set!(max_len = max_len);
-        set!(batch_size = batch_size);
-        set!(grad_accum = grad_accum);
-        set!(steps = steps);
-        set!(epochs = epochs);
-        set!(lr = lr);
-        set!(schedule = schedule);
-        set!(warmup_steps = warmup_steps);
-        set!(min_lr_ratio = min_lr_ratio);
-        set!(clip = clip);
-        set!(optimizer = optimizer);
-        set!(hessian_every = hessian_every);
-        set!(seed = seed);
-        set!(save_every = save_every);
-        set!(lora.rank = lora_rank);
-        set!(lora.alpha = lora_alpha);
-        set!(lora.dropout = lora_dropout);
-        set!(flex.mode = flex_mode);
-        set!(flex.lambda = flex_lambda);
-        set!(flex.threshold = flex_threshold);
-        set!(flex.phi_low = flex_phi_low);
-        set!(flex.phi_high = flex_phi_high);
-        set!(flex.matrices = flex_matrices);
-        set!(val_data = val_data);
-        set!(val_every = val_every);
-        set!(val_limit = val_limit);
-        c.mask_prompt &= !self.no_mask_prompt;
-        c.recompute |= self.recompute;
-        c.lora.rslora |= self.rslora;
-        c.flex.per_row |= self.flex_per_row;
-        if given("lora_targets") {
-            c.lora.targets = self.lora_targets.split(',').map(flexlora::model::Target::parse).collect::<flexlora::Result<_>>()?;
-        }
-        c.validate()?;
-        Ok(c)
-    }
 }
 
 #[derive(clap::Subcommand)]
@@ -700,38 +452,26 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
             flexlora::bench::nf4(&devs, reps, &mut std::io::stdout())?;
             Ok(())
         }
-        Command::Bench { what: BenchCommand::Train { model, random_7b, seq, steps, lora_rank, lora_targets, recompute, dev } } => {
+        Command::Bench { what: BenchCommand::Train { run, dev } } => {
             let sel = block_on(None, device::select(dev.device, dev.backend))?;
-            let lora = flexlora::model::LoraConfig {
-                rank: lora_rank,
-                targets: lora_targets.split(',').map(flexlora::model::Target::parse).collect::<flexlora::Result<_>>()?,
-                ..Default::default()
-            };
-            let source = if random_7b { flexlora::bench::BenchModel::RandomCodeLlama7b } else { flexlora::bench::BenchModel::File(model) };
-            let run = flexlora::bench::TrainRun { source, format: dev.format(), lora, seq, steps, recompute };
-            flexlora::bench::train_run(&sel.device, &run, &mut std::io::stdout())?;
-            Ok(())
+            Ok(flexlora::bench::train_run(&sel.device, &run, dev.format(), &mut std::io::stdout())?)
         }
-        Command::Bench { what: BenchCommand::Flex { model, random_7b, lora_rank, reps, with_step, seq, dev } } => {
+        Command::Bench { what: BenchCommand::Flex { run, dev } } => {
             let sel = block_on(None, device::select(dev.device, dev.backend))?;
-            let source = if random_7b { flexlora::bench::BenchModel::RandomCodeLlama7b } else { flexlora::bench::BenchModel::File(model) };
-            let step = with_step.then_some(seq);
-            flexlora::bench::flex_run(&sel.device, &source, dev.format(), lora_rank, reps, step, &mut std::io::stdout())?;
-            Ok(())
+            Ok(flexlora::bench::flex_run(&sel.device, &run, dev.format(), &mut std::io::stdout())?)
         }
-        Command::Bench { what: BenchCommand::Generate { model, prompt_tokens, decode_tokens, dev } } => {
+        Command::Bench { what: BenchCommand::Generate { run, dev } } => {
             let sel = block_on(None, device::select(dev.device, dev.backend))?;
-            let (m, _) = open_model(&sel.device, &model, &dev, None)?;
-            println!("{} on {}", model.display(), sel.device.name());
-            flexlora::bench::generate(&sel.device, &m, prompt_tokens, decode_tokens, &mut std::io::stdout())?;
-            Ok(())
+            let (m, _) = open_model(&sel.device, &run.model, &dev, None)?;
+            Ok(flexlora::bench::generate_run(&sel.device, &m, &run, &mut std::io::stdout())?)
         }
     }
 }
 
 fn train(a: TrainArgs, m: &clap::ArgMatches) -> Result<()> {
     use flexlora::train::run::{self, Event, Trainer};
-    let cfg = a.config(m, a.resume.as_deref().map(run::resume_settings).transpose()?.map(|r| r.config))?;
+    let resumed = a.resume.as_deref().map(run::resume_settings).transpose()?.map(|r| r.config);
+    let cfg = flexlora::train::config::TrainConfig::layered(resumed, a.config.as_deref(), m)?;
     let checks = train_eval(&a, &cfg)?;
     let sel = block_on(None, device::select(a.device, a.backend))?;
     eprintln!("device: {} ({})", sel.device.name(), sel.reason);
@@ -741,7 +481,7 @@ fn train(a: TrainArgs, m: &clap::ArgMatches) -> Result<()> {
     eprintln!(
         "loaded {} ({} weights) in {:.1} s: {:.1}M parameters in {:.0} MiB",
         cfg.model.display(),
-        cfg.weights,
+        cfg.weights.name(),
         t0.elapsed().as_secs_f64(),
         params as f64 / 1e6,
         bytes as f64 / (1 << 20) as f64
@@ -1092,16 +832,9 @@ fn eval_ppl(a: EvalArgs) -> Result<()> {
     Ok(())
 }
 
-fn selftest(backend: Option<SelftestBackend>, dump: Option<std::path::PathBuf>) -> Result<()> {
+fn selftest(backend: Option<flexlora::selftest::Target>, dump: Option<std::path::PathBuf>) -> Result<()> {
     use flexlora::selftest::{self, Target};
-    let target = match backend {
-        None => Target::All,
-        Some(SelftestBackend::Cpu) => Target::Cpu,
-        Some(SelftestBackend::Vulkan) => Target::Gpu(BackendChoice::Vulkan),
-        Some(SelftestBackend::Metal) => Target::Gpu(BackendChoice::Metal),
-        Some(SelftestBackend::Dx12) => Target::Gpu(BackendChoice::Dx12),
-        Some(SelftestBackend::Gl) => Target::Gpu(BackendChoice::Gl),
-    };
+    let target = backend.unwrap_or(Target::All);
     let cases = selftest::cases();
     let reference = selftest::reference(&cases);
     if let Some(path) = &dump {
@@ -1139,38 +872,15 @@ struct MergeArgs {
     out: std::path::PathBuf,
     /// hf: config.json, model.safetensors and the tokenizer, for transformers; gguf: one file with
     /// the base GGUF's metadata and tokenizer, for llama.cpp (needs a GGUF base).
-    #[arg(long, value_enum, default_value_t = MergeFormatArg::Hf)]
-    format: MergeFormatArg,
+    #[arg(long, value_enum, default_value_t = flexlora::export::MergeFormat::Hf)]
+    format: flexlora::export::MergeFormat,
     /// Type of the written matrices. A quantized GGUF base is dequantized, merged and written in
     /// this type (not re-quantized; llama-quantize can do that from the output).
-    #[arg(long, value_enum, default_value_t = DtypeArg::F16)]
-    dtype: DtypeArg,
+    #[arg(long, value_enum, default_value_t = flexlora::export::FloatType::F16)]
+    dtype: flexlora::export::FloatType,
     /// Replace an existing output.
     #[arg(long)]
     force: bool,
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum MergeFormatArg {
-    Hf,
-    Gguf,
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum DtypeArg {
-    F16,
-    Bf16,
-    F32,
-}
-
-impl DtypeArg {
-    fn float_type(self) -> flexlora::export::FloatType {
-        match self {
-            DtypeArg::F16 => flexlora::export::FloatType::F16,
-            DtypeArg::Bf16 => flexlora::export::FloatType::BF16,
-            DtypeArg::F32 => flexlora::export::FloatType::F32,
-        }
-    }
 }
 
 #[derive(Args)]
@@ -1186,8 +896,8 @@ struct ExportLoraArgs {
     #[arg(long)]
     model: std::path::PathBuf,
     /// Type of the LoRA matrices in the file.
-    #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
-    dtype: DtypeArg,
+    #[arg(long, value_enum, default_value_t = flexlora::export::FloatType::F32)]
+    dtype: flexlora::export::FloatType,
     /// Replace an existing output file.
     #[arg(long)]
     force: bool,
@@ -1215,12 +925,9 @@ struct LogitsArgs {
 
 fn merge(a: MergeArgs) -> Result<()> {
     use flexlora::export::{MergeFormat, MergeOptions};
-    let format = match a.format {
-        MergeFormatArg::Hf => MergeFormat::Hf,
-        MergeFormatArg::Gguf => MergeFormat::Gguf,
-    };
+    let format = a.format;
     let t0 = std::time::Instant::now();
-    let r = flexlora::export::merge(&a.model, &a.adapter, &a.out, &MergeOptions { format, dtype: a.dtype.float_type(), force: a.force })?;
+    let r = flexlora::export::merge(&a.model, &a.adapter, &a.out, &MergeOptions { format, dtype: a.dtype, force: a.force })?;
     for n in &r.notes {
         eprintln!("note: {n}");
     }
@@ -1242,13 +949,13 @@ fn merge(a: MergeArgs) -> Result<()> {
 fn export_lora(a: ExportLoraArgs) -> Result<()> {
     let cfg = flexlora::model::load::open_config(&a.model)?;
     let host = flexlora::export::HostAdapter::read(&a.adapter, &cfg, &a.model.display().to_string())?;
-    let r = flexlora::export::gguf_lora::export(&host, &cfg, a.dtype.float_type(), &a.out, a.force)?;
+    let r = flexlora::export::gguf_lora::export(&host, &cfg, a.dtype, &a.out, a.force)?;
     eprintln!(
         "wrote {}: GGUF LoRA for `{}`, {} tensors ({}), rank {}, adapter.lora.alpha {}{}",
         a.out.display(),
         r.arch,
         r.tensors,
-        a.dtype.float_type().name(),
+        a.dtype.name(),
         host.cfg.rank,
         r.alpha,
         if host.cfg.rslora {

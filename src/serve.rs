@@ -108,7 +108,7 @@ impl Site {
     /// mbpp` tokenizes, so a run in the page trains on what a native run does.
     fn mbpp_train_jsonl(&self) -> Result<String> {
         let dir = self.data_dir.as_ref().ok_or_else(|| bad_arg("--data-dir", "no data directory was given".into()))?;
-        let texts = crate::train::data::load(&crate::train::data::Source::Mbpp { split: crate::data::tasks::MbppSplit::Train }, dir)?;
+        let texts = crate::data::text::load(&crate::data::text::Source::Mbpp { split: crate::data::tasks::MbppSplit::Train }, dir)?;
         Ok(texts.iter().map(|t| json!({ "prompt": t.prompt, "completion": t.completion }).to_string() + "\n").collect())
     }
 

@@ -12,11 +12,12 @@ mod support;
 
 use std::path::{Path, PathBuf};
 
+use flexlora::data::text::{self, Source, TextExample};
 use flexlora::eval::tasks::MbppSplit;
 use flexlora::model::load::{gguf_model, GgufFile};
 use flexlora::model::tokenizer::{gpt2_tokenizer_json, Tokenizer};
 use flexlora::ops::cross_entropy::IGNORE;
-use flexlora::train::data::{self, make_batch, tokenize, Cursor, Example, Loader, Source, TextExample};
+use flexlora::train::data::{make_batch, tokenize, Cursor, Example, Loader};
 
 const BOS: u32 = 0;
 const EOS: u32 = 1;
@@ -55,7 +56,7 @@ fn mbpp_line_becomes_the_flex_template() {
     let line = r#"{"text": "Write a function to add two numbers.", "code": "def add(a, b):\r\n  return a + b", "task_id": 700, "test_setup_code": "", "test_list": ["assert add(1, 2) == 3", "assert add(0, 0) == 0"], "challenge_test_list": []}"#;
     let other = r#"{"text": "Other.", "code": "x = 1", "task_id": 12, "test_setup_code": "", "test_list": ["assert x == 1"], "challenge_test_list": []}"#;
     std::fs::write(dir.join("mbpp.jsonl"), format!("{line}\n{other}\n")).unwrap();
-    let got = data::load(&Source::Mbpp { split: MbppSplit::Train }, &dir).unwrap();
+    let got = text::load(&Source::Mbpp { split: MbppSplit::Train }, &dir).unwrap();
     assert_eq!(
         got,
         vec![ex(
@@ -63,14 +64,14 @@ fn mbpp_line_becomes_the_flex_template() {
             "def add(a, b):\n  return a + b"
         )]
     );
-    assert_eq!(data::load(&Source::Mbpp { split: MbppSplit::Test }, &dir).unwrap()[0].prompt, "Other.\n# assert x == 1\n");
+    assert_eq!(text::load(&Source::Mbpp { split: MbppSplit::Test }, &dir).unwrap()[0].prompt, "Other.\n# assert x == 1\n");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn mbpp_splits_on_the_real_file() {
     let Some(dir) = support::data_dir("mbpp.jsonl") else { return };
-    let n = |split| data::load(&Source::Mbpp { split }, &dir).unwrap();
+    let n = |split| text::load(&Source::Mbpp { split }, &dir).unwrap();
     let (train, val, test) = (n(MbppSplit::Train), n(MbppSplit::Validation), n(MbppSplit::Test));
     assert_eq!((train.len(), val.len(), test.len()), (374, 90, 500));
     // The split boundaries by content: task 601 opens train, 511 opens validation, 11 opens test.
@@ -90,7 +91,7 @@ fn generic_jsonl_both_layouts_and_errors_name_file_and_line() {
     let dir = support::tmpdir("train-data", "jsonl");
     let good = dir.join("good.jsonl");
     std::fs::write(&good, "{\"prompt\": \"p\", \"completion\": \"c\", \"id\": 3}\n\n{\"text\": \"t\"}\n").unwrap();
-    assert_eq!(data::load(&Source::Jsonl(good), &dir).unwrap(), vec![ex("p", "c"), ex("", "t")]);
+    assert_eq!(text::load(&Source::Jsonl(good), &dir).unwrap(), vec![ex("p", "c"), ex("", "t")]);
     for (body, line) in [
         ("{\"text\": \"a\"}\n{\"prompt\": \"only a prompt\"}\n", 2),
         ("{\"text\": \"a\"}\n\n{\"text\": \"b\", \"prompt\": \"both\", \"completion\": \"c\"}\n", 3),
@@ -99,11 +100,11 @@ fn generic_jsonl_both_layouts_and_errors_name_file_and_line() {
     ] {
         let bad = dir.join("bad.jsonl");
         std::fs::write(&bad, body).unwrap();
-        let err = data::load(&Source::Jsonl(bad.clone()), &dir).unwrap_err().to_string();
+        let err = text::load(&Source::Jsonl(bad.clone()), &dir).unwrap_err().to_string();
         assert!(err.contains(&format!("{}, line {line}:", bad.display())), "{body:?} -> {err}");
     }
     let missing = dir.join("missing.jsonl");
-    let err = data::load(&Source::Jsonl(missing.clone()), &dir).unwrap_err().to_string();
+    let err = text::load(&Source::Jsonl(missing.clone()), &dir).unwrap_err().to_string();
     assert!(err.contains(&missing.display().to_string()), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -221,7 +222,7 @@ fn real_tokenizer_on_mbpp_train() {
     }
     let f = GgufFile::open(&path).unwrap();
     let tok = gguf_model::tokenizer(&f, &gguf_model::config(&f).unwrap()).unwrap();
-    let texts = data::load(&Source::Mbpp { split: MbppSplit::Train }, &dir).unwrap();
+    let texts = text::load(&Source::Mbpp { split: MbppSplit::Train }, &dir).unwrap();
     let (exs, stats) = tokenize(&tok, &texts, 512, true).unwrap();
     eprintln!("MBPP train with the real tokenizer, max_len 512: {stats:?}");
     let eos = tok.eos[0];

@@ -262,9 +262,11 @@ pub async fn open_each(backend: Option<BackendChoice>) -> Vec<Opened> {
 }
 
 /// Drives a future to completion on native targets, polling the GPU while it is pending; the
-/// browser awaits instead. Meant for the top of native programs (CLI, tests, benches). A read-back
-/// future waits for its GPU by itself natively, so `device` only lets other futures (a GPU's
-/// `open`) make progress. Code that must run in the browser cannot use it.
+/// browser awaits instead, so nothing the browser build runs may call it. The front ends call it:
+/// `main.rs`, tests and benches, and the native-only drivers that run a whole command for them
+/// (`bench`, `selftest`, `eval::job`, `eval::ppl`). Library code below the front ends is async (it
+/// awaits read-backs) or synchronous CPU code. A read-back future waits for its GPU by itself
+/// natively, so `device` only lets other futures (a GPU's `open`) make progress.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn block_on<T>(device: Option<&Device>, fut: impl std::future::Future<Output = T>) -> T {
     use std::task::{Context, Poll, Waker};

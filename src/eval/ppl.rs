@@ -14,12 +14,13 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::data::text::{self, Source};
 use crate::device::{block_on, Device};
 use crate::error::{io_at, Error, Result};
 use crate::model::{tokenizer::Tokenizer, Model};
 use crate::ops::cross_entropy;
 use crate::tensor::Tensor;
-use crate::train::data::{self, make_batch, Example, Source, TokenStats};
+use crate::train::data::{self, make_batch, Example, TokenStats};
 
 /// The settings of one perplexity run; stored in the summary.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -62,7 +63,7 @@ pub fn sequences(tok: &Tokenizer, path: &Path, max_len: usize, mask_prompt: bool
         };
         return Ok((windows, stats));
     }
-    let texts = data::load(&Source::Jsonl(path.to_path_buf()), Path::new("."))?;
+    let texts = text::load(&Source::Jsonl(path.to_path_buf()), Path::new("."))?;
     data::tokenize(tok, &texts, max_len, mask_prompt)
 }
 

@@ -19,7 +19,6 @@ use crate::device::Device;
 use crate::error::{io_at, Error, Result};
 use crate::eval::job;
 use crate::model::load;
-use crate::model::weights::WeightFormat;
 use crate::train::config::FlexMode;
 use crate::train::run::{self as train_run, Event, Trainer};
 
@@ -217,7 +216,7 @@ async fn one(
         }
     };
     let dev = device()?;
-    let format = if spec.weights == "f32" { WeightFormat::F32 } else { WeightFormat::Nf4 { blocksize: 64 } };
+    let format = spec.weights.format();
     let (mut model, tok) = load::open(&dev, &spec.model, format)?;
     let mut model_name = spec.model.display().to_string();
     let adapter = train.is_some().then(|| train_dir.join("adapter"));

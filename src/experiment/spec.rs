@@ -46,11 +46,12 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::data::text::Source;
 use crate::error::{Error, Result};
 use crate::eval::job::{EvalConfig, TaskSet, PROTOCOL};
 use crate::eval::tasks::{IdRange, MbppSplit};
+use crate::model::Weights;
 use crate::train::config::{FlexMode, TrainConfig};
-use crate::train::data::Source;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -59,7 +60,7 @@ struct SpecFile {
     out: Option<PathBuf>,
     data_dir: Option<PathBuf>,
     #[serde(default = "default_weights")]
-    weights: String,
+    weights: Weights,
     reference: String,
     #[serde(default = "default_seeds")]
     seeds: Vec<u64>,
@@ -77,8 +78,8 @@ struct SpecFile {
     arms: Vec<ArmFile>,
 }
 
-fn default_weights() -> String {
-    "nf4".into()
+fn default_weights() -> Weights {
+    Weights::Nf4
 }
 fn default_seeds() -> Vec<u64> {
     vec![0]
@@ -204,7 +205,7 @@ pub struct Spec {
     pub model: PathBuf,
     pub out: PathBuf,
     pub data_dir: PathBuf,
-    pub weights: String,
+    pub weights: Weights,
     pub reference: String,
     pub batch: usize,
     pub bootstrap: usize,
@@ -245,8 +246,8 @@ pub fn parse(text: &str, file: &Path, spec_dir: &Path) -> Result<Spec> {
     if f.bootstrap < 100 {
         return Err(err(format!("`bootstrap` = {}: use at least 100 replicates (10000 is usual)", f.bootstrap)));
     }
-    if !matches!(f.weights.as_str(), "nf4" | "f32") {
-        return Err(err(format!("`weights` = `{}`: choose nf4 or f32", f.weights)));
+    if !matches!(f.weights, Weights::Nf4 | Weights::F32) {
+        return Err(err(format!("`weights` = `{}`: choose nf4 or f32", f.weights.name())));
     }
     check_train_table(&f.train, "train").map_err(err)?;
 
@@ -346,7 +347,7 @@ pub fn parse(text: &str, file: &Path, spec_dir: &Path) -> Result<Spec> {
                     .map_err(|e: toml::de::Error| err(format!("{key}: training settings: {}", e.to_string().trim_end())))?;
                 cfg.model = f.model.clone();
                 cfg.data_dir = Some(data_dir.clone());
-                cfg.weights = f.weights.clone();
+                cfg.weights = f.weights;
                 cfg.validate().map_err(|e| err(format!("{key}: {e}")))?;
                 Some(cfg)
             }
@@ -508,7 +509,7 @@ fn published_identical(mine: &TrainConfig, theirs: &TrainConfig) -> std::result:
 
 /// The MBPP task numbers a training config trains on; None for a JSONL file (unknown).
 fn training_range(cfg: &TrainConfig) -> Option<IdRange> {
-    let split = match crate::train::run::parse_source(&cfg.data).ok()? {
+    let split = match Source::parse(&cfg.data).ok()? {
         Source::Mbpp { split } => split,
         Source::Jsonl(_) => return None,
     };

@@ -18,7 +18,8 @@ use crate::model::load::{gguf_model, safetensors, GgufFile};
 use crate::model::tokenizer::Tokenizer;
 use crate::model::weights::WeightSource;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `merge --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum MergeFormat {
     /// A Hugging Face directory (transformers' `from_pretrained`).
     Hf,

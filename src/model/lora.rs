@@ -70,15 +70,50 @@ impl Target {
     }
 }
 
+/// `--lora-targets`: the short names (`q_proj`, ...), also without `_proj`.
+#[cfg(not(target_arch = "wasm32"))]
+impl clap::ValueEnum for Target {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Target::ALL
+    }
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.name()).alias(self.name().trim_end_matches("_proj")))
+    }
+}
+
 /// What to adapt and how. Defaults: r = 8, alpha = 16, dropout 0.05 on the MLP (FLeX's best
-/// targets), plain alpha/r scaling.
+/// targets), plain alpha/r scaling. Also `flexlora train`'s `--lora-*` flags (`train::config`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(clap::Args))]
 #[serde(deny_unknown_fields, default)]
 pub struct LoraConfig {
+    /// LoRA rank r.
+    #[cfg_attr(not(target_arch = "wasm32"), arg(id = "lora_rank", long = "lora-rank", value_name = "R", default_value_t = LoraConfig::default().rank))]
     pub rank: usize,
+    /// LoRA alpha: the adapter's output is scaled by alpha/r (alpha/sqrt(r) with --rslora).
+    #[cfg_attr(not(target_arch = "wasm32"), arg(id = "lora_alpha", long = "lora-alpha", value_name = "ALPHA", default_value_t = LoraConfig::default().alpha))]
     pub alpha: f32,
+    /// Dropout probability on the adapter's input while training.
+    #[cfg_attr(
+        not(target_arch = "wasm32"),
+        arg(id = "lora_dropout", long = "lora-dropout", value_name = "P", default_value_t = LoraConfig::default().dropout)
+    )]
     pub dropout: f32,
+    /// Scale by alpha/sqrt(r) (rsLoRA) instead of alpha/r.
+    #[cfg_attr(not(target_arch = "wasm32"), arg(id = "lora_rslora", long = "rslora"))]
     pub rslora: bool,
+    /// The modules to adapt, comma-separated.
+    #[cfg_attr(
+        not(target_arch = "wasm32"),
+        arg(
+            id = "lora_targets",
+            long = "lora-targets",
+            value_name = "MODULES",
+            value_enum,
+            value_delimiter = ',',
+            default_value = "gate_proj,up_proj,down_proj"
+        )
+    )]
     pub targets: Vec<Target>,
 }
 

@@ -31,3 +31,38 @@ pub fn open_with_adapter(
     let lora = adapter.map(|a| load::peft::load(dev, &mut model, a)).transpose()?;
     Ok((model, tok, lora))
 }
+
+/// How the frozen base weights are held (`--weights`, `TrainConfig::weights`); `format` is what
+/// the loader takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
+pub enum Weights {
+    /// A GGUF file's own quantized blocks on the CPU (the exact model, but decoding ~2.5x slower
+    /// than nf4 until its kernels are tuned); NF4 otherwise.
+    Auto,
+    /// f32, 4 bytes per parameter.
+    F32,
+    /// NF4 with blocks of 64, quantized while loading: QLoRA's base, ~7x less memory than f32,
+    /// the fastest CPU decode.
+    Nf4,
+}
+
+impl Weights {
+    pub fn format(self) -> WeightFormat {
+        match self {
+            Weights::Auto => WeightFormat::Auto,
+            Weights::F32 => WeightFormat::F32,
+            Weights::Nf4 => WeightFormat::Nf4 { blocksize: 64 },
+        }
+    }
+
+    /// The value as spelled in flags and config files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Weights::Auto => "auto",
+            Weights::F32 => "f32",
+            Weights::Nf4 => "nf4",
+        }
+    }
+}

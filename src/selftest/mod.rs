@@ -114,6 +114,23 @@ pub enum Target {
     Cpu,
 }
 
+/// `selftest --backend`: a graphics API, or `cpu` for the CPU backend's tiers alone (`All` is
+/// the flag left out).
+#[cfg(not(target_arch = "wasm32"))]
+impl clap::ValueEnum for Target {
+    fn value_variants<'a>() -> &'a [Self] {
+        use crate::device::BackendChoice as B;
+        &[Target::Gpu(B::Vulkan), Target::Gpu(B::Metal), Target::Gpu(B::Dx12), Target::Gpu(B::Gl), Target::Cpu]
+    }
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        match self {
+            Target::All => None,
+            Target::Gpu(b) => b.to_possible_value(),
+            Target::Cpu => Some(clap::builder::PossibleValue::new("cpu")),
+        }
+    }
+}
+
 /// The reference: every case on the CPU backend's portable tier.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn reference(cases: &[Case]) -> Vec<Ran> {

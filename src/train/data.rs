@@ -1,86 +1,16 @@
-//! Training data: text examples from MBPP (FLeX template) or a JSONL file, their tokenization
-//! with a loss mask, batches in the model's input layout, and a seeded, resumable epoch order.
+//! Training data in memory: text examples (`data::text`) tokenized with a loss mask, batches in
+//! the model's input layout, and a seeded, resumable epoch order.
 //!
-//! Flow: `load` -> `tokenize` -> (`Loader::next_indices` -> `make_batch`) per step.
-//! Owns data only: it never touches a device or the model.
-
-#[cfg(not(target_arch = "wasm32"))]
-use std::path::Path;
-use std::path::PathBuf;
+//! Flow: `data::text::load` -> `tokenize` -> (`Loader::next_indices` -> `make_batch`) per step.
+//! Owns data only: it never touches a device, the model or the file system.
 
 use serde::{Deserialize, Serialize};
 
-#[cfg(not(target_arch = "wasm32"))]
-use crate::data::tasks::MbppPrompt;
-use crate::data::tasks::{self, MbppSplit};
-#[cfg(not(target_arch = "wasm32"))]
-use crate::error::io_at;
+use crate::data::text::TextExample;
 use crate::error::{Error, Result};
 use crate::model::tokenizer::Tokenizer;
 use crate::ops::cross_entropy::IGNORE;
 use crate::rng::Rng;
-
-/// Where training text comes from.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Source {
-    /// `mbpp.jsonl` in the data directory, one split, in the FLeX template.
-    Mbpp { split: MbppSplit },
-    /// A JSONL file: `{"prompt": ..., "completion": ...}` or `{"text": ...}` per line.
-    Jsonl(PathBuf),
-}
-
-/// One example before tokenization. `{"text": ...}` lines have an empty prompt.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TextExample {
-    pub prompt: String,
-    pub completion: String,
-}
-
-/// A generic JSONL line; exactly one of the two layouts (other fields are ignored).
-#[derive(Deserialize)]
-#[serde(try_from = "RawLine")]
-struct Line(TextExample);
-
-#[derive(Deserialize)]
-struct RawLine {
-    prompt: Option<String>,
-    completion: Option<String>,
-    text: Option<String>,
-}
-
-impl TryFrom<RawLine> for Line {
-    type Error = String;
-    fn try_from(r: RawLine) -> std::result::Result<Self, String> {
-        match (r.prompt, r.completion, r.text) {
-            (Some(prompt), Some(completion), None) => Ok(Line(TextExample { prompt, completion })),
-            (None, None, Some(text)) => Ok(Line(TextExample { prompt: String::new(), completion: text })),
-            _ => Err("expected {\"prompt\": string, \"completion\": string} or {\"text\": string}".into()),
-        }
-    }
-}
-
-/// Parses generic JSONL text; `path` names the file in errors (with the line number).
-pub fn parse_jsonl(text: &str, path: &str) -> Result<Vec<TextExample>> {
-    let lines: Vec<Line> = tasks::parse_jsonl(text, path)?;
-    Ok(lines.into_iter().map(|l| l.0).collect())
-}
-
-/// The examples of `source`. MBPP reads `data_dir/mbpp.jsonl` through the eval loader, so training
-/// and `eval --flex-template` see the same prompt text: the description, "\n", one
-/// "# <assert>\n" line per test; the completion is the reference code.
-#[cfg(not(target_arch = "wasm32"))]
-pub fn load(source: &Source, data_dir: &Path) -> Result<Vec<TextExample>> {
-    match source {
-        Source::Mbpp { split } => {
-            let tasks = tasks::load_mbpp(data_dir, *split, MbppPrompt::Flex)?;
-            Ok(tasks.into_iter().map(|t| TextExample { prompt: t.prompt, completion: t.canonical_solution.unwrap_or_default() }).collect())
-        }
-        Source::Jsonl(path) => {
-            let text = std::fs::read_to_string(path).map_err(io_at(path, "read"))?;
-            parse_jsonl(&text, &path.display().to_string())
-        }
-    }
-}
 
 /// One tokenized example.
 #[derive(Debug, Clone, PartialEq, Eq)]

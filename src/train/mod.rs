@@ -1,7 +1,9 @@
 //! Training: LoRA adapters over a frozen (NF4) base, the backward pass, optimizers and the loop.
 //!
-//! - `config`: the run's settings (TOML + flags), learning-rate schedules.
-//! - `data`: MBPP / JSONL examples, tokenization with prompt masking, batches, the seeded loader.
+//! - `config`: the run's settings (also `flexlora train`'s flags; TOML, resume and flag
+//!   precedence), learning-rate schedules.
+//! - `data`: in memory, the examples `crate::data::text` reads (MBPP / JSONL) tokenized with
+//!   prompt masking, batches, the seeded loader.
 //! - `grad`: the training forward pass and the backward pass to the LoRA weights.
 //! - `step`: one optimizer step (accumulation, FLeX penalty, clipping, update), shared with
 //!   `flexlora bench train`.

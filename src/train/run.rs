@@ -9,38 +9,22 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::data::tasks::MbppSplit;
+use crate::data::text::{self, Source};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::model::load;
 use crate::model::tokenizer::Tokenizer;
-use crate::model::weights::{Model, WeightFormat};
+use crate::model::weights::Model;
 use crate::train::adapter::AdapterStore;
 use crate::train::checkpoint::{self, State};
 use crate::train::config::{OptimizerKind, TrainConfig};
-use crate::train::data::{self, Example, Source, TokenStats};
+use crate::train::data::{self, Example, TokenStats};
 use crate::train::metrics::{EvalRecord, History, Record, ValReport};
 use crate::train::optimizer;
 use crate::train::session::{self, Continue, Session};
 use crate::train::validate::{self, ValSet};
 
 pub use crate::train::session::{Flushed, StepReport};
-
-/// The data source named by the `data` setting.
-pub fn parse_source(data: &str) -> Result<Source> {
-    let split = |s: &str| match s {
-        "train" => Ok(MbppSplit::Train),
-        "validation" => Ok(MbppSplit::Validation),
-        "test" => Ok(MbppSplit::Test),
-        "all" => Ok(MbppSplit::All),
-        _ => Err(Error::InvalidArgument { flag: "--data", detail: format!("unknown MBPP split `{s}` (train, validation, test, all)") }),
-    };
-    match data.split_once(':') {
-        None if data == "mbpp" => Ok(Source::Mbpp { split: MbppSplit::Train }),
-        Some(("mbpp", s)) => Ok(Source::Mbpp { split: split(s)? }),
-        _ => Ok(Source::Jsonl(PathBuf::from(data))),
-    }
-}
 
 pub struct Trainer {
     pub dev: Device,
@@ -124,7 +108,7 @@ impl Trainer {
         }
         checkpoint::remove_leftovers(&cfg.out.join("checkpoints"))?;
         let data_dir = crate::data::data_dir(cfg.data_dir.clone());
-        let texts = data::load(&parse_source(&cfg.data)?, &data_dir)?;
+        let texts = text::load(&Source::parse(&cfg.data)?, &data_dir)?;
         let (examples, stats) = data::tokenize(tok, &texts, cfg.max_len, cfg.mask_prompt)?;
         if examples.is_empty() {
             return Err(Error::InvalidArgument { flag: "--data", detail: format!("`{}` has no examples", cfg.data) });
@@ -457,12 +441,7 @@ pub struct Summary {
 
 /// Loads the model named by `cfg` on `dev` in the configured weight format, with its tokenizer.
 pub fn load_model(dev: &Device, cfg: &TrainConfig) -> Result<(Model, Tokenizer)> {
-    let format = match cfg.weights.as_str() {
-        "f32" => WeightFormat::F32,
-        "nf4" => WeightFormat::Nf4 { blocksize: 64 },
-        _ => WeightFormat::Auto,
-    };
-    load::open(dev, &cfg.model, format)
+    load::open(dev, &cfg.model, cfg.weights.format())
 }
 
 /// Trains to the end: metrics to `<out>/metrics.jsonl` (one line per step, per validation, per

@@ -45,11 +45,11 @@ pub fn source(cfg: &TrainConfig) -> Option<String> {
 /// target, in file order, so every validation of a run scores the same examples).
 pub fn load(tok: &Tokenizer, cfg: &TrainConfig, data_dir: &Path) -> Result<Option<ValSet>> {
     let Some(name) = source(cfg) else { return Ok(None) };
-    let src = crate::train::run::parse_source(&name).map_err(|_| Error::InvalidArgument {
+    let src = crate::data::text::Source::parse(&name).map_err(|_| Error::InvalidArgument {
         flag: "--val-data",
         detail: format!("`{name}`: name an MBPP split (mbpp:validation) or a JSONL file, or `none`"),
     })?;
-    let texts = data::load(&src, data_dir)?;
+    let texts = crate::data::text::load(&src, data_dir)?;
     let (examples, _) = data::tokenize(tok, &texts, cfg.max_len, cfg.mask_prompt)?;
     let mut examples: Vec<Example> = examples.into_iter().filter(|e| e.targets() > 0).collect();
     if cfg.val_limit > 0 {

@@ -47,7 +47,7 @@ fn start(e: &mut Engine, name: &str, config_json: &str, data_jsonl: &str, data_n
     cfg.validate().map_err(js)?;
     let dev = &e.dev;
     let l = e.loaded.as_mut().ok_or_else(|| bad("load a model before training"))?;
-    let texts = data::parse_jsonl(data_jsonl, data_name).map_err(js)?;
+    let texts = crate::data::text::parse_jsonl(data_jsonl, data_name).map_err(js)?;
     let (examples, stats) = data::tokenize(&l.tok, &texts, cfg.max_len, cfg.mask_prompt).map_err(js)?;
     let examples: Vec<_> = examples.into_iter().filter(|x| x.targets() > 0).collect();
     if examples.is_empty() {

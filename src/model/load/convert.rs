@@ -12,11 +12,12 @@ use crate::model::config::{Config, RopeScaling};
 use crate::model::tokenizer::Tokenizer;
 use crate::model::weights::{tensor_names, WeightSource};
 
-/// A float type weights are written in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A float type weights are written in (`merge --dtype`, `export-lora --dtype`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum FloatType {
     F32,
     F16,
+    #[value(name = "bf16")]
     BF16,
 }
 
