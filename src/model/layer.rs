@@ -9,9 +9,11 @@
 //!   buffer per layer and token); nothing is saved; no dropout.
 //! - `train`: B sequences from position 0 without a cache; dropout on the adapters' inputs;
 //!   returns y as a new tensor (the caller keeps x) and `Saved`, what `backward` needs.
-//! Backward, from dy, runs the block in reverse: dm = dy + rmsnorm'(lin_gate'(dg) + lin_up'(du))
-//! with (dg, du) = swiglu'(lin_down'(dy)); dx = dm + rmsnorm'(lin_q'(rope'(dq)) + lin_k'(rope'(dk))
-//! + lin_v'(dv)) with (dq, dk, dv) = attention'(lin_o'(dm)). The norms are frozen: only their dx.
+//!
+//! Backward, from dy, runs the block in reverse:
+//!   dm = dy + rmsnorm'(lin_gate'(dg) + lin_up'(du)) with (dg, du) = swiglu'(lin_down'(dy));
+//!   dx = dm + rmsnorm'(lin_q'(rope'(dq)) + lin_k'(rope'(dk)) + lin_v'(dv))
+//!   with (dq, dk, dv) = attention'(lin_o'(dm)). The norms are frozen: only their dx.
 
 use crate::device::Device;
 use crate::error::Result;

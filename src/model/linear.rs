@@ -4,9 +4,9 @@
 //!
 //! Forward: y = x·Wᵀ + bias + s·(drop(x)·Aᵀ)·Bᵀ, with W [out, in], A [R, in], B [out, R] and s
 //! the adapter's scale (`lora::Lora`). It returns xa = drop(x)·Aᵀ [N, R] too, for backward.
-//! Backward, from dy [N, out]: dx = dy·W (fused NF4/GGUF `backward_dx` for quantized weights)
-//! + s·drop'((dy·B)·A); the adapter gets dB += s·dyᵀ·xa and dA += s·(dy·B)ᵀ·drop(x). The frozen
-//! W and bias get no gradient.
+//! Backward, from dy [N, out]: dx = dy·W + s·drop'((dy·B)·A) (dy·W by the fused NF4/GGUF
+//! `backward_dx` for quantized weights); the adapter gets dB += s·dyᵀ·xa and
+//! dA += s·(dy·B)ᵀ·drop(x). The frozen W and bias get no gradient.
 //!
 //! Dropout masks are a pure function of the seed (`dropout_seed`: one per step, layer and
 //! target) and the element index (`ops::elementwise::dropout`), so a layer recomputed during
