@@ -1,15 +1,13 @@
 //! Inference: the forward pass with a KV cache, on any device.
 //!
-//! Per layer (x [B*T, C]):
-//!   h = rmsnorm(x); q, k, v = h·Wqᵀ, h·Wkᵀ, h·Wvᵀ (+ bias); RoPE(q, k) at positions len..len+T;
-//!   append k, v to the cache; x += attention(q, cache)·Woᵀ;
-//!   h = rmsnorm(x); x += (silu(h·Wgᵀ) ⊙ h·Wuᵀ)·Wdᵀ.
-//! Then logits = rmsnorm(x)·Eᵀ (E the embedding when tied, else lm_head).
+//! x = embedding(tokens) [B*T, C]; every layer in inference mode (`Layer::infer`, in `layer`),
+//! whose attention step is here: RoPE(q, k) at positions len..len+T, append k, v to the cache,
+//! attention(q, cache). Then logits = rmsnorm(x)·Eᵀ (E the embedding when tied, else lm_head).
 
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::model::weights::Model;
-use crate::ops::{attention, elementwise, embedding, matmul, matmul_q8, rmsnorm, rope, swiglu};
+use crate::ops::{attention, embedding, matmul, matmul_q8, rmsnorm, rope};
 use crate::tensor::{DType, Tensor};
 
 /// Keys and values of every layer for B sequences, with room for `cap` positions each.
@@ -144,15 +142,7 @@ impl Model {
         let ids = Tensor::from_u32(dev, "tokens", &[tokens.len()], tokens)?;
         let mut x = embedding::forward(dev, &ids, &self.embed)?; // [rows, C]
         for (i, layer) in self.layers.iter().enumerate() {
-            let (hn, _) = rmsnorm::forward(dev, &x, &layer.attn_norm, cfg.eps)?;
-            let (q, k, v) = (layer.q.forward(dev, &hn)?, layer.k.forward(dev, &hn)?, layer.v.forward(dev, &hn)?);
-            let o = attend(i, q, k, v)?;
-            elementwise::accumulate(dev, &mut x, &layer.o.forward(dev, &o)?, 1.0)?;
-            let (hn, _) = rmsnorm::forward(dev, &x, &layer.mlp_norm, cfg.eps)?;
-            let g = layer.gate.forward(dev, &hn)?;
-            let u = layer.up.forward(dev, &hn)?;
-            let mlp = layer.down.forward(dev, &swiglu::forward(dev, &g, &u)?)?;
-            elementwise::accumulate(dev, &mut x, &mlp, 1.0)?;
+            layer.infer(dev, cfg, &mut x, &mut |q, k, v| attend(i, q, k, v))?;
         }
         Ok(x)
     }
@@ -168,7 +158,7 @@ impl Model {
             return Ok(y);
         }
         match &self.lm_head {
-            Some(head) => head.forward(dev, &xn),
+            Some(head) => Ok(head.forward(dev, &xn, None)?.0),
             None => matmul::forward(dev, &xn, &self.embed, false, true),
         }
     }

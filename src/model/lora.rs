@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::model::weights::{Linear, Model};
-use crate::ops::{elementwise, matmul};
+use crate::model::linear::Linear;
+use crate::model::weights::Model;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
 
@@ -157,21 +157,6 @@ pub struct Lora {
     pub b: Tensor, // [out, R]
     pub scale: f32,
     pub dropout: f32,
-}
-
-impl Lora {
-    /// The adapter's term s·(x·Aᵀ)·Bᵀ for x [N, in] (no dropout: inference), added into y [N, out].
-    pub fn add_to(&self, dev: &Device, x: &Tensor, y: &mut Tensor) -> Result<()> {
-        let xa = matmul::forward(dev, x, &self.a, false, true)?;
-        elementwise::accumulate(dev, y, &matmul::forward(dev, &xa, &self.b, false, true)?, self.scale)
-    }
-}
-
-impl Linear {
-    /// This layer's adapter, for the loops that walk every trainable tensor.
-    pub fn lora(&self) -> Option<&Lora> {
-        self.lora.as_ref()
-    }
 }
 
 /// NaN or inf in a weight poisons every output silently (empty completions, `null` perplexity):

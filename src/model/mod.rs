@@ -1,5 +1,6 @@
-//! Llama-family models: configuration, file readers, tokenizer, weights on a device, and the
-//! forward pass.
+//! Llama-family models: configuration, file readers, tokenizer, weights on a device, the layer
+//! (`layer`: inference and training modes, backward) and its LoRA linear (`linear`), and the
+//! inference pass (`forward`, `generate`). The model-level training pass is `train::grad`.
 //!
 //! Shape glossary: B batch, T tokens, S keys (cached plus new), C width, F MLP width, H heads,
 //! K kv heads, D head size, V vocabulary, R LoRA rank, L layers, N a flattened length.
@@ -8,6 +9,8 @@ pub mod adapter_set;
 pub mod config;
 pub mod forward;
 pub mod generate;
+pub mod layer;
+pub mod linear;
 pub mod load;
 pub mod lora;
 pub mod tokenizer;
@@ -15,8 +18,10 @@ pub mod weights;
 
 pub use config::{Arch, Config, HfConfig, Llama3Scaling, RopeScaling};
 pub use forward::KvCache;
+pub use layer::Layer;
+pub use linear::Linear;
 pub use lora::{LoraConfig, ParamKey, Side, Target};
-pub use weights::{Linear, MemorySource, Model, Weight, WeightFormat, WeightSource};
+pub use weights::{MemorySource, Model, Weight, WeightFormat, WeightSource};
 
 /// A model with its tokenizer and, when `adapter` names a PEFT adapter directory, that adapter
 /// attached (its config returned): what `flexlora generate` and `flexlora eval` run.

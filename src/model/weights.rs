@@ -6,11 +6,13 @@ use std::collections::HashMap;
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::model::config::Config;
+use crate::model::layer::Layer;
+use crate::model::linear::Linear;
 use crate::model::load::GgmlType;
-use crate::model::lora::{Lora, LoraConfig};
-use crate::ops::matmul_gguf::{self, GgufTensor};
+use crate::model::lora::LoraConfig;
+use crate::ops::matmul_gguf::GgufTensor;
 use crate::ops::quant_nf4::{self, Nf4Tensor};
-use crate::ops::{elementwise, matmul, matmul_nf4, matmul_q8::Q8Matrix, rope::RopeTables};
+use crate::ops::{matmul_q8::Q8Matrix, rope::RopeTables};
 use crate::tensor::Tensor;
 
 /// Where weights come from: a safetensors directory, a GGUF file, or memory (tests). Tensors are
@@ -87,71 +89,6 @@ impl Weight {
             Weight::Nf4(q) => q.packed.bytes() + q.absmax.bytes(),
             Weight::Gguf(g) => g.bytes(),
         }
-    }
-}
-
-/// A frozen linear layer y = x · Wᵀ (+ bias), with an optional trainable LoRA adapter.
-#[derive(Debug)]
-pub struct Linear {
-    pub weight: Weight,       // [out, in]
-    pub bias: Option<Tensor>, // [out]
-    pub lora: Option<Lora>,
-}
-
-impl Linear {
-    /// The frozen part, x [N, in] -> x·Wᵀ + bias [N, out].
-    pub fn base(&self, dev: &Device, x: &Tensor) -> Result<Tensor> {
-        let mut y = match &self.weight {
-            Weight::F32(w) => matmul::forward(dev, x, w, false, true)?,
-            Weight::Nf4(q) => matmul_nf4::forward(dev, x, q)?,
-            Weight::Gguf(g) => matmul_gguf::forward(dev, x, g)?,
-        };
-        if let Some(b) = &self.bias {
-            elementwise::add_bias(dev, &mut y, b)?;
-        }
-        Ok(y)
-    }
-
-    /// x [N, in] -> y [N, out], adapter included (no dropout).
-    pub fn forward(&self, dev: &Device, x: &Tensor) -> Result<Tensor> {
-        let mut y = self.base(dev, x)?;
-        if let Some(l) = &self.lora {
-            l.add_to(dev, x, &mut y)?;
-        }
-        Ok(y)
-    }
-
-    /// Device bytes of the frozen weight and bias.
-    pub fn bytes(&self) -> u64 {
-        self.weight.bytes() + self.bias.as_ref().map_or(0, |b| b.bytes())
-    }
-
-    pub fn out_features(&self) -> usize {
-        self.weight.shape()[0]
-    }
-}
-
-#[derive(Debug)]
-pub struct Layer {
-    pub attn_norm: Tensor, // [C]
-    pub q: Linear,         // [H*D, C]
-    pub k: Linear,         // [K*D, C]
-    pub v: Linear,         // [K*D, C]
-    pub o: Linear,         // [C, H*D]
-    pub mlp_norm: Tensor,  // [C]
-    pub gate: Linear,      // [F, C]
-    pub up: Linear,        // [F, C]
-    pub down: Linear,      // [C, F]
-}
-
-impl Layer {
-    /// The seven linear layers in `lora::Target::ALL` order (q, k, v, o, gate, up, down).
-    pub fn linears(&self) -> [&Linear; 7] {
-        [&self.q, &self.k, &self.v, &self.o, &self.gate, &self.up, &self.down]
-    }
-
-    pub fn linears_mut(&mut self) -> [&mut Linear; 7] {
-        [&mut self.q, &mut self.k, &mut self.v, &mut self.o, &mut self.gate, &mut self.up, &mut self.down]
     }
 }
 

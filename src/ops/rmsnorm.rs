@@ -1,5 +1,6 @@
 //! RMSNorm over the last dimension: y = x · rstd · w with rstd = 1/sqrt(mean(x²) + eps).
-//! Kernels: `shaders/rmsnorm.wgsl` (`forward`, `backward_dx`, `backward_dw`).
+//! Kernels: `shaders/rmsnorm.wgsl` (`forward`, `backward_dx`, `backward_dw`). `backward` gives dx
+//! and dw; `backward_dx` skips dw, for frozen weights.
 
 use crate::device::{cpu, Device};
 use crate::error::Result;
@@ -47,30 +48,37 @@ pub fn forward(dev: &Device, x: &Tensor, w: &Tensor, eps: f32) -> Result<(Tensor
 
 /// Gradients (dx [rows, C], dw [C]) given forward's x, w, rstd and upstream dy.
 pub fn backward(dev: &Device, x: &Tensor, w: &Tensor, rstd: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+    let dx = backward_dx(dev, x, w, rstd, dy)?;
+    let c = w.numel();
+    let mut dw = Tensor::zeros(dev, "rmsnorm.dw", &[c], DType::F32);
+    match dev {
+        Device::Cpu(_) => cpu_backward_dw(x.host_f32(OP)?, rstd.host_f32(OP)?, dy.host_f32(OP)?, dw.host_f32_mut(OP)?, c),
+        Device::Gpu(g) => {
+            let params = Params { rows: rstd.numel() as u32, c: c as u32, eps: 0.0, accumulate: 0 };
+            let bufs = [x.bind(OP)?, rstd.bind(OP)?, dy.bind(OP)?, dw.bind(OP)?];
+            BACKWARD_DW.dispatch(g, &[("WG", WG)], &params, bufs, groups(g, c, WG))?;
+        }
+    }
+    Ok((dx, dw))
+}
+
+/// dx [rows, C] alone, for a frozen w (the model's norms): `backward` without dw's pass over
+/// every row.
+pub fn backward_dx(dev: &Device, x: &Tensor, w: &Tensor, rstd: &Tensor, dy: &Tensor) -> Result<Tensor> {
     let (rows, c) = dims2(x);
     check_shape(OP, w, &[c])?;
     check_shape(OP, rstd, &[rows])?;
     check_shape(OP, dy, x.shape())?;
     let mut dx = Tensor::zeros(dev, "rmsnorm.dx", x.shape(), DType::F32);
-    let mut dw = Tensor::zeros(dev, "rmsnorm.dw", &[c], DType::F32);
     match dev {
-        Device::Cpu(_) => cpu_backward(
-            x.host_f32(OP)?,
-            w.host_f32(OP)?,
-            rstd.host_f32(OP)?,
-            dy.host_f32(OP)?,
-            dx.host_f32_mut(OP)?,
-            dw.host_f32_mut(OP)?,
-            c,
-        ),
+        Device::Cpu(_) => cpu_backward_dx(x.host_f32(OP)?, w.host_f32(OP)?, rstd.host_f32(OP)?, dy.host_f32(OP)?, dx.host_f32_mut(OP)?, c),
         Device::Gpu(g) => {
             let params = Params { rows: rows as u32, c: c as u32, eps: 0.0, accumulate: 0 };
-            let (xb, rb, dyb) = (x.bind(OP)?, rstd.bind(OP)?, dy.bind(OP)?);
-            BACKWARD_DX.dispatch(g, &[("WG", WG)], &params, [xb, w.bind(OP)?, rb, dyb, dx.bind(OP)?], groups(g, rows, 1))?;
-            BACKWARD_DW.dispatch(g, &[("WG", WG)], &params, [xb, rb, dyb, dw.bind(OP)?], groups(g, c, WG))?;
+            let bufs = [x.bind(OP)?, w.bind(OP)?, rstd.bind(OP)?, dy.bind(OP)?, dx.bind(OP)?];
+            BACKWARD_DX.dispatch(g, &[("WG", WG)], &params, bufs, groups(g, rows, 1))?;
         }
     }
-    Ok((dx, dw))
+    Ok(dx)
 }
 
 pub fn cpu_forward(x: &[f32], w: &[f32], eps: f32, y: &mut [f32], rstd: &mut [f32], c: usize) {
@@ -84,7 +92,7 @@ pub fn cpu_forward(x: &[f32], w: &[f32], eps: f32, y: &mut [f32], rstd: &mut [f3
     });
 }
 
-pub fn cpu_backward(x: &[f32], w: &[f32], rstd: &[f32], dy: &[f32], dx: &mut [f32], dw: &mut [f32], c: usize) {
+pub fn cpu_backward_dx(x: &[f32], w: &[f32], rstd: &[f32], dy: &[f32], dx: &mut [f32], c: usize) {
     // dx_j = r (w_j dy_j - x_j r² s / C), s = Σ_i dy_i w_i x_i   (dr/dx_j = -r³ x_j / C)
     cpu::for_each_chunk(dx, c, |row, dx| {
         let (x, dy, r) = (&x[row * c..(row + 1) * c], &dy[row * c..(row + 1) * c], rstd[row]);
@@ -94,7 +102,10 @@ pub fn cpu_backward(x: &[f32], w: &[f32], rstd: &[f32], dy: &[f32], dx: &mut [f3
             dx[i] = r * (w[i] * dy[i] - x[i] * coef);
         }
     });
-    // dw_j = Σ_rows dy_j x_j r
+}
+
+/// Adds dw_j = Σ_rows dy_j x_j r into `dw`.
+pub fn cpu_backward_dw(x: &[f32], rstd: &[f32], dy: &[f32], dw: &mut [f32], c: usize) {
     for (row, r) in rstd.iter().enumerate() {
         for j in 0..c {
             dw[j] += dy[row * c + j] * x[row * c + j] * r;

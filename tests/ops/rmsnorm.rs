@@ -1,5 +1,6 @@
 use crate::common::*;
 use flexlora::ops::rmsnorm;
+use flexlora::Device;
 
 const EPS: f32 = 1e-5;
 
@@ -37,4 +38,26 @@ fn gpu_matches_cpu() {
             vec![read(dev, &y), read(dev, &rstd), read(dev, &dx), read(dev, &dw)]
         });
     }
+}
+
+/// `backward_dx` (the frozen-weight path the model uses) is `backward`'s dx bit for bit, on every
+/// device, and the GPU's agrees with the CPU's.
+#[test]
+fn backward_dx_is_backwards_dx() {
+    let (rows, c) = (9, 131);
+    let mut rng = Rng::new(11);
+    let (x, w, dy) = (rng.vec(rows * c, 2.0), rng.vec(c, 1.0), rng.vec(rows * c, 1.0));
+    let run = |dev: &Device| {
+        let (xt, wt, dyt) = (up(dev, &[rows, c], &x), up(dev, &[c], &w), up(dev, &[rows, c], &dy));
+        let (_, rstd) = rmsnorm::forward(dev, &xt, &wt, EPS).unwrap();
+        let (dx, _) = rmsnorm::backward(dev, &xt, &wt, &rstd, &dyt).unwrap();
+        let dx_only = rmsnorm::backward_dx(dev, &xt, &wt, &rstd, &dyt).unwrap();
+        (read(dev, &dx), read(dev, &dx_only))
+    };
+    every_device(|dev| {
+        let (dx, dx_only) = run(dev);
+        let first = dx.iter().zip(&dx_only).position(|(a, b)| a.to_bits() != b.to_bits());
+        assert!(first.is_none(), "element {first:?}: backward {:?} vs backward_dx {:?}", first.map(|i| dx[i]), first.map(|i| dx_only[i]));
+    });
+    cpu_vs_gpu("rmsnorm backward_dx", 1e-5, 1e-4, |dev| vec![run(dev).1]);
 }
