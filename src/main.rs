@@ -503,8 +503,9 @@ fn train(a: TrainArgs, m: &clap::ArgMatches) -> Result<()> {
     // indicatif hides the bar (and its println) when stderr is not a terminal; logs still matter then.
     let say = |line: String| if bar.is_hidden() { eprintln!("{line}") } else { bar.println(line) };
     let (t_run, mut step0) = (std::time::Instant::now(), None);
-    let mut check =
-        |tr: &Trainer| checks.as_ref().expect("a probe only with --eval-every").check(&tr.dev, &tr.model, &tok, tr.session.step);
+    let mut check = |tr: &Trainer| {
+        block_on(None, checks.as_ref().expect("a probe only with --eval-every").check(&tr.dev, &tr.model, &tok, tr.session.step))
+    };
     let probe = checks.as_ref().map(|_| run::Probe { every: a.eval_every, check: &mut check });
     let summary = block_on(
         None,
@@ -746,17 +747,20 @@ fn eval(a: EvalArgs) -> Result<()> {
             .unwrap()
             .progress_chars("=> "),
     );
-    let report = job::run(&sel.device, &model, &tok, &data, &out, &cfg, a.batch, &mut |p| match p {
-        Progress::Generating { done, total } => {
-            bar.set_length(total as u64);
-            bar.set_message("generating");
-            bar.set_position(done as u64);
-        }
-        Progress::Executing { programs } => {
-            bar.set_message("executing");
-            bar.println(format!("running {programs} programs in the sandbox"));
-        }
-    })?;
+    let report = block_on(
+        None,
+        job::run(&sel.device, &model, &tok, &data, &out, &cfg, a.batch, &mut |p| match p {
+            Progress::Generating { done, total } => {
+                bar.set_length(total as u64);
+                bar.set_message("generating");
+                bar.set_position(done as u64);
+            }
+            Progress::Executing { programs } => {
+                bar.set_message("executing");
+                bar.println(format!("running {programs} programs in the sandbox"));
+            }
+        }),
+    )?;
     bar.finish_and_clear();
     println!("{:<16} {:>8} {:>8} {:>10}", "task set", "tasks", "samples", "passed");
     println!("{:<16} {:>8} {:>8} {:>10}", format!("{:?}", cfg.task), report.summary.tasks, report.samples, report.passed);
@@ -819,10 +823,13 @@ fn eval_ppl(a: EvalArgs) -> Result<()> {
             .progress_chars("=> "),
     );
     let out = a.out.clone().expect("clap requires --out");
-    let report = ppl::run(&sel.device, &model, &tok, &out, &cfg, &mut |done, total| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-    })?;
+    let report = block_on(
+        None,
+        ppl::run(&sel.device, &model, &tok, &out, &cfg, &mut |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        }),
+    )?;
     bar.finish_and_clear();
     println!("{}: {} sequences ({} truncated to {} tokens)", cfg.data, report.sequences, report.truncated, cfg.max_len);
     println!("tokens scored {}", report.tokens);

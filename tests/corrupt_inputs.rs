@@ -638,7 +638,7 @@ fn eval_outputs_and_flags_are_refused_by_name() {
         )
         .unwrap();
         write_adapter(&adapter, &["q_proj"], |_| {}, |t| t[0].2[0] = 0.5);
-        let run = |cfg: &EvalConfig| job::run(&dev, &model, &tok, &data_dir, &out, cfg, 1, &mut |_| {});
+        let run = |cfg: &EvalConfig| flexlora::device::block_on(None, job::run(&dev, &model, &tok, &data_dir, &out, cfg, 1, &mut |_| {}));
         c.lib(
             "eval after the adapter was retrained in place",
             &[&root],
@@ -653,7 +653,8 @@ fn eval_outputs_and_flags_are_refused_by_name() {
         let ppl_out = root.join("ppl-out");
         std::fs::create_dir_all(&ppl_out).unwrap();
         std::fs::write(ppl_out.join("summary.json"), "{}").unwrap();
-        let eval_into_ppl = |cfg: &EvalConfig| job::run(&dev, &model, &tok, &data_dir, &ppl_out, cfg, 1, &mut |_| {});
+        let eval_into_ppl =
+            |cfg: &EvalConfig| flexlora::device::block_on(None, job::run(&dev, &model, &tok, &data_dir, &ppl_out, cfg, 1, &mut |_| {}));
         c.lib("pass@k eval into a perplexity directory", &[&root], || eval_into_ppl(&ecfg(true)), &["--out", "ppl-out"]);
         c.finish(19);
     } else {

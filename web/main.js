@@ -82,6 +82,7 @@ function setBusy(b) {
   $('stop').disabled = !b;
   $('adapters').disabled = b || !haveModel;
   $('run-code').disabled = b || !$('out-0').textContent || !currentTask();
+  setTrainButtons();
 }
 
 // ---- device -----------------------------------------------------------------------------------
@@ -399,6 +400,160 @@ async function handleFiles(list) {
   if (rest.length) await loadAdapter(rest[0].webkitRelativePath?.split('/')[0] || `adapter ${state.adapters.length + 1}`, await filesFrom(rest));
 }
 
+// ---- fine-tuning (src/web/train.rs) -----------------------------------------------------------
+// The run lives in the worker; this loop asks it for `every` steps at a time (one read-back of
+// their numbers per request), plots each report, and stops between requests when paused.
+const training = { info: null, reports: [], paused: false, looping: false, data: null, t0: 0, tokens: 0, secs: 0 };
+
+function trainConfig() {
+  const n = (id) => Number($(id).value);
+  return {
+    steps: n('train-steps'), lr: n('train-lr'), batch_size: n('train-batch'), max_len: n('train-max-len'),
+    optimizer: $('train-optimizer').value,
+    lora: { rank: n('train-rank'), alpha: 2 * n('train-rank'), targets: $('train-targets').value.split(',').map((t) => t.trim()).filter(Boolean) },
+    flex: { mode: $('train-flex').value, lambda: n('train-lambda') },
+  };
+}
+
+// The data as JSONL text and a name: MBPP's train split from `flexlora web`, or the picked file.
+async function trainData() {
+  if ($('train-data').value === 'file') {
+    if (!training.data) throw new Error('pick a JSONL file of {"prompt","completion"} or {"text"} lines, or the served MBPP split');
+    return training.data;
+  }
+  const url = $('train-data').value;
+  const r = await fetch(url);
+  if (!r.ok) throw new Error(`${url}: HTTP ${r.status} ${await r.text()}`);
+  return { text: await r.text(), name: 'mbpp' };
+}
+
+function setTrainButtons() {
+  const running = training.looping;
+  const haveRun = !!training.info;
+  const done = haveRun && training.reports.length > 0 && training.reports.at(-1).step >= training.info.total_steps;
+  $('train-start').disabled = running || state.busy || !state.model;
+  $('train-pause').disabled = !running;
+  $('train-resume').disabled = running || !haveRun || done || !training.paused;
+  $('train-download').disabled = running || !haveRun;
+}
+
+function plotTraining() {
+  const svg = $('train-plot');
+  const r = training.reports;
+  const W = 600, H = 220, L = 46, B = 24, T = 10, R = 10;
+  if (!r.length) { svg.innerHTML = ''; return; }
+  const total = Math.max(training.info?.total_steps ?? 1, r.at(-1).step);
+  const series = [['loss', r.map((x) => [x.step, x.loss])]];
+  if (r.some((x) => x.flex_penalty != null)) series.push(['flex', r.map((x) => [x.step, x.flex_penalty ?? 0])]);
+  const ys = series.flatMap(([, pts]) => pts.map((p) => p[1])).filter(Number.isFinite);
+  const lo = Math.min(0, ...ys), hi = Math.max(...ys) * 1.05 || 1;
+  const px = (s) => L + ((s - 0) / total) * (W - L - R);
+  const py = (v) => H - B - ((v - lo) / (hi - lo)) * (H - B - T);
+  const lines = series.map(([cls, pts]) => `<polyline class="${cls}" fill="none" stroke-width="2" points="${pts.map(([s, v]) => `${px(s).toFixed(1)},${py(v).toFixed(1)}`).join(' ')}"/>`);
+  const ticks = [lo, (lo + hi) / 2, hi].map((v) => `<text x="${L - 4}" y="${py(v) + 4}" text-anchor="end">${v.toFixed(2)}</text>`);
+  svg.innerHTML = `<line x1="${L}" y1="${H - B}" x2="${W - R}" y2="${H - B}" stroke="#d9dde6"/><line x1="${L}" y1="${T}" x2="${L}" y2="${H - B}" stroke="#d9dde6"/>
+    ${ticks.join('')}<text x="${W - R}" y="${H - 6}" text-anchor="end">step ${r.at(-1).step} of ${total}</text>
+    <text x="${L + 6}" y="${T + 12}" class="legend">— loss${series.length > 1 ? ' · FLeX penalty (orange)' : ''}</text>${lines.join('')}`;
+}
+
+function showTrainStatus() {
+  const r = training.reports.at(-1);
+  if (!r) return;
+  const tps = training.tokens / Math.max(training.secs, 1e-9);
+  const flex = r.flex_penalty != null ? `, FLeX ${r.flex_penalty.toFixed(4)}` : '';
+  const what = training.looping ? 'training' : training.paused ? 'paused' : 'done';
+  status('train-status', `${what}: step ${r.step} of ${training.info.total_steps}, loss ${r.loss.toFixed(4)}${flex}, |g| ${r.grad_norm.toFixed(3)}, ${tps.toFixed(1)} tokens/s`, 'ok');
+}
+
+// Starts a run with the page's settings (or `config` merged over them, for the tests); returns
+// the run's description (examples, tokens, steps, the adapter's index).
+async function trainStart(config = {}, data = null) {
+  return guarded(async () => {
+    if (!state.model) throw new Error('load a model before fine-tuning');
+    const d = data ?? await trainData();
+    const cfg = { ...trainConfig(), ...config };
+    const name = `trained in the page (${d.name}, r=${cfg.lora?.rank ?? 8}, ${cfg.steps} steps)`;
+    const info = await call('trainStart', { name, config: cfg, data: d.text, dataName: d.name });
+    training.info = info;
+    training.reports = [];
+    training.paused = false;
+    training.tokens = 0;
+    training.secs = 0;
+    state.model = await call('modelInfo');
+    state.adapters = state.model.adapters;
+    state.active = state.model.active_adapter ?? -1;
+    renderAdapters();
+    status('train-status', `${info.examples} examples (${info.target_tokens} trained tokens of ${info.tokens}), ${info.total_steps} steps, ${(info.trainable_params / 1e6).toFixed(2)}M trainable parameters`, 'ok');
+    plotTraining();
+    setTrainButtons();
+    return info;
+  });
+}
+
+// Runs `n` steps in one request; returns their reports (also plotted).
+async function trainSteps(n) {
+  const r = await call('trainSteps', { n });
+  for (const x of r.steps) { training.tokens += x.tokens; training.secs += x.seconds; }
+  training.reports.push(...r.steps);
+  plotTraining();
+  showTrainStatus();
+  return r;
+}
+
+async function trainLoop() {
+  if (training.looping) return;
+  training.looping = true;
+  training.paused = false;
+  setTrainButtons();
+  setBusy(true);
+  try {
+    await guarded(async () => {
+      while (!training.paused) {
+        const r = await trainSteps(Math.max(1, Number($('train-every').value) || 1));
+        if (r.done) break;
+      }
+    });
+  } finally {
+    training.looping = false;
+    setBusy(false);
+    setTrainButtons();
+    showTrainStatus();
+  }
+}
+
+async function trainAdapterFiles() { return call('trainAdapterFiles'); }
+
+async function downloadAdapter() {
+  return guarded(async () => {
+    const f = await trainAdapterFiles();
+    for (const [name, body, type] of [['adapter_config.json', f.config, 'application/json'], ['adapter_model.safetensors', f.weights, 'application/octet-stream']]) {
+      const a = document.createElement('a');
+      a.href = URL.createObjectURL(new Blob([body], { type }));
+      a.download = name;
+      a.click();
+      setTimeout(() => URL.revokeObjectURL(a.href), 10_000);
+    }
+  });
+}
+
+function wireTraining() {
+  const served = manifest?.train_data ?? [];
+  for (const d of served) $('train-data').prepend(new Option(d.name, d.url));
+  if (served.length) $('train-data').value = served[0].url;
+  $('train-file').onchange = async (e) => {
+    const f = e.target.files[0];
+    if (!f) return;
+    training.data = { text: await f.text(), name: f.name };
+    $('train-data').value = 'file';
+    $('train-file-name').textContent = `${f.name} (${mib(f.size)})`;
+  };
+  $('train-start').onclick = async () => { try { await trainStart(); await trainLoop(); } catch { /* shown */ } };
+  $('train-pause').onclick = () => { training.paused = true; setTrainButtons(); };
+  $('train-resume').onclick = () => trainLoop().catch(() => {});
+  $('train-download').onclick = () => downloadAdapter().catch(() => {});
+  setTrainButtons();
+}
+
 function wire() {
   document.querySelectorAll('input[name=device]').forEach((r) => r.addEventListener('change', () => initDevice(r.value).catch(() => {})));
   $('load-url').onclick = () => loadModel({ url: $('model-url').value }).catch(() => {});
@@ -468,6 +623,7 @@ async function main() {
     $('served-name').textContent = `${manifest.model.name} (${mib(manifest.model.size)})`;
     $('load-served').onclick = async () => { await loadModel({ url: manifest.model.url }).catch(() => {}); await loadServedAdapters().catch(() => {}); };
   }
+  wireTraining();
   const params = new URLSearchParams(location.search);
   const device = params.get('device') ?? 'auto';
   document.querySelector(`input[name=device][value=${device}]`)?.click();
@@ -477,6 +633,7 @@ async function main() {
   window.flexlora = {
     state, manifest, initDevice, loadModel, loadAdapter, loadAdapterUrl, loadServedAdapters, setAdapter, generate, compare, stop, runCode,
     call, setPrompt: (t) => { $('prompt').value = t; },
+    trainStart, trainSteps, trainLoop, trainAdapterFiles, training,
   };
   document.title = 'flexlora: ready';
   if (params.get('autoload') === '1' && manifest?.model) {

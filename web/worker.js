@@ -113,6 +113,17 @@ const ops = {
 
   async tokenize({ text }) { return Array.from(wasm.tokenize(text)); },
 
+  // Fine-tuning (src/web/train.rs): start a run, run steps (one read-back per call), the adapter.
+  async trainStart({ name, config, data, dataName }) {
+    return JSON.parse(wasm.train_start(name, JSON.stringify(config), data, dataName));
+  },
+  async trainSteps({ n }) { return JSON.parse(await wasm.train_steps(n)); },
+  async trainAdapterFiles() {
+    const r = await wasm.train_adapter_files();
+    return { config: r.config, weights: r.weights };
+  },
+  async trainStop() { wasm.train_stop(); },
+
   // Streams `token` events and returns the generation's ids, text, finish reason and timing.
   async generate({ gen, prompt, options }) {
     stopRequested.delete(gen);

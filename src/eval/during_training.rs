@@ -33,7 +33,7 @@ pub struct TrainingEval {
 
 impl TrainingEval {
     /// pass@1 of `model` (the adapter after `step` steps).
-    pub fn check(&self, dev: &Device, model: &Model, tok: &Tokenizer, step: usize) -> Result<EvalRecord> {
+    pub async fn check(&self, dev: &Device, model: &Model, tok: &Tokenizer, step: usize) -> Result<EvalRecord> {
         let t0 = Instant::now();
         let cfg = EvalConfig {
             model: format!("{} after training step {step}", self.out.display()),
@@ -58,7 +58,7 @@ impl TrainingEval {
             std::fs::remove_dir_all(&dir).map_err(io_at(&dir, "remove"))?;
         }
         let batch = self.limit.clamp(1, 8);
-        let report = job::run(dev, model, tok, &self.data, &dir, &cfg, batch, &mut |_| {})?;
+        let report = job::run(dev, model, tok, &self.data, &dir, &cfg, batch, &mut |_| {}).await?;
         let pass1 = report.summary.pass_at.iter().find(|p| p.k == 1).map_or(0.0, |p| p.value);
         Ok(EvalRecord {
             step,

@@ -18,7 +18,7 @@ use super::sandbox::{Sandbox, SandboxConfig};
 use super::shard::Shard;
 use super::tasks::{self, IdRange, MbppPrompt, MbppSplit, Task};
 use super::{counts, run_samples};
-use crate::device::{block_on, Device};
+use crate::device::Device;
 use crate::error::{io_at, Error, Result};
 use crate::model::generate::{generate_many, GenerateOptions, Request, Sampling};
 use crate::model::{tokenizer::Tokenizer, Model};
@@ -211,7 +211,7 @@ pub fn load_tasks(data: &Path, cfg: &EvalConfig) -> Result<Vec<Task>> {
 /// size changes speed, not settings, so a re-run may use another. `progress` is called as work
 /// advances.
 #[allow(clippy::too_many_arguments)]
-pub fn run(
+pub async fn run(
     dev: &Device,
     model: &Model,
     tok: &Tokenizer,
@@ -305,25 +305,23 @@ pub fn run(
     let reused = tasks.len() - requests.len();
     let mut finished = reused;
     progress(Progress::Generating { done: finished, total: tasks.len() });
-    let timing = block_on(
-        Some(dev),
-        generate_many(model, dev, tok, &requests, batch, &mut |_, _, _| {}, &mut |r, gens| {
-            let task = &tasks[owner[r]];
-            let mut lines = String::new();
-            let mut texts = Vec::with_capacity(gens.len());
-            for (s, g) in gens.into_iter().enumerate() {
-                let completion = tasks::truncate_at_stop(&g.text, &task.stop).to_string();
-                let line = SampleLine { task_id: task.id.clone(), sample: s, completion: completion.clone(), finish: g.finish.into() };
-                lines += &(serde_json::to_string(&line).expect("sample serializes") + "\n");
-                texts.push(completion);
-            }
-            file.write_all(lines.as_bytes()).and_then(|_| file.flush()).map_err(io_at(&samples_path, "write"))?;
-            completions[owner[r]] = Some(texts);
-            finished += 1;
-            progress(Progress::Generating { done: finished, total: tasks.len() });
-            Ok(())
-        }),
-    )?;
+    let timing = generate_many(model, dev, tok, &requests, batch, &mut |_, _, _| {}, &mut |r, gens| {
+        let task = &tasks[owner[r]];
+        let mut lines = String::new();
+        let mut texts = Vec::with_capacity(gens.len());
+        for (s, g) in gens.into_iter().enumerate() {
+            let completion = tasks::truncate_at_stop(&g.text, &task.stop).to_string();
+            let line = SampleLine { task_id: task.id.clone(), sample: s, completion: completion.clone(), finish: g.finish.into() };
+            lines += &(serde_json::to_string(&line).expect("sample serializes") + "\n");
+            texts.push(completion);
+        }
+        file.write_all(lines.as_bytes()).and_then(|_| file.flush()).map_err(io_at(&samples_path, "write"))?;
+        completions[owner[r]] = Some(texts);
+        finished += 1;
+        progress(Progress::Generating { done: finished, total: tasks.len() });
+        Ok(())
+    })
+    .await?;
     let generated_tokens = timing.generated_tokens;
     let completions: Vec<Vec<String>> = completions.into_iter().map(|c| c.expect("every task generated or reused")).collect();
     progress(Progress::Generating { done: tasks.len(), total: tasks.len() });

@@ -15,7 +15,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::data::text::{self, Source};
-use crate::device::{block_on, Device};
+use crate::device::Device;
 use crate::error::{io_at, Error, Result};
 use crate::model::{tokenizer::Tokenizer, Model};
 use crate::ops::cross_entropy;
@@ -89,7 +89,7 @@ pub async fn nll_sum(dev: &Device, model: &Model, seqs: &[Example], progress: &m
 }
 
 /// Scores `cfg.data`, prints nothing, writes `out/summary.json` (config and report).
-pub fn run(
+pub async fn run(
     dev: &Device,
     model: &Model,
     tok: &Tokenizer,
@@ -124,7 +124,7 @@ pub fn run(
             ),
         });
     }
-    let (sum, n) = block_on(Some(dev), nll_sum(dev, model, &seqs, progress))?;
+    let (sum, n) = nll_sum(dev, model, &seqs, progress).await?;
     let mean_nll = sum / n as f64;
     if !mean_nll.is_finite() {
         // serde_json writes NaN and inf as `null`: a summary must never carry that silently.

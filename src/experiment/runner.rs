@@ -233,7 +233,7 @@ async fn one(
         cfg.provenance = provenance.clone();
         cfg.seed ^= seed;
         let out = dir.join("eval").join(name);
-        let report = job::run(&dev, &model, &tok, &spec.data_dir, &out, &cfg, spec.batch, &mut |_| {})?;
+        let report = job::run(&dev, &model, &tok, &spec.data_dir, &out, &cfg, spec.batch, &mut |_| {}).await?;
         let tasks = outcomes(&out.join("results.jsonl"))?;
         say(&format!(
             "{name}: {}/{} passed, generation {:.0} s, execution {:.0} s",

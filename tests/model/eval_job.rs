@@ -35,7 +35,7 @@ fn tiny_model_eval_writes_well_formed_results_and_resumes() {
         shard: None,
     };
     let out = dir.join("out");
-    let first = job::run(&dev, &model, &tok, &data, &out, &ecfg, 3, &mut |_| {}).unwrap();
+    let first = flexlora::device::block_on(None, job::run(&dev, &model, &tok, &data, &out, &ecfg, 3, &mut |_| {})).unwrap();
     assert_eq!((first.summary.tasks, first.samples, first.reused_tasks), (2, 6, 0));
     // Random weights cannot solve HumanEval: every sample fails, with a reason.
     assert_eq!(first.passed, 0);
@@ -51,10 +51,10 @@ fn tiny_model_eval_writes_well_formed_results_and_resumes() {
     assert_eq!(summary["report"]["summary"]["pass_at"][0]["k"], 1);
     assert_eq!(summary["report"]["summary"]["pass_at"][0]["value"], 0.0);
     // Same settings: nothing is generated again. Other settings: refused.
-    let second = job::run(&dev, &model, &tok, &data, &out, &ecfg, 3, &mut |_| {}).unwrap();
+    let second = flexlora::device::block_on(None, job::run(&dev, &model, &tok, &data, &out, &ecfg, 3, &mut |_| {})).unwrap();
     assert_eq!((second.reused_tasks, second.generated_tokens), (2, 0));
     let other = EvalConfig { samples: 4, ..ecfg };
-    let err = job::run(&dev, &model, &tok, &data, &out, &other, 3, &mut |_| {}).unwrap_err().to_string();
+    let err = flexlora::device::block_on(None, job::run(&dev, &model, &tok, &data, &out, &other, 3, &mut |_| {})).unwrap_err().to_string();
     assert!(err.contains("other settings"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -88,12 +88,14 @@ fn shards_merged_equal_one_machine_run() {
         task_file: None,
         shard: None,
     };
-    job::run(&dev, &model, &tok, &data, &dir.join("one"), &one, 4, &mut |_| {}).unwrap();
+    flexlora::device::block_on(None, job::run(&dev, &model, &tok, &data, &dir.join("one"), &one, 4, &mut |_| {})).unwrap();
     let mut shard_dirs = Vec::new();
     for index in [2, 1, 3] {
         let d = dir.join(format!("shard{index}"));
         let shard = Some(Shard { index, count: 3 });
-        let r = job::run(&dev, &model, &tok, &data, &d, &EvalConfig { shard, ..one.clone() }, 4, &mut |_| {}).unwrap();
+        let r =
+            flexlora::device::block_on(None, job::run(&dev, &model, &tok, &data, &d, &EvalConfig { shard, ..one.clone() }, 4, &mut |_| {}))
+                .unwrap();
         assert_eq!(r.summary.tasks, Shard { index, count: 3 }.range(5).len());
         shard_dirs.push(d);
     }
@@ -127,15 +129,18 @@ fn shards_merged_equal_one_machine_run() {
     assert_eq!(m["report"]["generated_tokens"], o["report"]["generated_tokens"]);
     // Shards of another evaluation do not mix in.
     let other = dir.join("other3");
-    job::run(
-        &dev,
-        &model,
-        &tok,
-        &data,
-        &other,
-        &EvalConfig { seed: 4, shard: Some(Shard { index: 3, count: 3 }), ..one.clone() },
-        4,
-        &mut |_| {},
+    flexlora::device::block_on(
+        None,
+        job::run(
+            &dev,
+            &model,
+            &tok,
+            &data,
+            &other,
+            &EvalConfig { seed: 4, shard: Some(Shard { index: 3, count: 3 }), ..one.clone() },
+            4,
+            &mut |_| {},
+        ),
     )
     .unwrap();
     let err = merge(&[shard_dirs[0].clone(), shard_dirs[1].clone(), other], &dir.join("mixed")).unwrap_err().to_string();

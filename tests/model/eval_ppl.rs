@@ -47,7 +47,7 @@ fn perplexity_is_exp_mean_cross_entropy_of_the_logits() {
     let out = dir.join("out");
     let run = |data: &std::path::Path, max_len, mask_prompt| {
         let c = PplConfig { model: "tiny".into(), data: data.display().to_string(), max_len, mask_prompt };
-        ppl::run(&dev, &model, &tok, &out, &c, &mut |_, _| {})
+        flexlora::device::block_on(None, ppl::run(&dev, &model, &tok, &out, &c, &mut |_, _| {}))
     };
     let mut counted = Vec::new();
     for mask in [true, false] {
@@ -104,7 +104,7 @@ fn perplexity_is_exp_mean_cross_entropy_of_the_logits() {
         let want = run(&jsonl, 64, true).unwrap();
         let (gmodel, gtok) = load::open(gpu, &model_dir, WeightFormat::F32).unwrap();
         let c = PplConfig { model: "tiny".into(), data: jsonl.display().to_string(), max_len: 64, mask_prompt: true };
-        let got = ppl::run(gpu, &gmodel, &gtok, &dir.join("out-gpu"), &c, &mut |_, _| {}).unwrap();
+        let got = flexlora::device::block_on(None, ppl::run(gpu, &gmodel, &gtok, &dir.join("out-gpu"), &c, &mut |_, _| {})).unwrap();
         assert_eq!(got.tokens, want.tokens);
         assert!((got.mean_nll - want.mean_nll).abs() <= 1e-4 * want.mean_nll, "GPU {} vs CPU {}", got.mean_nll, want.mean_nll);
     }
