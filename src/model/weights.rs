@@ -99,11 +99,18 @@ pub struct Linear {
 }
 
 impl Linear {
-    /// The frozen part, x [N, in] -> x·Wᵀ + bias [N, out].
+    /// The frozen part, x [N, in] -> x·Wᵀ + bias [N, out], with f32 activations (training).
     pub fn base(&self, dev: &Device, x: &Tensor) -> Result<Tensor> {
+        self.base_with(dev, x, false)
+    }
+
+    /// `base`; with `int8`, decode-sized products with GGUF blocks quantize x to int8 blocks as
+    /// llama.cpp does (`matmul_gguf::forward_int8`, inference only).
+    fn base_with(&self, dev: &Device, x: &Tensor, int8: bool) -> Result<Tensor> {
         let mut y = match &self.weight {
             Weight::F32(w) => matmul::forward(dev, x, w, false, true)?,
             Weight::Nf4(q) => matmul_nf4::forward(dev, x, q)?,
+            Weight::Gguf(g) if int8 => matmul_gguf::forward_int8(dev, x, g)?,
             Weight::Gguf(g) => matmul_gguf::forward(dev, x, g)?,
         };
         if let Some(b) = &self.bias {
@@ -112,9 +119,10 @@ impl Linear {
         Ok(y)
     }
 
-    /// x [N, in] -> y [N, out], adapter included (no dropout).
+    /// x [N, in] -> y [N, out], adapter included (no dropout): the inference path, int8
+    /// activations for decode-sized products with GGUF blocks (`base_with`).
     pub fn forward(&self, dev: &Device, x: &Tensor) -> Result<Tensor> {
-        let mut y = self.base(dev, x)?;
+        let mut y = self.base_with(dev, x, true)?;
         if let Some(l) = &self.lora {
             l.add_to(dev, x, &mut y)?;
         }
