@@ -157,10 +157,43 @@ pub fn forward_int8(dev: &Device, x: &Tensor, w: &GgufTensor) -> Result<Tensor> 
     Ok(y)
 }
 
-/// CPU twin of `forward_int8`: `cpu_forward` unless the product is decode-sized and the type
-/// has an int8 kernel; then x is quantized once and tasks of rows run `int8_rows_dot`.
+/// The environment variable that turns the int8 path off (`FLEXLORA_INT8=0`: `forward_int8` is
+/// `forward`, the exact f32 product of the file's weights, for every product).
+pub const INT8_VAR: &str = "FLEXLORA_INT8";
+
+/// Set while `with_f32_activations` runs.
+static F32_FORCED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether `forward_int8` may quantize activations now: not under `with_f32_activations`, and
+/// FLEXLORA_INT8 (read once) is not `0`.
+pub fn int8_enabled() -> bool {
+    static ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    !F32_FORCED.load(std::sync::atomic::Ordering::Relaxed) && *ENV.get_or_init(|| std::env::var(INT8_VAR).map_or(true, |v| v.trim() != "0"))
+}
+
+/// Runs `f` with `forward_int8` computing in f32 (tests: the exact model). Process-wide, as
+/// `cpu::with_tier`: calls take a lock and run one at a time, and other threads' products
+/// meanwhile take the f32 path too (the reference, so only their rounding changes).
+pub fn with_f32_activations<R>(f: impl FnOnce() -> R) -> R {
+    use std::sync::atomic::Ordering;
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            F32_FORCED.store(false, Ordering::Relaxed);
+        }
+    }
+    let _reset = Reset;
+    F32_FORCED.store(true, Ordering::Relaxed);
+    f()
+}
+
+/// CPU twin of `forward_int8`: `cpu_forward` unless the product is decode-sized, the type has
+/// an int8 kernel and `int8_enabled()`; then x is quantized once and tasks of rows run
+/// `int8_rows_dot`.
 pub fn cpu_forward_int8(x: &[f32], w: &[u8], ty: GgmlType, y: &mut [f32], t: usize, n: usize, k: usize) {
-    if t >= MANY_TOKENS || t == 0 || n == 0 || k == 0 || k % int8::QK != 0 || !int8::supported(ty) {
+    if t >= MANY_TOKENS || t == 0 || n == 0 || k == 0 || k % int8::QK != 0 || !int8::supported(ty) || !int8_enabled() {
         return cpu_forward(x, w, ty, y, t, n, k);
     }
     let (block, block_bytes) = ty.block();
