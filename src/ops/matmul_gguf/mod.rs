@@ -9,6 +9,10 @@
 //! dequantize a row (decode), a tile of rows (many tokens) or a column slice of rows (dx) at a
 //! time with the exact dequantizers of `ggml_blocks`, so every weight equals `to_f32`'s bit for bit
 //! and results differ from an f32 matmul of the dequantized weight only in summation order.
+//!
+//! Inference takes `forward_int8` instead: the same, except that decode-sized products quantize x
+//! to 8-bit blocks and dot them with the weights' codes in integers, as llama.cpp does (`int8`,
+//! with its error bound; x86 kernels in `int8_x86`). Training keeps `forward` and f32 activations.
 
 use crate::device::{cpu, Device};
 use crate::error::{Error, Result};
@@ -193,12 +197,12 @@ pub fn with_f32_activations<R>(f: impl FnOnce() -> R) -> R {
 /// an int8 kernel and `int8_enabled()`; then x is quantized once and tasks of rows run
 /// `int8_rows_dot`.
 pub fn cpu_forward_int8(x: &[f32], w: &[u8], ty: GgmlType, y: &mut [f32], t: usize, n: usize, k: usize) {
-    if t >= MANY_TOKENS || t == 0 || n == 0 || k == 0 || k % int8::QK != 0 || !int8::supported(ty) || !int8_enabled() {
+    if t >= MANY_TOKENS || t == 0 || n == 0 || k == 0 || !k.is_multiple_of(int8::QK) || !int8::supported(ty) || !int8_enabled() {
         return cpu_forward(x, w, ty, y, t, n, k);
     }
     let (block, block_bytes) = ty.block();
     let rb = k / block * block_bytes;
-    assert!(k % block == 0 && x.len() >= t * k && y.len() >= t * n && w.len() >= n * rb, "matmul_gguf: buffers too small");
+    assert!(k.is_multiple_of(block) && x.len() >= t * k && y.len() >= t * n && w.len() >= n * rb, "matmul_gguf: buffers too small");
     let xq = int8::Q8Act::quantize(&x[..t * k], k);
     let mut yt = vec![0f32; n * t];
     let rows_per_task = n.div_ceil(4 * cpu::threads()).max(ROWS_PER_TASK);
