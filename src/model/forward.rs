@@ -158,7 +158,7 @@ impl Model {
             return Ok(y);
         }
         match &self.lm_head {
-            Some(head) => Ok(head.forward(dev, &xn, None)?.0),
+            Some(head) => Ok(head.forward(dev, &xn, crate::model::linear::Mode::Infer)?.0),
             None => matmul::forward(dev, &xn, &self.embed, false, true),
         }
     }

@@ -18,7 +18,7 @@
 use crate::device::Device;
 use crate::error::Result;
 use crate::model::config::Config;
-use crate::model::linear::{dropout_seed, Linear};
+use crate::model::linear::{dropout_seed, Linear, Mode};
 use crate::model::lora::Target;
 use crate::ops::rope::{self, RopeTables};
 use crate::ops::{attention, elementwise, rmsnorm, swiglu};
@@ -105,18 +105,18 @@ impl Layer {
         attend: &mut dyn FnMut(Tensor, Tensor, Tensor) -> Result<Tensor>,
     ) -> Result<()> {
         let mut xa = Xa::default();
-        let no_dropout = |_| None;
-        let (_, q, k, v) = self.attn_in(dev, cfg, x, &no_dropout, &mut xa)?;
+        let infer = |_| Mode::Infer;
+        let (_, q, k, v) = self.attn_in(dev, cfg, x, &infer, &mut xa)?;
         let o = attend(q, k, v)?;
-        elementwise::accumulate(dev, x, &self.lin(dev, Target::O, &o, &no_dropout, &mut xa)?, 1.0)?;
-        let (_, mlp) = self.mlp(dev, cfg, x, &no_dropout, &mut xa)?;
+        elementwise::accumulate(dev, x, &self.lin(dev, Target::O, &o, &infer, &mut xa)?, 1.0)?;
+        let (_, mlp) = self.mlp(dev, cfg, x, &infer, &mut xa)?;
         elementwise::accumulate(dev, x, &mlp, 1.0)
     }
 
     /// Training: x [N, C] -> (y [N, C], what `backward` needs).
     pub fn train(&self, dev: &Device, x: &Tensor, p: &Pass) -> Result<(Tensor, Saved)> {
         let (cfg, n) = (p.cfg, p.b * p.t);
-        let dropout = |target| p.dropout(target);
+        let dropout = |target| Mode::Train { dropout: p.dropout(target) };
         let mut xa = Xa::default();
         let ((h1, rstd1), q, k, v) = self.attn_in(dev, cfg, x, &dropout, &mut xa)?;
         let q =
@@ -131,8 +131,8 @@ impl Layer {
     }
 
     /// One linear of the layer, keeping its adapter's xa.
-    fn lin(&self, dev: &Device, target: Target, x: &Tensor, dropout: &dyn Fn(Target) -> Option<u32>, xa: &mut Xa) -> Result<Tensor> {
-        let (y, a) = self.linears()[target.index()].forward(dev, x, dropout(target))?;
+    fn lin(&self, dev: &Device, target: Target, x: &Tensor, mode: &dyn Fn(Target) -> Mode, xa: &mut Xa) -> Result<Tensor> {
+        let (y, a) = self.linears()[target.index()].forward(dev, x, mode(target))?;
         xa[target.index()] = a;
         Ok(y)
     }
@@ -144,7 +144,7 @@ impl Layer {
         dev: &Device,
         cfg: &Config,
         x: &Tensor,
-        dropout: &dyn Fn(Target) -> Option<u32>,
+        dropout: &dyn Fn(Target) -> Mode,
         xa: &mut Xa,
     ) -> Result<((Tensor, Tensor), Tensor, Tensor, Tensor)> {
         let (h1, rstd1) = rmsnorm::forward(dev, x, &self.attn_norm, cfg.eps)?;
@@ -162,7 +162,7 @@ impl Layer {
         dev: &Device,
         cfg: &Config,
         m: &Tensor,
-        dropout: &dyn Fn(Target) -> Option<u32>,
+        dropout: &dyn Fn(Target) -> Mode,
         xa: &mut Xa,
     ) -> Result<((Tensor, Tensor, Tensor, Tensor), Tensor)> {
         let (h2, rstd2) = rmsnorm::forward(dev, m, &self.mlp_norm, cfg.eps)?;

@@ -33,12 +33,28 @@ pub fn dropout_seed(seed: u32, layer: usize, target: Target) -> u32 {
     elementwise::hash(seed ^ elementwise::hash(slot as u32 + 1))
 }
 
+/// How a linear runs, the one difference between the layer's two modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Training and loss evaluation: f32 activations (gradients come from the f32 model), and
+    /// the adapter's dropout with this seed (`dropout_seed`), or none.
+    Train { dropout: Option<u32> },
+    /// Inference: no dropout; decode-sized products over GGUF blocks quantize x to 8-bit blocks
+    /// as llama.cpp does (`matmul_gguf::forward_int8`).
+    Infer,
+}
+
 impl Linear {
-    /// The frozen part, x [N, in] -> x·Wᵀ + bias [N, out].
+    /// The frozen part, x [N, in] -> x·Wᵀ + bias [N, out], with f32 activations.
     pub fn base(&self, dev: &Device, x: &Tensor) -> Result<Tensor> {
+        self.base_in(dev, x, Mode::Train { dropout: None })
+    }
+
+    fn base_in(&self, dev: &Device, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let mut y = match &self.weight {
             Weight::F32(w) => matmul::forward(dev, x, w, false, true)?,
             Weight::Nf4(q) => matmul_nf4::forward(dev, x, q)?,
+            Weight::Gguf(g) if mode == Mode::Infer => matmul_gguf::forward_int8(dev, x, g)?,
             Weight::Gguf(g) => matmul_gguf::forward(dev, x, g)?,
         };
         if let Some(b) = &self.bias {
@@ -47,10 +63,14 @@ impl Linear {
         Ok(y)
     }
 
-    /// x [N, in] -> (y [N, out], xa = drop(x)·Aᵀ [N, R] when adapted). `dropout` is the seed
-    /// from `dropout_seed`; `None` (inference, evaluation) turns dropout off.
-    pub fn forward(&self, dev: &Device, x: &Tensor, dropout: Option<u32>) -> Result<(Tensor, Option<Tensor>)> {
-        let mut y = self.base(dev, x)?;
+    /// x [N, in] -> (y [N, out], xa = drop(x)·Aᵀ [N, R] when adapted), in `mode` (dropout
+    /// only in training, with the seed it carries).
+    pub fn forward(&self, dev: &Device, x: &Tensor, mode: Mode) -> Result<(Tensor, Option<Tensor>)> {
+        let mut y = self.base_in(dev, x, mode)?;
+        let dropout = match mode {
+            Mode::Train { dropout } => dropout,
+            Mode::Infer => None,
+        };
         let Some(l) = &self.lora else { return Ok((y, None)) };
         let xa = match l.drop(dev, x, dropout)? {
             Some(xd) => matmul::forward(dev, &xd, &l.a, false, true)?,

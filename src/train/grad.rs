@@ -169,7 +169,7 @@ impl Model {
         let xs = rows.as_ref().map(|r| embedding::forward(dev, r, &xn)).transpose()?; // gathers rows
         let head_in = xs.as_ref().unwrap_or(&xn);
         let logits = match &self.lm_head {
-            Some(head) => head.forward(dev, head_in, None)?.0,
+            Some(head) => head.forward(dev, head_in, crate::model::linear::Mode::Train { dropout: None })?.0,
             None => matmul::forward(dev, head_in, &self.embed, false, true)?,
         };
         let (loss, lse) = cross_entropy::forward(dev, &logits, &targets)?;

@@ -101,3 +101,96 @@ fn gpu_refuses_gguf_blocks_clearly() {
         assert!(err.contains("no GPU kernel") && err.contains("--weights nf4"), "{err}");
     });
 }
+
+/// The int8-activation decode path (`forward_int8`, inference only) on every tier. It computes
+/// Σ_j deq(w_j)·(q_j·d_b) exactly in integers up to f32 rounding, where q, d are `Q8Act`'s codes
+/// and block scales of x: so it must match that sum (computed here in f64 from the dequantized
+/// weights) within f32 rounding (1e-5 of Σ|w·x̂|), and the f32 product within the derived
+/// activation-rounding bound Σ_b (d_b/2)·Σ_{j∈b} |w_j| (each code moves x_j by at most d_b/2).
+/// From 16 tokens it is the f32 path.
+#[test]
+fn cpu_int8_decode_matches_quantized_activations_on_every_tier() {
+    use matmul_gguf::int8::{Q8Act, QK};
+    let dev = cpu();
+    let cases = [
+        (GgmlType::Q4_0, 96),
+        (GgmlType::Q4_1, 288),
+        (GgmlType::Q5_0, 160),
+        (GgmlType::Q8_0, 352),
+        (GgmlType::Q4_K, 768),
+        (GgmlType::Q6_K, 768),
+    ];
+    for (ty, k) in cases {
+        let n = 37;
+        let bytes = random_blocks(ty, n, k, (n * k + 5) as u64);
+        let mut deq = vec![0f32; n * k];
+        ggml_blocks::dequantize(ty, &bytes, &mut deq, "test", "w").unwrap();
+        let w = matmul_gguf::GgufTensor::new(&dev, "test: w", ty, &[n, k], &bytes).unwrap();
+        for t in [1, 3] {
+            let mut rng = Rng::new((t * 31 + k) as u64);
+            // Blocks of very different magnitudes, as activations have.
+            let x: Vec<f32> = rng.vec(t * k, 1.0).iter().enumerate().map(|(i, v)| v * [0.01, 1.0, 30.0][(i / QK) % 3]).collect();
+            let xq = Q8Act::quantize(&x, k);
+            let (mut want, mut slack, mut bound, mut exact) = (vec![0f32; t * n], vec![0f32; t * n], vec![0f32; t * n], vec![0f32; t * n]);
+            for ti in 0..t {
+                for r in 0..n {
+                    let (mut yq, mut mag, mut b, mut y) = (0f64, 0f64, 0f64, 0f64);
+                    for j in 0..k {
+                        let (wv, xi) = (deq[r * k + j] as f64, ti * k + j);
+                        let xhat = xq.q[xi] as f64 * xq.d[xi / QK] as f64;
+                        yq += wv * xhat;
+                        mag += (wv * xhat).abs();
+                        b += wv.abs() * xq.d[xi / QK] as f64 / 2.0;
+                        y += wv * x[xi] as f64;
+                    }
+                    let i = ti * n + r;
+                    (want[i], slack[i], bound[i], exact[i]) = (yq as f32, (1e-5 * mag + 1e-6) as f32, b as f32, y as f32);
+                }
+            }
+            for i in 0..t * n {
+                assert!(
+                    (want[i] - exact[i]).abs() <= bound[i] + slack[i],
+                    "{ty}: the bound itself fails at {i}: {} vs {} (bound {})",
+                    want[i],
+                    exact[i],
+                    bound[i]
+                );
+            }
+            each_tier(|tier| {
+                let y = read(&dev, &matmul_gguf::forward_int8(&dev, &up(&dev, &[t, k], &x), &w).unwrap());
+                for i in 0..t * n {
+                    let what = format!("{ty} T={t} N={n} K={k}, CPU tier {tier}, output {i}");
+                    assert!((y[i] - want[i]).abs() <= slack[i], "{what}: int8 path {} vs Σ w·x̂ {} (tolerance {})", y[i], want[i], slack[i]);
+                    assert!(
+                        (y[i] - exact[i]).abs() <= bound[i] + slack[i],
+                        "{what}: {} vs f32 product {} past the bound {}",
+                        y[i],
+                        exact[i],
+                        bound[i]
+                    );
+                }
+            });
+        }
+        // 16 tokens and more: the f32 path, bit for bit.
+        let x = Rng::new(7).vec(16 * k, 1.0);
+        let (a, b) = (
+            matmul_gguf::forward_int8(&dev, &up(&dev, &[16, k], &x), &w).unwrap(),
+            matmul_gguf::forward(&dev, &up(&dev, &[16, k], &x), &w).unwrap(),
+        );
+        assert_eq!(read(&dev, &a), read(&dev, &b), "{ty}: forward_int8 of 16 tokens is forward");
+    }
+}
+
+/// Q8Act rounds as llama.cpp's quantize_row_q8_0 (d = amax/127, round half away from zero).
+#[test]
+fn int8_activation_quantization() {
+    let mut x = vec![0f32; 64];
+    x[0] = -2.54;
+    x[1] = 0.01; // 0.5 steps: rounds away from zero
+    x[2] = -0.03; // 1.5 steps -> -2
+    let a = matmul_gguf::int8::Q8Act::quantize(&x, 32);
+    assert_eq!(a.d, vec![0.02, 0.0]);
+    assert_eq!(&a.q[..4], &[-127, 1, -2, 0]);
+    assert!(a.q[32..].iter().all(|&q| q == 0));
+    assert_eq!(a.dsum[0], 0.02 * -128.0);
+}

@@ -9,6 +9,10 @@
 //! dequantize a row (decode), a tile of rows (many tokens) or a column slice of rows (dx) at a
 //! time with the exact dequantizers of `ggml_blocks`, so every weight equals `to_f32`'s bit for bit
 //! and results differ from an f32 matmul of the dequantized weight only in summation order.
+//!
+//! Inference takes `forward_int8` instead: the same, except that decode-sized products quantize x
+//! to 8-bit blocks and dot them with the weights' codes in integers, as llama.cpp does (`int8`,
+//! with its error bound; x86 kernels in `int8_x86`). Training keeps `forward` and f32 activations.
 
 use crate::device::{cpu, Device};
 use crate::error::{Error, Result};
@@ -20,6 +24,9 @@ use crate::tensor::{dims2, DType, Tensor};
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+pub mod int8;
+#[cfg(target_arch = "x86_64")]
+mod int8_x86;
 
 const OP: &str = "matmul_gguf";
 
@@ -135,6 +142,96 @@ pub fn forward(dev: &Device, x: &Tensor, w: &GgufTensor) -> Result<Tensor> {
         Device::Gpu(_) => return Err(no_gpu_kernel(w)),
     }
     Ok(y)
+}
+
+/// y [.., N] ≈ x [.., K] · deq(W)ᵀ for inference: as [`forward`], except that products of fewer
+/// than `MANY_TOKENS` tokens (decode) with a type `int8::supported` quantize x to int8 blocks
+/// once and take the integer kernels of `int8` (see there for the error bound). Training keeps
+/// [`forward`].
+pub fn forward_int8(dev: &Device, x: &Tensor, w: &GgufTensor) -> Result<Tensor> {
+    x.expect(OP, DType::F32)?;
+    let (t, k) = dims2(x);
+    let (n, kw) = w.dims();
+    let shape = dequant_matmul::swap_width(OP, x, k, kw, n, || format!("{} weight `{}` [N, K] = {:?}", w.ty, w.blocks.label(), w.shape))?;
+    let mut y = Tensor::zeros(dev, "matmul_gguf.y", &shape, DType::F32);
+    match dev {
+        Device::Cpu(_) => cpu_forward_int8(x.host_f32(OP)?, w.host_bytes(OP)?, w.ty, y.host_f32_mut(OP)?, t, n, k),
+        Device::Gpu(_) => return Err(no_gpu_kernel(w)),
+    }
+    Ok(y)
+}
+
+/// The environment variable that turns the int8 path off (`FLEXLORA_INT8=0`: `forward_int8` is
+/// `forward`, the exact f32 product of the file's weights, for every product).
+pub const INT8_VAR: &str = "FLEXLORA_INT8";
+
+/// Set while `with_f32_activations` runs.
+static F32_FORCED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether `forward_int8` may quantize activations now: not under `with_f32_activations`, and
+/// FLEXLORA_INT8 (read once) is not `0`.
+pub fn int8_enabled() -> bool {
+    static ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    !F32_FORCED.load(std::sync::atomic::Ordering::Relaxed) && *ENV.get_or_init(|| std::env::var(INT8_VAR).map_or(true, |v| v.trim() != "0"))
+}
+
+/// Runs `f` with `forward_int8` computing in f32 (tests: the exact model). Process-wide, as
+/// `cpu::with_tier`: calls take a lock and run one at a time, and other threads' products
+/// meanwhile take the f32 path too (the reference, so only their rounding changes).
+pub fn with_f32_activations<R>(f: impl FnOnce() -> R) -> R {
+    use std::sync::atomic::Ordering;
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            F32_FORCED.store(false, Ordering::Relaxed);
+        }
+    }
+    let _reset = Reset;
+    F32_FORCED.store(true, Ordering::Relaxed);
+    f()
+}
+
+/// CPU twin of `forward_int8`: `cpu_forward` unless the product is decode-sized, the type has
+/// an int8 kernel and `int8_enabled()`; then x is quantized once and tasks of rows run
+/// `int8_rows_dot`.
+pub fn cpu_forward_int8(x: &[f32], w: &[u8], ty: GgmlType, y: &mut [f32], t: usize, n: usize, k: usize) {
+    if t >= MANY_TOKENS || t == 0 || n == 0 || k == 0 || !k.is_multiple_of(int8::QK) || !int8::supported(ty) || !int8_enabled() {
+        return cpu_forward(x, w, ty, y, t, n, k);
+    }
+    let (block, block_bytes) = ty.block();
+    let rb = k / block * block_bytes;
+    assert!(k.is_multiple_of(block) && x.len() >= t * k && y.len() >= t * n && w.len() >= n * rb, "matmul_gguf: buffers too small");
+    let xq = int8::Q8Act::quantize(&x[..t * k], k);
+    let mut yt = vec![0f32; n * t];
+    let rows_per_task = n.div_ceil(4 * cpu::threads()).max(ROWS_PER_TASK);
+    cpu::for_each_chunk(&mut yt, rows_per_task * t, |task, out| {
+        let n0 = task * rows_per_task;
+        let rows = out.len() / t;
+        int8_rows_dot(ty, &w[n0 * rb..(n0 + rows) * rb], &xq, out);
+    });
+    cpu::transpose_into(&yt, n, t, y);
+}
+
+/// `int8::rows_dot` on the tier's kernels: AVX-512 VNNI where the AVX-512 tier has it, else
+/// AVX2's (also the AVX-512 tier's on CPUs without VNNI), else the portable reference.
+fn int8_rows_dot(ty: GgmlType, w: &[u8], x: &int8::Q8Act, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let tier = cpu::tier();
+        cpu::debug_assert_runs(tier);
+        // SAFETY: `tier()` only returns tiers this CPU runs (AVX2 and FMA for both), VNNI is
+        // checked at run time, and `int8_x86::rows` asserts the buffer sizes its pointers rely on.
+        if tier == cpu::Tier::Avx512 && int8_x86::has_vnni() && unsafe { int8_x86::rows_dot_vnni(ty, w, x, out) } {
+            return;
+        }
+        // SAFETY: as above.
+        if tier != cpu::Tier::Portable && unsafe { int8_x86::rows_dot_avx2(ty, w, x, out) } {
+            return;
+        }
+    }
+    int8::rows_dot(ty, w, x, out)
 }
 
 /// dx [.., K] = dy [.., N] · deq(W) for W [N, K]: the input gradient of [`forward`].
