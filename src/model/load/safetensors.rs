@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use safetensors::{Dtype, SafeTensors};
+use safetensors::SafeTensors;
 
 use crate::error::{Error, Result};
 use crate::model::config::{Config, HfConfig};
@@ -119,36 +119,11 @@ fn release(map: &memmap2::Mmap, start: usize, len: usize) {
     let _ = (map, start, len);
 }
 
-/// Writes f32 tensors as one safetensors file, atomically (temp file + rename).
+/// Writes f32 tensors as one safetensors file (`safetensors_bytes::serialize`: sorted header, so
+/// the same content is the same bytes), atomically (temp file + rename).
 pub fn write(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)], metadata: Option<HashMap<String, String>>) -> Result<()> {
-    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
-        .iter()
-        .map(|(n, shape, data)| {
-            let v = safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), bytemuck::cast_slice(data))
-                .map_err(|e| io_err(path, format!("{n}: {e}")))?;
-            Ok((n.clone(), v))
-        })
-        .collect::<Result<_>>()?;
-    let bytes = safetensors::serialize(views, metadata).map_err(|e| io_err(path, e))?;
-    crate::model::load::write_atomic(path, &sorted_header(&bytes).map_err(|e| io_err(path, e))?)
-}
-
-/// The file with its JSON header's keys in sorted order. `safetensors::serialize` writes the
-/// metadata in a `HashMap`'s order, which changes from map to map: without this the same adapter
-/// would not be the same bytes twice (and a resumed run's files would not equal the uninterrupted
-/// run's). The header stays padded with spaces to a multiple of 8 bytes.
-fn sorted_header(bytes: &[u8]) -> std::result::Result<Vec<u8>, String> {
-    let n = bytes.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize).ok_or("no header length")?;
-    let header = bytes.get(8..8 + n).ok_or("header past the end")?;
-    // serde_json's map is a BTreeMap (no `preserve_order`): serializing it sorts the keys.
-    let value: serde_json::Value = serde_json::from_slice(header).map_err(|e| format!("header: {e}"))?;
-    let mut json = serde_json::to_vec(&value).map_err(|e| format!("header: {e}"))?;
-    json.resize(json.len().next_multiple_of(8), b' ');
-    let mut out = Vec::with_capacity(8 + json.len() + bytes.len() - 8 - n);
-    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
-    out.extend_from_slice(&json);
-    out.extend_from_slice(&bytes[8 + n..]);
-    Ok(out)
+    let bytes = super::safetensors_bytes::serialize(&path.display().to_string(), tensors, metadata)?;
+    crate::model::load::write_atomic(path, &bytes)
 }
 
 /// Tensors of one small safetensors file (adapters, optimizer state) as f32, with the file's
