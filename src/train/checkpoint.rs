@@ -156,9 +156,12 @@ pub fn save(
     let _ = std::fs::remove_dir_all(&tmp);
     let write = || -> Result<()> {
         std::fs::create_dir_all(&tmp).map_err(crate::error::io_at(&tmp, "create"))?;
-        peft::save(dev, model, &tmp, &state.config.model.display().to_string())?;
-        let bytes = to_checkpoint(dev, model, opt, state_names, state)?.encode()?;
-        crate::model::load::write_atomic(&tmp.join(FILE), &bytes)?;
+        let ck = to_checkpoint(dev, model, opt, state_names, state)?;
+        // The PEFT files from the tensors already read back (as `peft::save` writes them).
+        safetensors::write(&tmp.join(peft::WEIGHTS_FILE), &ck.adapter, Some(peft::weights_metadata(&ck.lora)))?;
+        let peft_config = peft::config_json(&ck.lora, &state.config.model.display().to_string());
+        crate::model::load::write_atomic(&tmp.join(peft::CONFIG_FILE), peft_config.as_bytes())?;
+        crate::model::load::write_atomic(&tmp.join(FILE), &ck.encode()?)?;
         sync_dir(&tmp);
         if fin.exists() {
             std::fs::remove_dir_all(&fin).map_err(crate::error::io_at(&fin, "replace"))?;

@@ -89,6 +89,7 @@ fn checkpoint_file_outside_a_run_resumes_into_out() {
     let log = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{log}");
     assert!(log.contains("at step 2") && log.contains(&format!("writing to {}", out.display())), "{log}");
+    assert!(log.contains("memory: about") && log.contains("activations"), "the memory estimate is not printed: {log}");
     assert!(adapter(&out) == want, "the run resumed from the lone checkpoint file differs from the uninterrupted one");
     // It continued the checkpoint's run (its settings), in its own directory.
     let (st, _) = checkpoint::read(&checkpoint::resolve(&out).unwrap()).unwrap();
