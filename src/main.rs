@@ -307,7 +307,8 @@ struct TrainArgs {
     /// A TOML file with any of the settings below (the flags given on the command line override it).
     #[arg(long)]
     config: Option<std::path::PathBuf>,
-    /// Continue the run whose output directory (or checkpoint directory) this is.
+    /// Continue the run whose output directory (or checkpoint directory) this is; or a
+    /// checkpoint.safetensors file outside any run (e.g. from the browser page), into --out.
     #[arg(long)]
     resume: Option<std::path::PathBuf>,
     // The flags these define are read by `TrainConfig::layered` from the matches, which also
@@ -524,8 +525,9 @@ fn train(a: TrainArgs, m: &clap::ArgMatches) -> Result<()> {
                 s.target_tokens
             ));
                 if let Some(p) = &trainer.resumed_from {
-                    say(format!("resumed from {} at step {}", p.display(), trainer.session.step));
+                    say(format!("resumed from {} at step {}, writing to {}", p.display(), trainer.session.step, trainer.cfg.out.display()));
                 }
+                say(format!("memory: {}", trainer.memory));
                 if let Some(v) = &trainer.val {
                     say(format!("validation: {} examples of {} every {} steps", v.examples.len(), v.name, trainer.cfg.val_every));
                 }

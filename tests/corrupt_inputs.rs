@@ -518,19 +518,25 @@ fn corrupt_training_inputs_and_checkpoints_are_refused_by_name() {
     let cfg2 = TrainConfig { steps: 3, ..cfg.clone() };
     let step4 = run_dir.join("checkpoints/step-0000004");
     c.lib("resume asking for fewer steps than done", &[&root], || new_trainer(&cfg2, Some(&run_dir)), &["--steps", "4 steps already"]);
-    let state = step4.join("state.json");
-    let orig_state = std::fs::read(&state).unwrap();
-    std::fs::write(&state, b"{\"step\": 4, ").unwrap();
-    c.lib("state.json damaged", &[&root], || new_trainer(&cfg, Some(&run_dir)), &["state.json", "damaged"]);
-    std::fs::write(&state, &orig_state).unwrap();
+    let ck = step4.join(checkpoint::FILE);
+    let orig_ck = std::fs::read(&ck).unwrap();
+    std::fs::write(&ck, &orig_ck[..orig_ck.len() / 2]).unwrap();
+    c.lib("checkpoint.safetensors cut short", &[&root], || new_trainer(&cfg, Some(&run_dir)), &["checkpoint.safetensors", "truncated"]);
+    std::fs::write(&ck, &orig_ck).unwrap();
     let lone = root.join("lone-step");
     copy_dir(&step4, &lone);
     c.lib("resume a step directory outside a run", &[&root], || new_trainer(&cfg, Some(&lone)), &["lone-step", "checkpoints/"]);
-    let opt = step4.join("optimizer.safetensors");
-    let orig_opt = std::fs::read(&opt).unwrap();
-    std::fs::remove_file(&opt).unwrap();
-    c.lib("optimizer.safetensors missing", &[&root], || new_trainer(&cfg, Some(&run_dir)), &["optimizer.safetensors"]);
-    std::fs::write(&opt, &orig_opt).unwrap();
+    let (tensors, mut meta) = safetensors::read_all(&ck).unwrap();
+    meta.insert("flexlora.checkpoint.version".into(), "99".into());
+    let list: Vec<(String, Vec<usize>, Vec<f32>)> = tensors.into_iter().map(|(n, (s, d))| (n, s, d)).collect();
+    safetensors::write(&ck, &list, Some(meta)).unwrap();
+    c.lib(
+        "checkpoint.safetensors from a newer flexlora",
+        &[&root],
+        || new_trainer(&cfg, Some(&run_dir)),
+        &["checkpoint.safetensors", "newer flexlora", "version 99"],
+    );
+    std::fs::write(&ck, &orig_ck).unwrap();
     c.lib("resume from a directory without checkpoints", &[&root], || new_trainer(&cfg, Some(&root.join("model"))), &["no checkpoint"]);
     new_trainer(&cfg, Some(&run_dir)).expect("the intact run resumes");
 
@@ -681,7 +687,7 @@ fn resume_writes_only_into_the_resumed_run_and_removes_leftovers() {
     std::fs::create_dir_all(&leftover).unwrap();
     std::fs::write(leftover.join("adapter_model.safetensors"), b"half").unwrap();
     let before_a = snapshot(&[&a]);
-    // The config still names A as `out` (as `state.json` does): the resume must not follow it.
+    // The config still names A as `out` (as the checkpoint's settings do): the resume must not follow it.
     let tr = new_trainer(&cfg, Some(&b)).unwrap();
     assert_eq!(tr.cfg.out, b);
     assert_eq!(tr.session.step, 2);
@@ -689,7 +695,7 @@ fn resume_writes_only_into_the_resumed_run_and_removes_leftovers() {
     let summary = flexlora::device::block_on(None, run::run(tr, &mut |_| {})).unwrap();
     assert_eq!(summary.steps, 4);
     assert_eq!(snapshot(&[&a]), before_a, "resuming B changed files of A");
-    assert!(b.join("checkpoints/step-0000004/state.json").exists());
+    assert!(b.join("checkpoints/step-0000004").join(checkpoint::FILE).exists());
     let metrics = std::fs::read_to_string(b.join("metrics.jsonl")).unwrap();
     assert_eq!(metrics.lines().count(), 4, "{metrics}");
     // The resumed B ends where A ended: same data order, same updates.

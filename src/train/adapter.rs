@@ -4,17 +4,13 @@
 //! `Model::lora_param_mut` finds each by the same key. Adding a trainable tensor therefore means
 //! attaching it to the model: its gradient, state and checkpoint entries follow from its key.
 
-use std::collections::BTreeMap;
-#[cfg(not(target_arch = "wasm32"))]
-use std::path::Path;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::model::lora::ParamKey;
 use crate::model::weights::Model;
 use crate::tensor::{DType, Tensor};
-#[cfg(not(target_arch = "wasm32"))]
-use crate::train::checkpoint;
 use crate::train::grad::Grads;
 use crate::train::optimizer::Optimizer;
 
@@ -38,25 +34,34 @@ impl AdapterStore {
         AdapterStore { grads: Grads::zeros(dev, model), state, state_names: names }
     }
 
-    /// Zero gradients and the optimizer state saved in checkpoint `ckpt` (every entry checked
-    /// against the model's adapter: names and shapes).
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn load(dev: &Device, model: &Model, opt: &dyn Optimizer, ckpt: &Path) -> Result<AdapterStore> {
+    /// Zero gradients and the optimizer state `saved` of a checkpoint (`origin` names it),
+    /// keyed `<state>.<PEFT name>`: one tensor per state name and adapter tensor of `model`, each
+    /// of its parameter's shape (`state::Checkpoint::check_tensors` checks this first, to say
+    /// what is wrong with the file; this refuses any mismatch left).
+    pub fn load(
+        dev: &Device,
+        model: &Model,
+        opt: &dyn Optimizer,
+        origin: &str,
+        mut saved: HashMap<String, (Vec<usize>, Vec<f32>)>,
+    ) -> Result<AdapterStore> {
         let names = opt.state_names();
-        let want = checkpoint_names(model, names);
-        let mut loaded = checkpoint::load_optimizer(dev, ckpt, &want)?.into_iter();
-        let keys = model.lora_keys();
-        // `want` is grouped by state name, then in key order; `load_optimizer` returned exactly it.
-        let mut per_name: Vec<std::vec::IntoIter<Tensor>> =
-            names.iter().map(|_| loaded.by_ref().take(keys.len()).collect::<Vec<_>>().into_iter()).collect();
+        let fail = |detail: String| Error::Checkpoint { path: origin.to_string(), detail };
         let mut state = BTreeMap::new();
-        for k in keys {
-            let s: Option<Vec<Tensor>> = per_name.iter_mut().map(|it| it.next()).collect();
-            let s = s.ok_or_else(|| Error::Checkpoint {
-                path: ckpt.display().to_string(),
-                detail: format!("the optimizer state of {} is missing", k.peft_name()),
-            })?;
-            state.insert(k, s);
+        for (k, p) in model.lora_params() {
+            let mut per_key = Vec::with_capacity(names.len());
+            for n in names {
+                let name = format!("{n}.{}", k.peft_name());
+                let (shape, data) = saved.remove(&name).ok_or_else(|| fail(format!("optimizer state `{name}` is missing")))?;
+                if shape != p.shape() {
+                    return Err(fail(format!("optimizer state `{name}` has shape {shape:?}, expected {:?}", p.shape())));
+                }
+                per_key.push(Tensor::from_f32(dev, &name, &shape, &data)?);
+            }
+            state.insert(k, per_key);
+        }
+        if let Some(extra) = saved.keys().next() {
+            return Err(fail(format!("unexpected optimizer state `{extra}`: the checkpoint is from another optimizer or adapter")));
         }
         Ok(AdapterStore { grads: Grads::zeros(dev, model), state, state_names: names })
     }
@@ -93,13 +98,6 @@ impl AdapterStore {
         }
         Ok(())
     }
-}
-
-/// (checkpoint name, shape) of each optimizer state tensor, in `AdapterStore::named_state` order.
-#[cfg(not(target_arch = "wasm32"))]
-fn checkpoint_names(model: &Model, state_names: &[&str]) -> Vec<(String, Vec<usize>)> {
-    let params = model.lora_params();
-    state_names.iter().flat_map(|n| params.iter().map(move |(k, p)| (format!("{n}.{}", k.peft_name()), p.shape().to_vec()))).collect()
 }
 
 fn detached(key: ParamKey) -> Error {

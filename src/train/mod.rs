@@ -14,13 +14,13 @@
 //! - `run`: `Trainer` (data files, resume, checkpoints, validation around a `Session`) and `run`,
 //!   the loop to the end.
 //! - `checkpoint`: atomic checkpoints and exact resume. `metrics`: metrics.jsonl and loss.svg.
+//! - `state`: the training state as one file's bytes, the same natively and in the browser.
+//! - `memory`: the bytes a run needs on its device, estimated before it starts.
 //! - `validate`: the held-out examples and their loss every N steps (no dropout, no gradient).
-
 //!
 //! The step and what it needs (`config`, `data`, `grad`, `step`, `adapter`, `optimizer`,
-//! `session`) work in
-//! memory and compile for the browser (`web` trains with them); `run`, `checkpoint`, `metrics`
-//! and `validate` read or write files and are native only.
+//! `session`, `state`, `memory`) work in memory and compile for the browser (`web` trains with
+//! them); `run`, `checkpoint`, `metrics` and `validate` read or write files and are native only.
 
 pub mod adapter;
 #[cfg(not(target_arch = "wasm32"))]
@@ -28,12 +28,14 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod grad;
+pub mod memory;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod metrics;
 pub mod optimizer;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod run;
 pub mod session;
+pub mod state;
 pub mod step;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod validate;

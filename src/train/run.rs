@@ -19,9 +19,11 @@ use crate::train::adapter::AdapterStore;
 use crate::train::checkpoint::{self, State};
 use crate::train::config::{OptimizerKind, TrainConfig};
 use crate::train::data::{self, Example, TokenStats};
+use crate::train::memory::{self, Estimate};
 use crate::train::metrics::{EvalRecord, History, Record, ValReport};
 use crate::train::optimizer;
 use crate::train::session::{self, Continue, Session};
+use crate::train::state::{Checkpoint, ModelId};
 use crate::train::validate::{self, ValSet};
 
 pub use crate::train::session::{Flushed, StepReport};
@@ -42,6 +44,8 @@ pub struct Trainer {
     pub val: Option<ValSet>,
     /// When the first step queued since the last read-back started.
     interval_start: Option<Instant>,
+    /// The memory the run was estimated to need (`memory::estimate`) before it started.
+    pub memory: Estimate,
 }
 
 impl Trainer {
@@ -58,10 +62,12 @@ impl Trainer {
         let mut resumed = None;
         let mut state = None;
         let mut model_fingerprint = None;
+        let mut saved_optimizer = None;
         if let Some(path) = resume {
             let r = resume_settings(path)?;
-            let (ckpt, st) = (r.checkpoint, r.state);
-            let fail = |detail: String| Error::Checkpoint { path: ckpt.display().to_string(), detail };
+            let (ckpt, st, mut saved) = (r.checkpoint, r.state, r.saved);
+            let origin = checkpoint::origin(&ckpt);
+            let fail = |detail: String| Error::Checkpoint { path: origin.clone(), detail };
             let changed = r.config.differences(&cfg, &TrainConfig::RESUMABLE);
             let changed: Vec<String> = changed.into_iter().filter(|d| !d.starts_with("out:")).collect();
             if !changed.is_empty() {
@@ -72,32 +78,25 @@ impl Trainer {
                     TrainConfig::RESUMABLE.join(", ")
                 )));
             }
-            let shape = format!("{:?}", model.cfg);
-            if st.model_shape != shape {
-                return Err(fail(format!(
-                    "it was trained on a model of shape {}, not this one ({shape}); pass the same --model{}",
-                    st.model_shape,
-                    st.model_path.as_ref().map(|p| format!(" ({})", p.display())).unwrap_or_default()
-                )));
-            }
+            let out = match r.out {
+                Some(out) => out,
+                None => lone_checkpoint_out(&ckpt, &cfg.out)?,
+            };
             let fp = crate::model::load::fingerprint::model(&cfg.model)?;
-            if let Some(saved) = st.model_fingerprint.as_ref().filter(|s| **s != fp) {
-                return Err(fail(format!(
-                    "it was trained on the model {} ({saved}), but --model {} has other contents ({fp}); pass the model the run was trained on",
-                    st.model_path.as_deref().unwrap_or(&st.config.model).display(),
-                    cfg.model.display()
-                )));
-            }
+            saved.check_model(&origin, &ModelId::of(&model.cfg, Some(fp.clone()), Some(cfg.model.display().to_string())))?;
             model_fingerprint = Some(fp);
             let resumable = cfg;
             cfg = st.config.clone();
             cfg.take_resumable(&resumable);
-            cfg.out = r.out;
+            cfg.out = out;
             cfg.validate()?;
-            load::peft::load(&dev, &mut model, &ckpt)?;
-            if model.lora.as_ref() != Some(&cfg.lora) {
-                return Err(fail(format!("its adapter ({:?}) differs from its saved config ({:?})", model.lora, cfg.lora)));
+            saved.check_tensors(&origin, &model.cfg, optimizer::from_config(&cfg).state_names())?;
+            if saved.lora != cfg.lora {
+                return Err(fail(format!("its adapter ({:?}) differs from its saved config ({:?})", saved.lora, cfg.lora)));
             }
+            let mut adapter = saved.take_adapter();
+            model.attach_lora_from(&dev, &saved.lora, &origin, &mut |name| Ok(adapter.remove(name)))?;
+            saved_optimizer = Some((origin, saved.take_optimizer()));
             resumed = Some(ckpt);
             state = Some(st);
         } else {
@@ -129,8 +128,7 @@ impl Trainer {
             });
         }
         let val = validate::load(tok, &cfg, &data_dir)?;
-        let longest = examples.iter().map(|e| e.ids.len()).max().unwrap_or(0);
-        check_step_memory(&dev, &model, &cfg, longest)?;
+        let memory = check_step_memory(&dev, &model, &cfg, &examples)?;
         let total_steps = session::total_steps(&cfg, examples.len());
         if let Some(st) = &state {
             if total_steps < st.step {
@@ -144,12 +142,12 @@ impl Trainer {
             }
         }
         let opt = optimizer::from_config(&cfg);
-        let from = match (&resumed, &state) {
-            (Some(ckpt), Some(st)) => Some(Continue {
+        let from = match (saved_optimizer, &state) {
+            (Some((origin, saved)), Some(st)) => Some(Continue {
                 step: st.step,
                 tokens: st.tokens,
                 cursor: st.cursor.clone(),
-                store: AdapterStore::load(&dev, &model, opt.as_ref(), ckpt)?,
+                store: AdapterStore::load(&dev, &model, opt.as_ref(), &origin, saved)?,
             }),
             _ => None,
         };
@@ -170,6 +168,7 @@ impl Trainer {
             elapsed_s: state.as_ref().map_or(0.0, |s| s.elapsed_s),
             resumed_from: resumed,
             model_fingerprint,
+            memory,
             val,
             cfg,
         })
@@ -229,7 +228,7 @@ impl Trainer {
     }
 
     /// Writes a checkpoint of the current step.
-    pub fn save(&self) -> Result<PathBuf> {
+    pub async fn save(&self) -> Result<PathBuf> {
         let state = State {
             step: self.session.step,
             total_steps: self.session.total_steps,
@@ -246,30 +245,39 @@ impl Trainer {
             &self.cfg.out.join("checkpoints"),
             &self.model,
             &self.session.named_state(),
+            self.session.state_names(),
             &state,
             self.cfg.keep_checkpoints,
         )
+        .await
     }
 }
 
-/// What `--resume PATH` continues: the checkpoint, its state, the run directory that holds it
-/// (where the resumed run writes), and the run's settings: the checkpoint's, with the
-/// `TrainConfig::RESUMABLE` ones taken from the run's `config.toml` when it was edited there.
-/// An edit of any other setting in `config.toml` is refused, listed.
+/// What `--resume PATH` continues: the checkpoint (a step directory or a `checkpoint.safetensors`
+/// file), its state, the run directory that holds it (where the resumed run writes), and the
+/// run's settings: the checkpoint's, with the `TrainConfig::RESUMABLE` ones taken from the run's
+/// `config.toml` when it was edited there. An edit of any other setting in `config.toml` is
+/// refused, listed.
 pub struct Resume {
     pub checkpoint: PathBuf,
     pub state: State,
-    pub out: PathBuf,
+    /// The whole saved state, tensors included.
+    pub saved: Checkpoint,
+    /// The run directory holding the checkpoint; `None` for a checkpoint outside any run's
+    /// `checkpoints/` folder (a copied step directory, a file downloaded from the browser page):
+    /// that run continues in `--out`, a directory that holds no run (`config.out` is left empty
+    /// for the flag to fill).
+    pub out: Option<PathBuf>,
     pub config: TrainConfig,
 }
 
 pub fn resume_settings(path: &Path) -> Result<Resume> {
     let checkpoint = checkpoint::resolve(path)?;
-    let state = checkpoint::load_state(&checkpoint)?;
-    let out = checkpoint::run_dir(&checkpoint)?;
+    let (state, saved) = checkpoint::read(&checkpoint)?;
+    let out = checkpoint::run_dir(&checkpoint);
     let mut config = state.config.clone();
-    let toml_path = out.join("config.toml");
-    if toml_path.exists() {
+    let toml_path = out.as_ref().map(|o| o.join("config.toml")).filter(|p| p.exists());
+    if let Some(toml_path) = toml_path {
         let edited = TrainConfig::from_toml(&toml_path)?;
         let mut except: Vec<&str> = TrainConfig::RESUMABLE.to_vec();
         except.push("out");
@@ -288,8 +296,20 @@ pub fn resume_settings(path: &Path) -> Result<Resume> {
         }
         config.take_resumable(&edited);
     }
-    config.out = out.clone();
-    Ok(Resume { checkpoint, state, out, config })
+    config.out = out.clone().unwrap_or_default();
+    Ok(Resume { checkpoint, state, saved, out, config })
+}
+
+/// Where a run resumed from a checkpoint outside any run directory writes: `out` (`--out`), which
+/// must be given and must hold no run (its checkpoints would mix with the resumed run's).
+fn lone_checkpoint_out(ckpt: &Path, out: &Path) -> Result<PathBuf> {
+    let fail = |detail: String| Error::Checkpoint { path: ckpt.display().to_string(), detail };
+    let why = "it is not inside a run's checkpoints/ folder, so the resumed run needs a directory of its own";
+    if out.as_os_str().is_empty() {
+        return Err(fail(format!("{why}: pass --out DIR, a directory that holds no run")));
+    }
+    check_new_out(out).map_err(|e| fail(format!("{why} (--out), but {e}")))?;
+    Ok(out.to_path_buf())
 }
 
 /// A new run needs an `out` that holds no run: a second run there would mix its checkpoints
@@ -325,21 +345,6 @@ fn available_bytes(dev: &Device) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
 }
 
-/// The adapter, its gradient and two optimizer moments, in bytes (f32), for `cfg.lora` on `model`.
-fn adapter_bytes(model: &Model, cfg: &TrainConfig) -> u64 {
-    let per_layer: u64 = cfg
-        .lora
-        .targets
-        .iter()
-        .map(|&t| {
-            let s = model.linear(0, t).weight.shape();
-            (cfg.lora.rank * (s[0] + s[1])) as u64
-        })
-        .sum();
-    let copies = if cfg.optimizer == OptimizerKind::Sophia { 5 } else { 4 };
-    per_layer * model.layers.len() as u64 * 4 * copies
-}
-
 /// Refuses an adapter rank above the width of a layer it adapts (a rank past min(in, out) adds
 /// parameters but no capacity) or one whose training state would not fit in memory, before any of
 /// it is allocated.
@@ -366,39 +371,49 @@ fn check_adapter_size(model: &Model, cfg: &TrainConfig) -> Result<()> {
     Ok(())
 }
 
-/// Estimates one step's memory (adapter state plus the activations a micro-batch of `batch_size`
-/// sequences of `t` tokens keeps for backward) and refuses a run that cannot fit, before
+/// Estimates the run's memory (`memory::estimate`, with the worst micro-batch of `examples`: the
+/// longest sequence, and the most targets any `batch_size` examples have) and refuses a run whose
+/// training part (the model is loaded already) cannot fit in the memory available, before
 /// allocating any of it: a failed allocation would abort the process without a word.
-fn check_step_memory(dev: &Device, model: &Model, cfg: &TrainConfig, t: usize) -> Result<()> {
-    let c = &model.cfg;
-    let (b, t) = (cfg.batch_size as u64, t as u64);
-    let (cw, f, hd, kd) = (c.c as u64, c.f as u64, (c.h * c.d) as u64, (c.kv * c.d) as u64);
-    // Per layer and token: norms' inputs and outputs, q/k/v/attention output, the MLP's three F-wide
-    // tensors; attention keeps per-head softmax statistics; all f32.
-    let per_layer = b * t * (4 * cw + 2 * hd + 2 * kd + 3 * f + c.h as u64) * 4;
-    let layers = c.layers as u64;
-    let kept = if cfg.recompute { layers * b * t * cw * 4 + per_layer } else { layers * per_layer };
-    // Logits and their gradient at the target positions (at most every position), and one layer's
-    // attention scores while they are computed.
-    let transient = 2 * b * t * c.vocab as u64 * 4 + b * c.h as u64 * t * t * 4;
-    let adapter = adapter_bytes(model, cfg);
-    let need = adapter + kept + transient;
-    let Some(have) = available_bytes(dev) else { return Ok(()) };
-    if need <= have {
-        return Ok(());
+fn check_step_memory(dev: &Device, model: &Model, cfg: &TrainConfig, examples: &[Example]) -> Result<Estimate> {
+    let longest = examples.iter().map(|e| e.ids.len()).max().unwrap_or(0);
+    let mut targets: Vec<usize> = examples.iter().map(|e| e.targets()).collect();
+    targets.sort_unstable_by(|a, b| b.cmp(a));
+    let run = memory::Run {
+        model: &model.cfg,
+        weights: memory::Weights::Loaded { bytes: model.weight_bytes().0 },
+        lora: &cfg.lora,
+        batch_size: cfg.batch_size,
+        seq_len: longest,
+        trained: targets.iter().take(cfg.batch_size).sum(),
+        recompute: cfg.recompute,
+        optimizer: match cfg.optimizer {
+            OptimizerKind::Adamw => memory::Optimizer::AdamW,
+            OptimizerKind::Sophia => memory::Optimizer::Sophia,
+        },
+        threads: if matches!(dev, Device::Cpu(_)) { rayon::current_num_threads() } else { 1 },
+    };
+    let est = memory::estimate(&run);
+    let Some(have) = available_bytes(dev) else { return Ok(est) };
+    if est.training() <= have {
+        return Ok(est);
     }
     let gib = |x: u64| x as f64 / (1u64 << 30) as f64;
-    let (flag, what) = if adapter > have {
-        ("--lora-rank", format!("the adapter's training state alone takes {:.1} GiB", gib(adapter)))
+    let (b, t) = (cfg.batch_size, longest);
+    let (flag, what) = if est.adapter > have {
+        ("--lora-rank", format!("the adapter's training state alone takes {:.1} GiB", gib(est.adapter)))
     } else {
-        ("--batch-size", format!("a micro-batch of {b} sequences of up to {t} tokens needs about {:.1} GiB", gib(kept + transient)))
+        (
+            "--batch-size",
+            format!("a micro-batch of {b} sequences of up to {t} tokens needs about {:.1} GiB", gib(est.training() - est.adapter)),
+        )
     };
     Err(Error::InvalidArgument {
         flag,
         detail: format!(
             "{what}, {:.1} GiB in all, but only {:.1} GiB of memory is available; lower --batch-size (and raise --grad-accum to keep the \
              effective batch), --max-len or --lora-rank, or pass --recompute",
-            gib(need),
+            gib(est.training()),
             gib(have)
         ),
     })
@@ -505,7 +520,7 @@ pub async fn run_with(mut tr: Trainer, mut probe: Option<Probe<'_>>, on: &mut dy
             on(Event::Evaluated(&e));
         }
         if save {
-            let p = tr.save()?;
+            let p = tr.save().await?;
             on(Event::Saved(&p));
             redraw = true;
         }

@@ -143,6 +143,11 @@ impl Session {
         self.store.named_state()
     }
 
+    /// The optimizer's state names, in `named_state` order within each tensor (`m`, `v` / `m`, `h`).
+    pub fn state_names(&self) -> &'static [&'static str] {
+        self.opt.state_names()
+    }
+
     /// Steps queued and not read back yet.
     pub fn queued(&self) -> usize {
         self.queued.len()

@@ -19,3 +19,4 @@ mod tokenizer_spm;
 mod train_flex;
 mod train_grad;
 mod train_loop;
+mod train_state;

@@ -138,7 +138,7 @@ fn damaged_or_mismatched_checkpoints_are_refused() {
     let cfg = config(&dir, &data, &out);
     let (model, tok) = run::load_model(&dev, &cfg).unwrap();
     let tr = Trainer::new(Device::cpu(), model, &tok, cfg.clone(), None).unwrap();
-    let ckpt = tr.save().unwrap();
+    let ckpt = flexlora::device::block_on(None, tr.save()).unwrap();
     let err = |cfg: &TrainConfig, model_dir: &Path| -> String {
         let mut c = cfg.clone();
         c.model = model_dir.to_path_buf();
@@ -158,23 +158,20 @@ fn damaged_or_mismatched_checkpoints_are_refused() {
     let e = err(&cfg, &other);
     assert!(e.contains("model of shape") && e.contains("--model"), "{e}");
 
-    // A different rank written into the adapter config.
-    let acfg = ckpt.join("adapter_config.json");
-    let orig = std::fs::read_to_string(&acfg).unwrap();
-    std::fs::write(&acfg, orig.replace("\"r\": 4", "\"r\": 8")).unwrap();
+    // A different rank written into the checkpoint's adapter config.
+    let file = ckpt.join(flexlora::train::checkpoint::FILE);
+    let bytes = std::fs::read(&file).unwrap();
+    let mut saved = flexlora::train::state::Checkpoint::decode("t", &bytes).unwrap();
+    saved.lora.rank = 8;
+    std::fs::write(&file, saved.encode().unwrap()).unwrap();
     let e = err(&cfg, &dir);
-    assert!(e.contains("lora_A.weight") && e.contains("rank 8"), "{e}");
-    std::fs::write(&acfg, &orig).unwrap();
+    assert!(e.contains("lora_A.weight") && e.contains("rank 8") && e.contains("checkpoint.safetensors"), "{e}");
 
-    // A truncated adapter and a truncated optimizer state.
-    for file in ["adapter_model.safetensors", "optimizer.safetensors"] {
-        let p = ckpt.join(file);
-        let bytes = std::fs::read(&p).unwrap();
-        std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
-        let e = err(&cfg, &dir);
-        assert!(e.contains(file) && e.contains("truncated"), "{file}: {e}");
-        std::fs::write(&p, &bytes).unwrap();
-    }
+    // A truncated checkpoint.
+    std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
+    let e = err(&cfg, &dir);
+    assert!(e.contains("checkpoint.safetensors") && e.contains("truncated"), "{e}");
+    std::fs::write(&file, &bytes).unwrap();
     assert_eq!(err(&cfg, &dir), "");
 }
 
@@ -193,7 +190,7 @@ fn diverging_run_stops_and_keeps_the_last_good_checkpoint() {
     let (model, tok) = run::load_model(&dev, &cfg).unwrap();
     let mut tr = Trainer::new(dev, model, &tok, cfg, None).unwrap();
     flexlora::device::block_on(None, tr.step()).unwrap();
-    let good = tr.save().unwrap();
+    let good = flexlora::device::block_on(None, tr.save()).unwrap();
     // An absurd learning rate from here on makes the adapter overflow within a few steps.
     tr.cfg.lr = 1e30;
     let err =

@@ -6,9 +6,12 @@
 //! MiB (a re-quantized or re-converted file changes all three; a bit flip in the middle does not,
 //! which is acceptable for telling models apart). Adapters are small: every byte is hashed.
 
+#[cfg(not(target_arch = "wasm32"))]
 use std::io::{Read, Seek, SeekFrom};
+#[cfg(not(target_arch = "wasm32"))]
 use std::path::{Path, PathBuf};
 
+#[cfg(not(target_arch = "wasm32"))]
 use crate::error::{io_at, Result};
 
 const EDGE: u64 = 1 << 20;
@@ -42,6 +45,7 @@ impl Hasher {
     }
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// The files a model or adapter path consists of, sorted: the file itself, or a directory's
 /// regular files (not its subdirectories: checkpoints or outputs that may sit next to them).
 fn files(path: &Path) -> Result<Vec<PathBuf>> {
@@ -63,6 +67,7 @@ fn files(path: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn hash_file(h: &mut Hasher, path: &Path, full: bool) -> Result<u64> {
     let mut f = std::fs::File::open(path).map_err(io_at(path, "read"))?;
     let len = f.metadata().map_err(io_at(path, "read"))?.len();
@@ -82,6 +87,7 @@ fn hash_file(h: &mut Hasher, path: &Path, full: bool) -> Result<u64> {
     Ok(len)
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn fingerprint_with(path: &Path, full: bool) -> Result<String> {
     let mut h = Hasher::new();
     let mut total = 0;
@@ -92,12 +98,56 @@ fn fingerprint_with(path: &Path, full: bool) -> Result<String> {
     Ok(format!("{total} bytes, {}:{:016x}", if full { "full" } else { "edges" }, h.finish()))
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// A model file's or directory's fingerprint: sizes and the first and last MiB of each file.
+/// (`model_bytes` gives a single file's from its name and bytes.)
 pub fn model(path: &Path) -> Result<String> {
     fingerprint_with(path, false)
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// An adapter directory's (or file's) fingerprint over every byte of its files.
 pub fn adapter(path: &Path) -> Result<String> {
     fingerprint_with(path, true)
+}
+
+/// `model`'s fingerprint of a single model file named `file_name` (its name without the
+/// directory) whose contents are `bytes`: what the browser build computes for a model it fetched,
+/// so a checkpoint's model identity is the same on both sides.
+pub fn model_bytes(file_name: &str, bytes: &[u8]) -> String {
+    let mut h = Hasher::new();
+    h.update(file_name.as_bytes());
+    let len = bytes.len() as u64;
+    h.update(&len.to_le_bytes());
+    // The same pieces, in the same `update` calls, as `hash_file` reads them.
+    if len <= 2 * EDGE {
+        h.update(bytes);
+    } else {
+        h.update(&bytes[..EDGE as usize]);
+        h.update(&bytes[(len - EDGE) as usize..]);
+    }
+    format!("{len} bytes, edges:{:016x}", h.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    /// A single file's fingerprint from its bytes equals the one read from disk, for a file read
+    /// whole (≤ 2 MiB) and one read by its edges, and changes with the name and the contents.
+    #[test]
+    fn bytes_fingerprint_equals_the_file_one() {
+        let dir = std::env::temp_dir().join(format!("flexlora-fp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for len in [1000usize, 2 << 20, (2 << 20) + 13, 5 << 20] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 7 + i / 251) as u8).collect();
+            let path = dir.join(format!("m{len}.gguf"));
+            std::fs::write(&path, &bytes).unwrap();
+            let name = path.file_name().unwrap().to_str().unwrap();
+            assert_eq!(super::model_bytes(name, &bytes), super::model(&path).unwrap(), "{len} bytes");
+            assert_ne!(super::model_bytes("other.gguf", &bytes), super::model(&path).unwrap());
+            let mut changed = bytes.clone();
+            changed[len - 1] ^= 1;
+            assert_ne!(super::model_bytes(name, &changed), super::model(&path).unwrap());
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -13,7 +13,6 @@
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod convert;
-#[cfg(not(target_arch = "wasm32"))]
 pub mod fingerprint;
 pub mod ggml_blocks;
 pub mod gguf;

@@ -135,7 +135,7 @@ pub async fn host_tensors(dev: &Device, model: &Model) -> Result<Vec<(String, Ve
 /// `adapter_model.safetensors` bytes (what `save` writes, and what the browser downloads).
 pub async fn files(dev: &Device, model: &Model, base_model: &str) -> Result<(String, Vec<u8>)> {
     let cfg = model.lora.as_ref().ok_or_else(|| config_err(base_model, "the model has no adapter to save"))?;
-    let weights = safetensors_bytes::to_bytes(WEIGHTS_FILE, &host_tensors(dev, model).await?, Some(weights_metadata(cfg)))?;
+    let weights = safetensors_bytes::serialize(WEIGHTS_FILE, &host_tensors(dev, model).await?, Some(weights_metadata(cfg)))?;
     Ok((config_json(cfg, base_model), weights))
 }
 

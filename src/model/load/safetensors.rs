@@ -119,10 +119,10 @@ fn release(map: &memmap2::Mmap, start: usize, len: usize) {
     let _ = (map, start, len);
 }
 
-/// Writes f32 tensors as one safetensors file (`safetensors_bytes::to_bytes`: the header's keys
-/// sorted, so the same tensors are the same bytes), atomically (temp file + rename).
+/// Writes f32 tensors as one safetensors file (`safetensors_bytes::serialize`: sorted header, so
+/// the same content is the same bytes), atomically (temp file + rename).
 pub fn write(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)], metadata: Option<HashMap<String, String>>) -> Result<()> {
-    let bytes = super::safetensors_bytes::to_bytes(&path.display().to_string(), tensors, metadata)?;
+    let bytes = super::safetensors_bytes::serialize(&path.display().to_string(), tensors, metadata)?;
     crate::model::load::write_atomic(path, &bytes)
 }
 

@@ -1,6 +1,7 @@
 //! Safetensors held in memory (target independent, so the browser build has it): one file's
-//! tensors converted to f32, and f32 tensors written as one file's bytes. The native directory
-//! reader and file writer (`safetensors.rs`) use the same conversions.
+//! tensors converted to f32, and f32 tensors written as one file's bytes with a deterministic
+//! header. The native directory reader (`safetensors.rs`) memory-maps files and uses the same
+//! conversion; its writer uses `serialize`.
 
 use std::collections::HashMap;
 
@@ -39,29 +40,27 @@ pub fn read_all(origin: &str, bytes: &[u8]) -> Result<(HashMap<String, (Vec<usiz
     Ok((out, meta.metadata().clone().unwrap_or_default()))
 }
 
-/// f32 tensors as the bytes of one safetensors file, the header's keys sorted. `origin` names the
-/// file in errors.
-///
-/// `safetensors::serialize` writes the metadata in a `HashMap`'s order, which changes from map to
-/// map: without sorting, the same adapter would not be the same bytes twice (and a resumed run's
-/// files would not equal the uninterrupted run's). The header stays padded with spaces to a
-/// multiple of 8 bytes.
-pub fn to_bytes(origin: &str, tensors: &[(String, Vec<usize>, Vec<f32>)], metadata: Option<HashMap<String, String>>) -> Result<Vec<u8>> {
-    let bad = |detail: String| Error::Config { file: origin.to_string(), detail };
+/// f32 tensors (name, shape, data) and optional `__metadata__` as the bytes of one safetensors
+/// file, with the JSON header's keys in sorted order. `safetensors::serialize` writes the metadata
+/// in a `HashMap`'s order, which changes from map to map: without sorting, the same adapter would
+/// not be the same bytes twice (and a resumed run's files would not equal the uninterrupted run's).
+/// The header stays padded with spaces to a multiple of 8 bytes. `origin` names the file in errors.
+pub fn serialize(origin: &str, tensors: &[(String, Vec<usize>, Vec<f32>)], metadata: Option<HashMap<String, String>>) -> Result<Vec<u8>> {
+    let fail = |detail: String| Error::Config { file: origin.to_string(), detail };
     let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
         .iter()
         .map(|(n, shape, data)| {
             let v = safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), bytemuck::cast_slice(data))
-                .map_err(|e| bad(format!("{n}: {e}")))?;
+                .map_err(|e| fail(format!("{n}: {e}")))?;
             Ok((n.clone(), v))
         })
         .collect::<Result<_>>()?;
-    let bytes = safetensors::serialize(views, metadata).map_err(|e| bad(e.to_string()))?;
-    sorted_header(&bytes).map_err(bad)
+    let bytes = safetensors::serialize(views, metadata).map_err(|e| fail(e.to_string()))?;
+    sorted_header(&bytes).map_err(fail)
 }
 
 fn sorted_header(bytes: &[u8]) -> std::result::Result<Vec<u8>, String> {
-    let n = bytes.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize).ok_or("no header length")?;
+    let n = bytes.get(..8).and_then(|b| b.try_into().ok()).map(|b: [u8; 8]| u64::from_le_bytes(b) as usize).ok_or("no header length")?;
     let header = bytes.get(8..8 + n).ok_or("header past the end")?;
     // serde_json's map is a BTreeMap (no `preserve_order`): serializing it sorts the keys.
     let value: serde_json::Value = serde_json::from_slice(header).map_err(|e| format!("header: {e}"))?;
