@@ -36,6 +36,8 @@ fn bad(detail: impl Into<String>) -> JsValue {
 
 struct Loaded {
     name: String,
+    /// `load::fingerprint::model_bytes` of the file, the identity training checkpoints record.
+    fingerprint: String,
     model: Model,
     tok: Tokenizer,
     adapters: AdapterSet,
@@ -192,6 +194,7 @@ pub async fn load_model(name: String, bytes: Vec<u8>, weights: String, progress:
         e.stream = None;
         let r = (|| -> Result<Loaded, JsValue> {
             let file_len = bytes.len() as u64;
+            let fingerprint = crate::model::load::fingerprint::model_bytes(&name, &bytes);
             let file = GgufFile::from_bytes(name.clone(), bytes).map_err(js)?;
             let cfg = gguf_model::config(&file).map_err(js)?;
             check_fits(&name, file_len, &cfg, format, &e.dev).map_err(bad)?;
@@ -200,7 +203,7 @@ pub async fn load_model(name: String, bytes: Vec<u8>, weights: String, progress:
             let mut src = gguf_model::GgufSource { file: &file, cfg: cfg.clone() };
             let mut src = Progress { inner: &mut src, done: 0, total, report: &progress };
             let model = Model::load(&e.dev, cfg, &mut src, format).map_err(js)?;
-            Ok(Loaded { name: name.clone(), model, tok, adapters: AdapterSet::new() })
+            Ok(Loaded { name: name.clone(), fingerprint, model, tok, adapters: AdapterSet::new() })
         })();
         match r {
             Ok(l) => {

@@ -435,6 +435,8 @@ function setTrainButtons() {
   $('train-pause').disabled = !running;
   $('train-resume').disabled = running || !haveRun || done || !training.paused;
   $('train-download').disabled = running || !haveRun;
+  $('train-save').disabled = running || !haveRun;
+  $('train-ckpt').disabled = running || state.busy || !state.model;
 }
 
 function plotTraining() {
@@ -479,14 +481,48 @@ async function trainStart(config = {}, data = null) {
     training.paused = false;
     training.tokens = 0;
     training.secs = 0;
-    state.model = await call('modelInfo');
-    state.adapters = state.model.adapters;
-    state.active = state.model.active_adapter ?? -1;
-    renderAdapters();
-    status('train-status', `${info.examples} examples (${info.target_tokens} trained tokens of ${info.tokens}), ${info.total_steps} steps, ${(info.trainable_params / 1e6).toFixed(2)}M trainable parameters`, 'ok');
-    plotTraining();
-    setTrainButtons();
+    await afterStart(info);
     return info;
+  });
+}
+
+async function afterStart(info) {
+  state.model = await call('modelInfo');
+  state.adapters = state.model.adapters;
+  state.active = state.model.active_adapter ?? -1;
+  renderAdapters();
+  status('train-status', `${info.examples} examples (${info.target_tokens} trained tokens of ${info.tokens}), step ${info.step} of ${info.total_steps}, ${(info.trainable_params / 1e6).toFixed(2)}M trainable parameters; memory: ${info.memory.text}`, 'ok');
+  plotTraining();
+  setTrainButtons();
+}
+
+// Continues a run from checkpoint bytes (written natively or by `trainCheckpoint`) with the data it
+// trained on; the checkpoint's settings replace the page's.
+async function trainResume(checkpoint, data = null, name = 'checkpoint.safetensors') {
+  return guarded(async () => {
+    if (!state.model) throw new Error('load the model the run was trained on first');
+    const d = data ?? await trainData();
+    const info = await call('trainResume', { name, checkpoint, data: d.text, dataName: d.name });
+    training.info = info;
+    training.reports = [];
+    training.paused = true;
+    training.tokens = 0;
+    training.secs = 0;
+    await afterStart(info);
+    return info;
+  });
+}
+
+async function trainCheckpoint() { return call('trainCheckpoint'); }
+
+async function downloadCheckpoint() {
+  return guarded(async () => {
+    const bytes = await trainCheckpoint();
+    const a = document.createElement('a');
+    a.href = URL.createObjectURL(new Blob([bytes], { type: 'application/octet-stream' }));
+    a.download = 'checkpoint.safetensors';
+    a.click();
+    setTimeout(() => URL.revokeObjectURL(a.href), 10_000);
   });
 }
 
@@ -551,6 +587,12 @@ function wireTraining() {
   $('train-pause').onclick = () => { training.paused = true; setTrainButtons(); };
   $('train-resume').onclick = () => trainLoop().catch(() => {});
   $('train-download').onclick = () => downloadAdapter().catch(() => {});
+  $('train-save').onclick = () => downloadCheckpoint().catch(() => {});
+  $('train-ckpt').onchange = async (e) => {
+    const f = e.target.files[0];
+    if (!f) return;
+    try { await trainResume(await f.arrayBuffer(), null, f.name); } catch { /* shown */ }
+  };
   setTrainButtons();
 }
 
@@ -633,7 +675,7 @@ async function main() {
   window.flexlora = {
     state, manifest, initDevice, loadModel, loadAdapter, loadAdapterUrl, loadServedAdapters, setAdapter, generate, compare, stop, runCode,
     call, setPrompt: (t) => { $('prompt').value = t; },
-    trainStart, trainSteps, trainLoop, trainAdapterFiles, training,
+    trainStart, trainSteps, trainLoop, trainAdapterFiles, trainCheckpoint, trainResume, training,
   };
   document.title = 'flexlora: ready';
   if (params.get('autoload') === '1' && manifest?.model) {

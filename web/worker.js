@@ -123,6 +123,10 @@ const ops = {
     return { config: r.config, weights: r.weights };
   },
   async trainStop() { wasm.train_stop(); },
+  async trainCheckpoint() { return wasm.train_checkpoint().buffer; },
+  async trainResume({ name, checkpoint, data, dataName }) {
+    return JSON.parse(wasm.train_resume(name, new Uint8Array(checkpoint), data, dataName));
+  },
 
   // Streams `token` events and returns the generation's ids, text, finish reason and timing.
   async generate({ gen, prompt, options }) {

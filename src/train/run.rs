@@ -17,7 +17,7 @@ use crate::model::tokenizer::Tokenizer;
 use crate::model::weights::Model;
 use crate::train::adapter::AdapterStore;
 use crate::train::checkpoint::{self, State};
-use crate::train::config::{OptimizerKind, TrainConfig};
+use crate::train::config::TrainConfig;
 use crate::train::data::{self, Example, TokenStats};
 use crate::train::memory::{self, Estimate};
 use crate::train::metrics::{EvalRecord, History, Record, ValReport};
@@ -377,23 +377,8 @@ fn check_adapter_size(model: &Model, cfg: &TrainConfig) -> Result<()> {
 /// allocating any of it: a failed allocation would abort the process without a word.
 fn check_step_memory(dev: &Device, model: &Model, cfg: &TrainConfig, examples: &[Example]) -> Result<Estimate> {
     let longest = examples.iter().map(|e| e.ids.len()).max().unwrap_or(0);
-    let mut targets: Vec<usize> = examples.iter().map(|e| e.targets()).collect();
-    targets.sort_unstable_by(|a, b| b.cmp(a));
-    let run = memory::Run {
-        model: &model.cfg,
-        weights: memory::Weights::Loaded { bytes: model.weight_bytes().0 },
-        lora: &cfg.lora,
-        batch_size: cfg.batch_size,
-        seq_len: longest,
-        trained: targets.iter().take(cfg.batch_size).sum(),
-        recompute: cfg.recompute,
-        optimizer: match cfg.optimizer {
-            OptimizerKind::Adamw => memory::Optimizer::AdamW,
-            OptimizerKind::Sophia => memory::Optimizer::Sophia,
-        },
-        threads: if matches!(dev, Device::Cpu(_)) { rayon::current_num_threads() } else { 1 },
-    };
-    let est = memory::estimate(&run);
+    let threads = if matches!(dev, Device::Cpu(_)) { rayon::current_num_threads() } else { 1 };
+    let est = memory::of_run(model, cfg, examples, threads);
     let Some(have) = available_bytes(dev) else { return Ok(est) };
     if est.training() <= have {
         return Ok(est);

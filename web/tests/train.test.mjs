@@ -220,3 +220,57 @@ test('MBPP\'s train split as `flexlora web` serves it: as many examples as nativ
   assert.ok(info.examples > 300, `MBPP's train split has 374 tasks; the page got ${info.examples}`);
   await page.close();
 });
+
+// One training state: a native checkpoint continues in the page, a page checkpoint natively, and
+// each continuation follows the uninterrupted native run's losses within the wasm CPU tolerance.
+test('a native checkpoint continues in the page and a page checkpoint natively, on the native run\'s losses', { timeout: 900_000 }, async () => {
+  const file = join(work, 'data.jsonl'); // the `data` setting both sides record: the same file
+  const flags4 = FLAGS.map((f, i) => (FLAGS[i - 1] === '--steps' ? '4' : f));
+  const full = join(work, 'native4');
+  run(['train', '--device', 'cpu', '--model', model, '--data', file, '--out', full, ...flags4, '--save-every', '2', '--keep-checkpoints', '3']);
+  const want = readFileSync(join(full, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l)).filter((r) => r.grad_norm !== undefined);
+  assert.equal(want.length, 4);
+  const close = (got, what) => {
+    assert.deepEqual(got.map((r) => r.step), [3, 4], `${what}: steps`);
+    got.forEach((g, i) => {
+      const n = want[2 + i];
+      for (const k of ['loss', 'grad_norm', 'flex_penalty']) {
+        const e = Math.abs(g[k] - n[k]) / Math.abs(n[k]);
+        assert.ok(e <= TOL.cpu, `${what} step ${n.step}: ${k} ${g[k]} vs the uninterrupted native run's ${n[k]} (relative ${e.toExponential(2)})`);
+      }
+    });
+    console.log(`${what}: steps 3-4 losses ${got.map((g) => g.loss.toFixed(6)).join(', ')} (native ${want.slice(2).map((n) => n.loss.toFixed(6)).join(', ')})`);
+  };
+  const page = await openPage('cpu');
+  // Native step 2 -> the page.
+  const ck2 = readFileSync(join(full, 'checkpoints', 'step-0000002', 'checkpoint.safetensors'));
+  const resumed = await page.evaluate(async ({ bytes, text, name }) => {
+    const info = await window.flexlora.trainResume(new Uint8Array(bytes).buffer, { text, name });
+    const r = await window.flexlora.trainSteps(2);
+    return { info, steps: r.steps };
+  }, { bytes: Array.from(ck2), text: data, name: file });
+  assert.equal(resumed.info.step, 2);
+  close(resumed.steps, 'native checkpoint continued in the page');
+  // The page, steps 1-2 -> natively.
+  const pageCk = await page.evaluate(async ({ config, text, name }) => {
+    await window.flexlora.trainStart(config, { text, name });
+    await window.flexlora.trainSteps(2);
+    return Array.from(new Uint8Array(await window.flexlora.trainCheckpoint()));
+  }, { config: { ...CONFIG, steps: 4 }, text: data, name: file });
+  const ckFile = join(work, 'from-page.safetensors');
+  writeFileSync(ckFile, Buffer.from(pageCk));
+  const cont = join(work, 'continued');
+  run(['train', '--device', 'cpu', '--model', model, '--resume', ckFile, '--out', cont]);
+  const got = readFileSync(join(cont, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l)).filter((r) => r.grad_norm !== undefined);
+  close(got, 'page checkpoint continued natively');
+  // A damaged checkpoint is refused, naming the file (another model is refused too: train::state tests).
+  const other = Buffer.from(pageCk);
+  const err = await page.evaluate(async ({ bytes, text }) => {
+    try {
+      await window.flexlora.trainResume(new Uint8Array(bytes).buffer, { text, name: 'x' }, 'bad.safetensors');
+      return null;
+    } catch (e) { return String(e.message ?? e); }
+  }, { bytes: Array.from(other.subarray(0, 100)), text: data });
+  assert.match(err ?? '', /bad\.safetensors/, `a damaged checkpoint must be refused naming the file: ${err}`);
+  await page.close();
+});
