@@ -123,7 +123,7 @@ const ops = {
     return { config: r.config, weights: r.weights };
   },
   async trainStop() { wasm.train_stop(); },
-  async trainCheckpoint() { return wasm.train_checkpoint().buffer; },
+  async trainCheckpoint() { const bytes = await wasm.train_checkpoint(); return bytes.slice().buffer; },
   async trainResume({ name, checkpoint, data, dataName }) {
     return JSON.parse(wasm.train_resume(name, new Uint8Array(checkpoint), data, dataName));
   },

@@ -182,18 +182,22 @@ test('wasm CPU backend: 3 training steps equal native; the downloaded adapter lo
   run(['generate', '--device', 'cpu', '--model', model, '--adapter', dir, '--prompt', PROMPT, '--max-new-tokens', '24', '--json', json]);
   const nativeIds = JSON.parse(readFileSync(json, 'utf8')).ids;
   assert.deepEqual(pageIds, nativeIds, 'the page\'s greedy tokens with its adapter vs native generate --adapter with the downloaded files');
-  // And the downloaded weights are the native run's: same tensors, values within the tolerance.
+  // And the downloaded weights are the native run's: same tensors, each within 1% in norm. Not
+  // element by element: AdamW's first steps move each weight by about ±lr whatever the gradient's
+  // size, so where a gradient is near 0 a 1e-6 difference in it flips that weight's step.
   const mine = safetensors(Buffer.from(files.weights));
   const theirs = safetensors(readFileSync(join(work, 'native', 'adapter', 'adapter_model.safetensors')));
   assert.deepEqual(Object.keys(mine).sort(), Object.keys(theirs).sort(), 'the page\'s adapter tensors vs the native run\'s');
-  let moved = 0;
+  let worst = 0;
   for (const [name, want] of Object.entries(theirs)) {
     const got = mine[name];
-    const scale = Math.max(...want.map(Math.abs), 1e-12);
-    want.forEach((w, i) => assert.ok(Math.abs(got[i] - w) <= 1e-3 * scale, `${name}[${i}]: page ${got[i]} vs native ${w}`));
-    if (name.includes('lora_B')) moved = Math.max(moved, scale);
+    const norm = Math.hypot(...want);
+    const diff = Math.hypot(...want.map((w, i) => got[i] - w));
+    assert.ok(norm > 0, `${name} is all zero after training: the test could not tell a trained adapter from a fresh one`);
+    worst = Math.max(worst, diff / norm);
+    assert.ok(diff <= 1e-2 * norm, `${name}: the page's differs from native's by ${(diff / norm).toExponential(2)} of its norm`);
   }
-  assert.ok(moved > 0, 'lora_B is still zero after training: the test could not tell a trained adapter from a fresh one');
+  console.log(`downloaded adapter vs native: worst relative difference in norm ${worst.toExponential(2)}`);
   await page.close();
 });
 
@@ -218,6 +222,18 @@ test('MBPP\'s train split as `flexlora web` serves it: as many examples as nativ
   assert.ok(m, `native train printed no example count: ${out}`);
   assert.equal(info.examples, Number(m[1]) - Number(m[3]), 'examples trained on in the page vs native --data mbpp');
   assert.ok(info.examples > 300, `MBPP's train split has 374 tasks; the page got ${info.examples}`);
+  assert.match(info.memory.text, /^about \d+ MiB \(weights/, 'the page states the run\'s memory before it starts');
+  // A run that cannot fit is refused before anything is allocated, with the estimate, not a crash.
+  const refused = await page.evaluate(async () => {
+    const r = await fetch(window.flexlora.manifest.train_data[0].url);
+    try {
+      await window.flexlora.trainStart({ steps: 1, max_len: 2048, batch_size: 512 }, { text: await r.text(), name: 'mbpp' });
+      return null;
+    } catch (e) { return String(e.message ?? e); }
+  });
+  assert.match(refused ?? 'not refused', /this run needs about \d+ MiB .* over the 4096 MiB a wasm32 page can address; lower the batch size/, refused);
+  const still = await page.evaluate(() => window.flexlora.generate('def f():', { chat: false, temperature: 0, max_new_tokens: 4 }));
+  assert.equal(still.generated_tokens, 4, 'the page still works after the refusal');
   await page.close();
 });
 
@@ -225,9 +241,9 @@ test('MBPP\'s train split as `flexlora web` serves it: as many examples as nativ
 // each continuation follows the uninterrupted native run's losses within the wasm CPU tolerance.
 test('a native checkpoint continues in the page and a page checkpoint natively, on the native run\'s losses', { timeout: 900_000 }, async () => {
   const file = join(work, 'data.jsonl'); // the `data` setting both sides record: the same file
-  const flags4 = FLAGS.map((f, i) => (FLAGS[i - 1] === '--steps' ? '4' : f));
+  const flags4 = FLAGS.map((f, i) => (FLAGS[i - 1] === '--steps' ? '4' : FLAGS[i - 1] === '--save-every' ? '2' : f));
   const full = join(work, 'native4');
-  run(['train', '--device', 'cpu', '--model', model, '--data', file, '--out', full, ...flags4, '--save-every', '2', '--keep-checkpoints', '3']);
+  run(['train', '--device', 'cpu', '--model', model, '--data', file, '--out', full, ...flags4, '--keep-checkpoints', '3']);
   const want = readFileSync(join(full, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l)).filter((r) => r.grad_norm !== undefined);
   assert.equal(want.length, 4);
   const close = (got, what) => {
