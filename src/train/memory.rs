@@ -200,6 +200,34 @@ pub fn estimate(run: &Run) -> Estimate {
     Estimate { weights: weight_bytes(cfg, run.weights), adapter, activations, logits, working, largest_buffer }
 }
 
+/// The estimate for training `model` (loaded, its weights counted exactly) with `cfg` on
+/// `examples` (the longest sets T, the `batch_size` with the most targets set M), with `threads`
+/// CPU threads (1 on a GPU): what `flexlora train` and the page check before a run starts.
+pub fn of_run(
+    model: &crate::model::Model,
+    cfg: &crate::train::config::TrainConfig,
+    examples: &[crate::train::data::Example],
+    threads: usize,
+) -> Estimate {
+    let longest = examples.iter().map(|e| e.ids.len()).max().unwrap_or(0);
+    let mut targets: Vec<usize> = examples.iter().map(|e| e.targets()).collect();
+    targets.sort_unstable_by(|a, b| b.cmp(a));
+    estimate(&Run {
+        model: &model.cfg,
+        weights: Weights::Loaded { bytes: model.weight_bytes().0 },
+        lora: &cfg.lora,
+        batch_size: cfg.batch_size,
+        seq_len: longest,
+        trained: targets.iter().take(cfg.batch_size).sum(),
+        recompute: cfg.recompute,
+        optimizer: match cfg.optimizer {
+            crate::train::config::OptimizerKind::Adamw => Optimizer::AdamW,
+            crate::train::config::OptimizerKind::Sophia => Optimizer::Sophia,
+        },
+        threads,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,32 +289,4 @@ mod tests {
         assert_eq!(f - weight_bytes(&cfg, Weights::Nf4 { blocksize: 64 }), linear * 4 - linear * 9 / 16);
         assert_eq!(weight_bytes(&cfg, Weights::Loaded { bytes: 1000 }), 1000 + 8192 * 64 * 4);
     }
-}
-
-/// The estimate for training `model` (loaded, its weights counted exactly) with `cfg` on
-/// `examples` (the longest sets T, the `batch_size` with the most targets set M), with `threads`
-/// CPU threads (1 on a GPU): what `flexlora train` and the page check before a run starts.
-pub fn of_run(
-    model: &crate::model::Model,
-    cfg: &crate::train::config::TrainConfig,
-    examples: &[crate::train::data::Example],
-    threads: usize,
-) -> Estimate {
-    let longest = examples.iter().map(|e| e.ids.len()).max().unwrap_or(0);
-    let mut targets: Vec<usize> = examples.iter().map(|e| e.targets()).collect();
-    targets.sort_unstable_by(|a, b| b.cmp(a));
-    estimate(&Run {
-        model: &model.cfg,
-        weights: Weights::Loaded { bytes: model.weight_bytes().0 },
-        lora: &cfg.lora,
-        batch_size: cfg.batch_size,
-        seq_len: longest,
-        trained: targets.iter().take(cfg.batch_size).sum(),
-        recompute: cfg.recompute,
-        optimizer: match cfg.optimizer {
-            crate::train::config::OptimizerKind::Adamw => Optimizer::AdamW,
-            crate::train::config::OptimizerKind::Sophia => Optimizer::Sophia,
-        },
-        threads,
-    })
 }
