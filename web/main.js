@@ -476,17 +476,14 @@ async function trainStart(config = {}, data = null) {
     const cfg = { ...trainConfig(), ...config };
     const name = `trained in the page (${d.name}, r=${cfg.lora?.rank ?? 8}, ${cfg.steps} steps)`;
     const info = await call('trainStart', { name, config: cfg, data: d.text, dataName: d.name });
-    training.info = info;
-    training.reports = [];
-    training.paused = false;
-    training.tokens = 0;
-    training.secs = 0;
-    await afterStart(info);
+    await afterStart(info, false);
     return info;
   });
 }
 
-async function afterStart(info) {
+// A run started or resumed (`paused`: it waits for Resume): the new adapter in the list, the status.
+async function afterStart(info, paused) {
+  Object.assign(training, { info, reports: [], paused, tokens: 0, secs: 0 });
   state.model = await call('modelInfo');
   state.adapters = state.model.adapters;
   state.active = state.model.active_adapter ?? -1;
@@ -503,12 +500,7 @@ async function trainResume(checkpoint, data = null, name = 'checkpoint.safetenso
     if (!state.model) throw new Error('load the model the run was trained on first');
     const d = data ?? await trainData();
     const info = await call('trainResume', { name, checkpoint, data: d.text, dataName: d.name });
-    training.info = info;
-    training.reports = [];
-    training.paused = true;
-    training.tokens = 0;
-    training.secs = 0;
-    await afterStart(info);
+    await afterStart(info, true);
     return info;
   });
 }

@@ -132,16 +132,7 @@ fn no_gpu_kernel(w: &GgufTensor) -> Error {
 
 /// y [.., N] = x [.., K] · deq(W)ᵀ for W [N, K].
 pub fn forward(dev: &Device, x: &Tensor, w: &GgufTensor) -> Result<Tensor> {
-    x.expect(OP, DType::F32)?;
-    let (t, k) = dims2(x);
-    let (n, kw) = w.dims();
-    let shape = dequant_matmul::swap_width(OP, x, k, kw, n, || format!("{} weight `{}` [N, K] = {:?}", w.ty, w.blocks.label(), w.shape))?;
-    let mut y = Tensor::zeros(dev, "matmul_gguf.y", &shape, DType::F32);
-    match dev {
-        Device::Cpu(_) => cpu_forward(x.host_f32(OP)?, w.host_bytes(OP)?, w.ty, y.host_f32_mut(OP)?, t, n, k),
-        Device::Gpu(_) => return Err(no_gpu_kernel(w)),
-    }
-    Ok(y)
+    product(dev, x, w, cpu_forward)
 }
 
 /// y [.., N] ≈ x [.., K] · deq(W)ᵀ for inference: as [`forward`], except that products of fewer
@@ -149,13 +140,21 @@ pub fn forward(dev: &Device, x: &Tensor, w: &GgufTensor) -> Result<Tensor> {
 /// once and take the integer kernels of `int8` (see there for the error bound). Training keeps
 /// [`forward`].
 pub fn forward_int8(dev: &Device, x: &Tensor, w: &GgufTensor) -> Result<Tensor> {
+    product(dev, x, w, cpu_forward_int8)
+}
+
+/// A CPU product (x, W's bytes, W's type, y, t, n, k): `cpu_forward` or `cpu_forward_int8`.
+type CpuProduct = fn(&[f32], &[u8], GgmlType, &mut [f32], usize, usize, usize);
+
+/// The checks and the output of both products; `cpu` computes it on the CPU.
+fn product(dev: &Device, x: &Tensor, w: &GgufTensor, cpu: CpuProduct) -> Result<Tensor> {
     x.expect(OP, DType::F32)?;
     let (t, k) = dims2(x);
     let (n, kw) = w.dims();
     let shape = dequant_matmul::swap_width(OP, x, k, kw, n, || format!("{} weight `{}` [N, K] = {:?}", w.ty, w.blocks.label(), w.shape))?;
     let mut y = Tensor::zeros(dev, "matmul_gguf.y", &shape, DType::F32);
     match dev {
-        Device::Cpu(_) => cpu_forward_int8(x.host_f32(OP)?, w.host_bytes(OP)?, w.ty, y.host_f32_mut(OP)?, t, n, k),
+        Device::Cpu(_) => cpu(x.host_f32(OP)?, w.host_bytes(OP)?, w.ty, y.host_f32_mut(OP)?, t, n, k),
         Device::Gpu(_) => return Err(no_gpu_kernel(w)),
     }
     Ok(y)
