@@ -30,8 +30,8 @@ let server, url, browser;
 const extraServers = [];
 const native = {}; // name -> ids
 
-function run(args) {
-  return execFileSync(bin, args, { cwd: repo, stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 1 << 26 }).toString();
+function run(args, env = {}) {
+  return execFileSync(bin, args, { cwd: repo, stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 1 << 26, env: { ...process.env, ...env } }).toString();
 }
 
 // Tiny training data: the adapters only have to move the model's greedy tokens.
@@ -57,7 +57,8 @@ function nativeIds(adapter, weights = 'nf4') {
   const out = join(work, `gen-${Math.random().toString(36).slice(2)}.json`);
   const args = ['generate', '--device', 'cpu', '--weights', weights, '--model', model, '--prompt', PROMPT, '--max-new-tokens', String(TOKENS), '--json', out];
   if (adapter) args.push('--adapter', adapter);
-  run(args);
+  // The page computes GGUF blocks with f32 activations (matmul_gguf::int8_enabled): so must native.
+  run(args, weights === 'auto' ? { FLEXLORA_INT8: '0' } : {});
   return JSON.parse(readFileSync(out, 'utf8')).ids;
 }
 

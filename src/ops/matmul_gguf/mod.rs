@@ -168,8 +168,15 @@ pub const INT8_VAR: &str = "FLEXLORA_INT8";
 static F32_FORCED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Whether `forward_int8` may quantize activations now: not under `with_f32_activations`, and
-/// FLEXLORA_INT8 (read once) is not `0`.
+/// FLEXLORA_INT8 (read once) is not `0`. Never in the browser build: there the file's blocks are
+/// computed with f32 activations, so its greedy tokens equal native `--weights auto` with
+/// FLEXLORA_INT8=0 token for token (tested). With 8-bit activations a last-bit difference in an
+/// activation can move its rounding by a whole step, so two builds that add in different orders
+/// would no longer agree token for token.
 pub fn int8_enabled() -> bool {
+    if cfg!(target_arch = "wasm32") {
+        return false;
+    }
     static ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     !F32_FORCED.load(std::sync::atomic::Ordering::Relaxed) && *ENV.get_or_init(|| std::env::var(INT8_VAR).map_or(true, |v| v.trim() != "0"))
 }
