@@ -290,3 +290,29 @@ test('a native checkpoint continues in the page and a page checkpoint natively, 
   assert.match(err ?? '', /bad\.safetensors/, `a damaged checkpoint must be refused naming the file: ${err}`);
   await page.close();
 });
+
+// The panel's buttons: Start runs the loop, Pause stops it between requests, Resume continues to
+// the end; the steps are those of one uninterrupted run (the same numbers as the first test's).
+test('Start, Pause and Resume in the panel', { timeout: 600_000 }, async () => {
+  const page = await openPage('cpu');
+  const r = await page.evaluate(async ({ config, text }) => {
+    const f = window.flexlora;
+    const until = async (cond) => { while (!cond()) await new Promise((ok) => setTimeout(ok, 20)); };
+    document.getElementById('train-every').value = '1';
+    await f.trainStart(config, { text, name: 'data.jsonl' });
+    const loop = f.trainLoop();
+    await until(() => f.training.reports.length >= 1);
+    document.getElementById('train-pause').click();
+    await loop;
+    const paused = { steps: f.training.reports.length, status: document.getElementById('train-status').textContent, resumeEnabled: !document.getElementById('train-resume').disabled };
+    document.getElementById('train-resume').click();
+    await until(() => !f.training.looping && f.training.reports.length >= config.steps);
+    return { paused, reports: f.training.reports, status: document.getElementById('train-status').textContent };
+  }, { config: CONFIG, text: data });
+  assert.ok(r.paused.steps >= 1 && r.paused.steps < STEPS, `paused after ${r.paused.steps} of ${STEPS} steps`);
+  assert.match(r.paused.status, /^paused: step \d/);
+  assert.ok(r.paused.resumeEnabled, 'Resume is enabled while paused');
+  assert.match(r.status, new RegExp(`^done: step ${STEPS} of ${STEPS}`));
+  assertSameSteps(page, r.reports, TOL.cpu, 'paused and resumed');
+  await page.close();
+});
