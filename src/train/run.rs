@@ -186,7 +186,7 @@ impl Trainer {
     /// One optimizer step over `grad_accum` micro-batches (`step::step`), read back at once.
     pub async fn step(&mut self) -> Result<StepReport> {
         self.queue()?;
-        let Flushed { mut reports, error } = self.flush().await?;
+        let Flushed { mut reports, error, .. } = self.flush().await?;
         match (error, reports.pop()) {
             (Some(e), _) => Err(e),
             (None, Some(r)) => Ok(r),
@@ -206,8 +206,9 @@ impl Trainer {
     /// norm was not finite ends the list with its error (`Error::Training`, naming the last good
     /// checkpoint): it and every step queued after it changed no adapter tensor.
     pub async fn flush(&mut self) -> Result<Flushed> {
+        let mut flushed = self.session.flush(&self.dev).await?;
         let seconds = self.interval_start.take().map_or(0.0, |t| t.elapsed().as_secs_f64());
-        let mut flushed = self.session.flush(&self.dev, seconds).await?;
+        flushed.share_seconds(seconds);
         self.elapsed_s += seconds;
         if let Some(Error::Training { step, detail, .. }) = flushed.error.take() {
             let last = checkpoint::list(&self.cfg.out.join("checkpoints"))?.pop();
@@ -482,7 +483,7 @@ pub async fn run_with(mut tr: Trainer, mut probe: Option<Probe<'_>>, on: &mut dy
         let save = done || due(tr.cfg.save_every);
         let probing = probe.as_ref().is_some_and(|p| due(p.every));
         if save || probing || due(tr.cfg.val_every) || tr.session.queued() >= tr.session.readback_every() {
-            let Flushed { reports, error } = tr.flush().await?;
+            let Flushed { reports, error, .. } = tr.flush().await?;
             for report in reports {
                 record(&mut history, Record::Step(report.clone()))?;
                 on(Event::Step(&report));

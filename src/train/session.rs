@@ -45,6 +45,18 @@ struct Queued {
 pub struct Flushed {
     pub reports: Vec<StepReport>,
     pub error: Option<Error>,
+    /// Steps read back (the reports, the failed one and the ones after it).
+    pub steps: usize,
+}
+
+impl Flushed {
+    /// Gives each step an equal share of `seconds`, the wall time of the interval up to the read-back.
+    pub fn share_seconds(&mut self, seconds: f64) {
+        let each = seconds / self.steps.max(1) as f64;
+        for r in &mut self.reports {
+            r.seconds = each;
+        }
+    }
 }
 
 /// Where a run continues from: a checkpoint's step counters, data cursor and optimizer state.
@@ -192,12 +204,12 @@ impl Session {
         Ok(())
     }
 
-    /// Reads back the queued steps' numbers (one read-back) and returns their reports, each step
-    /// taking an equal share of `seconds` (the caller's clock: the interval's wall time).
-    pub async fn flush(&mut self, dev: &Device, seconds: f64) -> Result<Flushed> {
+    /// Reads back the queued steps' numbers (one read-back) and returns their reports; their
+    /// `seconds` are 0 until the caller, whose clock this is, shares out the interval's wall time
+    /// measured after this read-back (`Flushed::share_seconds`): on a GPU the steps run while it waits.
+    pub async fn flush(&mut self, dev: &Device) -> Result<Flushed> {
         let logged = self.log.read(dev).await?;
         let queued = std::mem::take(&mut self.queued);
-        let each = seconds / queued.len().max(1) as f64;
         let reports = logged
             .steps
             .iter()
@@ -210,9 +222,9 @@ impl Session {
                 flex_penalty: o.flex_penalty,
                 tokens: q.tokens,
                 targets: q.targets,
-                seconds: each,
+                seconds: 0.0,
             })
             .collect();
-        Ok(Flushed { reports, error: logged.error })
+        Ok(Flushed { reports, error: logged.error, steps: queued.len() })
     }
 }

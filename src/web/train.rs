@@ -176,9 +176,11 @@ async fn steps(e: &mut Engine, n: usize) -> Result<String, JsValue> {
         let (session, model, cfg) = (&mut t.session, &mut l.model, &t.cfg);
         dev.on_pool(|| session.queue(dev, model, cfg)).map_err(js)?;
     }
+    let mut flushed = t.session.flush(dev).await.map_err(js)?;
+    // After the read-back: on WebGPU the steps run while it waits.
     let secs = now_s() - t0;
+    flushed.share_seconds(secs);
     t.elapsed_s += secs;
-    let flushed = t.session.flush(dev, secs).await.map_err(js)?;
     let out = json!({
         "steps": flushed.reports,
         "done": t.session.done(),
