@@ -260,6 +260,9 @@ train = {{ flex = {{ mode = "published" }} }}
         assert_eq!(ids, ["MBJP/11", "MBJP/12"], "{}", r.arm);
     }
     let lora = &runs[1];
+    // Each summary names the code that produced it, and the report lists it.
+    assert_eq!(lora.flexlora, runner::build_id());
+    assert!(lora.flexlora.starts_with("flexlora ") && lora.flexlora.ends_with(')'), "{}", lora.flexlora);
     assert_eq!(lora.train.as_ref().unwrap().steps, 1);
     assert!(lora.train.as_ref().unwrap().first_loss.is_some_and(|l| l > 0.0 && l.is_finite()), "{:?}", lora.train);
     // The published arm is the LoRA run, recorded as such, not trained again.
@@ -273,6 +276,9 @@ train = {{ flex = {{ mode = "published" }} }}
         assert!(spec.out.join(f).exists(), "{f} missing");
     }
     assert!(rep.markdown.contains("| java | lora | 2 x 1 |"), "{}", rep.markdown);
+    assert!(rep.markdown.contains(&format!("Code of the finished runs: {}.", runner::build_id())), "{}", rep.markdown);
+    // Evaluation reports its progress within a run.
+    assert!(lines.iter().any(|l| l.contains("java: 0/2 tasks generated")), "{lines:#?}");
 
     // Second invocation: every run is finished and skipped; nothing is rewritten.
     let done: Vec<PathBuf> = runner::plan(&spec).iter().map(|(a, s)| runner::run_dir(&spec, &a.name, *s).join(runner::DONE)).collect();

@@ -144,6 +144,12 @@ pub fn write(spec: &Spec) -> Result<Report> {
         spec.reference,
         spec.file.display()
     );
+    let mut builds: Vec<&str> = runs.iter().map(|r| if r.flexlora.is_empty() { "not recorded" } else { r.flexlora.as_str() }).collect();
+    builds.sort();
+    builds.dedup();
+    if !builds.is_empty() {
+        let _ = writeln!(md, "Code of the finished runs: {}.\n", builds.join("; "));
+    }
 
     // Results per evaluation set.
     let _ = writeln!(md, "## pass@1\n");

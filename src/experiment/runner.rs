@@ -73,6 +73,10 @@ pub struct RunSummary {
     pub evals: Vec<EvalResult>,
     /// Wall time of this run (training and evaluation), summed over invocations is not tracked.
     pub seconds: f64,
+    /// The code that produced it: `flexlora <version> (<git commit>)`. Runs compared in one
+    /// report should share it; `report.md` lists every value it meets.
+    #[serde(default)]
+    pub flexlora: String,
 }
 
 /// What `run` did with one (arm, seed).
@@ -233,7 +237,25 @@ async fn one(
         cfg.provenance = provenance.clone();
         cfg.seed ^= seed;
         let out = dir.join("eval").join(name);
-        let report = job::run(&dev, &model, &tok, &spec.data_dir, &out, &cfg, spec.batch, &mut |_| {}).await?;
+        // A line per tenth of the set (the test sets take tens of minutes on a CPU).
+        let started = Instant::now();
+        let (mut next, mut first) = (0, None);
+        let mut progress = |p: job::Progress| {
+            if let job::Progress::Generating { done, total } = p {
+                // Tasks finished by an earlier invocation do not count towards the rate.
+                let first = *first.get_or_insert(done);
+                if done >= next && done < total {
+                    let rate = (done > first).then(|| started.elapsed().as_secs_f64() / (done - first) as f64);
+                    let left = rate.map(|r| r * (total - done) as f64);
+                    say(&format!(
+                        "{name}: {done}/{total} tasks generated{}",
+                        left.map(|s| format!(", ~{s:.0} s left")).unwrap_or_default()
+                    ));
+                    next = done + total.div_ceil(10);
+                }
+            }
+        };
+        let report = job::run(&dev, &model, &tok, &spec.data_dir, &out, &cfg, spec.batch, &mut progress).await?;
         let tasks = outcomes(&out.join("results.jsonl"))?;
         say(&format!(
             "{name}: {}/{} passed, generation {:.0} s, execution {:.0} s",
@@ -257,7 +279,13 @@ async fn one(
         train,
         evals,
         seconds: t0.elapsed().as_secs_f64(),
+        flexlora: build_id(),
     })
+}
+
+/// `flexlora <version> (<git commit>)`, as recorded in every run summary.
+pub fn build_id() -> String {
+    format!("flexlora {} ({})", env!("CARGO_PKG_VERSION"), env!("FLEXLORA_COMMIT"))
 }
 
 /// Trains to the end (resuming from the last checkpoint when there is one), or reads the result

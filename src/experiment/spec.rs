@@ -8,7 +8,7 @@
 //! model = "models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"   # relative to the working directory
 //! out = "runs/main-job"      # default: the spec's own directory
 //! data_dir = "../shared/data" # default: FLEXLORA_DATA, else ../shared/data
-//! weights = "nf4"            # frozen base on the device: nf4 or f32
+//! weights = "auto"           # frozen base: auto (a GGUF's own blocks), nf4 or f32
 //! reference = "base"         # the arm every other arm is compared with
 //! seeds = [0, 1, 2]          # default seeds of trained arms (an untrained arm runs the first)
 //! batch = 8                  # sequences decoded together during evaluation (speed only)
@@ -79,7 +79,7 @@ struct SpecFile {
 }
 
 fn default_weights() -> Weights {
-    Weights::Nf4
+    Weights::Auto
 }
 fn default_seeds() -> Vec<u64> {
     vec![0]
@@ -245,9 +245,6 @@ pub fn parse(text: &str, file: &Path, spec_dir: &Path) -> Result<Spec> {
     }
     if f.bootstrap < 100 {
         return Err(err(format!("`bootstrap` = {}: use at least 100 replicates (10000 is usual)", f.bootstrap)));
-    }
-    if !matches!(f.weights, Weights::Nf4 | Weights::F32) {
-        return Err(err(format!("`weights` = `{}`: choose nf4 or f32", f.weights.name())));
     }
     check_train_table(&f.train, "train").map_err(err)?;
 
