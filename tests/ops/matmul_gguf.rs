@@ -79,6 +79,25 @@ fn cpu_fused_matches_dequantize_then_matmul_on_every_tier() {
     }
 }
 
+/// Rows of the blocks (the embedding lookup of a table kept as blocks): each row equals the
+/// dequantized table's bit for bit; ids past the last row give zeros, as `embedding::forward`.
+#[test]
+fn cpu_gather_returns_dequantized_rows() {
+    let dev = cpu();
+    for (ty, k) in CASES {
+        let n = 37;
+        let bytes = random_blocks(ty, n, k, 7 + k as u64);
+        let w = matmul_gguf::GgufTensor::new(&dev, "test: w", ty, &[n, k], &bytes).unwrap();
+        let deq = w.dequantize().unwrap();
+        let ids = [5u32, 0, 36, 5, 37, u32::MAX, 12];
+        let y = read(&dev, &matmul_gguf::gather(&dev, &up_u32(&dev, &[ids.len()], &ids), &w).unwrap());
+        for (t, &id) in ids.iter().enumerate() {
+            let want: Vec<f32> = if (id as usize) < n { deq[id as usize * k..][..k].to_vec() } else { vec![0.0; k] };
+            assert_eq!(y[t * k..][..k], want[..], "{ty}: row {t} (id {id})");
+        }
+    }
+}
+
 #[test]
 fn rejects_shapes_that_are_not_whole_blocks() {
     let dev = cpu();

@@ -24,9 +24,12 @@ use crate::tensor::{dims2, DType, Tensor};
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+mod gather;
 pub mod int8;
 #[cfg(target_arch = "x86_64")]
 mod int8_x86;
+
+pub use gather::{cpu_gather, gather};
 
 const OP: &str = "matmul_gguf";
 
