@@ -127,7 +127,7 @@ struct DeviceFlags {
     #[arg(long, value_enum)]
     backend: Option<BackendChoice>,
     /// How the frozen linear weights are held.
-    #[arg(long, value_enum, default_value_t = flexlora::model::Weights::Nf4)]
+    #[arg(long, value_enum, default_value_t = flexlora::model::Weights::Auto)]
     weights: flexlora::model::Weights,
 }
 

@@ -73,6 +73,13 @@ impl Tensor {
         Ok(Self::new(device, label, shape, HostData::U32(data.to_vec())))
     }
 
+    /// As `from_u32`, taking the words: on the CPU they become the tensor without a copy (large
+    /// frozen weights, loaded one after another, are never held twice).
+    pub fn from_u32_vec(device: &Device, label: &str, shape: &[usize], data: Vec<u32>) -> Result<Tensor> {
+        Self::check_len(label, shape, data.len())?;
+        Ok(Self::new(device, label, shape, HostData::U32(data)))
+    }
+
     pub fn from_u8(device: &Device, label: &str, shape: &[usize], data: &[u8]) -> Result<Tensor> {
         Self::check_len(label, shape, data.len())?;
         Ok(Self::new(device, label, shape, HostData::U8(data.to_vec())))

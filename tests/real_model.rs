@@ -131,17 +131,29 @@ fn native_blocks_equal_f32(path: &std::path::Path) {
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
         common::assert_close(&format!("{}: logits, native blocks vs f32 weights, step {i}", path.display()), g, w, 2e-3, 2e-3);
     }
-    // With int8 activations (the default; decode steps, and the output projection of the
-    // prompt's last position): a different model by the activations' rounding, as llama.cpp's.
-    // Must keep the argmax and stay within 2e-2 nats of KL of the f32 model's distribution
-    // (seen: at most 3.5e-3 on SmolLM2, 6.3e-3 on Qwen; an unscaled or misplaced chunk gives
-    // whole nats).
+    // With int8 activations (the default for inference: prompt and decode products alike, as
+    // llama.cpp): a different model by the activations' rounding. Per position, against the f32
+    // model's next-token distribution: KL at most 5e-2 nats and 1e-2 on average, the same argmax
+    // at 90% of positions or more (seen: SmolLM2 max 3.7e-2, mean 6.5e-3, 36 of 39 argmax; Qwen
+    // max 6.2e-3, mean 1.4e-3, 15 of 15). An unscaled or misplaced chunk gives whole nats.
     let int8 = run(&native);
+    let v = native.cfg.vocab;
+    let (mut kls, mut same) = (Vec::new(), 0);
     for (i, (g, w)) in int8.iter().zip(&want).enumerate() {
-        let (kl, am) = (kl_nats(w, g), (argmax(g), argmax(w)));
-        eprintln!("{}: int8 decode step {i}: KL(f32 || int8) {kl:.2e} nats, argmax {am:?}", path.display());
-        assert!(kl < 2e-2 && am.0 == am.1, "{}: int8 decode step {i}: KL {kl} nats, argmax {am:?} (int8, f32)", path.display());
+        for (pos, (g, w)) in g.chunks_exact(v).zip(w.chunks_exact(v)).enumerate() {
+            let (kl, am) = (kl_nats(w, g), (argmax(g), argmax(w)));
+            eprintln!("{}: int8 step {i} position {pos}: KL(f32 || int8) {kl:.2e} nats, argmax {am:?}", path.display());
+            kls.push(kl);
+            same += usize::from(am.0 == am.1);
+        }
     }
+    let (max, mean) = (kls.iter().fold(0f64, |a, &b| a.max(b)), kls.iter().sum::<f64>() / kls.len() as f64);
+    assert!(
+        max < 5e-2 && mean < 1e-2 && same * 10 >= kls.len() * 9,
+        "{}: int8 activations: KL max {max:.2e}, mean {mean:.2e} nats; argmax agrees at {same} of {} positions",
+        path.display(),
+        kls.len()
+    );
 }
 
 fn argmax(v: &[f32]) -> usize {

@@ -7,7 +7,7 @@
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::model::weights::Model;
-use crate::ops::{attention, embedding, matmul, matmul_q8, rmsnorm, rope};
+use crate::ops::{attention, matmul_q8, rmsnorm, rope};
 use crate::tensor::{DType, Tensor};
 
 /// Keys and values of every layer for B sequences, with room for `cap` positions each.
@@ -140,7 +140,7 @@ impl Model {
             return Err(Error::shape("forward", format!("token id {bad} is outside the vocabulary of {}", cfg.vocab)));
         }
         let ids = Tensor::from_u32(dev, "tokens", &[tokens.len()], tokens)?;
-        let mut x = embedding::forward(dev, &ids, &self.embed)?; // [rows, C]
+        let mut x = self.embed.rows(dev, &ids)?; // [rows, C]
         for (i, layer) in self.layers.iter().enumerate() {
             layer.infer(dev, cfg, &mut x, &mut |q, k, v| attend(i, q, k, v))?;
         }
@@ -159,7 +159,7 @@ impl Model {
         }
         match &self.lm_head {
             Some(head) => Ok(head.forward(dev, &xn, crate::model::linear::Mode::Infer)?.0),
-            None => matmul::forward(dev, &xn, &self.embed, false, true),
+            None => self.embed.forward(dev, &xn, crate::model::linear::Mode::Infer),
         }
     }
 }

@@ -16,7 +16,7 @@ use crate::device::Device;
 use crate::error::Result;
 use crate::model::lora::{Lora, Target};
 use crate::model::weights::Weight;
-use crate::ops::{elementwise, matmul, matmul_gguf, matmul_nf4};
+use crate::ops::{elementwise, matmul};
 use crate::tensor::Tensor;
 
 /// A frozen linear layer y = x · Wᵀ (+ bias), with an optional trainable LoRA adapter.
@@ -39,8 +39,8 @@ pub enum Mode {
     /// Training and loss evaluation: f32 activations (gradients come from the f32 model), and
     /// the adapter's dropout with this seed (`dropout_seed`), or none.
     Train { dropout: Option<u32> },
-    /// Inference: no dropout; decode-sized products over GGUF blocks quantize x to 8-bit blocks
-    /// as llama.cpp does (`matmul_gguf::forward_int8`).
+    /// Inference: no dropout; products over GGUF blocks quantize x to 8-bit blocks as llama.cpp
+    /// does (`matmul_gguf::forward_int8`).
     Infer,
 }
 
@@ -51,12 +51,7 @@ impl Linear {
     }
 
     fn base_in(&self, dev: &Device, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let mut y = match &self.weight {
-            Weight::F32(w) => matmul::forward(dev, x, w, false, true)?,
-            Weight::Nf4(q) => matmul_nf4::forward(dev, x, q)?,
-            Weight::Gguf(g) if mode == Mode::Infer => matmul_gguf::forward_int8(dev, x, g)?,
-            Weight::Gguf(g) => matmul_gguf::forward(dev, x, g)?,
-        };
+        let mut y = self.weight.forward(dev, x, mode)?;
         if let Some(b) = &self.bias {
             elementwise::add_bias(dev, &mut y, b)?;
         }
@@ -92,11 +87,7 @@ impl Linear {
         dropout: Option<u32>,
         grads: Option<(&mut Tensor, &mut Tensor)>,
     ) -> Result<Tensor> {
-        let mut dx = match &self.weight {
-            Weight::F32(w) => matmul::forward(dev, dy, w, false, false)?,
-            Weight::Nf4(q) => matmul_nf4::backward_dx(dev, dy, q)?,
-            Weight::Gguf(g) => matmul_gguf::backward_dx(dev, dy, g)?,
-        };
+        let mut dx = self.weight.backward_dx(dev, dy)?;
         let (Some(l), Some(xa), Some((da, db))) = (&self.lora, xa, grads) else { return Ok(dx) };
         elementwise::accumulate(dev, db, &matmul::forward(dev, dy, xa, true, false)?, l.scale)?;
         let dxa = matmul::forward(dev, dy, &l.b, false, false)?; // [N, R]

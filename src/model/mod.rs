@@ -43,13 +43,14 @@ pub fn open_with_adapter(
 #[cfg_attr(not(target_arch = "wasm32"), derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Weights {
-    /// A GGUF file's own quantized blocks on the CPU (the exact model, but decoding ~2.5x slower
-    /// than nf4 until its kernels are tuned); NF4 otherwise.
+    /// The default: a GGUF file's own quantized blocks, embedding and output projection included
+    /// (the exact model, and the fastest CPU decode), on the CPU; NF4 for f16/bf16/f32
+    /// checkpoints (QLoRA's base) and on the GPU.
     Auto,
     /// f32, 4 bytes per parameter.
     F32,
-    /// NF4 with blocks of 64, quantized while loading: QLoRA's base, ~7x less memory than f32,
-    /// the fastest CPU decode.
+    /// NF4 with blocks of 64, quantized while loading (QLoRA's base; a GGUF's blocks are
+    /// re-quantized, so the model is no longer exactly the file's).
     Nf4,
 }
 

@@ -7,11 +7,12 @@ use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::model::config::Config;
 use crate::model::layer::Layer;
-use crate::model::linear::Linear;
+use crate::model::linear::{Linear, Mode};
 use crate::model::load::GgmlType;
 use crate::model::lora::LoraConfig;
-use crate::ops::matmul_gguf::GgufTensor;
+use crate::ops::matmul_gguf::{self, GgufTensor};
 use crate::ops::quant_nf4::{self, Nf4Tensor};
+use crate::ops::{embedding, matmul, matmul_nf4};
 use crate::ops::{matmul_q8::Q8Matrix, rope::RopeTables};
 use crate::tensor::Tensor;
 
@@ -74,6 +75,39 @@ pub enum Weight {
 }
 
 impl Weight {
+    /// x [.., in] -> x·Wᵀ [.., out]. In `Mode::Infer`, decode-sized products over GGUF blocks take
+    /// 8-bit activations (`matmul_gguf::forward_int8`); training's are f32.
+    pub fn forward(&self, dev: &Device, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        match self {
+            Weight::F32(w) => matmul::forward(dev, x, w, false, true),
+            Weight::Nf4(q) => matmul_nf4::forward(dev, x, q),
+            Weight::Gguf(g) if mode == Mode::Infer => matmul_gguf::forward_int8(dev, x, g),
+            Weight::Gguf(g) => matmul_gguf::forward(dev, x, g),
+        }
+    }
+
+    /// dy [.., out] -> dy·W [.., in], the input gradient of `forward` (W is frozen).
+    pub fn backward_dx(&self, dev: &Device, dy: &Tensor) -> Result<Tensor> {
+        match self {
+            Weight::F32(w) => matmul::forward(dev, dy, w, false, false),
+            Weight::Nf4(q) => matmul_nf4::backward_dx(dev, dy, q),
+            Weight::Gguf(g) => matmul_gguf::backward_dx(dev, dy, g),
+        }
+    }
+
+    /// Rows `ids` [T] (u32) of W [V, C] -> [T, C]: the embedding lookup, from an f32 table or the
+    /// file's blocks (an id ≥ V gives a zero row). NF4 tables do not occur (`Model::load` keeps
+    /// the embedding f32 or in blocks).
+    pub fn rows(&self, dev: &Device, ids: &Tensor) -> Result<Tensor> {
+        match self {
+            Weight::F32(t) => embedding::forward(dev, ids, t),
+            Weight::Gguf(g) => matmul_gguf::gather(dev, ids, g),
+            Weight::Nf4(q) => Err(Error::shape("embedding", format!("the table `{}` is NF4, which has no row lookup", q.packed.label()))),
+        }
+    }
+}
+
+impl Weight {
     pub fn shape(&self) -> &[usize] {
         match self {
             Weight::F32(t) => t.shape(),
@@ -95,7 +129,9 @@ impl Weight {
 #[derive(Debug)]
 pub struct Model {
     pub cfg: Config,
-    pub embed: Tensor, // [V, C]
+    /// The token embedding [V, C]: f32, or the file's blocks under `WeightFormat::Auto` on the
+    /// CPU. A tied model's output projection is this matrix (`Weight::forward`).
+    pub embed: Weight,
     pub layers: Vec<Layer>,
     pub norm: Tensor, // [C]
     /// The output projection [V, C]; `None` when tied to `embed`.
@@ -138,7 +174,8 @@ const MAX_ROPE_POSITIONS: usize = 32_768;
 
 impl Model {
     /// Loads every tensor from `src` one at a time, checking each shape against `cfg`; linear
-    /// weights are stored as `format` says (embedding and norms stay f32).
+    /// weights are stored as `format` says. The embedding stays in the file's blocks under Auto
+    /// on the CPU, else f32; norms and biases are f32.
     pub fn load(dev: &Device, cfg: Config, src: &mut dyn WeightSource, format: WeightFormat) -> Result<Model> {
         let extra = format!("model.layers.{}.input_layernorm.weight", cfg.layers);
         if src.contains(&extra) {
@@ -158,28 +195,32 @@ impl Model {
             crate::model::lora::check_finite(&src.origin(), name, &data)?;
             Tensor::from_f32(dev, name, shape, &data)
         };
+        // A matrix as the file's blocks, when `format` keeps them and the file has them.
+        let blocks = |src: &mut dyn WeightSource, name: &str, shape: [usize; 2]| -> Result<Option<Weight>> {
+            let got = match (format, dev) {
+                (WeightFormat::Auto, Device::Cpu(_)) => src.get_blocks(name)?,
+                _ => None,
+            };
+            let Some((ty, got, bytes)) = got else { return Ok(None) };
+            if got != shape {
+                let detail = format!("shape {got:?}, but the config implies {shape:?}");
+                return Err(Error::Weights { file: src.origin(), tensor: name.into(), detail });
+            }
+            Ok(Some(Weight::Gguf(GgufTensor::new(dev, &format!("{}: {name}", src.origin()), ty, &got, &bytes)?)))
+        };
         let (c, f, hd, kd) = (cfg.c, cfg.f, cfg.h * cfg.d, cfg.kv * cfg.d);
-        let embed = take(src, "model.embed_tokens.weight", &[cfg.vocab, c])?;
+        // The embedding in blocks: Qwen2.5-0.5B's [151936, 896] Q5_0 table is 94 MiB, not 545.
+        let embed = match blocks(src, "model.embed_tokens.weight", [cfg.vocab, c])? {
+            Some(w) => w,
+            None => Weight::F32(take(src, "model.embed_tokens.weight", &[cfg.vocab, c])?),
+        };
         let mut layers = Vec::with_capacity(cfg.layers);
         for i in 0..cfg.layers {
             let p = format!("model.layers.{i}");
             let mut lin = |name: &str, rows: usize, cols: usize, bias: bool| -> Result<Linear> {
                 let name_w = format!("{p}.{name}.weight");
-                let blocks = match (format, dev) {
-                    (WeightFormat::Auto, Device::Cpu(_)) => src.get_blocks(&name_w)?,
-                    _ => None,
-                };
-                let weight = match (blocks, format) {
-                    (Some((ty, shape, bytes)), _) => {
-                        if shape != [rows, cols] {
-                            return Err(Error::Weights {
-                                file: src.origin(),
-                                tensor: name_w,
-                                detail: format!("shape {shape:?}, but the config implies {:?}", [rows, cols]),
-                            });
-                        }
-                        Weight::Gguf(GgufTensor::new(dev, &format!("{}: {name_w}", src.origin()), ty, &shape, &bytes)?)
-                    }
+                let weight = match (blocks(src, &name_w, [rows, cols])?, format) {
+                    (Some(w), _) => w,
                     (None, WeightFormat::F32) => Weight::F32(take(src, &name_w, &[rows, cols])?),
                     (None, WeightFormat::Nf4 { blocksize }) => {
                         Weight::Nf4(quant_nf4::quantize(dev, &take(src, &name_w, &[rows, cols])?, blocksize)?)
@@ -205,27 +246,16 @@ impl Model {
         // An untied output projection stays in the file's blocks under Auto on the CPU, like the
         // other linears (Qwen2.5-0.5B's [151936, 896] matrix: 110 MiB of Q6_K instead of 545 MiB
         // of f32, read at every decode step).
-        let head_blocks = match (cfg.tied, format, dev) {
-            (false, WeightFormat::Auto, Device::Cpu(_)) => src.get_blocks("lm_head.weight")?,
-            _ => None,
+        let head = match cfg.tied {
+            true => None,
+            false => Some(match blocks(src, "lm_head.weight", [cfg.vocab, c])? {
+                Some(w) => w,
+                None => Weight::F32(take(src, "lm_head.weight", &[cfg.vocab, c])?),
+            }),
         };
-        let head = match head_blocks {
-            Some((ty, shape, bytes)) => {
-                if shape != [cfg.vocab, c] {
-                    return Err(Error::Weights {
-                        file: src.origin(),
-                        tensor: "lm_head.weight".into(),
-                        detail: format!("shape {shape:?}, but the config implies {:?}", [cfg.vocab, c]),
-                    });
-                }
-                Some(Weight::Gguf(GgufTensor::new(dev, &format!("{}: lm_head.weight", src.origin()), ty, &shape, &bytes)?))
-            }
-            None if cfg.tied => None,
-            None => Some(Weight::F32(take(src, "lm_head.weight", &[cfg.vocab, c])?)),
-        };
-        let head_q8 = match (dev, &head) {
-            (Device::Cpu(_), None) => Q8Matrix::exact(embed.host_f32("load")?, cfg.vocab, c),
-            (Device::Cpu(_), Some(Weight::F32(h))) => Q8Matrix::exact(h.host_f32("load")?, cfg.vocab, c),
+        let head_q8 = match (dev, &head, &embed) {
+            (Device::Cpu(_), None, Weight::F32(embed)) => Q8Matrix::exact(embed.host_f32("load")?, cfg.vocab, c),
+            (Device::Cpu(_), Some(Weight::F32(h)), _) => Q8Matrix::exact(h.host_f32("load")?, cfg.vocab, c),
             _ => None,
         };
         let lm_head = head.map(|weight| Linear { weight, bias: None, lora: None });
@@ -255,7 +285,7 @@ impl Model {
     /// Device bytes of all weights and the parameter count (for "bytes per parameter" reports).
     pub fn weight_bytes(&self) -> (u64, usize) {
         let mut bytes = self.embed.bytes() + self.norm.bytes() + self.head_q8.as_ref().map_or(0, |h| h.bytes());
-        let mut params = self.embed.numel() + self.norm.numel();
+        let mut params = self.embed.shape().iter().product::<usize>() + self.norm.numel();
         let mut lin = |l: &Linear| {
             bytes += l.bytes();
             params += l.weight.shape().iter().product::<usize>() + l.bias.as_ref().map_or(0, |b| b.numel());

@@ -248,7 +248,7 @@ impl Default for TrainConfig {
             data: "mbpp".into(),
             data_dir: None,
             out: PathBuf::from("runs/train"),
-            weights: Weights::Nf4,
+            weights: Weights::Auto,
             max_len: 512,
             mask_prompt: true,
             batch_size: 4,

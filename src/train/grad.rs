@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::model::layer::{LayerGrads, Pass, Saved};
 use crate::model::lora::{ParamKey, Side, Target};
 use crate::model::weights::Model;
-use crate::ops::{cross_entropy, embedding, matmul, rmsnorm};
+use crate::ops::{cross_entropy, embedding, rmsnorm};
 use crate::tensor::{DType, Tensor};
 
 /// How to run one batch.
@@ -146,7 +146,7 @@ impl Model {
             return Err(Error::shape("forward_train", format!("token id {bad} is outside the vocabulary of {}", cfg.vocab)));
         }
         let tokens = Tensor::from_u32(dev, "tokens", &[ids.len()], ids)?;
-        let mut x = embedding::forward(dev, &tokens, &self.embed)?;
+        let mut x = self.embed.rows(dev, &tokens)?;
         let (mut inputs, mut saved) = (Vec::with_capacity(cfg.layers), Vec::with_capacity(cfg.layers));
         for (i, layer) in self.layers.iter().enumerate() {
             let (y, s) = layer.train(dev, &x, &self.pass(b, t, i, opts.dropout_seed))?;
@@ -170,7 +170,7 @@ impl Model {
         let head_in = xs.as_ref().unwrap_or(&xn);
         let logits = match &self.lm_head {
             Some(head) => head.forward(dev, head_in, crate::model::linear::Mode::Train { dropout: None })?.0,
-            None => matmul::forward(dev, head_in, &self.embed, false, true)?,
+            None => self.embed.forward(dev, head_in, crate::model::linear::Mode::Train { dropout: None })?,
         };
         let (loss, lse) = cross_entropy::forward(dev, &logits, &targets)?;
         Ok(Forward { b, t, inputs, saved, x, xn, rstd, rows, logits, targets, lse, loss, seed: opts.dropout_seed })
@@ -191,7 +191,7 @@ impl Model {
         let dlogits = cross_entropy::backward(dev, &fwd.logits, targets, &fwd.lse, scale)?;
         let dxs = match &self.lm_head {
             Some(head) => head.backward(dev, &fwd.xn, None, &dlogits, None, None)?,
-            None => matmul::forward(dev, &dlogits, &self.embed, false, false)?,
+            None => self.embed.backward_dx(dev, &dlogits)?,
         };
         drop(dlogits);
         let dxn = match &fwd.rows {

@@ -126,9 +126,11 @@ fn gpu_refuses_gguf_blocks_clearly() {
 /// and block scales of x: so it must match that sum (computed here in f64 from the dequantized
 /// weights) within f32 rounding (1e-5 of Σ|w·x̂|), and the f32 product within the derived
 /// activation-rounding bound Σ_b (d_b/2)·Σ_{j∈b} |w_j| (each code moves x_j by at most d_b/2).
-/// From 16 tokens it is the f32 path.
+/// T = 1 and 3 take the decode kernels, T = 37 the prompt GEMM (`int8_gemm`: tiles of 16 rows,
+/// N = 37 ends in a partial one, tokens in groups of 4 and a tail), except where a tier has no
+/// GEMM kernel for the type (Q8_0 without VNNI): there it is the f32 product, bit for bit.
 #[test]
-fn cpu_int8_decode_matches_quantized_activations_on_every_tier() {
+fn cpu_int8_path_matches_quantized_activations_on_every_tier() {
     use matmul_gguf::int8::{Q8Act, QK};
     let dev = cpu();
     let cases = [
@@ -145,7 +147,7 @@ fn cpu_int8_decode_matches_quantized_activations_on_every_tier() {
         let mut deq = vec![0f32; n * k];
         ggml_blocks::dequantize(ty, &bytes, &mut deq, "test", "w").unwrap();
         let w = matmul_gguf::GgufTensor::new(&dev, "test: w", ty, &[n, k], &bytes).unwrap();
-        for t in [1, 3] {
+        for t in [1, 3, 37] {
             let mut rng = Rng::new((t * 31 + k) as u64);
             // Blocks of very different magnitudes, as activations have.
             let x: Vec<f32> = rng.vec(t * k, 1.0).iter().enumerate().map(|(i, v)| v * [0.01, 1.0, 30.0][(i / QK) % 3]).collect();
@@ -177,6 +179,12 @@ fn cpu_int8_decode_matches_quantized_activations_on_every_tier() {
             }
             each_tier(|tier| {
                 let y = read(&dev, &matmul_gguf::forward_int8(&dev, &up(&dev, &[t, k], &x), &w).unwrap());
+                if t >= 16 && !matmul_gguf::int8_gemm::supported(ty) {
+                    assert!(ty == GgmlType::Q8_0 && tier != flexlora::device::cpu::Tier::Portable, "{ty} on {tier}: no GEMM kernel");
+                    let f32_path = read(&dev, &matmul_gguf::forward(&dev, &up(&dev, &[t, k], &x), &w).unwrap());
+                    assert_eq!(y, f32_path, "{ty} T={t} on {tier}: without a GEMM kernel forward_int8 is forward");
+                    return;
+                }
                 for i in 0..t * n {
                     let what = format!("{ty} T={t} N={n} K={k}, CPU tier {tier}, output {i}");
                     assert!((y[i] - want[i]).abs() <= slack[i], "{what}: int8 path {} vs Σ w·x̂ {} (tolerance {})", y[i], want[i], slack[i]);
@@ -190,13 +198,16 @@ fn cpu_int8_decode_matches_quantized_activations_on_every_tier() {
                 }
             });
         }
-        // 16 tokens and more: the f32 path, bit for bit.
-        let x = Rng::new(7).vec(16 * k, 1.0);
-        let (a, b) = (
-            matmul_gguf::forward_int8(&dev, &up(&dev, &[16, k], &x), &w).unwrap(),
-            matmul_gguf::forward(&dev, &up(&dev, &[16, k], &x), &w).unwrap(),
-        );
-        assert_eq!(read(&dev, &a), read(&dev, &b), "{ty}: forward_int8 of 16 tokens is forward");
+        // With 8-bit activations turned off, both paths are the f32 product, bit for bit.
+        // (Inside `each_tier`: the tier is process-wide, and tests run in parallel.)
+        each_tier(|tier| {
+            for t in [3, 16] {
+                let x = Rng::new(7).vec(t * k, 1.0);
+                let a = matmul_gguf::with_f32_activations(|| matmul_gguf::forward_int8(&dev, &up(&dev, &[t, k], &x), &w).unwrap());
+                let b = matmul_gguf::forward(&dev, &up(&dev, &[t, k], &x), &w).unwrap();
+                assert_eq!(read(&dev, &a), read(&dev, &b), "{ty} T={t} on {tier}: forward_int8 under with_f32_activations is forward");
+            }
+        });
     }
 }
 

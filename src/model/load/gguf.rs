@@ -223,6 +223,20 @@ impl GgufFile {
         Some(TensorView { file: &self.name, info, data: &self.bytes[start..start + info.n_bytes as usize] })
     }
 
+    /// Drops the mapped pages of tensor `name`'s bytes from this process's resident set, once the
+    /// loader holds its own copy (the page cache keeps them): without this a GGUF's weights count
+    /// twice in the peak resident memory, as the copy and as the mapped file. Owned bytes (the
+    /// browser) are left alone.
+    pub fn release(&self, name: &str) {
+        #[cfg(not(target_arch = "wasm32"))]
+        if let (Bytes::Mapped(map), Some(&i)) = (&self.bytes, self.tensor_index.get(name)) {
+            let info = &self.tensors[i];
+            super::safetensors::release(map, self.data_start + info.offset as usize, info.n_bytes as usize);
+        }
+        #[cfg(target_arch = "wasm32")]
+        let _ = name;
+    }
+
     /// The tensor called `name`; an error naming the file if it is missing.
     pub fn tensor(&self, name: &str) -> Result<TensorView<'_>> {
         self.tensor_opt(name).ok_or_else(|| {

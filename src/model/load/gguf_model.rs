@@ -173,6 +173,7 @@ impl WeightSource for GgufSource<'_> {
         let view = self.file.tensor(&g)?;
         let shape = view.shape();
         let mut data = view.to_f32()?;
+        self.file.release(&g);
         // Only Llama conversions permute; Qwen2's keep Hugging Face order.
         if self.cfg.arch == Arch::Llama {
             let cols = if shape.len() == 2 { shape[1] } else { 1 };
@@ -186,7 +187,8 @@ impl WeightSource for GgufSource<'_> {
     }
 
     fn get_blocks(&mut self, name: &str) -> Result<Option<(GgmlType, Vec<usize>, Vec<u8>)>> {
-        let Some(view) = gguf_name(name).and_then(|g| self.file.tensor_opt(&g)) else { return Ok(None) };
+        let Some(g) = gguf_name(name) else { return Ok(None) };
+        let Some(view) = self.file.tensor_opt(&g) else { return Ok(None) };
         let shape = view.shape();
         // Plain float matrices are kept as blocks only when they are halves (an f32 one is
         // already the F32 format's weight).
@@ -194,6 +196,7 @@ impl WeightSource for GgufSource<'_> {
             return Ok(None);
         }
         let mut bytes = view.data.to_vec();
+        self.file.release(&g);
         let row_bytes = bytes.len() / shape[0].max(1);
         if self.cfg.arch == Arch::Llama {
             if name.contains("self_attn.q_proj.") {

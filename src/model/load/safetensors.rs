@@ -108,7 +108,7 @@ impl WeightSource for SafetensorsDir {
 /// Drops the mapped pages of bytes `start..start + len` from this process's resident set (the
 /// page cache keeps them). Tensors are read once, so nothing faults them back in; if something
 /// did, it would read the same file bytes again. Failure only costs memory, so it is ignored.
-fn release(map: &memmap2::Mmap, start: usize, len: usize) {
+pub(crate) fn release(map: &memmap2::Mmap, start: usize, len: usize) {
     #[cfg(unix)]
     // SAFETY: MADV_DONTNEED on a private read-only file mapping discards the pages; a later read
     // of the range faults the unchanged file contents back in. No borrow of the range is alive:

@@ -8,8 +8,9 @@
 //! Numerics: this is not the f32 product of deq(W). Each activation moves by at most d_b/2 (its
 //! block's step), so |y − y_f32| ≤ Σ_b (d_b/2)·Σ_{j∈b} |w_j| plus float rounding: the bound the
 //! tests check. The weights are used exactly (their integer codes and the file's scales). The
-//! training path (`forward`, `backward_dx`, and every product of 16 tokens or more) keeps f32
-//! activations: gradients flow through the f32 model, not this one.
+//! training path (`forward`, `backward_dx`) keeps f32 activations: gradients flow through the
+//! f32 model, not this one. Prompts (16 tokens or more) take the same arithmetic as a GEMM
+//! (`int8_gemm`).
 //!
 //! One chunk of 32 elements at a time, every type in the same shape: integer codes c[32] (the
 //! type's offset already subtracted, so c fits an i8), a scale for elements 0..16 and one for
@@ -18,6 +19,7 @@
 //! plus m·d_x·Σq. The portable code here is the reference of the x86 kernels (`int8_x86`), which
 //! compute the same integer sums and differ only in the order of the f32 additions.
 
+use crate::device::cpu;
 use crate::model::load::ggml_blocks::{half, scale_min_k4, GgmlType};
 
 /// Activation elements per scale.
@@ -38,6 +40,8 @@ pub struct Q8Act {
     pub d: Vec<f32>,
     /// [T·K/32] d·Σq of each block (for offset terms).
     pub dsum: Vec<f32>,
+    /// [T·K/16] Σq of each half block (for `int8_gemm`'s code offsets).
+    pub hsum: Vec<i32>,
 }
 
 impl Q8Act {
@@ -46,20 +50,31 @@ impl Q8Act {
     pub fn quantize(x: &[f32], k: usize) -> Q8Act {
         assert!(k.is_multiple_of(QK) && x.len().is_multiple_of(k), "matmul_gguf int8: K {k} is not whole blocks of {QK}");
         let nb = x.len() / QK;
-        let mut a = Q8Act { k, q: vec![0i8; x.len()], d: vec![0f32; nb], dsum: vec![0f32; nb] };
-        for (b, (xb, qb)) in x.chunks_exact(QK).zip(a.q.chunks_exact_mut(QK)).enumerate() {
-            let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let d = amax / 127.0;
-            let id = if d > 0.0 { 1.0 / d } else { 0.0 };
-            let mut s = 0i32;
-            for (q, &v) in qb.iter_mut().zip(xb) {
-                *q = (v * id).round().clamp(-127.0, 127.0) as i8;
-                s += *q as i32;
+        let mut q = vec![0i8; x.len()];
+        // Per block: d, d·Σq, and Σq of each half. Tokens in parallel (a prompt's T·K).
+        let mut meta = vec![(0f32, 0f32, 0i32, 0i32); nb];
+        let x = &x[..];
+        cpu::for_each_chunk2(&mut q, k, &mut meta, k / QK, |ti, q, meta| {
+            let xs = &x[ti * k..(ti + 1) * k];
+            for ((xb, qb), m) in xs.chunks_exact(QK).zip(q.chunks_exact_mut(QK)).zip(meta.iter_mut()) {
+                let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let d = amax / 127.0;
+                let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+                for (q, &v) in qb.iter_mut().zip(xb) {
+                    *q = (v * id).round().clamp(-127.0, 127.0) as i8;
+                }
+                let half = |h: &[i8]| h.iter().map(|&v| v as i32).sum::<i32>();
+                let (lo, hi) = (half(&qb[..16]), half(&qb[16..]));
+                *m = (d, d * (lo + hi) as f32, lo, hi);
             }
-            a.d[b] = d;
-            a.dsum[b] = d * s as f32;
+        });
+        Q8Act {
+            k,
+            q,
+            d: meta.iter().map(|m| m.0).collect(),
+            dsum: meta.iter().map(|m| m.1).collect(),
+            hsum: meta.iter().flat_map(|m| [m.2, m.3]).collect(),
         }
-        a
     }
 
     /// Tokens held.
@@ -111,6 +126,31 @@ fn rows<T: Chunks>(w: &[u8], x: &Q8Act, out: &mut [f32]) {
                 }
             }
             out[r * t + ti] = y;
+        }
+    }
+}
+
+/// Calls `f(chunk, codes, s_lo, s_hi, m)` for every chunk of 32 of one row of `ty` (a
+/// `supported` type) of `k` elements: the chunk form of the weights, for `int8_gemm`'s tiles.
+pub(super) fn for_each_chunk(ty: GgmlType, row: &[u8], k: usize, f: impl FnMut(usize, &[i8; 32], f32, f32, f32)) {
+    match ty {
+        GgmlType::Q4_0 => chunks_of::<Q4_0>(row, k, f),
+        GgmlType::Q4_1 => chunks_of::<Q4_1>(row, k, f),
+        GgmlType::Q5_0 => chunks_of::<Q5_0>(row, k, f),
+        GgmlType::Q8_0 => chunks_of::<Q8_0>(row, k, f),
+        GgmlType::Q4_K => chunks_of::<Q4_K>(row, k, f),
+        GgmlType::Q6_K => chunks_of::<Q6_K>(row, k, f),
+        _ => panic!("matmul_gguf int8: no kernel for {ty}"),
+    }
+}
+
+#[inline(always)]
+fn chunks_of<T: Chunks>(row: &[u8], k: usize, mut f: impl FnMut(usize, &[i8; 32], f32, f32, f32)) {
+    let mut codes = [0i8; 32];
+    for (bi, b) in row[..k / T::B * T::BYTES].chunks_exact(T::BYTES).enumerate() {
+        for c in 0..T::B / 32 {
+            let (s_lo, s_hi, m) = T::chunk(b, c, &mut codes);
+            f(bi * T::B / 32 + c, &codes, s_lo, s_hi, m);
         }
     }
 }

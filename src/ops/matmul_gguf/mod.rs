@@ -10,9 +10,11 @@
 //! time with the exact dequantizers of `ggml_blocks`, so every weight equals `to_f32`'s bit for bit
 //! and results differ from an f32 matmul of the dequantized weight only in summation order.
 //!
-//! Inference takes `forward_int8` instead: the same, except that decode-sized products quantize x
-//! to 8-bit blocks and dot them with the weights' codes in integers, as llama.cpp does (`int8`,
-//! with its error bound; x86 kernels in `int8_x86`). Training keeps `forward` and f32 activations.
+//! Inference takes `forward_int8` instead: the same, except that x is quantized to 8-bit blocks
+//! and dotted with the weights' codes in integers, as llama.cpp does (`int8`, with its error
+//! bound; x86 kernels in `int8_x86`; prompts of `MANY_TOKENS` tokens or more as a GEMM over tiles
+//! of unpacked rows, `int8_gemm`, x86 kernels in `int8_gemm_x86`). Training keeps `forward` and
+//! f32 activations.
 
 use crate::device::{cpu, Device};
 use crate::error::{Error, Result};
@@ -26,6 +28,9 @@ mod avx2;
 mod avx512;
 mod gather;
 pub mod int8;
+pub mod int8_gemm;
+#[cfg(target_arch = "x86_64")]
+mod int8_gemm_x86;
 #[cfg(target_arch = "x86_64")]
 mod int8_x86;
 
@@ -89,7 +94,7 @@ impl GgufTensor {
                 bytes.len()
             )));
         }
-        let blocks = Tensor::from_u32(dev, label, &[bytes.len().div_ceil(4)], &words_from_bytes(bytes))?;
+        let blocks = Tensor::from_u32_vec(dev, label, &[bytes.len().div_ceil(4)], words_from_bytes(bytes))?;
         Ok(GgufTensor { ty, shape: shape.to_vec(), blocks })
     }
 
@@ -138,10 +143,10 @@ pub fn forward(dev: &Device, x: &Tensor, w: &GgufTensor) -> Result<Tensor> {
     product(dev, x, w, cpu_forward)
 }
 
-/// y [.., N] ≈ x [.., K] · deq(W)ᵀ for inference: as [`forward`], except that products of fewer
-/// than `MANY_TOKENS` tokens (decode) with a type `int8::supported` quantize x to int8 blocks
-/// once and take the integer kernels of `int8` (see there for the error bound). Training keeps
-/// [`forward`].
+/// y [.., N] ≈ x [.., K] · deq(W)ᵀ for inference: as [`forward`], except that products with a
+/// type `int8::supported` quantize x to int8 blocks once and take the integer kernels of `int8`
+/// (decode) or `int8_gemm` (`MANY_TOKENS` tokens or more); see `int8` for the error bound.
+/// Training keeps [`forward`].
 pub fn forward_int8(dev: &Device, x: &Tensor, w: &GgufTensor) -> Result<Tensor> {
     product(dev, x, w, cpu_forward_int8)
 }
@@ -202,17 +207,23 @@ pub fn with_f32_activations<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// CPU twin of `forward_int8`: `cpu_forward` unless the product is decode-sized, the type has
-/// an int8 kernel and `int8_enabled()`; then x is quantized once and tasks of rows run
-/// `int8_rows_dot`.
+/// CPU twin of `forward_int8`: `cpu_forward` unless the type has an int8 kernel (for many
+/// tokens: a GEMM kernel on this tier, `int8_gemm::supported`) and `int8_enabled()`; then x is
+/// quantized once and `int8_gemm::gemm` (many tokens) or tasks of rows of `int8_rows_dot` run.
 pub fn cpu_forward_int8(x: &[f32], w: &[u8], ty: GgmlType, y: &mut [f32], t: usize, n: usize, k: usize) {
-    if t >= MANY_TOKENS || t == 0 || n == 0 || k == 0 || !k.is_multiple_of(int8::QK) || !int8::supported(ty) || !int8_enabled() {
+    if t == 0 || n == 0 || k == 0 || !k.is_multiple_of(int8::QK) || !int8::supported(ty) || !int8_enabled() {
+        return cpu_forward(x, w, ty, y, t, n, k);
+    }
+    if t >= MANY_TOKENS && !int8_gemm::supported(ty) {
         return cpu_forward(x, w, ty, y, t, n, k);
     }
     let (block, block_bytes) = ty.block();
     let rb = k / block * block_bytes;
     assert!(k.is_multiple_of(block) && x.len() >= t * k && y.len() >= t * n && w.len() >= n * rb, "matmul_gguf: buffers too small");
     let xq = int8::Q8Act::quantize(&x[..t * k], k);
+    if t >= MANY_TOKENS {
+        return int8_gemm::gemm(ty, w, &xq, y, n, rb);
+    }
     let mut yt = vec![0f32; n * t];
     let rows_per_task = n.div_ceil(4 * cpu::threads()).max(ROWS_PER_TASK);
     cpu::for_each_chunk(&mut yt, rows_per_task * t, |task, out| {
