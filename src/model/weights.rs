@@ -59,8 +59,8 @@ pub enum WeightFormat {
         blocksize: usize,
     },
     /// What the file holds: a GGUF's quantized blocks stay as they are (`Weight::Gguf`, exact
-    /// weights) on the CPU; anything else (f16/bf16/f32 checkpoints, and every weight on the GPU,
-    /// which has no GGUF kernel yet) becomes NF4 with blocks of 64, as QLoRA does.
+    /// weights) on every device; anything else (f16/bf16/f32 checkpoints) becomes NF4 with blocks
+    /// of 64, as QLoRA does.
     Auto,
 }
 
@@ -69,7 +69,7 @@ pub enum WeightFormat {
 pub enum Weight {
     F32(Tensor),
     Nf4(Nf4Tensor),
-    /// A GGUF file's own blocks (`ops::matmul_gguf`, CPU only).
+    /// A GGUF file's own blocks (`ops::matmul_gguf`).
     Gguf(GgufTensor),
 }
 
@@ -166,7 +166,7 @@ impl Model {
             let mut lin = |name: &str, rows: usize, cols: usize, bias: bool| -> Result<Linear> {
                 let name_w = format!("{p}.{name}.weight");
                 let blocks = match (format, dev) {
-                    (WeightFormat::Auto, Device::Cpu(_)) => src.get_blocks(&name_w)?,
+                    (WeightFormat::Auto, _) => src.get_blocks(&name_w)?,
                     _ => None,
                 };
                 let weight = match (blocks, format) {
@@ -202,11 +202,11 @@ impl Model {
             layers.push(Layer { attn_norm, q, k, v, o, mlp_norm, gate, up, down });
         }
         let norm = take(src, "model.norm.weight", &[c])?;
-        // An untied output projection stays in the file's blocks under Auto on the CPU, like the
+        // An untied output projection stays in the file's blocks under Auto, like the
         // other linears (Qwen2.5-0.5B's [151936, 896] matrix: 110 MiB of Q6_K instead of 545 MiB
         // of f32, read at every decode step).
         let head_blocks = match (cfg.tied, format, dev) {
-            (false, WeightFormat::Auto, Device::Cpu(_)) => src.get_blocks("lm_head.weight")?,
+            (false, WeightFormat::Auto, _) => src.get_blocks("lm_head.weight")?,
             _ => None,
         };
         let head = match head_blocks {
