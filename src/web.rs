@@ -177,7 +177,7 @@ impl Progress<'_> {
 
 /// Parses a GGUF model from its bytes, builds its tokenizer and loads its weights on the device
 /// as the native `--weights` flag does: `"nf4"` (the default, QLoRA's base), `"auto"` (the
-/// file's own blocks on the CPU backend, NF4 on a GPU) or `"f32"`; the same choice gives the
+/// file's own blocks, on the CPU backend and on WebGPU) or `"f32"`; the same choice gives the
 /// same tokens natively and here. `progress(done, total, tensor)` is called per tensor. Any
 /// adapters loaded for a previous model are dropped. Returns JSON describing the model.
 #[wasm_bindgen]

@@ -43,8 +43,8 @@ pub fn open_with_adapter(
 #[cfg_attr(not(target_arch = "wasm32"), derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Weights {
-    /// A GGUF file's own quantized blocks on the CPU (the exact model, but decoding ~2.5x slower
-    /// than nf4 until its kernels are tuned); NF4 otherwise.
+    /// A GGUF file's own quantized blocks, on the CPU and the GPU (the exact model, but decoding
+    /// ~2.5x slower than nf4 until its kernels are tuned); NF4 otherwise.
     Auto,
     /// f32, 4 bytes per parameter.
     F32,
