@@ -118,52 +118,52 @@ fn rejects_shapes_that_are_not_whole_blocks() {
 }
 
 /// The GPU kernels (`shaders/matmul_gguf.wgsl`) on every adapter, for every block type of
-/// `CASES` and whole-float rows of K = 40 (the GPU reads rows in chunks of 8): forward for
-/// T = 1, 3 (`forward_few`) and 37 (two token tiles, one partial) and backward_dx against
+/// `CASES` and whole-float rows of K = 40 (the GPU reads rows in chunks of 8), N = 131 (several
+/// workgroups of rows, the last partial; one N only, as each (type, entry point, tile) is a
+/// pipeline that llvmpipe compiles for about a second): forward for T = 1, 3 (`forward_few`) and
+/// 37 (two token tiles, one partial) and backward_dx against
 /// dequantize-then-f32-matmul within float tolerance, `forward_int8` equal to `forward` (the GPU
 /// keeps f32 activations), and gather bit for bit against `GgufTensor::dequantize`.
 #[test]
 fn gpu_matches_dequantize_then_matmul_and_gathers_exact_rows() {
-    let dev = cpu();
+    let (dev, n) = (cpu(), 131);
     let cases = CASES.iter().copied().filter(|&(_, k)| k % 8 == 0).chain([(GgmlType::F16, 40), (GgmlType::BF16, 40), (GgmlType::F32, 40)]);
     for (ty, k) in cases {
-        for n in [37, 131] {
-            let bytes = random_blocks(ty, n, k, (n * k + 1) as u64);
-            let w = matmul_gguf::GgufTensor::new(&dev, "test: w", ty, &[n, k], &bytes).unwrap();
-            let deq = w.dequantize().unwrap();
-            let wt = up(&dev, &[n, k], &deq);
-            let ids = [5u32, 0, 36, 5, n as u32, u32::MAX, 12, n as u32 - 1];
-            let inputs: Vec<_> = [1, 3, 37]
-                .into_iter()
-                .map(|t| {
-                    let mut rng = Rng::new((t * 7 + n + k) as u64);
-                    let (x, dy) = (rng.vec(t * k, 1.0), rng.vec(t * n, 1.0));
-                    let want_y = read(&dev, &matmul::forward(&dev, &up(&dev, &[t, k], &x), &wt, false, true).unwrap());
-                    let want_dx = read(&dev, &matmul::forward(&dev, &up(&dev, &[t, n], &dy), &wt, false, false).unwrap());
-                    (t, x, dy, want_y, want_dx)
-                })
-                .collect();
-            each_gpu(|g| {
-                let wg = matmul_gguf::GgufTensor::new(g, "test: w", ty, &[n, k], &bytes).unwrap();
-                for (t, x, dy, want_y, want_dx) in &inputs {
-                    let t = *t;
-                    let what = format!("{ty} T={t} N={n} K={k} on {}", g.name());
-                    let xg = up(g, &[t, k], x);
-                    let y = read(g, &matmul_gguf::forward(g, &xg, &wg).unwrap());
-                    let dx = read(g, &matmul_gguf::backward_dx(g, &up(g, &[t, n], dy), &wg).unwrap());
-                    assert_close(&format!("forward {what}"), &y, want_y, 1e-4, 1e-4);
-                    assert_close(&format!("dx {what}"), &dx, want_dx, 1e-4, 1e-4);
-                    assert_eq!(read(g, &matmul_gguf::forward_int8(g, &xg, &wg).unwrap()), y, "forward_int8 {what} is forward");
-                }
-                let rows = read(g, &matmul_gguf::gather(g, &up_u32(g, &[ids.len()], &ids), &wg).unwrap());
-                for (t, &id) in ids.iter().enumerate() {
-                    let want: Vec<f32> = if (id as usize) < n { deq[id as usize * k..][..k].to_vec() } else { vec![0.0; k] };
-                    let got = &rows[t * k..][..k];
-                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-                    assert_eq!(bits(got), bits(&want), "gather {ty} N={n} K={k} on {}: row {t} (id {id})", g.name());
-                }
-            });
-        }
+        let bytes = random_blocks(ty, n, k, (n * k + 1) as u64);
+        let w = matmul_gguf::GgufTensor::new(&dev, "test: w", ty, &[n, k], &bytes).unwrap();
+        let deq = w.dequantize().unwrap();
+        let wt = up(&dev, &[n, k], &deq);
+        let ids = [5u32, 0, 36, 5, n as u32, u32::MAX, 12, n as u32 - 1];
+        let inputs: Vec<_> = [1, 3, 37]
+            .into_iter()
+            .map(|t| {
+                let mut rng = Rng::new((t * 7 + n + k) as u64);
+                let (x, dy) = (rng.vec(t * k, 1.0), rng.vec(t * n, 1.0));
+                let want_y = read(&dev, &matmul::forward(&dev, &up(&dev, &[t, k], &x), &wt, false, true).unwrap());
+                let want_dx = read(&dev, &matmul::forward(&dev, &up(&dev, &[t, n], &dy), &wt, false, false).unwrap());
+                (t, x, dy, want_y, want_dx)
+            })
+            .collect();
+        each_gpu(|g| {
+            let wg = matmul_gguf::GgufTensor::new(g, "test: w", ty, &[n, k], &bytes).unwrap();
+            for (t, x, dy, want_y, want_dx) in &inputs {
+                let t = *t;
+                let what = format!("{ty} T={t} N={n} K={k} on {}", g.name());
+                let xg = up(g, &[t, k], x);
+                let y = read(g, &matmul_gguf::forward(g, &xg, &wg).unwrap());
+                let dx = read(g, &matmul_gguf::backward_dx(g, &up(g, &[t, n], dy), &wg).unwrap());
+                assert_close(&format!("forward {what}"), &y, want_y, 1e-4, 1e-4);
+                assert_close(&format!("dx {what}"), &dx, want_dx, 1e-4, 1e-4);
+                assert_eq!(read(g, &matmul_gguf::forward_int8(g, &xg, &wg).unwrap()), y, "forward_int8 {what} is forward");
+            }
+            let rows = read(g, &matmul_gguf::gather(g, &up_u32(g, &[ids.len()], &ids), &wg).unwrap());
+            for (t, &id) in ids.iter().enumerate() {
+                let want: Vec<f32> = if (id as usize) < n { deq[id as usize * k..][..k].to_vec() } else { vec![0.0; k] };
+                let got = &rows[t * k..][..k];
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(got), bits(&want), "gather {ty} N={n} K={k} on {}: row {t} (id {id})", g.name());
+            }
+        });
     }
 }
 
