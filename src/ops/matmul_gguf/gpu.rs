@@ -70,7 +70,7 @@ fn gpu_params(g: &GpuDevice, w: &GgufTensor, t: usize) -> Result<Params> {
             hint: "run on --device cpu, or load the model with --weights f32",
         });
     }
-    let max_bind = g.limits.max_storage_buffer_binding_size as u64;
+    let max_bind = g.limits.max_storage_buffer_binding_size;
     if w.blocks.bytes() > max_bind {
         return Err(Error::Limit {
             op: OP,
