@@ -52,9 +52,18 @@ override TY: u32 = 2u; // the block type of W (a ggml type id above)
 
 // ---- Reading bytes at any offset ----
 
-// The 4 bytes at byte offset `off`, little-endian. The second word is loaded even when `off` is
-// aligned (no branch); its value is then discarded, and WGSL keeps out-of-range reads safe.
+// Whether every 4-byte read of this type and row size starts on a word (Q4_1, Q5_1, Q4_K,
+// Q5_K blocks, whole-float chunks, rows of a multiple of 4 bytes): then a read is one load
+// (lavapipe splits every per-lane load into one scalar load per lane, so loads are the cost).
+override ALIGNED: bool = false;
+
+// The 4 bytes at byte offset `off`, little-endian. Unaligned, the second word is loaded even when
+// `off` happens to be aligned (no branch); its value is then discarded, and WGSL keeps
+// out-of-range reads safe.
 fn u32_at(off: u32) -> u32 {
+    if ALIGNED {
+        return w[off / 4u];
+    }
     let i = off / 4u;
     let s = (off % 4u) * 8u;
     let lo = w[i];

@@ -96,6 +96,15 @@ fn gpu_params(g: &GpuDevice, w: &GgufTensor, t: usize) -> Result<Params> {
     Ok(Params { t: t as u32, n: n as u32, k: k as u32, row_bytes: w.row_bytes() as u32 })
 }
 
+/// The override constants of one dispatch: the type, whether all its 4-byte reads are aligned
+/// (`ALIGNED` in the shader: blocks of a multiple of 4 bytes, or whole floats, in rows of a
+/// multiple of 4 bytes), and `more` (tile sizes).
+fn constants(w: &GgufTensor, more: &[(&'static str, u32)]) -> Vec<(&'static str, u32)> {
+    let (block, bytes) = w.ty.block();
+    let aligned = (bytes % 4 == 0 || block == 1) && w.row_bytes() % 4 == 0;
+    [("TY", w.ty.id()), ("ALIGNED", aligned as u32)].into_iter().chain(more.iter().copied()).collect()
+}
+
 /// y [T, N] = x [T, K] · deq(W)ᵀ into `y` (zeros). `forward_int8` takes this too: the GPU
 /// keeps f32 activations (an int8 dot product would need shader features not every adapter has).
 pub(super) fn forward(g: &GpuDevice, x: &Tensor, w: &GgufTensor, y: &Tensor) -> Result<()> {
@@ -106,14 +115,13 @@ pub(super) fn forward(g: &GpuDevice, x: &Tensor, w: &GgufTensor, y: &Tensor) -> 
         return Ok(());
     }
     let bufs = [w.blocks.bind(OP)?, x.bind(OP)?, y.bind(OP)?];
-    let ty = w.ty.id();
     if t < FEW_TOKENS {
         let groups = [t as u32, n.div_ceil(LX_MAX * UN_FEW) as u32, 1];
-        FORWARD_FEW.dispatch(g, &[("TY", ty), ("LX", LX_MAX as u32)], &params, bufs, groups)
+        FORWARD_FEW.dispatch(g, &constants(w, &[("LX", LX_MAX as u32)]), &params, bufs, groups)
     } else {
         let (ut, lx) = (token_tile(t), lanes(n, UN));
         let groups = [t.div_ceil(ut) as u32, n.div_ceil(lx * UN) as u32, 1];
-        FORWARD.dispatch(g, &[("TY", ty), ("UT", ut as u32), ("LX", lx as u32)], &params, bufs, groups)
+        FORWARD.dispatch(g, &constants(w, &[("UT", ut as u32), ("LX", lx as u32)]), &params, bufs, groups)
     }
 }
 
@@ -129,7 +137,7 @@ pub(super) fn backward_dx(g: &GpuDevice, dy: &Tensor, w: &GgufTensor, dx: &Tenso
     let chunks = k / CHUNK;
     let (ut, lx) = (token_tile(t), lanes(chunks, 1));
     let groups = [t.div_ceil(ut) as u32, chunks.div_ceil(lx) as u32, 1];
-    BACKWARD_DX.dispatch(g, &[("TY", w.ty.id()), ("UT", ut as u32), ("LX", lx as u32)], &params, bufs, groups)
+    BACKWARD_DX.dispatch(g, &constants(w, &[("UT", ut as u32), ("LX", lx as u32)]), &params, bufs, groups)
 }
 
 /// y [T, K] = rows `ids` [T] of deq(W) into `y` (zeros); ids >= N leave a zero row.
@@ -141,5 +149,5 @@ pub(super) fn gather(g: &GpuDevice, ids: &Tensor, w: &GgufTensor, y: &Tensor) ->
         return Ok(());
     }
     let bufs = [w.blocks.bind(OP)?, ids.bind(OP)?, y.bind(OP)?];
-    GATHER.dispatch(g, &[("TY", w.ty.id()), ("WG", WG)], &params, bufs, groups(g, t * (k / CHUNK), WG))
+    GATHER.dispatch(g, &constants(w, &[("WG", WG)]), &params, bufs, groups(g, t * (k / CHUNK), WG))
 }
