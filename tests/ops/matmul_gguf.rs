@@ -179,6 +179,27 @@ fn gpu_refuses_rows_not_a_multiple_of_8_clearly() {
     });
 }
 
+/// A weight whose blocks are larger than the adapter can bind in one buffer (lavapipe: 128 MiB;
+/// Qwen2.5's [151936, 896] Q8_0 output matrix would be 145 MB) is refused with the limit and what
+/// to do, not a wgpu validation panic.
+#[test]
+fn gpu_refuses_weights_above_the_binding_limit_clearly() {
+    each_gpu(|g| {
+        let limit = g.gpu().unwrap().limits.max_storage_buffer_binding_size;
+        if limit > 512 << 20 {
+            eprintln!("*** {} binds {limit} bytes per buffer: no weight above its limit is built here ***", g.name());
+            return;
+        }
+        let k = 4096;
+        let row_bytes = k / 32 * 34;
+        let n = limit as usize / row_bytes + 1;
+        // Zero blocks: the kernel must refuse them before it reads any.
+        let w = matmul_gguf::GgufTensor::new(g, "f.gguf: output.weight", GgmlType::Q8_0, &[n, k], &vec![0u8; n * row_bytes]).unwrap();
+        let err = matmul_gguf::forward(g, &up(g, &[1, k], &vec![0.0; k]), &w).unwrap_err().to_string();
+        assert!(err.contains("output.weight") && err.contains("max_storage_buffer_binding_size") && err.contains("--device cpu"), "{err}");
+    });
+}
+
 /// The int8-activation decode path (`forward_int8`, inference only) on every tier. It computes
 /// Σ_j deq(w_j)·(q_j·d_b) exactly in integers up to f32 rounding, where q, d are `Q8Act`'s codes
 /// and block scales of x: so it must match that sum (computed here in f64 from the dequantized
