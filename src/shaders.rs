@@ -21,6 +21,7 @@ shaders! {
     MATMUL => "matmul.wgsl",
     QUANT_NF4 => "quant_nf4.wgsl",
     MATMUL_NF4 => "matmul_nf4.wgsl",
+    MATMUL_GGUF => "matmul_gguf.wgsl",
     EMBEDDING => "embedding.wgsl",
     RMSNORM => "rmsnorm.wgsl",
     ROPE => "rope.wgsl",

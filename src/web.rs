@@ -177,7 +177,7 @@ impl Progress<'_> {
 
 /// Parses a GGUF model from its bytes, builds its tokenizer and loads its weights on the device
 /// as the native `--weights` flag does: `"nf4"` (the default, QLoRA's base), `"auto"` (the
-/// file's own blocks on the CPU backend, NF4 on a GPU) or `"f32"`; the same choice gives the
+/// file's own blocks, on the CPU backend and on WebGPU) or `"f32"`; the same choice gives the
 /// same tokens natively and here. `progress(done, total, tensor)` is called per tensor. Any
 /// adapters loaded for a previous model are dropped. Returns JSON describing the model.
 #[wasm_bindgen]
@@ -221,8 +221,8 @@ pub async fn load_model(name: String, bytes: Vec<u8>, weights: String, progress:
 const WASM_MEMORY_LIMIT: u64 = 4 << 30;
 
 /// Refuses, before anything is allocated, a model whose weights as loaded cannot fit beside the
-/// file's bytes in wasm32's 4 GiB: a lower bound (embedding f32, linears by `format`, the
-/// smallest 2-bit blocks for the file's own ones), so a model this passes may still run out of
+/// file's bytes in wasm32's 4 GiB: a lower bound (matrices by `format`, the embedding f32 except
+/// under auto, the smallest 2-bit blocks for the file's own ones), so a model this passes may still run out of
 /// memory, but one it refuses never fits. WebGPU keeps the weights in GPU buffers, not here.
 fn check_fits(name: &str, file_len: u64, cfg: &crate::model::config::Config, format: WeightFormat, dev: &Device) -> Result<(), String> {
     if dev.gpu().is_some() {
@@ -231,9 +231,11 @@ fn check_fits(name: &str, file_len: u64, cfg: &crate::model::config::Config, for
     let mut need = 0u64;
     for (tensor, shape) in tensor_names(cfg) {
         let n = shape.iter().product::<usize>() as u64;
-        let linear = shape.len() == 2 && tensor != "model.embed_tokens.weight";
-        need += match (linear, format) {
+        let (matrix, embedding) = (shape.len() == 2, tensor == "model.embed_tokens.weight");
+        need += match (matrix, format) {
             (false, _) | (true, WeightFormat::F32) => 4 * n,
+            // The embedding stays in blocks under auto, else f32.
+            (true, WeightFormat::Nf4 { .. }) if embedding => 4 * n,
             (true, WeightFormat::Nf4 { blocksize }) => n / 2 + n / blocksize.max(1) as u64 * 4,
             (true, _) => n / 4,
         };

@@ -182,40 +182,86 @@ fn qwen_native_gguf_blocks_give_the_f32_dequantized_models_logits() {
     native_blocks_equal_f32(&path);
 }
 
-#[test]
-fn lora_gradients_over_native_gguf_blocks_equal_those_over_f32_weights() {
+/// Loss [M] and LoRA gradients of one training step of the default model on `dev`, weights in
+/// `format`: two sequences of 20 tokens (the many-token paths of forward and dx), the first 4
+/// targets masked, random B (a fresh B = 0 would make every dA zero and a comparison blind).
+fn lora_step(dev: &flexlora::Device, path: &std::path::Path, format: WeightFormat) -> (Vec<f32>, Vec<Vec<f32>>) {
     use flexlora::model::{LoraConfig, Target};
     use flexlora::ops::cross_entropy::IGNORE;
     use flexlora::train::grad::Options;
-    let Some(path) = model_path() else { return };
-    let cpu = common::cpu();
-    let ids = {
-        let (_, tok) = load::open(&cpu, &path, WeightFormat::F32).unwrap();
-        tok.encode("def add(a, b):\n    return a + b\n\nprint(add(2, 3))\n", true).unwrap()
-    };
-    // Two sequences: 20 tokens each (the tiled GEMM path of forward and dx), first 4 targets masked.
+    let (mut model, tok) = load::open(dev, path, format).unwrap();
+    let ids = tok.encode("def add(a, b):\n    return a + b\n\nprint(add(2, 3))\n", true).unwrap();
     let ids: Vec<u32> = ids.iter().cycle().take(40).copied().collect();
     let targets: Vec<u32> = (0..40).map(|i| if i % 20 < 4 || i % 20 == 19 { IGNORE } else { ids[i + 1] }).collect();
     let lora = LoraConfig { rank: 4, alpha: 8.0, dropout: 0.0, rslora: false, targets: Target::ALL.to_vec() };
-    let grads = |format: WeightFormat| {
-        let (mut model, _) = load::open(&cpu, &path, format).unwrap();
-        model.attach_lora(&cpu, &lora, 3).unwrap();
-        // Random B (a fresh B = 0 would make every dA zero and the comparison blind).
-        let mut rng = common::Rng::new(17);
-        for key in model.lora_keys() {
-            let t = model.lora_param_mut(key).unwrap();
-            let v = rng.vec(t.numel(), 0.02);
-            *t = flexlora::Tensor::from_f32(&cpu, &t.label().to_string(), &t.shape().to_vec(), &v).unwrap();
-        }
-        let opts = Options { recompute: false, dropout_seed: None, all_logits: false };
-        let fwd = model.forward_train(&cpu, &ids, &targets, 2, opts).unwrap();
-        let mut g = model.zero_grads(&cpu);
-        model.backward(&cpu, &fwd, None, 1.0 / 30.0, &mut g).unwrap();
-        g.tensors().map(|t| common::read(&cpu, t)).collect::<Vec<_>>()
-    };
-    let (native, dense) = (grads(WeightFormat::Auto), grads(WeightFormat::F32));
+    model.attach_lora(dev, &lora, 3).unwrap();
+    let mut rng = common::Rng::new(17);
+    for key in model.lora_keys() {
+        let t = model.lora_param_mut(key).unwrap();
+        let v = rng.vec(t.numel(), 0.02);
+        *t = flexlora::Tensor::from_f32(dev, &t.label().to_string(), &t.shape().to_vec(), &v).unwrap();
+    }
+    let opts = Options { recompute: false, dropout_seed: None, all_logits: false };
+    let fwd = model.forward_train(dev, &ids, &targets, 2, opts).unwrap();
+    let mut g = model.zero_grads(dev);
+    model.backward(dev, &fwd, None, 1.0 / 30.0, &mut g).unwrap();
+    (common::read(dev, &fwd.loss), g.tensors().map(|t| common::read(dev, t)).collect())
+}
+
+#[test]
+fn lora_gradients_over_native_gguf_blocks_equal_those_over_f32_weights() {
+    let Some(path) = model_path() else { return };
+    let cpu = common::cpu();
+    let ((_, native), (_, dense)) = (lora_step(&cpu, &path, WeightFormat::Auto), lora_step(&cpu, &path, WeightFormat::F32));
     for (i, (g, w)) in native.iter().zip(&dense).enumerate() {
         let scale = w.iter().fold(0f32, |m, v| m.max(v.abs()));
         common::assert_close(&format!("LoRA gradient {i}, native blocks vs f32"), g, w, 1e-3 * scale, 1e-2);
     }
+}
+
+/// `--weights auto` on every GPU adapter keeps the file's blocks (`shaders/matmul_gguf.wgsl`):
+/// the logits of the prompt (many tokens: `forward`) and two decode steps (`forward_few`) equal
+/// the CPU's over the same blocks with f32 activations, within float tolerance.
+#[test]
+fn gpu_native_gguf_blocks_give_the_cpus_logits() {
+    let Some(path) = model_path() else { return };
+    let cpu = common::cpu();
+    let logits = |dev: &flexlora::Device| {
+        let (model, tok) = load::open(dev, &path, WeightFormat::Auto).unwrap();
+        assert!(
+            model.layers.iter().flat_map(|l| l.linears()).all(|l| matches!(l.weight, flexlora::model::Weight::Gguf(_))),
+            "--weights auto must keep every linear of a GGUF in its blocks on {}",
+            dev.name()
+        );
+        let ids = tok.encode(&tok.chat_prompt(None, "def fibonacci(n):"), true).unwrap();
+        let mut cache = model.new_cache(dev, 1, ids.len() + 2);
+        let mut out = vec![common::read(dev, &model.forward(dev, &ids, &mut cache, true).unwrap())];
+        for id in [330, 28] {
+            out.push(common::read(dev, &model.forward(dev, &[id], &mut cache, false).unwrap()));
+        }
+        out
+    };
+    let want = flexlora::ops::matmul_gguf::with_f32_activations(|| logits(&cpu));
+    common::each_gpu(|gpu| {
+        for (i, (g, w)) in logits(gpu).iter().zip(&want).enumerate() {
+            common::assert_close(&format!("logits over native blocks, {} vs CPU, step {i}", gpu.name()), g, w, 2e-3, 2e-3);
+            assert_eq!(argmax(g), argmax(w), "argmax at step {i} on {}", gpu.name());
+        }
+    });
+}
+
+/// One LoRA training step over the file's blocks on the GPU (forward and backward_dx of
+/// `shaders/matmul_gguf.wgsl`) against the same step on the CPU: loss and adapter gradients.
+#[test]
+fn gpu_lora_step_over_native_gguf_blocks_equals_the_cpus() {
+    let Some(path) = model_path() else { return };
+    let (want_loss, want) = lora_step(&common::cpu(), &path, WeightFormat::Auto);
+    common::each_gpu(|gpu| {
+        let (loss, got) = lora_step(gpu, &path, WeightFormat::Auto);
+        common::assert_close(&format!("per-token loss over native blocks, {} vs CPU", gpu.name()), &loss, &want_loss, 1e-4, 1e-4);
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            let scale = w.iter().fold(0f32, |m, v| m.max(v.abs()));
+            common::assert_close(&format!("LoRA gradient {i} over native blocks, {} vs CPU", gpu.name()), g, w, 1e-3 * scale, 1e-2);
+        }
+    });
 }

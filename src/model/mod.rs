@@ -44,8 +44,8 @@ pub fn open_with_adapter(
 #[serde(rename_all = "lowercase")]
 pub enum Weights {
     /// The default: a GGUF file's own quantized blocks, embedding and output projection included
-    /// (the exact model, and the fastest CPU decode), on the CPU; NF4 for f16/bf16/f32
-    /// checkpoints (QLoRA's base) and on the GPU.
+    /// (the exact model, and the fastest CPU decode), on the CPU and the GPU; NF4 for
+    /// f16/bf16/f32 checkpoints (QLoRA's base).
     Auto,
     /// f32, 4 bytes per parameter.
     F32,

@@ -60,8 +60,8 @@ pub enum WeightFormat {
         blocksize: usize,
     },
     /// What the file holds: a GGUF's quantized blocks stay as they are (`Weight::Gguf`, exact
-    /// weights) on the CPU; anything else (f16/bf16/f32 checkpoints, and every weight on the GPU,
-    /// which has no GGUF kernel yet) becomes NF4 with blocks of 64, as QLoRA does.
+    /// weights) on every device; anything else (f16/bf16/f32 checkpoints) becomes NF4 with blocks
+    /// of 64, as QLoRA does.
     Auto,
 }
 
@@ -70,12 +70,12 @@ pub enum WeightFormat {
 pub enum Weight {
     F32(Tensor),
     Nf4(Nf4Tensor),
-    /// A GGUF file's own blocks (`ops::matmul_gguf`, CPU only).
+    /// A GGUF file's own blocks (`ops::matmul_gguf`).
     Gguf(GgufTensor),
 }
 
 impl Weight {
-    /// x [.., in] -> x·Wᵀ [.., out]. In `Mode::Infer`, decode-sized products over GGUF blocks take
+    /// x [.., in] -> x·Wᵀ [.., out]. In `Mode::Infer`, products over GGUF blocks on the CPU take
     /// 8-bit activations (`matmul_gguf::forward_int8`); training's are f32.
     pub fn forward(&self, dev: &Device, x: &Tensor, mode: Mode) -> Result<Tensor> {
         match self {
@@ -129,8 +129,8 @@ impl Weight {
 #[derive(Debug)]
 pub struct Model {
     pub cfg: Config,
-    /// The token embedding [V, C]: f32, or the file's blocks under `WeightFormat::Auto` on the
-    /// CPU. A tied model's output projection is this matrix (`Weight::forward`).
+    /// The token embedding [V, C]: f32, or the file's blocks under `WeightFormat::Auto`. A tied
+    /// model's output projection is this matrix (`Weight::forward`).
     pub embed: Weight,
     pub layers: Vec<Layer>,
     pub norm: Tensor, // [C]
@@ -174,8 +174,8 @@ const MAX_ROPE_POSITIONS: usize = 32_768;
 
 impl Model {
     /// Loads every tensor from `src` one at a time, checking each shape against `cfg`; linear
-    /// weights are stored as `format` says. The embedding stays in the file's blocks under Auto
-    /// on the CPU, else f32; norms and biases are f32.
+    /// weights are stored as `format` says. The embedding stays in the file's blocks under Auto,
+    /// else f32; norms and biases are f32.
     pub fn load(dev: &Device, cfg: Config, src: &mut dyn WeightSource, format: WeightFormat) -> Result<Model> {
         let extra = format!("model.layers.{}.input_layernorm.weight", cfg.layers);
         if src.contains(&extra) {
@@ -197,8 +197,8 @@ impl Model {
         };
         // A matrix as the file's blocks, when `format` keeps them and the file has them.
         let blocks = |src: &mut dyn WeightSource, name: &str, shape: [usize; 2]| -> Result<Option<Weight>> {
-            let got = match (format, dev) {
-                (WeightFormat::Auto, Device::Cpu(_)) => src.get_blocks(name)?,
+            let got = match format {
+                WeightFormat::Auto => src.get_blocks(name)?,
                 _ => None,
             };
             let Some((ty, got, bytes)) = got else { return Ok(None) };
@@ -243,7 +243,7 @@ impl Model {
             layers.push(Layer { attn_norm, q, k, v, o, mlp_norm, gate, up, down });
         }
         let norm = take(src, "model.norm.weight", &[c])?;
-        // An untied output projection stays in the file's blocks under Auto on the CPU, like the
+        // An untied output projection stays in the file's blocks under Auto, like the
         // other linears (Qwen2.5-0.5B's [151936, 896] matrix: 110 MiB of Q6_K instead of 545 MiB
         // of f32, read at every decode step).
         let head = match cfg.tied {

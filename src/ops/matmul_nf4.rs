@@ -96,7 +96,7 @@ fn gpu_params(t: usize, n: usize, k: usize, w: &Nf4Tensor) -> Result<Params> {
 /// Tokens per workgroup (`UT` in the shader, at most 32) for T tokens. 32 shares each unpacked
 /// weight word among the most tokens; few tokens take a smaller tile instead of computing clamped
 /// copies of the last token.
-fn token_tile(t: usize) -> usize {
+pub(crate) fn token_tile(t: usize) -> usize {
     match t {
         0..=8 => 8,
         9..=16 => 16,
@@ -107,7 +107,7 @@ fn token_tile(t: usize) -> usize {
 /// Invocations per workgroup (`LX`) when each owns `per` of `len` items (weight rows, words of K)
 /// in a workgroup of LX * per: the multiple of 8 up to LX_MAX that leaves the fewest idle
 /// invocations, the largest on ties (576 rows, 8 per invocation: 24, so 3 workgroups and none idle).
-fn lanes(len: usize, per: usize) -> usize {
+pub(crate) fn lanes(len: usize, per: usize) -> usize {
     let padded = |lx: usize| len.div_ceil(lx * per) * lx * per;
     (8..=LX_MAX).step_by(8).min_by_key(|&lx| (padded(lx), std::cmp::Reverse(lx))).unwrap_or(LX_MAX)
 }

@@ -146,13 +146,13 @@ pub fn weight_bytes(cfg: &Config, w: Weights) -> u64 {
     let per_layer: u64 = Target::ALL.iter().map(|&t| linear_shape(cfg, t).iter().product::<usize>() as u64).map(linear).sum();
     let bias = if cfg.qkv_bias { ((cfg.h + 2 * cfg.kv) * cfg.d) as u64 * 4 } else { 0 };
     let norms = (2 * c * cfg.layers as u64 + c) * 4;
-    // The embedding stays f32; an untied output head is f32 too, except a GGUF's own blocks.
-    let head = match (cfg.tied, w) {
-        (true, _) => 0,
-        (false, Weights::Blocks { .. }) => linear(v * c),
-        (false, _) => 4 * v * c,
+    // The embedding and an untied output head stay in a GGUF's own blocks, else f32.
+    let matrix = |n: u64| match w {
+        Weights::Blocks { .. } => linear(n),
+        _ => 4 * n,
     };
-    (per_layer + bias) * cfg.layers as u64 + norms + 4 * v * c + head + rope
+    let head = if cfg.tied { 0 } else { matrix(v * c) };
+    (per_layer + bias) * cfg.layers as u64 + norms + matrix(v * c) + head + rope
 }
 
 /// The bytes `run` needs on its device (see the module docs for what each part counts).

@@ -1,6 +1,6 @@
 //! Fused products with GGUF block weights: forward (decode-sized and many-token paths) and
-//! backward_dx on the CPU, on every SIMD tier, against dequantize-then-f32-matmul (`ops::matmul`)
-//! on odd shapes.
+//! backward_dx on the CPU, on every SIMD tier, and on every GPU adapter, against
+//! dequantize-then-f32-matmul (`ops::matmul`) on odd shapes; gather bit for bit on both.
 
 use crate::common::*;
 use flexlora::model::load::ggml_blocks::{self, GgmlType};
@@ -11,6 +11,12 @@ use flexlora::ops::{matmul, matmul_gguf};
 /// occur, and weights stay near the magnitudes real files have.
 fn random_blocks(ty: GgmlType, rows: usize, k: usize, seed: u64) -> Vec<u8> {
     let mut rng = Rng::new(seed);
+    // Whole floats: values in [-1, 1).
+    match ty {
+        GgmlType::F32 => return rng.vec(rows * k, 1.0).iter().flat_map(|v| v.to_le_bytes()).collect(),
+        GgmlType::BF16 => return rng.vec(rows * k, 1.0).iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect(),
+        _ => {}
+    }
     let (block, bytes) = ty.block();
     let mut data: Vec<u8> = (0..rows * k / block * bytes).map(|_| rng.next_u64() as u8).collect();
     let half = |rng: &mut Rng, lo: f32, hi: f32| {
@@ -111,13 +117,86 @@ fn rejects_shapes_that_are_not_whole_blocks() {
     assert!(err.contains("255") && err.contains("256"), "{err}");
 }
 
+/// The GPU kernels (`shaders/matmul_gguf.wgsl`) on every adapter, for every block type of
+/// `CASES` and whole-float rows of K = 40 (the GPU reads rows in chunks of 8), N = 131 (several
+/// workgroups of rows, the last partial; one N only, as each (type, entry point, tile) is a
+/// pipeline that llvmpipe compiles for about a second): forward for T = 1, 3 (`forward_few`) and
+/// 37 (two token tiles, one partial) and backward_dx against
+/// dequantize-then-f32-matmul within float tolerance, `forward_int8` equal to `forward` (the GPU
+/// keeps f32 activations), and gather bit for bit against `GgufTensor::dequantize`.
 #[test]
-fn gpu_refuses_gguf_blocks_clearly() {
+fn gpu_matches_dequantize_then_matmul_and_gathers_exact_rows() {
+    let (dev, n) = (cpu(), 131);
+    let cases = CASES.iter().copied().filter(|&(_, k)| k % 8 == 0).chain([(GgmlType::F16, 40), (GgmlType::BF16, 40), (GgmlType::F32, 40)]);
+    for (ty, k) in cases {
+        let bytes = random_blocks(ty, n, k, (n * k + 1) as u64);
+        let w = matmul_gguf::GgufTensor::new(&dev, "test: w", ty, &[n, k], &bytes).unwrap();
+        let deq = w.dequantize().unwrap();
+        let wt = up(&dev, &[n, k], &deq);
+        let ids = [5u32, 0, 36, 5, n as u32, u32::MAX, 12, n as u32 - 1];
+        let inputs: Vec<_> = [1, 3, 37]
+            .into_iter()
+            .map(|t| {
+                let mut rng = Rng::new((t * 7 + n + k) as u64);
+                let (x, dy) = (rng.vec(t * k, 1.0), rng.vec(t * n, 1.0));
+                let want_y = read(&dev, &matmul::forward(&dev, &up(&dev, &[t, k], &x), &wt, false, true).unwrap());
+                let want_dx = read(&dev, &matmul::forward(&dev, &up(&dev, &[t, n], &dy), &wt, false, false).unwrap());
+                (t, x, dy, want_y, want_dx)
+            })
+            .collect();
+        each_gpu(|g| {
+            let wg = matmul_gguf::GgufTensor::new(g, "test: w", ty, &[n, k], &bytes).unwrap();
+            for (t, x, dy, want_y, want_dx) in &inputs {
+                let t = *t;
+                let what = format!("{ty} T={t} N={n} K={k} on {}", g.name());
+                let xg = up(g, &[t, k], x);
+                let y = read(g, &matmul_gguf::forward(g, &xg, &wg).unwrap());
+                let dx = read(g, &matmul_gguf::backward_dx(g, &up(g, &[t, n], dy), &wg).unwrap());
+                assert_close(&format!("forward {what}"), &y, want_y, 1e-4, 1e-4);
+                assert_close(&format!("dx {what}"), &dx, want_dx, 1e-4, 1e-4);
+                assert_eq!(read(g, &matmul_gguf::forward_int8(g, &xg, &wg).unwrap()), y, "forward_int8 {what} is forward");
+            }
+            let rows = read(g, &matmul_gguf::gather(g, &up_u32(g, &[ids.len()], &ids), &wg).unwrap());
+            for (t, &id) in ids.iter().enumerate() {
+                let want: Vec<f32> = if (id as usize) < n { deq[id as usize * k..][..k].to_vec() } else { vec![0.0; k] };
+                let got = &rows[t * k..][..k];
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(got), bits(&want), "gather {ty} N={n} K={k} on {}: row {t} (id {id})", g.name());
+            }
+        });
+    }
+}
+
+/// Whole-float rows whose K is not a multiple of 8 (only F16/BF16/F32 can have those) are refused
+/// on the GPU with the limit and what to do.
+#[test]
+fn gpu_refuses_rows_not_a_multiple_of_8_clearly() {
     each_gpu(|g| {
-        let bytes = random_blocks(GgmlType::Q8_0, 3, 64, 2);
-        let w = matmul_gguf::GgufTensor::new(g, "f.gguf: w", GgmlType::Q8_0, &[3, 64], &bytes).unwrap();
-        let err = matmul_gguf::forward(g, &up(g, &[1, 64], &[0.0; 64]), &w).unwrap_err().to_string();
-        assert!(err.contains("no GPU kernel") && err.contains("--weights nf4"), "{err}");
+        let bytes = random_blocks(GgmlType::F16, 3, 37, 2);
+        let w = matmul_gguf::GgufTensor::new(g, "f.gguf: w", GgmlType::F16, &[3, 37], &bytes).unwrap();
+        let err = matmul_gguf::forward(g, &up(g, &[1, 37], &[0.0; 37]), &w).unwrap_err().to_string();
+        assert!(err.contains("f.gguf: w") && err.contains("K = 37") && err.contains("--device cpu"), "{err}");
+    });
+}
+
+/// A weight whose blocks are larger than the adapter can bind in one buffer (lavapipe: 128 MiB;
+/// Qwen2.5's [151936, 896] Q8_0 output matrix would be 145 MB) is refused with the limit and what
+/// to do, not a wgpu validation panic.
+#[test]
+fn gpu_refuses_weights_above_the_binding_limit_clearly() {
+    each_gpu(|g| {
+        let limit = g.gpu().unwrap().limits.max_storage_buffer_binding_size;
+        if limit > 512 << 20 {
+            eprintln!("*** {} binds {limit} bytes per buffer: no weight above its limit is built here ***", g.name());
+            return;
+        }
+        let k = 4096;
+        let row_bytes = k / 32 * 34;
+        let n = limit as usize / row_bytes + 1;
+        // Zero blocks: the kernel must refuse them before it reads any.
+        let w = matmul_gguf::GgufTensor::new(g, "f.gguf: output.weight", GgmlType::Q8_0, &[n, k], &vec![0u8; n * row_bytes]).unwrap();
+        let err = matmul_gguf::forward(g, &up(g, &[1, k], &vec![0.0; k]), &w).unwrap_err().to_string();
+        assert!(err.contains("output.weight") && err.contains("max_storage_buffer_binding_size") && err.contains("--device cpu"), "{err}");
     });
 }
 

@@ -3,7 +3,7 @@
 //! blocks, 545 MiB as f32). Ids at or above N give a zero row, as `embedding::forward`. The table
 //! is frozen, so there is no backward.
 
-use super::{deq, no_gpu_kernel, GgufTensor, OP};
+use super::{deq, GgufTensor, OP};
 use crate::device::{cpu, Device};
 use crate::error::Result;
 use crate::model::load::ggml_blocks::GgmlType;
@@ -17,7 +17,7 @@ pub fn gather(dev: &Device, ids: &Tensor, w: &GgufTensor) -> Result<Tensor> {
     let mut y = Tensor::zeros(dev, "matmul_gguf.gather", &[t, k], DType::F32);
     match dev {
         Device::Cpu(_) => cpu_gather(ids.host_u32(OP)?, w.host_bytes(OP)?, w.ty, y.host_f32_mut(OP)?, w.shape[0], k),
-        Device::Gpu(_) => return Err(no_gpu_kernel(w)),
+        Device::Gpu(g) => super::gpu::gather(g, ids, w, &y)?,
     }
     Ok(y)
 }

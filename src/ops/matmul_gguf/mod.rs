@@ -4,8 +4,8 @@
 //! loaded from GGUF computes with the file's own weights instead of an NF4 re-quantization.
 //! W is frozen under QLoRA, so there is no weight gradient here.
 //!
-//! CPU only for now: there is no WGSL kernel yet, and on a GPU both functions return an error
-//! (`Model::load` keeps GGUF linears in NF4 there). The CPU twins never materialize deq(W): they
+//! On a GPU the kernels of `shaders/matmul_gguf.wgsl` (launched from `gpu`) dequantize 8 weights
+//! at a time in registers, with the same formulas. The CPU twins never materialize deq(W): they
 //! dequantize a row (decode), a tile of rows (many tokens) or a column slice of rows (dx) at a
 //! time with the exact dequantizers of `ggml_blocks`, so every weight equals `to_f32`'s bit for bit
 //! and results differ from an f32 matmul of the dequantized weight only in summation order.
@@ -27,6 +27,7 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 mod gather;
+pub(crate) mod gpu;
 pub mod int8;
 pub mod int8_gemm;
 #[cfg(target_arch = "x86_64")]
@@ -129,15 +130,6 @@ impl GgufTensor {
     }
 }
 
-fn no_gpu_kernel(w: &GgufTensor) -> Error {
-    Error::Limit {
-        op: OP,
-        detail: format!("the {} weight `{}` is in GGUF blocks, which have no GPU kernel yet", w.ty, w.blocks.label()),
-        limit: 0,
-        hint: "load the model with --weights nf4 or f32 on the GPU (the default does so), or run on --device cpu",
-    }
-}
-
 /// y [.., N] = x [.., K] · deq(W)ᵀ for W [N, K].
 pub fn forward(dev: &Device, x: &Tensor, w: &GgufTensor) -> Result<Tensor> {
     product(dev, x, w, cpu_forward)
@@ -163,7 +155,8 @@ fn product(dev: &Device, x: &Tensor, w: &GgufTensor, cpu: CpuProduct) -> Result<
     let mut y = Tensor::zeros(dev, "matmul_gguf.y", &shape, DType::F32);
     match dev {
         Device::Cpu(_) => cpu(x.host_f32(OP)?, w.host_bytes(OP)?, w.ty, y.host_f32_mut(OP)?, t, n, k),
-        Device::Gpu(_) => return Err(no_gpu_kernel(w)),
+        // `forward_int8` too: the GPU computes with f32 activations (see `gpu::forward`).
+        Device::Gpu(g) => gpu::forward(g, x, w, &y)?,
     }
     Ok(y)
 }
@@ -263,7 +256,7 @@ pub fn backward_dx(dev: &Device, dy: &Tensor, w: &GgufTensor) -> Result<Tensor> 
     let mut dx = Tensor::zeros(dev, "matmul_gguf.dx", &shape, DType::F32);
     match dev {
         Device::Cpu(_) => cpu_backward_dx(dy.host_f32(OP)?, w.host_bytes(OP)?, w.ty, dx.host_f32_mut(OP)?, t, n, k),
-        Device::Gpu(_) => return Err(no_gpu_kernel(w)),
+        Device::Gpu(g) => gpu::backward_dx(g, dy, w, &dx)?,
     }
     Ok(dx)
 }
