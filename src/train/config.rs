@@ -565,7 +565,7 @@ mod tests {
         }
         assert_eq!(TrainConfig::from_arg_matches(&matches(command(), &[])).unwrap(), TrainConfig::default());
         let help = command().render_help().to_string();
-        for needle in ["[default: nf4]", "[possible values: constant, linear, cosine]", "[default: gate_proj,up_proj,down_proj]"] {
+        for needle in ["[default: auto]", "[possible values: constant, linear, cosine]", "[default: gate_proj,up_proj,down_proj]"] {
             assert!(help.contains(needle), "`{needle}` not in:\n{help}");
         }
     }
