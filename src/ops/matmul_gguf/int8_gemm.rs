@@ -30,6 +30,12 @@ pub struct Tile {
     pub s_lo: Vec<f32>,
     pub s_hi: Vec<f32>,
     pub m: Vec<f32>,
+    /// [chunks][ROWS]: m − off·s_lo, the offset term with the codes' offset folded in, for
+    /// types whose two half-chunk scales are equal (`!split`): then a chunk adds
+    /// d_x·s_lo·Σ(c + off)·q + m_off·d_x·Σq, one integer sum and no per-half correction.
+    pub m_off: Vec<f32>,
+    /// Whether a chunk's halves have their own scales (Q6_K).
+    pub split: bool,
     pub off: i32,
     pub chunks: usize,
 }
@@ -42,6 +48,8 @@ impl Tile {
             s_lo: vec![0.0; chunks * ROWS],
             s_hi: vec![0.0; chunks * ROWS],
             m: vec![0.0; chunks * ROWS],
+            m_off: vec![0.0; chunks * ROWS],
+            split: ty == GgmlType::Q6_K,
             off: offset(ty),
             chunks,
         }
@@ -76,11 +84,11 @@ impl Tile {
     #[inline(always)]
     fn pack_body(&mut self, ty: GgmlType, w: &[u8], rows: usize, rb: usize, k: usize) {
         let off = self.off as u8;
-        let Tile { codes, s_lo, s_hi, m, chunks, .. } = self;
+        let Tile { codes, s_lo, s_hi, m, m_off, chunks, .. } = self;
         for r in 0..ROWS {
             if r >= rows {
                 for c in 0..*chunks {
-                    (s_lo[c * ROWS + r], s_hi[c * ROWS + r], m[c * ROWS + r]) = (0.0, 0.0, 0.0);
+                    (s_lo[c * ROWS + r], s_hi[c * ROWS + r], m[c * ROWS + r], m_off[c * ROWS + r]) = (0.0, 0.0, 0.0, 0.0);
                     for qd in 0..8 {
                         codes[(c * 8 + qd) * ROWS * 4 + r * 4..][..4].fill(off);
                     }
@@ -89,6 +97,7 @@ impl Tile {
             }
             int8::for_each_chunk(ty, &w[r * rb..(r + 1) * rb], k, |c, q, lo, hi, mm| {
                 (s_lo[c * ROWS + r], s_hi[c * ROWS + r], m[c * ROWS + r]) = (lo, hi, mm);
+                m_off[c * ROWS + r] = mm - off as f32 * lo;
                 let mut u = [0u8; 32];
                 for (u, &q) in u.iter_mut().zip(q) {
                     *u = (q as u8).wrapping_add(off);

@@ -35,6 +35,7 @@ fn check(tile: &Tile, x: &Q8Act, out: &[f32]) {
             && tile.s_lo.len() == c * ROWS
             && tile.s_hi.len() == c * ROWS
             && tile.m.len() == c * ROWS
+            && tile.m_off.len() == c * ROWS
             && x.q.len() == t * c * QK
             && x.d.len() == t * c
             && x.dsum.len() == t * c
@@ -102,9 +103,16 @@ unsafe fn bw(tile: &Tile, x: &Q8Act, out: &mut [f32]) {
 unsafe fn body512<D: Dot512>(tile: &Tile, x: &Q8Act, out: &mut [f32]) {
     let t = x.tokens();
     let mut ti = 0;
-    while ti + 4 <= t {
-        group512::<D, 4>(tile, x, out, ti);
-        ti += 4;
+    if tile.split {
+        while ti + 4 <= t {
+            group512::<D, 4>(tile, x, out, ti);
+            ti += 4;
+        }
+    } else {
+        while ti + 8 <= t {
+            group512_same::<D, 8>(tile, x, out, ti);
+            ti += 8;
+        }
     }
     while ti < t {
         group512::<D, 1>(tile, x, out, ti);
@@ -113,7 +121,7 @@ unsafe fn body512<D: Dot512>(tile: &Tile, x: &Q8Act, out: &mut [f32]) {
 }
 
 /// Tokens ti..ti+TT against the whole tile: every weight register is loaded once per chunk and
-/// used for TT tokens.
+/// used for TT tokens. Each half chunk has its own scale and integer correction (any type).
 #[inline(always)]
 unsafe fn group512<D: Dot512, const TT: usize>(tile: &Tile, x: &Q8Act, out: &mut [f32], ti: usize) {
     let chunks = tile.chunks;
@@ -136,6 +144,33 @@ unsafe fn group512<D: Dot512, const TT: usize>(tile: &Tile, x: &Q8Act, out: &mut
             hi = _mm512_sub_epi32(hi, _mm512_set1_epi32(tile.off * x.hsum[2 * xb + 1]));
             let f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lo), s_lo, _mm512_mul_ps(_mm512_cvtepi32_ps(hi), s_hi));
             *a = _mm512_fmadd_ps(f, _mm512_set1_ps(x.d[xb]), *a);
+            *a = _mm512_fmadd_ps(m, _mm512_set1_ps(x.dsum[xb]), *a);
+        }
+    }
+    for (u, a) in acc.iter().enumerate() {
+        _mm512_storeu_ps(out.as_mut_ptr().add((ti + u) * ROWS), *a);
+    }
+}
+
+/// `group512` for types with one scale per chunk (`!tile.split`): one integer sum per chunk, the
+/// codes' offset folded into `m_off`, so fewer registers per token and TT up to 8.
+#[inline(always)]
+unsafe fn group512_same<D: Dot512, const TT: usize>(tile: &Tile, x: &Q8Act, out: &mut [f32], ti: usize) {
+    let chunks = tile.chunks;
+    let mut acc = [_mm512_setzero_ps(); TT];
+    for c in 0..chunks {
+        let cp = tile.codes.as_ptr().add(c * 32 * ROWS);
+        let w: [__m512i; 8] = std::array::from_fn(|qd| _mm512_loadu_si512(cp.add(qd * 64) as *const _));
+        let s = _mm512_loadu_ps(tile.s_lo.as_ptr().add(c * ROWS));
+        let m = _mm512_loadu_ps(tile.m_off.as_ptr().add(c * ROWS));
+        for (u, a) in acc.iter_mut().enumerate() {
+            let xb = (ti + u) * chunks + c;
+            let q = x.q.as_ptr().add(xb * QK) as *const i32;
+            let mut sum = _mm512_setzero_si512();
+            for (qd, &wq) in w.iter().enumerate() {
+                sum = D::dot(sum, wq, _mm512_set1_epi32(q.add(qd).read_unaligned()));
+            }
+            *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(s, _mm512_set1_ps(x.d[xb])), *a);
             *a = _mm512_fmadd_ps(m, _mm512_set1_ps(x.dsum[xb]), *a);
         }
     }
