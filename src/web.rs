@@ -38,6 +38,8 @@ struct Loaded {
     name: String,
     /// `load::fingerprint::model_bytes` of the file, the identity training checkpoints record.
     fingerprint: String,
+    /// How its weights were loaded: a training run here records it, and resumes only onto it.
+    weights: crate::model::Weights,
     model: Model,
     tok: Tokenizer,
     adapters: AdapterSet,
@@ -176,18 +178,20 @@ impl Progress<'_> {
 }
 
 /// Parses a GGUF model from its bytes, builds its tokenizer and loads its weights on the device
-/// as the native `--weights` flag does: `"nf4"` (the default, QLoRA's base), `"auto"` (the
-/// file's own blocks, on the CPU backend and on WebGPU) or `"f32"`; the same choice gives the
+/// as the native `--weights` flag does: `"nf4"` (the page's default, QLoRA's base), `"auto"`
+/// (the file's own blocks, native's default; on the CPU backend and on WebGPU) or `"f32"`; the same choice gives the
 /// same tokens natively and here. `progress(done, total, tensor)` is called per tensor. Any
 /// adapters loaded for a previous model are dropped. Returns JSON describing the model.
 #[wasm_bindgen]
 pub async fn load_model(name: String, bytes: Vec<u8>, weights: String, progress: js_sys::Function) -> Result<String, JsValue> {
-    let format = match weights.as_str() {
-        "nf4" => WeightFormat::Nf4 { blocksize: 64 },
-        "auto" => WeightFormat::Auto,
-        "f32" => WeightFormat::F32,
+    use crate::model::Weights;
+    let weights = match weights.as_str() {
+        "nf4" => Weights::Nf4,
+        "auto" => Weights::Auto,
+        "f32" => Weights::F32,
         other => return Err(bad(format!("unknown weights `{other}`: use nf4, auto or f32"))),
     };
+    let format = weights.format();
     with_engine(|mut e| async move {
         e.loaded = None;
         e.training = None;
@@ -203,7 +207,7 @@ pub async fn load_model(name: String, bytes: Vec<u8>, weights: String, progress:
             let mut src = gguf_model::GgufSource { file: &file, cfg: cfg.clone() };
             let mut src = Progress { inner: &mut src, done: 0, total, report: &progress };
             let model = Model::load(&e.dev, cfg, &mut src, format).map_err(js)?;
-            Ok(Loaded { name: name.clone(), fingerprint, model, tok, adapters: AdapterSet::new() })
+            Ok(Loaded { name: name.clone(), fingerprint, weights, model, tok, adapters: AdapterSet::new() })
         })();
         match r {
             Ok(l) => {
@@ -302,7 +306,11 @@ fn weights_note(m: &Model) -> String {
             kinds.push(k);
         }
     }
-    format!("linears: {}; embedding and norms f32", kinds.join(", "))
+    let embedding = match &m.embed {
+        Weight::Gguf(g) => format!("{:?}", g.ty),
+        _ => "f32".to_string(),
+    };
+    format!("linears: {}; embedding {embedding}; norms f32", kinds.join(", "))
 }
 
 /// The loaded model as JSON (see [`load_model`]).

@@ -49,6 +49,10 @@ fn start(e: &mut Engine, name: &str, config_json: &str, data_jsonl: &str, data_n
     e.training = None;
     let mut cfg: TrainConfig = serde_json::from_str(config_json).map_err(|err| bad(format!("training settings: {err}")))?;
     cfg.data = data_name.to_string();
+    // The run trains the model as loaded; its checkpoint says so, for a native `--resume`.
+    if let Some(l) = &e.loaded {
+        cfg.weights = l.weights;
+    }
     cfg.lora.targets.sort_by_key(|t| t.index());
     cfg.lora.targets.dedup();
     cfg.validate().map_err(js)?;
@@ -280,6 +284,14 @@ fn resume(e: &mut Engine, name: &str, bytes: &[u8], data_jsonl: &str, data_name:
     ck.check_model(origin, &ModelId::of(&l.model.cfg, Some(l.fingerprint.clone()), Some(l.name.clone()))).map_err(js)?;
     let cfg: TrainConfig = serde_json::from_value(ck.config.clone()).map_err(|err| bad(format!("{origin}: its run settings: {err}")))?;
     cfg.validate().map_err(js)?;
+    if cfg.weights != l.weights {
+        return Err(bad(format!(
+            "{origin}: the run trained over `{}` weights but the model is loaded with `{}`; load it with weights `{}` to continue",
+            cfg.weights.name(),
+            l.weights.name(),
+            cfg.weights.name()
+        )));
+    }
     let opt = optimizer::from_config(&cfg);
     ck.check_tensors(origin, &l.model.cfg, opt.state_names()).map_err(js)?;
     let (examples, stats) = examples(l, &cfg, data_jsonl, data_name)?;

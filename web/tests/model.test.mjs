@@ -1,8 +1,8 @@
 // The browser demo against the native build, in headless Chromium: SmolLM2-135M and adapters
 // trained here by `flexlora train` (a few steps), served by `flexlora web`, loaded in the page.
 // Greedy tokens in the page (wasm CPU backend, and WebGPU on SwiftShader) must equal native
-// `flexlora generate` token for token (NF4 weights, the default, and on the CPU the GGUF's own
-// blocks too, as `--weights auto`); the adapter switch must give each adapter's tokens and the
+// `flexlora generate` token for token (NF4 weights, the page's default, and on the CPU the GGUF's
+// own blocks too, as `--weights auto`, native's default); the adapter switch must give each adapter's tokens and the
 // base model's; broken inputs must show a clear error in the page; a screenshot is written to
 // target/web-demo.png and checked to be non-blank.
 //
@@ -51,8 +51,8 @@ function trainAdapter(name, seed, lr) {
   return join(out, 'adapter');
 }
 
-// Native `flexlora generate` on the CPU backend. `weights`: nf4 (the default, natively and in the
-// page) or auto (the GGUF's own blocks on the CPU; NF4 on a GPU, which has no GGUF-block kernel).
+// Native `flexlora generate` on the CPU backend. `weights`: nf4 (the page's default) or auto (the
+// GGUF's own blocks, native's default).
 function nativeIds(adapter, weights = 'nf4') {
   const out = join(work, `gen-${Math.random().toString(36).slice(2)}.json`);
   const args = ['generate', '--device', 'cpu', '--weights', weights, '--model', model, '--prompt', PROMPT, '--max-new-tokens', String(TOKENS), '--json', out];
@@ -137,7 +137,7 @@ test('wasm CPU backend: greedy tokens equal native, adapter on/off/switch', { ti
   assert.equal(info.adapters.length, 2, page.logs.join('\n'));
   const dev = await page.evaluate(() => window.flexlora.state.device);
   assert.equal(dev.kind, 'CPU');
-  assert.match(info.weights, /NF4/, 'the default weights are NF4, as natively');
+  assert.match(info.weights, /NF4/, 'the page\'s default weights are NF4');
   assert.deepEqual(await pageIds(page, 0), native.one, 'adapter one in the page vs native');
   assert.deepEqual(await pageIds(page, -1), native.base, 'adapter off: the base model');
   assert.deepEqual(await pageIds(page, 0), native.one, 'adapter on again');

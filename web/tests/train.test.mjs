@@ -34,7 +34,7 @@ const CONFIG = {
 };
 const FLAGS = ['--steps', String(STEPS), '--lr', '1e-3', '--batch-size', '2', '--max-len', '64', '--seed', '5', '--warmup-steps', '0',
   '--optimizer', 'adamw', '--lora-rank', '4', '--lora-alpha', '8', '--lora-targets', 'q_proj,v_proj,down_proj',
-  '--flex-mode', 'train', '--flex-lambda', '0.5', '--val-every', '0', '--save-every', '0'];
+  '--flex-mode', 'train', '--flex-lambda', '0.5', '--val-every', '0', '--save-every', '0', '--weights', 'nf4'];
 // Tolerances, relative, on each step's loss, gradient norm and FLeX penalty:
 // - wasm CPU: the same f32 ops as native, but its matmul kernels (SIMD128, 4-wide) add in another
 //   order than native's AVX2/AVX-512 ones, and its libm's exp/ln differ in the last bit: ~1e-6
@@ -179,7 +179,7 @@ test('wasm CPU backend: 3 training steps equal native; the downloaded adapter lo
   writeFileSync(join(dir, 'adapter_config.json'), files.config);
   writeFileSync(join(dir, 'adapter_model.safetensors'), Buffer.from(files.weights));
   const json = join(work, 'gen.json');
-  run(['generate', '--device', 'cpu', '--model', model, '--adapter', dir, '--prompt', PROMPT, '--max-new-tokens', '24', '--json', json]);
+  run(['generate', '--device', 'cpu', '--model', model, '--weights', 'nf4', '--adapter', dir, '--prompt', PROMPT, '--max-new-tokens', '24', '--json', json]);
   const nativeIds = JSON.parse(readFileSync(json, 'utf8')).ids;
   assert.deepEqual(pageIds, nativeIds, 'the page\'s greedy tokens with its adapter vs native generate --adapter with the downloaded files');
   // And the downloaded weights are the native run's: same tensors, each within 1% in norm. Not
@@ -217,7 +217,7 @@ test('MBPP\'s train split as `flexlora web` serves it: as many examples as nativ
     return window.flexlora.trainStart({ steps: 1, max_len: 512 }, { text: await r.text(), name: 'mbpp' });
   });
   assert.ok(info, 'flexlora web offers no training data (manifest.train_data): is FLEXLORA_DATA set?');
-  const out = runAll(['train', '--device', 'cpu', '--model', model, '--data', 'mbpp', '--out', join(work, 'mbpp'), '--steps', '1', '--max-len', '512', '--val-every', '0', '--lora-rank', '2', '--batch-size', '1']);
+  const out = runAll(['train', '--device', 'cpu', '--model', model, '--data', 'mbpp', '--out', join(work, 'mbpp'), '--steps', '1', '--max-len', '512', '--val-every', '0', '--lora-rank', '2', '--batch-size', '1', '--weights', 'nf4']);
   const m = out.match(/data: (\d+) examples \((\d+) truncated to \d+ tokens, (\d+) left without targets/);
   assert.ok(m, `native train printed no example count: ${out}`);
   assert.equal(info.examples, Number(m[1]) - Number(m[3]), 'examples trained on in the page vs native --data mbpp');
