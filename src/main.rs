@@ -31,9 +31,14 @@ enum Command {
     /// on MBPP's train split. Settings come from --config FILE.toml, then the flags.
     Train(Box<TrainArgs>),
     /// Run an experiment: arms x seeds of training and evaluation from SPEC.toml, each run resumable
-    /// and skipped once finished; writes report.md (paired comparisons with the reference arm) and plots.
+    /// and skipped once finished; writes report.md (paired comparisons with the reference arm) and
+    /// plots after every finished run.
     Experiment {
         spec: std::path::PathBuf,
+        /// Only rewrite report.md and the plots from the runs finished so far (a grid may be running
+        /// in another process); train and evaluate nothing.
+        #[arg(long)]
+        report_only: bool,
         #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
         device: DeviceChoice,
         #[arg(long, value_enum)]
@@ -426,7 +431,14 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
         Command::Eval(args) => eval(args),
         Command::Train(args) => train(*args, matches.subcommand_matches("train").unwrap_or(matches)),
         Command::Web(args) => web(args),
-        Command::Experiment { spec, device, backend } => {
+        Command::Experiment { spec, report_only: true, .. } => {
+            let spec = flexlora::experiment::spec::load(&spec)?;
+            let report = flexlora::experiment::report::write(&spec)?;
+            println!("{}", report.table);
+            eprintln!("wrote {}", spec.out.join("report.md").display());
+            Ok(())
+        }
+        Command::Experiment { spec, device, backend, .. } => {
             let mut dev = || Ok(block_on(None, device::select(device, backend))?.device);
             let (_, report) = block_on(None, flexlora::experiment::run(&spec, &mut dev, &mut |line| eprintln!("{line}")))?;
             println!("{}", report.table);

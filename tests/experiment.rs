@@ -244,8 +244,21 @@ train = {{ flex = {{ mode = "published" }} }}
     let mut device = || Ok(flexlora::Device::cpu());
 
     let mut lines = Vec::new();
-    let (first, rep) =
-        flexlora::device::block_on(None, flexlora::experiment::run(&spec_path, &mut device, &mut |l| lines.push(l.to_string()))).unwrap();
+    // The report follows the grid: written after each finished run, not only at the end.
+    let report_md = dir.join("out").join("report.md");
+    let mut report_before_second = None;
+    let (first, rep) = flexlora::device::block_on(
+        None,
+        flexlora::experiment::run(&spec_path, &mut device, &mut |l| {
+            if l.starts_with("[2/3] lora seed 0: started") {
+                report_before_second = Some(std::fs::read_to_string(&report_md).unwrap_or_default());
+            }
+            lines.push(l.to_string())
+        }),
+    )
+    .unwrap();
+    let early = report_before_second.expect("the second run started");
+    assert!(early.contains("1 of 3 runs finished"), "report.md after the first run:\n{early}");
     assert_eq!(
         first.iter().map(|o| (o.arm.as_str(), o.skipped)).collect::<Vec<_>>(),
         [("base", false), ("lora", false), ("lora-published", false)]
@@ -302,6 +315,15 @@ train = {{ flex = {{ mode = "published" }} }}
     assert_eq!(mtime(&adapter), before[3], "the adapter was rewritten");
     assert_eq!(runner::finished(&spec).unwrap()[1].evals[0].tasks, lora.evals[0].tasks);
     let _ = report::write(&spec).unwrap();
+
+    // `--report-only`: the report from the finished runs, nothing run.
+    std::fs::remove_file(spec.out.join("report.md")).unwrap();
+    let out =
+        std::process::Command::new(env!("CARGO_BIN_EXE_flexlora")).args(["experiment", "--report-only"]).arg(&spec_path).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("| java | lora | 2 x 1 |"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(std::fs::read_to_string(spec.out.join("report.md")).unwrap().contains("3 of 3 runs finished"));
+    assert_eq!(mtime(&adapter), before[3], "--report-only trained nothing");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -134,6 +134,8 @@ pub async fn run(spec: &Spec, device: &mut dyn FnMut() -> Result<Device>, say: &
         let dir = run_dir(spec, &arm.name, seed);
         std::fs::create_dir_all(&dir).map_err(io_at(&dir, "create"))?;
         load::write_atomic(&dir.join(DONE), serde_json::to_string_pretty(&summary).unwrap_or_default().as_bytes())?;
+        // The report follows the grid run by run (a grid spans sessions and may be stopped).
+        super::report::write(spec)?;
         let secs = t.elapsed().as_secs_f64();
         took.push((arm.kind, secs));
         let scores: Vec<String> = summary.evals.iter().map(|e| format!("{} {:.3}", e.name, e.pass1)).collect();
