@@ -30,7 +30,7 @@ pub fn cpu_gather(ids: &[u32], w: &[u8], ty: GgmlType, y: &mut [f32], n: usize, 
     }
     let (block, block_bytes) = ty.block();
     let rb = k / block * block_bytes;
-    assert!(k % block == 0 && w.len() >= n * rb && y.len() >= ids.len() * k, "matmul_gguf::gather: buffers too small");
+    assert!(k.is_multiple_of(block) && w.len() >= n * rb && y.len() >= ids.len() * k, "matmul_gguf::gather: buffers too small");
     cpu::for_each_chunk(&mut y[..ids.len() * k], k, |t, row| match ids[t] as usize {
         id if id < n => deq(ty, &w[id * rb..(id + 1) * rb], row),
         _ => row.fill(0.0),
