@@ -8,8 +8,10 @@
 //! `vpmaddubsw`'s i16 pairs from saturating; 128 for Q8_0, whose codes span [−128, 127] and
 //! which only `vpdpbusd` takes), ordered [chunk][quad][row][4]: one 64-byte load holds 4
 //! consecutive codes of all 16 rows, the shape of a 16-lane `vpdpbusd` against a broadcast of 4
-//! activation codes. The offset comes off as off·Σq per half chunk, so the integer sums are
-//! exactly `int8::rows_dot`'s and results differ from it only in the order of f32 additions.
+//! activation codes. The portable reference (and the x86 kernels for Q6_K, whose halves have their
+//! own scales) take the offset off in integers, off·Σq per half chunk, so their integer sums are
+//! exactly `int8::rows_dot`'s; the AVX-512 kernels for one-scale types fold it into the offset
+//! term in f32 (`Tile::m_off`), which differs from the integer form by f32 rounding only.
 //!
 //! Numerics are `int8`'s (the same bound, tested the same way). Kernels: the portable reference
 //! here, AVX-512 (VNNI, or BW's `vpmaddubsw`) and AVX2 in `int8_gemm_x86`.

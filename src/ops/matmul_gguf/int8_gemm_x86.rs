@@ -4,7 +4,8 @@
 //! The multiply-add is `vpdpbusd` (AVX-512 VNNI; takes every type, Q8_0's full-range codes too)
 //! or `vpmaddubsw` + `vpmaddwd` (AVX-512BW, and AVX2 over two 8-row halves), whose i16 pairs stay
 //! ≤ 2·127·127 because tile codes of the types it is given are ≤ 127. Integer sums equal the
-//! portable reference's; only the order of f32 additions differs.
+//! portable reference's, except that the AVX-512 kernels for one-scale types (`group512_same`)
+//! leave the codes' offset in the sum and take it off in f32 through `Tile::m_off`.
 //!
 //! The `tile_dot_*` wrappers are safe functions (they are `int8_gemm::TileKernel`s): each asserts
 //! the CPU features it needs, then runs its `#[target_feature]` body, whose loads stay inside
