@@ -780,8 +780,14 @@ fn eval(a: EvalArgs) -> Result<()> {
     println!("{:<16} {:>8} {:>8} {:>10}", format!("{:?}", cfg.task), report.summary.tasks, report.samples, report.passed);
     print_pass_at(&report.summary);
     println!(
-        "generation {:.1} s ({} tokens, {} tasks reused), execution {:.1} s, sandbox isolation {}",
-        report.generation_secs, report.generated_tokens, report.reused_tasks, report.execution_secs, report.isolation
+        "generation {:.1} s ({} prompt tokens prefilled in {:.1} s, {} tokens generated, {} tasks reused), execution {:.1} s, sandbox isolation {}",
+        report.generation_secs,
+        report.prompt_tokens,
+        report.prefill_secs,
+        report.generated_tokens,
+        report.reused_tasks,
+        report.execution_secs,
+        report.isolation
     );
     println!("results in {}", out.display());
     Ok(())

@@ -186,6 +186,11 @@ pub struct EvalReport {
     pub reused_tasks: usize,
     pub generation_secs: f64,
     pub generated_tokens: usize,
+    /// Of `generation_secs`: the prompts' prefill (`prompt_tokens` of them), the rest decoding.
+    #[serde(default)]
+    pub prompt_tokens: usize,
+    #[serde(default)]
+    pub prefill_secs: f64,
     pub execution_secs: f64,
     pub isolation: String,
 }
@@ -322,7 +327,7 @@ pub async fn run(
         Ok(())
     })
     .await?;
-    let generated_tokens = timing.generated_tokens;
+    let (generated_tokens, prompt_tokens, prefill_secs) = (timing.generated_tokens, timing.prompt_tokens, timing.prefill_secs);
     let completions: Vec<Vec<String>> = completions.into_iter().map(|c| c.expect("every task generated or reused")).collect();
     progress(Progress::Generating { done: tasks.len(), total: tasks.len() });
     let generation_secs = t0.elapsed().as_secs_f64();
@@ -346,6 +351,8 @@ pub async fn run(
         reused_tasks: reused,
         generation_secs,
         generated_tokens,
+        prompt_tokens,
+        prefill_secs,
         execution_secs,
         isolation: format!("{:?}", sandbox.isolation()),
     };

@@ -290,6 +290,40 @@ fn cpu_int8_path_matches_quantized_activations_on_every_tier() {
     }
 }
 
+/// Batched decode (a few tokens, below the prompt GEMM's `MANY_TOKENS`) unpacks each weight block
+/// once for a group of tokens; every token's sums must still be exactly what that token gets on
+/// its own, bit for bit, on every tier, so a sequence's greedy output does not depend on which
+/// other sequences share its decode step (`generate_many`). T = 2..15 covers groups of 1 to 4
+/// tokens and every tail.
+#[test]
+fn cpu_int8_decode_gives_each_token_what_it_gets_alone() {
+    let dev = cpu();
+    let cases = [
+        (GgmlType::Q4_0, 96),
+        (GgmlType::Q4_1, 288),
+        (GgmlType::Q5_0, 160),
+        (GgmlType::Q8_0, 352),
+        (GgmlType::Q4_K, 768),
+        (GgmlType::Q6_K, 768),
+    ];
+    for (ty, k) in cases {
+        let n = 19;
+        let w = matmul_gguf::GgufTensor::new(&dev, "test: w", ty, &[n, k], &random_blocks(ty, n, k, k as u64)).unwrap();
+        let x: Vec<f32> = Rng::new(k as u64 + 1).vec(15 * k, 2.0);
+        each_tier(|tier| {
+            let alone: Vec<Vec<f32>> = (0..15)
+                .map(|ti| read(&dev, &matmul_gguf::forward_int8(&dev, &up(&dev, &[1, k], &x[ti * k..(ti + 1) * k]), &w).unwrap()))
+                .collect();
+            for t in 2..16 {
+                let y = read(&dev, &matmul_gguf::forward_int8(&dev, &up(&dev, &[t, k], &x[..t * k]), &w).unwrap());
+                for (ti, a) in alone.iter().enumerate().take(t) {
+                    assert_eq!(&y[ti * n..(ti + 1) * n], &a[..], "{ty} on {tier}: token {ti} of {t} differs from the token alone");
+                }
+            }
+        });
+    }
+}
+
 /// Q8Act rounds as llama.cpp's quantize_row_q8_0 (d = amax/127, round half away from zero).
 #[test]
 fn int8_activation_quantization() {

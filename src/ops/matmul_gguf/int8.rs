@@ -104,6 +104,8 @@ trait Chunks {
     fn chunk(b: &[u8], c: usize, codes: &mut [i8; 32]) -> (f32, f32, f32);
 }
 
+/// Each chunk's codes are unpacked once for all T tokens; every token's sum takes the chunks in
+/// the same order whatever T is, so a token's result does not depend on the tokens beside it.
 #[inline(always)]
 fn rows<T: Chunks>(w: &[u8], x: &Q8Act, out: &mut [f32]) {
     let (k, t) = (x.k, x.tokens());
@@ -112,20 +114,19 @@ fn rows<T: Chunks>(w: &[u8], x: &Q8Act, out: &mut [f32]) {
     let rows = out.len() / t;
     assert!(w.len() >= rows * rb && out.len() == rows * t, "matmul_gguf int8: buffers too small");
     let mut codes = [0i8; 32];
-    for r in 0..rows {
-        for ti in 0..t {
-            let mut y = 0f32;
-            for bi in 0..nb {
-                let b = &w[r * rb + bi * T::BYTES..][..T::BYTES];
-                for c in 0..T::B / 32 {
-                    let (s_lo, s_hi, m) = T::chunk(b, c, &mut codes);
+    for (r, y) in out.chunks_exact_mut(t).enumerate() {
+        y.fill(0.0);
+        for bi in 0..nb {
+            let b = &w[r * rb + bi * T::BYTES..][..T::BYTES];
+            for c in 0..T::B / 32 {
+                let (s_lo, s_hi, m) = T::chunk(b, c, &mut codes);
+                for (ti, y) in y.iter_mut().enumerate() {
                     let xb = ti * k / QK + bi * T::B / QK + c;
                     let q: &[i8; 32] = x.q[xb * QK..][..QK].try_into().expect("32 codes");
                     let (lo, hi) = (idot16(&codes[..16], &q[..16]), idot16(&codes[16..], &q[16..]));
-                    y += x.d[xb] * (s_lo * lo as f32 + s_hi * hi as f32) + m * x.dsum[xb];
+                    *y += x.d[xb] * (s_lo * lo as f32 + s_hi * hi as f32) + m * x.dsum[xb];
                 }
             }
-            out[r * t + ti] = y;
         }
     }
 }

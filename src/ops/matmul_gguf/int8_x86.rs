@@ -71,12 +71,12 @@ pub unsafe fn rows_dot_vnni(ty: GgmlType, w: &[u8], x: &Q8Act, out: &mut [f32]) 
 #[inline(always)]
 unsafe fn dispatch<D: Dot>(ty: GgmlType, w: &[u8], x: &Q8Act, out: &mut [f32]) -> bool {
     match ty {
-        GgmlType::Q4_0 => rows::<32, 18>(w, x, out, |b, q, d, ds, acc| q4_0::<D>(b, q, d, ds, acc)),
-        GgmlType::Q4_1 => rows::<32, 20>(w, x, out, |b, q, d, ds, acc| q4_1::<D>(b, q, d, ds, acc)),
-        GgmlType::Q5_0 => rows::<32, 22>(w, x, out, |b, q, d, ds, acc| q5_0::<D>(b, q, d, ds, acc)),
-        GgmlType::Q8_0 => rows::<32, 34>(w, x, out, |b, q, d, ds, acc| q8_0::<D>(b, q, d, ds, acc)),
-        GgmlType::Q4_K => rows::<256, 144>(w, x, out, |b, q, d, ds, acc| q4_k::<D>(b, q, d, ds, acc)),
-        GgmlType::Q6_K => rows::<256, 210>(w, x, out, |b, q, d, ds, acc| q6_k::<D>(b, q, d, ds, acc)),
+        GgmlType::Q4_0 => rows::<Q4_0, D>(w, x, out),
+        GgmlType::Q4_1 => rows::<Q4_1, D>(w, x, out),
+        GgmlType::Q5_0 => rows::<Q5_0, D>(w, x, out),
+        GgmlType::Q8_0 => rows::<Q8_0, D>(w, x, out),
+        GgmlType::Q4_K => rows::<Q4_K, D>(w, x, out),
+        GgmlType::Q6_K => rows::<Q6_K, D>(w, x, out),
         _ => return false,
     }
     true
@@ -88,21 +88,35 @@ struct Acc {
     s: f32,
 }
 
-/// Every row of `w` dotted with every token of x; `block(bytes, q, d, dsum, acc)` adds one block
-/// (its bytes, the activation's codes for it and their scales d and d·Σq per 32).
+/// One token's activation codes for the current block, and their scales d and d·Σq per 32.
+#[derive(Clone, Copy)]
+struct Tok {
+    q: *const i8,
+    d: *const f32,
+    ds: *const f32,
+}
+
+/// A block type's kernel: `add` dots one block with the current block of N tokens, unpacking
+/// the block's codes once for all of them. Each token's sums take the same operations in the same
+/// order whatever N is, so a token's result does not depend on the tokens beside it.
+trait Block {
+    const B: usize;
+    const BYTES: usize;
+    unsafe fn add<D: Dot, const N: usize>(b: *const u8, x: &[Tok; N], acc: &mut [Acc; N]);
+}
+
+/// Tokens dotted together with one unpacked block (4 tokens' sums and a block's codes fit AVX2's
+/// 16 registers).
+const GROUP: usize = 4;
+
+/// Every row of `w` dotted with every token of x, tokens in groups of up to `GROUP`.
 #[inline(always)]
-unsafe fn rows<const B: usize, const BYTES: usize>(
-    w: &[u8],
-    x: &Q8Act,
-    out: &mut [f32],
-    block: impl Fn(*const u8, *const i8, *const f32, *const f32, &mut Acc),
-) {
+unsafe fn rows<K: Block, D: Dot>(w: &[u8], x: &Q8Act, out: &mut [f32]) {
     let (k, t) = (x.k, x.tokens());
-    let nb = k / B;
-    let rb = nb * BYTES;
+    let rb = k / K::B * K::BYTES;
     let rows = out.len() / t;
     assert!(
-        k % B == 0
+        k % K::B == 0
             && w.len() >= rows * rb
             && out.len() == rows * t
             && x.q.len() == t * k
@@ -110,16 +124,35 @@ unsafe fn rows<const B: usize, const BYTES: usize>(
             && x.dsum.len() == x.d.len()
     );
     for r in 0..rows {
-        let row = w.as_ptr().add(r * rb);
-        for ti in 0..t {
-            let mut acc = Acc { v: [_mm256_setzero_ps(); 2], s: 0.0 };
-            let (q, d, ds) = (x.q.as_ptr().add(ti * k), x.d.as_ptr().add(ti * k / QK), x.dsum.as_ptr().add(ti * k / QK));
-            for bi in 0..nb {
-                block(row.add(bi * BYTES), q.add(bi * B), d.add(bi * B / QK), ds.add(bi * B / QK), &mut acc);
-            }
-            out[r * t + ti] = hsum(_mm256_add_ps(acc.v[0], acc.v[1])) + acc.s;
+        let (row, out) = (w.as_ptr().add(r * rb), &mut out[r * t..(r + 1) * t]);
+        let mut t0 = 0;
+        while t0 < t {
+            t0 += match t - t0 {
+                1 => group::<K, D, 1>(row, x, t0, out),
+                2 => group::<K, D, 2>(row, x, t0, out),
+                3 => group::<K, D, 3>(row, x, t0, out),
+                _ => group::<K, D, GROUP>(row, x, t0, out),
+            };
         }
     }
+}
+
+/// out[t0..t0 + N] = one row (`row`, whole blocks of K) dotted with tokens t0..t0 + N; returns N.
+#[inline(always)]
+unsafe fn group<K: Block, D: Dot, const N: usize>(row: *const u8, x: &Q8Act, t0: usize, out: &mut [f32]) -> usize {
+    let k = x.k;
+    let mut acc: [Acc; N] = std::array::from_fn(|_| Acc { v: [_mm256_setzero_ps(); 2], s: 0.0 });
+    for bi in 0..k / K::B {
+        let toks: [Tok; N] = std::array::from_fn(|i| {
+            let e = (t0 + i) * k + bi * K::B;
+            Tok { q: x.q.as_ptr().add(e), d: x.d.as_ptr().add(e / QK), ds: x.dsum.as_ptr().add(e / QK) }
+        });
+        K::add::<D, N>(row.add(bi * K::BYTES), &toks, &mut acc);
+    }
+    for (o, a) in out[t0..t0 + N].iter_mut().zip(&acc) {
+        *o = hsum(_mm256_add_ps(a.v[0], a.v[1])) + a.s;
+    }
+    N
 }
 
 #[inline(always)]
@@ -154,20 +187,37 @@ unsafe fn scale(acc: &mut Acc, i: usize, lanes: __m256i, s: __m256) {
 }
 
 /// block_q4_0: Σ(c − 8)·q·d·d_x = d·d_x·Σc·q − 8·d·(d_x·Σq).
-#[inline(always)]
-unsafe fn q4_0<D: Dot>(b: *const u8, q: *const i8, d: *const f32, ds: *const f32, acc: &mut Acc) {
-    let dw = f16_at(b);
-    let lanes = D::dot(_mm256_setzero_si256(), nibbles32(b.add(2)), load(q));
-    scale(acc, 0, lanes, _mm256_set1_ps(dw * *d));
-    acc.s -= 8.0 * dw * *ds;
+#[allow(non_camel_case_types)]
+struct Q4_0;
+impl Block for Q4_0 {
+    const B: usize = 32;
+    const BYTES: usize = 18;
+    #[inline(always)]
+    unsafe fn add<D: Dot, const N: usize>(b: *const u8, x: &[Tok; N], acc: &mut [Acc; N]) {
+        let (dw, c) = (f16_at(b), nibbles32(b.add(2)));
+        for (x, acc) in x.iter().zip(acc) {
+            let lanes = D::dot(_mm256_setzero_si256(), c, load(x.q));
+            scale(acc, 0, lanes, _mm256_set1_ps(dw * *x.d));
+            acc.s -= 8.0 * dw * *x.ds;
+        }
+    }
 }
 
 /// block_q4_1: c·d + m.
-#[inline(always)]
-unsafe fn q4_1<D: Dot>(b: *const u8, q: *const i8, d: *const f32, ds: *const f32, acc: &mut Acc) {
-    let lanes = D::dot(_mm256_setzero_si256(), nibbles32(b.add(4)), load(q));
-    scale(acc, 0, lanes, _mm256_set1_ps(f16_at(b) * *d));
-    acc.s += f16_at(b.add(2)) * *ds;
+#[allow(non_camel_case_types)]
+struct Q4_1;
+impl Block for Q4_1 {
+    const B: usize = 32;
+    const BYTES: usize = 20;
+    #[inline(always)]
+    unsafe fn add<D: Dot, const N: usize>(b: *const u8, x: &[Tok; N], acc: &mut [Acc; N]) {
+        let (dw, mw, c) = (f16_at(b), f16_at(b.add(2)), nibbles32(b.add(4)));
+        for (x, acc) in x.iter().zip(acc) {
+            let lanes = D::dot(_mm256_setzero_si256(), c, load(x.q));
+            scale(acc, 0, lanes, _mm256_set1_ps(dw * *x.d));
+            acc.s += mw * *x.ds;
+        }
+    }
 }
 
 /// The 32 bits at `p` as 32 bytes, 0xFF where the bit is set (llama.cpp's `bytes_from_bits_32`).
@@ -181,38 +231,65 @@ unsafe fn bytes_from_bits(p: *const u8) -> __m256i {
 }
 
 /// block_q5_0: (c − 16)·d, bit j of qh the fifth bit of element j.
-#[inline(always)]
-unsafe fn q5_0<D: Dot>(b: *const u8, q: *const i8, d: *const f32, ds: *const f32, acc: &mut Acc) {
-    let dw = f16_at(b);
-    let c = _mm256_or_si256(nibbles32(b.add(6)), _mm256_and_si256(bytes_from_bits(b.add(2)), _mm256_set1_epi8(0x10)));
-    let lanes = D::dot(_mm256_setzero_si256(), c, load(q));
-    scale(acc, 1, lanes, _mm256_set1_ps(dw * *d));
-    acc.s -= 16.0 * dw * *ds;
+#[allow(non_camel_case_types)]
+struct Q5_0;
+impl Block for Q5_0 {
+    const B: usize = 32;
+    const BYTES: usize = 22;
+    #[inline(always)]
+    unsafe fn add<D: Dot, const N: usize>(b: *const u8, x: &[Tok; N], acc: &mut [Acc; N]) {
+        let dw = f16_at(b);
+        let c = _mm256_or_si256(nibbles32(b.add(6)), _mm256_and_si256(bytes_from_bits(b.add(2)), _mm256_set1_epi8(0x10)));
+        for (x, acc) in x.iter().zip(acc) {
+            let lanes = D::dot(_mm256_setzero_si256(), c, load(x.q));
+            scale(acc, 1, lanes, _mm256_set1_ps(dw * *x.d));
+            acc.s -= 16.0 * dw * *x.ds;
+        }
+    }
 }
 
 /// block_q8_0: signed codes, as |c|·(sign(c)·q).
-#[inline(always)]
-unsafe fn q8_0<D: Dot>(b: *const u8, q: *const i8, d: *const f32, _ds: *const f32, acc: &mut Acc) {
-    let c = _mm256_loadu_si256(b.add(2) as *const __m256i);
-    let lanes = D::dot(_mm256_setzero_si256(), _mm256_sign_epi8(c, c), _mm256_sign_epi8(load(q), c));
-    scale(acc, 0, lanes, _mm256_set1_ps(f16_at(b) * *d));
+#[allow(non_camel_case_types)]
+struct Q8_0;
+impl Block for Q8_0 {
+    const B: usize = 32;
+    const BYTES: usize = 34;
+    #[inline(always)]
+    unsafe fn add<D: Dot, const N: usize>(b: *const u8, x: &[Tok; N], acc: &mut [Acc; N]) {
+        let dw = f16_at(b);
+        let c = _mm256_loadu_si256(b.add(2) as *const __m256i);
+        let abs = _mm256_sign_epi8(c, c);
+        for (x, acc) in x.iter().zip(acc) {
+            let lanes = D::dot(_mm256_setzero_si256(), abs, _mm256_sign_epi8(load(x.q), c));
+            scale(acc, 0, lanes, _mm256_set1_ps(dw * *x.d));
+        }
+    }
 }
 
 /// block_q4_K: chunk 2g / 2g+1 = low / high nibbles of group g's 32 bytes; (d·sc)·c − dmin·m.
-#[inline(always)]
-unsafe fn q4_k<D: Dot>(b: *const u8, q: *const i8, d: *const f32, ds: *const f32, acc: &mut Acc) {
-    let (dw, dmin) = (f16_at(b), f16_at(b.add(2)));
-    let scales = std::slice::from_raw_parts(b.add(4), 12);
-    let m4 = _mm256_set1_epi8(0xF);
-    for g in 0..4 {
-        let v = _mm256_loadu_si256(b.add(16 + 32 * g) as *const __m256i);
-        let codes = [_mm256_and_si256(v, m4), _mm256_and_si256(_mm256_srli_epi16(v, 4), m4)];
-        for (h, c) in codes.into_iter().enumerate() {
-            let j = 2 * g + h;
-            let (sc, mn) = scale_min_k4(j, scales);
-            let lanes = D::dot(_mm256_setzero_si256(), c, load(q.add(32 * j)));
-            scale(acc, h, lanes, _mm256_set1_ps(dw * sc as f32 * *d.add(j)));
-            acc.s -= dmin * mn as f32 * *ds.add(j);
+#[allow(non_camel_case_types)]
+struct Q4_K;
+impl Block for Q4_K {
+    const B: usize = 256;
+    const BYTES: usize = 144;
+    #[inline(always)]
+    unsafe fn add<D: Dot, const N: usize>(b: *const u8, x: &[Tok; N], acc: &mut [Acc; N]) {
+        let (dw, dmin) = (f16_at(b), f16_at(b.add(2)));
+        let scales = std::slice::from_raw_parts(b.add(4), 12);
+        let m4 = _mm256_set1_epi8(0xF);
+        for g in 0..4 {
+            let v = _mm256_loadu_si256(b.add(16 + 32 * g) as *const __m256i);
+            let codes = [_mm256_and_si256(v, m4), _mm256_and_si256(_mm256_srli_epi16(v, 4), m4)];
+            for (h, c) in codes.into_iter().enumerate() {
+                let j = 2 * g + h;
+                let (sc, mn) = scale_min_k4(j, scales);
+                let (s, m) = (dw * sc as f32, dmin * mn as f32);
+                for (x, acc) in x.iter().zip(acc.iter_mut()) {
+                    let lanes = D::dot(_mm256_setzero_si256(), c, load(x.q.add(32 * j)));
+                    scale(acc, h, lanes, _mm256_set1_ps(s * *x.d.add(j)));
+                    acc.s -= m * *x.ds.add(j);
+                }
+            }
         }
     }
 }
@@ -220,23 +297,32 @@ unsafe fn q4_k<D: Dot>(b: *const u8, q: *const i8, d: *const f32, ds: *const f32
 /// block_q6_K: chunk 4h + k of half h: low bits from ql[64h + 32(k%2)..] (low nibble k < 2, high
 /// k ≥ 2), bits 2k..2k+2 of qh[32h..] on top, minus 32; lanes 0..4 take scale sc[8h + 2k], 4..8
 /// sc[8h + 2k + 1].
-#[inline(always)]
-unsafe fn q6_k<D: Dot>(b: *const u8, q: *const i8, d: *const f32, _ds: *const f32, acc: &mut Acc) {
-    let dw = f16_at(b.add(208));
-    let (m4, m2, c32) = (_mm256_set1_epi8(0xF), _mm256_set1_epi8(3), _mm256_set1_epi8(32));
-    for h in 0..2 {
-        let ql = [_mm256_loadu_si256(b.add(64 * h) as *const __m256i), _mm256_loadu_si256(b.add(64 * h + 32) as *const __m256i)];
-        let qh = _mm256_loadu_si256(b.add(128 + 32 * h) as *const __m256i);
-        let sc = b.add(192 + 8 * h) as *const i8;
-        for kk in 0..4 {
-            let lo = if kk < 2 { _mm256_and_si256(ql[kk % 2], m4) } else { _mm256_and_si256(_mm256_srli_epi16(ql[kk % 2], 4), m4) };
-            let hi = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * kk as i32)), m2);
-            let c = _mm256_or_si256(lo, _mm256_slli_epi16(hi, 4));
-            let j = 4 * h + kk;
-            let x = load(q.add(32 * j));
-            let lanes = _mm256_sub_epi32(D::dot(_mm256_setzero_si256(), c, x), D::dot(_mm256_setzero_si256(), c32, x));
-            let (s0, s1) = (dw * *sc.add(2 * kk) as f32 * *d.add(j), dw * *sc.add(2 * kk + 1) as f32 * *d.add(j));
-            scale(acc, kk % 2, lanes, _mm256_setr_ps(s0, s0, s0, s0, s1, s1, s1, s1));
+#[allow(non_camel_case_types)]
+struct Q6_K;
+impl Block for Q6_K {
+    const B: usize = 256;
+    const BYTES: usize = 210;
+    #[inline(always)]
+    unsafe fn add<D: Dot, const N: usize>(b: *const u8, x: &[Tok; N], acc: &mut [Acc; N]) {
+        let dw = f16_at(b.add(208));
+        let (m4, m2, c32) = (_mm256_set1_epi8(0xF), _mm256_set1_epi8(3), _mm256_set1_epi8(32));
+        for h in 0..2 {
+            let ql = [_mm256_loadu_si256(b.add(64 * h) as *const __m256i), _mm256_loadu_si256(b.add(64 * h + 32) as *const __m256i)];
+            let qh = _mm256_loadu_si256(b.add(128 + 32 * h) as *const __m256i);
+            let sc = b.add(192 + 8 * h) as *const i8;
+            for kk in 0..4 {
+                let lo = if kk < 2 { _mm256_and_si256(ql[kk % 2], m4) } else { _mm256_and_si256(_mm256_srli_epi16(ql[kk % 2], 4), m4) };
+                let hi = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * kk as i32)), m2);
+                let c = _mm256_or_si256(lo, _mm256_slli_epi16(hi, 4));
+                let j = 4 * h + kk;
+                let (s0, s1) = (dw * *sc.add(2 * kk) as f32, dw * *sc.add(2 * kk + 1) as f32);
+                for (x, acc) in x.iter().zip(acc.iter_mut()) {
+                    let q = load(x.q.add(32 * j));
+                    let lanes = _mm256_sub_epi32(D::dot(_mm256_setzero_si256(), c, q), D::dot(_mm256_setzero_si256(), c32, q));
+                    let (s0, s1) = (s0 * *x.d.add(j), s1 * *x.d.add(j));
+                    scale(acc, kk % 2, lanes, _mm256_setr_ps(s0, s0, s0, s0, s1, s1, s1, s1));
+                }
+            }
         }
     }
 }
