@@ -82,32 +82,71 @@ unsafe fn dispatch<D: Dot>(ty: GgmlType, w: &[u8], x: &Q8Act, out: &mut [f32]) -
     true
 }
 
-/// Two [8] f32 running sums and a scalar one (the offset terms).
-struct Acc {
-    v: [__m256; 2],
-    s: f32,
+/// The running sums of a group of N tokens: two [8] f32 vectors per token, and the offset terms
+/// of all of them in one [4] vector (lane i: token i).
+struct Acc<const N: usize> {
+    v: [[__m256; 2]; N],
+    s: __m128,
 }
 
-/// One token's activation codes for the current block, and their scales d and d·Σq per 32.
+/// The current block for a group of N tokens: token i's codes at q + i·B; the scales d and d·Σq
+/// of chunk c of the block (32 elements) at d / ds + c·GROUP, lane i for token i (`Interleaved`).
 #[derive(Clone, Copy)]
-struct Tok {
+struct Toks {
     q: *const i8,
     d: *const f32,
     ds: *const f32,
 }
 
-/// A block type's kernel: `add` dots one block with the current block of N tokens, unpacking
-/// the block's codes once for all of them. Each token's sums take the same operations in the same
-/// order whatever N is, so a token's result does not depend on the tokens beside it.
+/// A block type's kernel: `add` dots one block with the current block of N tokens, unpacking the
+/// block's codes once and scaling all N tokens' scales in one vector multiply. Each token's sums
+/// take the same f32 operations in the same order whatever N is (lane by lane), so a token's
+/// result does not depend on the tokens beside it.
 trait Block {
     const B: usize;
     const BYTES: usize;
-    unsafe fn add<D: Dot, const N: usize>(b: *const u8, x: &[Tok; N], acc: &mut [Acc; N]);
+    unsafe fn add<D: Dot, const N: usize>(b: *const u8, x: Toks, acc: &mut Acc<N>);
 }
 
 /// Tokens dotted together with one unpacked block (4 tokens' sums and a block's codes fit AVX2's
-/// 16 registers).
+/// 16 registers; their scales fill one [4] vector).
 const GROUP: usize = 4;
+
+/// The groups (first token, tokens) `rows` takes T tokens in: `GROUP`s, then the tail.
+fn groups(t: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..t).step_by(GROUP).map(move |t0| (t0, GROUP.min(t - t0)))
+}
+
+/// x laid out for `Toks`: group (t0, n)'s codes from t0·K on, block bi of token i at
+/// (bi·n + i)·B; its scales from (t0 / GROUP)·(K/32)·GROUP on, chunk c of token i at c·GROUP + i
+/// (lanes of missing tokens zero).
+struct Interleaved {
+    q: Vec<i8>,
+    d: Vec<f32>,
+    ds: Vec<f32>,
+}
+
+impl Interleaved {
+    fn new(x: &Q8Act, b: usize) -> Interleaved {
+        let (k, t) = (x.k, x.tokens());
+        let chunks = k / QK;
+        let slots = t.div_ceil(GROUP) * chunks * GROUP;
+        let mut y = Interleaved { q: vec![0; t * k], d: vec![0.0; slots], ds: vec![0.0; slots] };
+        for (t0, n) in groups(t) {
+            for i in 0..n {
+                for bi in 0..k / b {
+                    let (src, dst) = ((t0 + i) * k + bi * b, t0 * k + (bi * n + i) * b);
+                    y.q[dst..dst + b].copy_from_slice(&x.q[src..src + b]);
+                }
+                for c in 0..chunks {
+                    let (src, dst) = ((t0 + i) * chunks + c, t0 * chunks + c * GROUP + i);
+                    (y.d[dst], y.ds[dst]) = (x.d[src], x.dsum[src]);
+                }
+            }
+        }
+        y
+    }
+}
 
 /// Every row of `w` dotted with every token of x, tokens in groups of up to `GROUP`.
 #[inline(always)]
@@ -123,36 +162,46 @@ unsafe fn rows<K: Block, D: Dot>(w: &[u8], x: &Q8Act, out: &mut [f32]) {
             && x.d.len() == t * k / QK
             && x.dsum.len() == x.d.len()
     );
+    let xi = Interleaved::new(x, K::B);
     for r in 0..rows {
         let (row, out) = (w.as_ptr().add(r * rb), &mut out[r * t..(r + 1) * t]);
-        let mut t0 = 0;
-        while t0 < t {
-            t0 += match t - t0 {
-                1 => group::<K, D, 1>(row, x, t0, out),
-                2 => group::<K, D, 2>(row, x, t0, out),
-                3 => group::<K, D, 3>(row, x, t0, out),
-                _ => group::<K, D, GROUP>(row, x, t0, out),
-            };
+        for (t0, n) in groups(t) {
+            match n {
+                1 => group::<K, D, 1>(row, &xi, k, t0, out),
+                2 => group::<K, D, 2>(row, &xi, k, t0, out),
+                3 => group::<K, D, 3>(row, &xi, k, t0, out),
+                _ => group::<K, D, GROUP>(row, &xi, k, t0, out),
+            }
         }
     }
 }
 
-/// out[t0..t0 + N] = one row (`row`, whole blocks of K) dotted with tokens t0..t0 + N; returns N.
+/// out[t0..t0 + N] = one row (`row`, whole blocks of K) dotted with tokens t0..t0 + N.
 #[inline(always)]
-unsafe fn group<K: Block, D: Dot, const N: usize>(row: *const u8, x: &Q8Act, t0: usize, out: &mut [f32]) -> usize {
-    let k = x.k;
-    let mut acc: [Acc; N] = std::array::from_fn(|_| Acc { v: [_mm256_setzero_ps(); 2], s: 0.0 });
+unsafe fn group<K: Block, D: Dot, const N: usize>(row: *const u8, x: &Interleaved, k: usize, t0: usize, out: &mut [f32]) {
+    let mut acc = Acc::<N> { v: [[_mm256_setzero_ps(); 2]; N], s: _mm_setzero_ps() };
+    let (q, d, ds) = (x.q.as_ptr().add(t0 * k), x.d.as_ptr().add(t0 * k / QK), x.ds.as_ptr().add(t0 * k / QK));
     for bi in 0..k / K::B {
-        let toks: [Tok; N] = std::array::from_fn(|i| {
-            let e = (t0 + i) * k + bi * K::B;
-            Tok { q: x.q.as_ptr().add(e), d: x.d.as_ptr().add(e / QK), ds: x.dsum.as_ptr().add(e / QK) }
-        });
-        K::add::<D, N>(row.add(bi * K::BYTES), &toks, &mut acc);
+        let (e, c) = (bi * N * K::B, bi * K::B / QK * GROUP);
+        K::add::<D, N>(row.add(bi * K::BYTES), Toks { q: q.add(e), d: d.add(c), ds: ds.add(c) }, &mut acc);
     }
-    for (o, a) in out[t0..t0 + N].iter_mut().zip(&acc) {
-        *o = hsum(_mm256_add_ps(a.v[0], a.v[1])) + a.s;
+    let mut s = [0f32; 4];
+    _mm_storeu_ps(s.as_mut_ptr(), acc.s);
+    for i in 0..N {
+        out[t0 + i] = hsum(_mm256_add_ps(acc.v[i][0], acc.v[i][1])) + s[i];
     }
-    N
+}
+
+/// Lane i of `s` in all 8 lanes.
+#[inline(always)]
+unsafe fn lane(s: __m128, i: usize) -> __m256 {
+    _mm256_permutevar8x32_ps(_mm256_castps128_ps256(s), _mm256_set1_epi32(i as i32))
+}
+
+/// The [4] scales at `p` (one per token of the group) times `w`.
+#[inline(always)]
+unsafe fn times(w: f32, p: *const f32) -> __m128 {
+    _mm_mul_ps(_mm_set1_ps(w), _mm_loadu_ps(p))
 }
 
 #[inline(always)]
@@ -180,10 +229,10 @@ unsafe fn nibbles32(p: *const u8) -> __m256i {
     _mm256_and_si256(both, _mm256_set1_epi8(0xF))
 }
 
-/// acc.v[i] += f32(lanes) · s.
+/// v += f32(lanes) · s.
 #[inline(always)]
-unsafe fn scale(acc: &mut Acc, i: usize, lanes: __m256i, s: __m256) {
-    acc.v[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes), s, acc.v[i]);
+unsafe fn scale(v: &mut __m256, lanes: __m256i, s: __m256) {
+    *v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes), s, *v);
 }
 
 /// block_q4_0: Σ(c − 8)·q·d·d_x = d·d_x·Σc·q − 8·d·(d_x·Σq).
@@ -193,13 +242,14 @@ impl Block for Q4_0 {
     const B: usize = 32;
     const BYTES: usize = 18;
     #[inline(always)]
-    unsafe fn add<D: Dot, const N: usize>(b: *const u8, x: &[Tok; N], acc: &mut [Acc; N]) {
+    unsafe fn add<D: Dot, const N: usize>(b: *const u8, x: Toks, acc: &mut Acc<N>) {
         let (dw, c) = (f16_at(b), nibbles32(b.add(2)));
-        for (x, acc) in x.iter().zip(acc) {
-            let lanes = D::dot(_mm256_setzero_si256(), c, load(x.q));
-            scale(acc, 0, lanes, _mm256_set1_ps(dw * *x.d));
-            acc.s -= 8.0 * dw * *x.ds;
+        let s = times(dw, x.d);
+        for i in 0..N {
+            let lanes = D::dot(_mm256_setzero_si256(), c, load(x.q.add(32 * i)));
+            scale(&mut acc.v[i][0], lanes, lane(s, i));
         }
+        acc.s = _mm_sub_ps(acc.s, times(8.0 * dw, x.ds));
     }
 }
 
@@ -210,13 +260,14 @@ impl Block for Q4_1 {
     const B: usize = 32;
     const BYTES: usize = 20;
     #[inline(always)]
-    unsafe fn add<D: Dot, const N: usize>(b: *const u8, x: &[Tok; N], acc: &mut [Acc; N]) {
+    unsafe fn add<D: Dot, const N: usize>(b: *const u8, x: Toks, acc: &mut Acc<N>) {
         let (dw, mw, c) = (f16_at(b), f16_at(b.add(2)), nibbles32(b.add(4)));
-        for (x, acc) in x.iter().zip(acc) {
-            let lanes = D::dot(_mm256_setzero_si256(), c, load(x.q));
-            scale(acc, 0, lanes, _mm256_set1_ps(dw * *x.d));
-            acc.s += mw * *x.ds;
+        let s = times(dw, x.d);
+        for i in 0..N {
+            let lanes = D::dot(_mm256_setzero_si256(), c, load(x.q.add(32 * i)));
+            scale(&mut acc.v[i][0], lanes, lane(s, i));
         }
+        acc.s = _mm_add_ps(acc.s, times(mw, x.ds));
     }
 }
 
@@ -237,14 +288,15 @@ impl Block for Q5_0 {
     const B: usize = 32;
     const BYTES: usize = 22;
     #[inline(always)]
-    unsafe fn add<D: Dot, const N: usize>(b: *const u8, x: &[Tok; N], acc: &mut [Acc; N]) {
+    unsafe fn add<D: Dot, const N: usize>(b: *const u8, x: Toks, acc: &mut Acc<N>) {
         let dw = f16_at(b);
         let c = _mm256_or_si256(nibbles32(b.add(6)), _mm256_and_si256(bytes_from_bits(b.add(2)), _mm256_set1_epi8(0x10)));
-        for (x, acc) in x.iter().zip(acc) {
-            let lanes = D::dot(_mm256_setzero_si256(), c, load(x.q));
-            scale(acc, 1, lanes, _mm256_set1_ps(dw * *x.d));
-            acc.s -= 16.0 * dw * *x.ds;
+        let s = times(dw, x.d);
+        for i in 0..N {
+            let lanes = D::dot(_mm256_setzero_si256(), c, load(x.q.add(32 * i)));
+            scale(&mut acc.v[i][1], lanes, lane(s, i));
         }
+        acc.s = _mm_sub_ps(acc.s, times(16.0 * dw, x.ds));
     }
 }
 
@@ -255,13 +307,13 @@ impl Block for Q8_0 {
     const B: usize = 32;
     const BYTES: usize = 34;
     #[inline(always)]
-    unsafe fn add<D: Dot, const N: usize>(b: *const u8, x: &[Tok; N], acc: &mut [Acc; N]) {
-        let dw = f16_at(b);
+    unsafe fn add<D: Dot, const N: usize>(b: *const u8, x: Toks, acc: &mut Acc<N>) {
         let c = _mm256_loadu_si256(b.add(2) as *const __m256i);
         let abs = _mm256_sign_epi8(c, c);
-        for (x, acc) in x.iter().zip(acc) {
-            let lanes = D::dot(_mm256_setzero_si256(), abs, _mm256_sign_epi8(load(x.q), c));
-            scale(acc, 0, lanes, _mm256_set1_ps(dw * *x.d));
+        let s = times(f16_at(b), x.d);
+        for i in 0..N {
+            let lanes = D::dot(_mm256_setzero_si256(), abs, _mm256_sign_epi8(load(x.q.add(32 * i)), c));
+            scale(&mut acc.v[i][0], lanes, lane(s, i));
         }
     }
 }
@@ -273,7 +325,7 @@ impl Block for Q4_K {
     const B: usize = 256;
     const BYTES: usize = 144;
     #[inline(always)]
-    unsafe fn add<D: Dot, const N: usize>(b: *const u8, x: &[Tok; N], acc: &mut [Acc; N]) {
+    unsafe fn add<D: Dot, const N: usize>(b: *const u8, x: Toks, acc: &mut Acc<N>) {
         let (dw, dmin) = (f16_at(b), f16_at(b.add(2)));
         let scales = std::slice::from_raw_parts(b.add(4), 12);
         let m4 = _mm256_set1_epi8(0xF);
@@ -283,12 +335,12 @@ impl Block for Q4_K {
             for (h, c) in codes.into_iter().enumerate() {
                 let j = 2 * g + h;
                 let (sc, mn) = scale_min_k4(j, scales);
-                let (s, m) = (dw * sc as f32, dmin * mn as f32);
-                for (x, acc) in x.iter().zip(acc.iter_mut()) {
-                    let lanes = D::dot(_mm256_setzero_si256(), c, load(x.q.add(32 * j)));
-                    scale(acc, h, lanes, _mm256_set1_ps(s * *x.d.add(j)));
-                    acc.s -= m * *x.ds.add(j);
+                let s = times(dw * sc as f32, x.d.add(j * GROUP));
+                for i in 0..N {
+                    let lanes = D::dot(_mm256_setzero_si256(), c, load(x.q.add(256 * i + 32 * j)));
+                    scale(&mut acc.v[i][h], lanes, lane(s, i));
                 }
+                acc.s = _mm_sub_ps(acc.s, times(dmin * mn as f32, x.ds.add(j * GROUP)));
             }
         }
     }
@@ -303,7 +355,7 @@ impl Block for Q6_K {
     const B: usize = 256;
     const BYTES: usize = 210;
     #[inline(always)]
-    unsafe fn add<D: Dot, const N: usize>(b: *const u8, x: &[Tok; N], acc: &mut [Acc; N]) {
+    unsafe fn add<D: Dot, const N: usize>(b: *const u8, x: Toks, acc: &mut Acc<N>) {
         let dw = f16_at(b.add(208));
         let (m4, m2, c32) = (_mm256_set1_epi8(0xF), _mm256_set1_epi8(3), _mm256_set1_epi8(32));
         for h in 0..2 {
@@ -315,12 +367,16 @@ impl Block for Q6_K {
                 let hi = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * kk as i32)), m2);
                 let c = _mm256_or_si256(lo, _mm256_slli_epi16(hi, 4));
                 let j = 4 * h + kk;
-                let (s0, s1) = (dw * *sc.add(2 * kk) as f32, dw * *sc.add(2 * kk + 1) as f32);
-                for (x, acc) in x.iter().zip(acc.iter_mut()) {
-                    let q = load(x.q.add(32 * j));
+                let (s0, s1) =
+                    (times(dw * *sc.add(2 * kk) as f32, x.d.add(j * GROUP)), times(dw * *sc.add(2 * kk + 1) as f32, x.d.add(j * GROUP)));
+                // Lanes 0..4: s0 of a token, 4..8: its s1.
+                let both = _mm256_insertf128_ps(_mm256_castps128_ps256(s0), s1, 1);
+                for i in 0..N {
+                    let q = load(x.q.add(256 * i + 32 * j));
                     let lanes = _mm256_sub_epi32(D::dot(_mm256_setzero_si256(), c, q), D::dot(_mm256_setzero_si256(), c32, q));
-                    let (s0, s1) = (s0 * *x.d.add(j), s1 * *x.d.add(j));
-                    scale(acc, kk % 2, lanes, _mm256_setr_ps(s0, s0, s0, s0, s1, s1, s1, s1));
+                    let ii = i as i32;
+                    let s = _mm256_permutevar8x32_ps(both, _mm256_setr_epi32(ii, ii, ii, ii, 4 + ii, 4 + ii, 4 + ii, 4 + ii));
+                    scale(&mut acc.v[i][kk % 2], lanes, s);
                 }
             }
         }
