@@ -5,7 +5,9 @@
 
 use super::{Case, Outputs, RunFn};
 use crate::device::Device;
+use crate::model::load::ggml_blocks::GgmlType;
 use crate::ops::attention::{self, Dims};
+use crate::ops::matmul_gguf::{self, GgufTensor};
 use crate::ops::quant_nf4::{self, Nf4Tensor};
 use crate::ops::rope::{self, Layout, RopeTables};
 use crate::ops::spectral::{self, Spectral};
@@ -89,6 +91,79 @@ async fn matmul_nf4_backward(dev: &Device) -> Result<Outputs> {
             "dx",
             read(dev, &matmul_nf4::backward_dx(dev, &up(dev, &[t, n], &vals(13, t * n, 1.0))?, &nf4_weight(dev, n, k)?)?).await?,
         ));
+    }
+    Ok(out)
+}
+
+/// GGUF block types with K (a few blocks of each; the GPU kernels take rows of whole 8s, so F16's
+/// K = 40 and N = 24).
+const GGUF: [(GgmlType, usize); 9] = [
+    (GgmlType::Q4_0, 96),
+    (GgmlType::Q4_1, 160),
+    (GgmlType::Q5_0, 96),
+    (GgmlType::Q5_1, 64),
+    (GgmlType::Q8_0, 96),
+    (GgmlType::Q4_K, 512),
+    (GgmlType::Q5_K, 256),
+    (GgmlType::Q6_K, 512),
+    (GgmlType::F16, 40),
+];
+const GGUF_N: usize = 24;
+
+/// N rows of K elements of `ty` from seeded bytes, every f16 scale field set to a small finite half
+/// (random bytes there would be NaN, inf or huge): all code bit patterns occur.
+fn gguf_weight(dev: &Device, ty: GgmlType, n: usize, k: usize) -> Result<GgufTensor> {
+    let mut r = crate::rng::Rng::new(k as u64 * 31 + n as u64);
+    let (block, bytes) = ty.block();
+    let mut data: Vec<u8> = (0..n * k / block * bytes).map(|_| r.next_u64() as u8).collect();
+    let (fields, lo, hi): (&[usize], f32, f32) = match ty {
+        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => (&[0], 0.002, 0.03),
+        GgmlType::Q4_1 | GgmlType::Q5_1 => (&[0, 2], 0.002, 0.03),
+        GgmlType::Q4_K | GgmlType::Q5_K => (&[0, 2], 1e-4, 1e-3),
+        GgmlType::Q6_K => (&[208], 1e-5, 2e-4),
+        _ => (&[0], 0.0, 1.0), // F16: every element is a half
+    };
+    for b in data.chunks_exact_mut(bytes) {
+        for &at in fields {
+            let v = lo + (hi - lo) * r.uniform() as f32;
+            let v = if r.next_u64() & 1 == 0 { v } else { -v };
+            b[at..at + 2].copy_from_slice(&half::f16::from_f32(v).to_le_bytes());
+        }
+    }
+    GgufTensor::new(dev, "selftest weight", ty, &[n, k], &data)
+}
+
+/// The f32-activation product (training's, and the GPU's): one token (the few-token kernel) and
+/// 19 (the many-token one, a partial tile).
+async fn matmul_gguf_forward(dev: &Device) -> Result<Outputs> {
+    let mut out = vec![];
+    for (ty, k) in GGUF {
+        let w = gguf_weight(dev, ty, GGUF_N, k)?;
+        for t in [1, 19] {
+            out.push(("y", read(dev, &matmul_gguf::forward(dev, &up(dev, &[t, k], &vals(41, t * k, 1.0))?, &w)?).await?));
+        }
+    }
+    Ok(out)
+}
+
+async fn matmul_gguf_backward(dev: &Device) -> Result<Outputs> {
+    let mut out = vec![];
+    for (ty, k) in GGUF {
+        let w = gguf_weight(dev, ty, GGUF_N, k)?;
+        for t in [1, 19] {
+            out.push(("dx", read(dev, &matmul_gguf::backward_dx(dev, &up(dev, &[t, GGUF_N], &vals(42, t * GGUF_N, 1.0))?, &w)?).await?));
+        }
+    }
+    Ok(out)
+}
+
+/// Rows of the table by id, an id past its end giving a zero row.
+async fn matmul_gguf_gather(dev: &Device) -> Result<Outputs> {
+    let mut out = vec![];
+    for (ty, k) in GGUF {
+        let w = gguf_weight(dev, ty, GGUF_N, k)?;
+        let ids = Tensor::from_u32_vec(dev, "selftest ids", &[5], vec![3, 0, 23, 3, 24])?;
+        out.push(("rows", read(dev, &matmul_gguf::gather(dev, &ids, &w)?).await?));
     }
     Ok(out)
 }
@@ -303,6 +378,9 @@ pub fn cases() -> Vec<Case> {
         c("matmul.backward", 1e-4, 1e-4, |d| Box::pin(matmul_backward(d))),
         c("matmul_nf4.forward", 1e-4, 1e-4, |d| Box::pin(matmul_nf4_forward(d))),
         c("matmul_nf4.backward_dx", 1e-4, 1e-4, |d| Box::pin(matmul_nf4_backward(d))),
+        c("matmul_gguf.forward", 1e-4, 1e-4, |d| Box::pin(matmul_gguf_forward(d))),
+        c("matmul_gguf.backward_dx", 1e-4, 1e-4, |d| Box::pin(matmul_gguf_backward(d))),
+        c("matmul_gguf.gather", 0.0, 0.0, |d| Box::pin(matmul_gguf_gather(d))),
         c("quant_nf4.quantize", 0.0, 0.0, |d| Box::pin(quant_nf4_quantize(d))),
         c("quant_nf4.dequantize", 0.0, 0.0, |d| Box::pin(quant_nf4_dequantize(d))),
         c("rmsnorm.forward", 1e-5, 1e-4, |d| Box::pin(rmsnorm_forward(d))),

@@ -1,5 +1,5 @@
 //! The native selftest's reference outputs, small enough to hand to the browser (~100 KB of JSON
-//! for all 27 cases, where the values themselves are ~1M numbers): per case and output, its length,
+//! for all 30 cases, where the values themselves are ~1M numbers): per case and output, its length,
 //! its largest |value|, sampled values (the first and last four, and 40 seeded random indices) and
 //! the sums of the values and of their |values| over 16 contiguous blocks. `flexlora selftest
 //! --dump FILE` writes them from the portable CPU reference ([`Dump::of`]); the browser runs the

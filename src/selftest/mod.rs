@@ -239,7 +239,7 @@ pub fn matrix(columns: &[Column]) -> String {
         s += &failures.join("\n");
         s += "\n";
     }
-    s += "(the reference is the CPU backend's portable code; not in this check: matmul_q8 (CPU only) and matmul_gguf, whose WGSL kernels are tested natively on lavapipe Vulkan and GL)\n";
+    s += "(the reference is the CPU backend's portable code; not in this check: matmul_q8 and matmul_gguf's int8 path, CPU only)\n";
     s
 }
 

@@ -94,12 +94,12 @@ test('every op forward and backward: WebGPU against the wasm CPU twin, and the w
   writeFileSync(join(repo, 'target/browser-selftest.md'), markdown(result, secs));
   writeFileSync(join(repo, 'target/browser-selftest.json'), JSON.stringify(result, null, 1));
   console.log(markdown(result, secs));
-  assert.equal(result.ops.length, 27, 'the selftest has 27 rows (every op family, forward and backward)');
+  assert.equal(result.ops.length, 30, 'the selftest has 30 rows (every op family, forward and backward)');
 
   const [gpu, cpu] = result.columns;
   assert.match(cpu.label, /^wasm CPU \(SIMD128/, 'the wasm CPU column runs the SIMD128 build');
   assert.equal(cpu.open_error, null, `the native dump was not taken: ${cpu.open_error}`);
-  assert.equal(cpu.outcomes.length, 27);
+  assert.equal(cpu.outcomes.length, 30);
   assert.ok(cpu.outcomes.every((o) => o.pass), `wasm CPU vs native:\n${failures(cpu)}`);
 
   assert.match(gpu.label, /^WebGPU/);
@@ -109,7 +109,7 @@ test('every op forward and backward: WebGPU against the wasm CPU twin, and the w
     t.diagnostic(`*** skipped: WebGPU column: ${gpu.open_error} ***`);
     console.log(`*** skipped: no WebGPU in this Chromium (${gpu.open_error}); the wasm CPU column ran ***`);
   } else {
-    assert.equal(gpu.outcomes.length, 27);
+    assert.equal(gpu.outcomes.length, 30);
     assert.ok(gpu.outcomes.every((o) => o.pass), `WebGPU vs the wasm CPU twin:\n${failures(gpu)}`);
   }
   assert.equal(result.passed, !gpu.open_error);
