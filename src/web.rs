@@ -178,9 +178,9 @@ impl Progress<'_> {
 }
 
 /// Parses a GGUF model from its bytes, builds its tokenizer and loads its weights on the device
-/// as the native `--weights` flag does: `"nf4"` (the page's default, QLoRA's base), `"auto"`
-/// (the file's own blocks, native's default; on the CPU backend and on WebGPU) or `"f32"`; the same choice gives the
-/// same tokens natively and here. `progress(done, total, tensor)` is called per tensor. Any
+/// as the native `--weights` flag does: `"auto"` (the file's own blocks, the page's default as
+/// native's; on the CPU backend and on WebGPU), `"nf4"` (QLoRA's re-quantized base) or `"f32"`;
+/// the same choice gives the same tokens natively and here. `progress(done, total, tensor)` is called per tensor. Any
 /// adapters loaded for a previous model are dropped. Returns JSON describing the model.
 #[wasm_bindgen]
 pub async fn load_model(name: String, bytes: Vec<u8>, weights: String, progress: js_sys::Function) -> Result<String, JsValue> {

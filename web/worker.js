@@ -90,7 +90,7 @@ const ops = {
   async loadModel({ name, bytes, weights }) {
     post({ event: 'progress', stage: 'parse', done: 0, total: 1, detail: name });
     let last = 0;
-    const info = await wasm.load_model(name, new Uint8Array(bytes), weights ?? 'nf4', (done, total, tensor) => {
+    const info = await wasm.load_model(name, new Uint8Array(bytes), weights ?? 'auto', (done, total, tensor) => {
       const now = performance.now();
       if (done === total || now - last > 100) {
         last = now;

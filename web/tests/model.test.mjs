@@ -1,8 +1,8 @@
 // The browser demo against the native build, in headless Chromium: SmolLM2-135M and adapters
 // trained here by `flexlora train` (a few steps), served by `flexlora web`, loaded in the page.
 // Greedy tokens in the page (wasm CPU backend, and WebGPU on SwiftShader) must equal native
-// `flexlora generate` token for token (NF4 weights, the page's default, and on the CPU the GGUF's
-// own blocks too, as `--weights auto`, native's default); the adapter switch must give each adapter's tokens and the
+// `flexlora generate` token for token (NF4 weights, and on the CPU the GGUF's own blocks too, the
+// page's default as `--weights auto` is native's); the adapter switch must give each adapter's tokens and the
 // base model's; broken inputs must show a clear error in the page; a screenshot is written to
 // target/web-demo.png and checked to be non-blank.
 //
@@ -51,8 +51,8 @@ function trainAdapter(name, seed, lr) {
   return join(out, 'adapter');
 }
 
-// Native `flexlora generate` on the CPU backend. `weights`: nf4 (the page's default) or auto (the
-// GGUF's own blocks, native's default).
+// Native `flexlora generate` on the CPU backend. `weights`: nf4 or auto (the GGUF's own blocks,
+// the default natively and in the page).
 function nativeIds(adapter, weights = 'nf4') {
   const out = join(work, `gen-${Math.random().toString(36).slice(2)}.json`);
   const args = ['generate', '--device', 'cpu', '--weights', weights, '--model', model, '--prompt', PROMPT, '--max-new-tokens', String(TOKENS), '--json', out];
@@ -92,6 +92,7 @@ async function openPage(device, { noWebGpu = false, threads = 1, on = browser, a
   return page;
 }
 
+// `weights`: nf4 or auto; null leaves it to the page's weights menu (its default).
 async function loadServed(page, weights = 'nf4') {
   return page.evaluate(async (weights) => {
     await window.flexlora.loadModel({ url: window.flexlora.manifest.model.url, weights });
@@ -137,14 +138,14 @@ test('wasm CPU backend: greedy tokens equal native, adapter on/off/switch', { ti
   assert.equal(info.adapters.length, 2, page.logs.join('\n'));
   const dev = await page.evaluate(() => window.flexlora.state.device);
   assert.equal(dev.kind, 'CPU');
-  assert.match(info.weights, /NF4/, 'the page\'s default weights are NF4');
+  assert.match(info.weights, /NF4/, 'NF4 when asked for');
   assert.deepEqual(await pageIds(page, 0), native.one, 'adapter one in the page vs native');
   assert.deepEqual(await pageIds(page, -1), native.base, 'adapter off: the base model');
   assert.deepEqual(await pageIds(page, 0), native.one, 'adapter on again');
   assert.deepEqual(await pageIds(page, 1), native.two, 'switched to adapter two');
-  // The file's own blocks (exact weights), as native --weights auto on the CPU.
-  const exact = await loadServed(page, 'auto');
-  assert.match(exact.weights, /Q4_1/, 'weights auto keeps the GGUF blocks');
+  // The page's default: the file's own blocks (exact weights), as native --weights auto.
+  const exact = await loadServed(page, null);
+  assert.match(exact.weights, /Q4_1/, 'the page\'s default weights keep the GGUF blocks (as native --weights auto)');
   assert.deepEqual(await pageIds(page, 0), native.autoOne, 'adapter one over the GGUF blocks vs native --weights auto');
   await loadServed(page, 'nf4');
   // The compare view: base left, adapter right, same prompt; then the screenshot.
@@ -342,19 +343,20 @@ test('out of memory: refused before allocating, and a real failed allocation, ea
   assert.deepEqual(await pageIds(page, -1), native.base, 'the engine still works after the refusal');
   await page.close();
 
-  // A real failed allocation.
+  // A real failed allocation: loading NF4 needs more than 256 MiB of wasm memory (the file's
+  // blocks, the page's default, fit in it).
   const small = await chromium.launch({ executablePath: chromiumPath, ignoreDefaultArgs: ['--headless'], args: [...chromiumArgs, '--js-flags=--wasm-max-mem-pages=4096'] });
   try {
     page = await openPage('cpu', { on: small });
     const failed = await page.evaluate(async () => {
-      try { await window.flexlora.loadModel({ url: window.flexlora.manifest.model.url }); return 'loaded'; } catch { /* shown */ }
+      try { await window.flexlora.loadModel({ url: window.flexlora.manifest.model.url, weights: 'nf4' }); return 'loaded'; } catch { /* shown */ }
       return document.getElementById('error').textContent;
     });
     console.log('failed allocation:', failed);
     assert.match(failed, /out of memory in WebAssembly: the engine stopped .*GiB .* in use/, `${failed}\n${page.logs.join('\n')}`);
     // The page stays a page: it answers, and the next request says the engine must be reloaded.
     const after = await page.evaluate(async () => {
-      try { await window.flexlora.loadModel({ url: window.flexlora.manifest.model.url }); return 'loaded'; } catch { /* shown */ }
+      try { await window.flexlora.loadModel({ url: window.flexlora.manifest.model.url, weights: 'nf4' }); return 'loaded'; } catch { /* shown */ }
       return document.getElementById('error').textContent;
     });
     assert.match(after, /engine stopped earlier.*reload the page/, after);
