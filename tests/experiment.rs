@@ -316,6 +316,22 @@ train = {{ flex = {{ mode = "published" }} }}
     assert_eq!(runner::finished(&spec).unwrap()[1].evals[0].tasks, lora.evals[0].tasks);
     let _ = report::write(&spec).unwrap();
 
+    // An unfinished run started by another build is refused, not continued, and nothing in it
+    // changes; finished runs are not checked (report.md lists the builds of the finished runs).
+    let marker = runner::run_dir(&spec, "lora", 0).join(runner::BUILD);
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), runner::build_id());
+    std::fs::rename(&done[1], dir.join("lora-summary.json")).unwrap();
+    std::fs::write(&marker, "flexlora 0.0.1 (0123456789ab)").unwrap();
+    let Err(err) = flexlora::device::block_on(None, flexlora::experiment::run(&spec_path, &mut device, &mut |_| {})) else {
+        panic!("a run started by another build was continued")
+    };
+    let err = err.to_string();
+    for needle in [marker.display().to_string(), "started by flexlora 0.0.1 (0123456789ab)".into(), runner::build_id(), "delete".into()] {
+        assert!(err.contains(&needle), "{needle:?} not in: {err}");
+    }
+    assert!(!done[1].exists() && mtime(&adapter) == before[3], "the refused run was touched");
+    std::fs::rename(dir.join("lora-summary.json"), &done[1]).unwrap();
+
     // `--report-only`: the report from the finished runs, nothing run.
     std::fs::remove_file(spec.out.join("report.md")).unwrap();
     let out =

@@ -25,6 +25,10 @@ use crate::train::run::{self as train_run, Event, Trainer};
 /// The file that marks a finished run.
 pub const DONE: &str = "summary.json";
 
+/// The file that names the build (`build_id`) a run was started by: a run continues only under
+/// the same build, so its training and evaluation never mix two builds' numerics.
+pub const BUILD: &str = "build.txt";
+
 /// One task's outcome in one run.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TaskOutcome {
@@ -124,6 +128,9 @@ pub async fn run(spec: &Spec, device: &mut dyn FnMut() -> Result<Device>, say: &
             say(&format!("{tag}: finished earlier, skipped ({})", run_dir(spec, &arm.name, seed).display()));
             outcomes.push(RunOutcome { arm: arm.name.clone(), seed, skipped: true, seconds: 0.0 });
             continue;
+        }
+        if arm.kind != ArmKind::Published {
+            same_build(&run_dir(spec, &arm.name, seed))?;
         }
         say(&format!("{tag}: started"));
         let t = Instant::now();
@@ -283,6 +290,28 @@ async fn one(
         seconds: t0.elapsed().as_secs_f64(),
         flexlora: build_id(),
     })
+}
+
+/// Records this build in a run's directory, or, when the run was started by another build,
+/// refuses to continue it: its steps or samples so far came from other code, whose numerics may
+/// differ (an int8 kernel changes greedy completions), so the run would mix two builds.
+fn same_build(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(io_at(dir, "create"))?;
+    let path = dir.join(BUILD);
+    let this = build_id();
+    match std::fs::read_to_string(&path) {
+        Ok(was) if was.trim() == this => Ok(()),
+        Ok(was) => Err(Error::Config {
+            file: path.display().to_string(),
+            detail: format!(
+                "this unfinished run was started by {}, and this is {this}: one run's training and evaluation come from one build. \
+                 Finish it with that build, or delete {} to run it again with this one",
+                was.trim(),
+                dir.display()
+            ),
+        }),
+        Err(_) => load::write_atomic(&path, this.as_bytes()),
+    }
 }
 
 /// `flexlora <version> (<git commit>)`, as recorded in every run summary.
