@@ -25,9 +25,13 @@
 
 struct Params {
     t: u32,         // tokens
-    n: u32,         // rows of W (output features)
+    n: u32,         // rows of this part of W (output features)
     k: u32,         // columns of W (input features), a multiple of 8
     row_bytes: u32, // bytes per row of W
+    ld: u32,        // rows of the whole W: the row stride of y and dy
+    n0: u32,        // the first row of this part in W
+    acc: u32,       // 1 after the first part: backward_dx adds into dx, gather writes its own ids only
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -295,7 +299,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) 
         let n = n0 + j * LX;
         for (var i = 0u; i < UT; i++) {
             if n < p.n && t0 + i < p.t {
-                y[(t0 + i) * p.n + n] = acc[i * UN + j];
+                y[(t0 + i) * p.ld + p.n0 + n] = acc[i * UN + j];
             }
         }
     }
@@ -326,7 +330,7 @@ fn forward_few(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     for (var j = 0u; j < UN_FEW; j++) {
         let n = n0 + j * LX;
         if n < p.n {
-            y[wid.x * p.n + n] = acc[j];
+            y[wid.x * p.ld + p.n0 + n] = acc[j];
         }
     }
 }
@@ -345,7 +349,7 @@ fn backward_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     let cc = min(c, chunks - 1u);
     var dy_row: array<u32, UT_MAX>;
     for (var i = 0u; i < UT; i++) {
-        dy_row[i] = min(t0 + i, p.t - 1u) * p.n;
+        dy_row[i] = min(t0 + i, p.t - 1u) * p.ld + p.n0;
     }
     var lo_acc: array<vec4<f32>, UT_MAX>;
     var hi_acc: array<vec4<f32>, UT_MAX>;
@@ -362,8 +366,13 @@ fn backward_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
         for (var i = 0u; i < UT; i++) {
             if t0 + i < p.t {
                 let o = (t0 + i) * (p.k / 4u);
-                dx4[o + cols.x] = lo_acc[i];
-                dx4[o + cols.y] = hi_acc[i];
+                if p.acc != 0u {
+                    dx4[o + cols.x] += lo_acc[i];
+                    dx4[o + cols.y] += hi_acc[i];
+                } else {
+                    dx4[o + cols.x] = lo_acc[i];
+                    dx4[o + cols.y] = hi_acc[i];
+                }
             }
         }
     }
@@ -386,8 +395,10 @@ fn gather(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     let c = i % chunks;
     let id = ids[t];
     var v = array(vec4<f32>(0.0), vec4<f32>(0.0));
-    if id < p.n {
-        v = deq8(id * p.row_bytes, c);
+    if id >= p.n0 && id - p.n0 < p.n {
+        v = deq8((id - p.n0) * p.row_bytes, c);
+    } else if p.acc != 0u {
+        return; // another part's row, or past W's end (the first part wrote its zeros)
     }
     let cols = chunk_cols(c) / 4u;
     rows4[t * (p.k / 4u) + cols.x] = v[0];

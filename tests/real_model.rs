@@ -225,14 +225,31 @@ fn lora_gradients_over_native_gguf_blocks_equal_those_over_f32_weights() {
 #[test]
 fn gpu_native_gguf_blocks_give_the_cpus_logits() {
     let Some(path) = model_path() else { return };
+    gpu_blocks_match_cpu(&path);
+}
+
+/// The same for Qwen2.5-Coder-0.5B, whose 145 MB Q8_0 output matrix is above lavapipe's (and
+/// browsers') 128 MiB binding size: it runs in parts of rows (`GgufTensor::parts`).
+#[test]
+fn qwen_gpu_native_gguf_blocks_give_the_cpus_logits() {
+    let Some(path) = qwen_path() else { return };
+    gpu_blocks_match_cpu(&path);
+}
+
+fn gpu_blocks_match_cpu(path: &std::path::Path) {
     let cpu = common::cpu();
     let logits = |dev: &flexlora::Device| {
-        let (model, tok) = load::open(dev, &path, WeightFormat::Auto).unwrap();
+        let (model, tok) = load::open(dev, path, WeightFormat::Auto).unwrap();
         assert!(
             model.layers.iter().flat_map(|l| l.linears()).all(|l| matches!(l.weight, flexlora::model::Weight::Gguf(_))),
             "--weights auto must keep every linear of a GGUF in its blocks on {}",
             dev.name()
         );
+        if let (Some(flexlora::model::Weight::Gguf(w)), flexlora::Device::Gpu(g)) = (model.lm_head.as_ref().map(|h| &h.weight), dev) {
+            // Qwen's output matrix: in parts where it is above the adapter's binding size.
+            assert_eq!(w.parts.len() > 1, w.bytes() > g.limits.max_storage_buffer_binding_size, "{}", dev.name());
+            eprintln!("output matrix on {}: {} bytes in {} part(s)", dev.name(), w.bytes(), w.parts.len());
+        }
         let ids = tok.encode(&tok.chat_prompt(None, "def fibonacci(n):"), true).unwrap();
         let mut cache = model.new_cache(dev, 1, ids.len() + 2);
         let mut out = vec![common::read(dev, &model.forward(dev, &ids, &mut cache, true).unwrap())];

@@ -179,11 +179,40 @@ fn gpu_refuses_rows_not_a_multiple_of_8_clearly() {
     });
 }
 
-/// A weight whose blocks are larger than the adapter can bind in one buffer (lavapipe: 128 MiB;
-/// Qwen2.5's [151936, 896] Q8_0 output matrix would be 145 MB) is refused with the limit and what
-/// to do, not a wgpu validation panic.
+/// A weight whose blocks are larger than the adapter can bind in one buffer (lavapipe and
+/// browsers: 128 MiB; Qwen2.5's [151936, 896] Q8_0 output matrix is 145 MB) is uploaded in parts
+/// of whole rows, each within the limit, and the kernels dispatch part by part: forward writes each
+/// part's rows at their place, backward_dx sums the parts' shares, gather takes each id from its
+/// part. Parts of 8 rows here (N = 37: five parts, the last of 5 rows) against the CPU; and `new`
+/// splits at the adapter's own limit (checked without running: that weight is 128 MiB).
 #[test]
-fn gpu_refuses_weights_above_the_binding_limit_clearly() {
+fn gpu_splits_weights_above_the_binding_limit_into_parts() {
+    let (dev, n) = (cpu(), 37);
+    for (ty, k) in [(GgmlType::Q5_0, 96), (GgmlType::Q8_0, 64), (GgmlType::Q4_K, 256), (GgmlType::F16, 40)] {
+        let bytes = random_blocks(ty, n, k, (n + k) as u64);
+        let w = matmul_gguf::GgufTensor::new(&dev, "test: w", ty, &[n, k], &bytes).unwrap();
+        let ids = [5u32, 0, 36, 8, 7, n as u32, 16, u32::MAX, 31];
+        each_gpu(|g| {
+            let rb = bytes.len() / n;
+            let wg = matmul_gguf::GgufTensor::in_parts(g, "test: w", ty, &[n, k], &bytes, (8 * rb + 3) as u64).unwrap();
+            assert_eq!((wg.parts.len(), wg.part_rows), (5, 8), "{ty}");
+            for t in [1, 3, 37] {
+                let mut rng = Rng::new((t + k) as u64);
+                let (x, dy) = (rng.vec(t * k, 1.0), rng.vec(t * n, 1.0));
+                let what = format!("{ty} T={t} in parts of 8 rows on {}", g.name());
+                let y = read(g, &matmul_gguf::forward(g, &up(g, &[t, k], &x), &wg).unwrap());
+                let want = read(&dev, &matmul_gguf::forward(&dev, &up(&dev, &[t, k], &x), &w).unwrap());
+                assert_close(&format!("forward {what}"), &y, &want, 1e-4, 1e-4);
+                let dx = read(g, &matmul_gguf::backward_dx(g, &up(g, &[t, n], &dy), &wg).unwrap());
+                let want = read(&dev, &matmul_gguf::backward_dx(&dev, &up(&dev, &[t, n], &dy), &w).unwrap());
+                assert_close(&format!("dx {what}"), &dx, &want, 1e-4, 1e-4);
+            }
+            let rows = read(g, &matmul_gguf::gather(g, &up_u32(g, &[ids.len()], &ids), &wg).unwrap());
+            let want = read(&dev, &matmul_gguf::gather(&dev, &up_u32(&dev, &[ids.len()], &ids), &w).unwrap());
+            assert_eq!(rows, want, "gather {ty} in parts on {}", g.name());
+        });
+    }
+    // The adapter's own limit: parts of whole rows, each within it.
     each_gpu(|g| {
         let limit = g.gpu().unwrap().limits.max_storage_buffer_binding_size;
         if limit > 512 << 20 {
@@ -193,11 +222,13 @@ fn gpu_refuses_weights_above_the_binding_limit_clearly() {
         let k = 4096;
         let row_bytes = k / 32 * 34;
         let n = limit as usize / row_bytes + 1;
-        // Zero blocks: the kernel must refuse them before it reads any.
         let w = matmul_gguf::GgufTensor::new(g, "f.gguf: output.weight", GgmlType::Q8_0, &[n, k], &vec![0u8; n * row_bytes]).unwrap();
-        let err = matmul_gguf::forward(g, &up(g, &[1, k], &vec![0.0; k]), &w).unwrap_err().to_string();
-        assert!(err.contains("output.weight") && err.contains("max_storage_buffer_binding_size") && err.contains("--device cpu"), "{err}");
+        assert_eq!(w.parts.len(), 2, "{}", g.name());
+        assert!(w.parts.iter().all(|p| p.bytes() <= limit) && w.part_rows * row_bytes <= limit as usize);
     });
+    // A row longer than a part can hold is refused with the limit and what to do.
+    let err = matmul_gguf::GgufTensor::in_parts(&dev, "f.gguf: w", GgmlType::Q8_0, &[2, 64], &[0u8; 136], 40).unwrap_err().to_string();
+    assert!(err.contains("f.gguf: w") && err.contains("max_storage_buffer_binding_size") && err.contains("--device cpu"), "{err}");
 }
 
 /// The int8-activation decode path (`forward_int8`, inference only) on every tier. It computes

@@ -68,15 +68,29 @@ pub struct GgufTensor {
     pub ty: GgmlType,
     /// [N, K]: N rows of K elements, each row whole blocks of `ty`.
     pub shape: Vec<usize>,
-    /// The file's bytes, rows back to back (`row_bytes` each), as zero-padded little-endian u32
-    /// words [ceil(N·row_bytes / 4)] so a kernel can load words.
-    pub blocks: Tensor,
+    /// The file's bytes, rows back to back (`row_bytes` each), in parts of `part_rows` rows (the
+    /// last may hold fewer), each as zero-padded little-endian u32 words so a kernel can load
+    /// words. One part on the CPU, and on a GPU unless the whole is above the adapter's
+    /// `max_storage_buffer_binding_size` (Qwen2.5's 145 MB output matrix on lavapipe's or a
+    /// browser's 128 MiB): then each part is a buffer the kernels bind alone (`gpu`).
+    pub parts: Vec<Tensor>,
+    pub part_rows: usize,
 }
 
 impl GgufTensor {
     /// Uploads the bytes of a GGUF tensor of type `ty` and shape [N, K]. `label` names it in errors
     /// (the file and tensor, e.g. `model.gguf: blk.0.attn_q.weight`).
     pub fn new(dev: &Device, label: &str, ty: GgmlType, shape: &[usize], bytes: &[u8]) -> Result<GgufTensor> {
+        let max_part = match dev {
+            Device::Cpu(_) => u64::MAX,
+            Device::Gpu(g) => g.limits.max_storage_buffer_binding_size,
+        };
+        Self::in_parts(dev, label, ty, shape, bytes, max_part)
+    }
+
+    /// `new` with parts of at most `max_part_bytes` bytes each (`new` passes the GPU's binding
+    /// size; tests pass small ones).
+    pub fn in_parts(dev: &Device, label: &str, ty: GgmlType, shape: &[usize], bytes: &[u8], max_part_bytes: u64) -> Result<GgufTensor> {
         let bad = |detail: String| Error::Weights { file: label.into(), tensor: "(GGUF blocks)".into(), detail };
         if !TYPES.contains(&ty) {
             let names: Vec<&str> = TYPES.iter().map(|t| t.name()).collect();
@@ -95,8 +109,32 @@ impl GgufTensor {
                 bytes.len()
             )));
         }
-        let blocks = Tensor::from_u32_vec(dev, label, &[bytes.len().div_ceil(4)], words_from_bytes(bytes))?;
-        Ok(GgufTensor { ty, shape: shape.to_vec(), blocks })
+        let rb = (k / block * block_bytes).max(1);
+        // Whole rows per part, its words padded to 4 bytes.
+        let part_rows = if bytes.len().div_ceil(4) as u64 * 4 <= max_part_bytes {
+            n.max(1)
+        } else {
+            (max_part_bytes.saturating_sub(3) / rb as u64) as usize
+        };
+        if part_rows == 0 {
+            return Err(Error::Limit {
+                op: OP,
+                detail: format!("one row of the {ty} weight `{label}` [N, K] = {shape:?} is {rb} bytes, above this adapter's max_storage_buffer_binding_size"),
+                limit: max_part_bytes,
+                hint: "run on --device cpu (or another adapter), or load the model with --weights nf4",
+            });
+        }
+        let parts = bytes
+            .chunks(part_rows * rb)
+            .map(|b| Tensor::from_u32_vec(dev, label, &[b.len().div_ceil(4)], words_from_bytes(b)))
+            .collect::<Result<Vec<_>>>()?;
+        let parts = if parts.is_empty() { vec![Tensor::from_u32_vec(dev, label, &[0], vec![])?] } else { parts };
+        Ok(GgufTensor { ty, shape: shape.to_vec(), parts, part_rows })
+    }
+
+    /// The name given at upload (file and tensor).
+    pub fn label(&self) -> &str {
+        self.parts[0].label()
     }
 
     /// (N, K).
@@ -112,12 +150,13 @@ impl GgufTensor {
 
     /// Bytes held on the device.
     pub fn bytes(&self) -> u64 {
-        self.blocks.bytes()
+        self.parts.iter().map(|p| p.bytes()).sum()
     }
 
-    /// The packed rows on the host ([N · row_bytes]); an error on the GPU.
+    /// The packed rows on the host ([N · row_bytes]); an error on the GPU (and CPU tensors are
+    /// one part).
     pub fn host_bytes(&self, op: &'static str) -> Result<&[u8]> {
-        let words = self.blocks.host_u32(op)?;
+        let words = self.parts[0].host_u32(op)?;
         Ok(&bytemuck::cast_slice(words)[..self.shape[0] * self.row_bytes()])
     }
 
@@ -125,7 +164,7 @@ impl GgufTensor {
     pub fn dequantize(&self) -> Result<Vec<f32>> {
         let (n, k) = self.dims();
         let mut out = vec![0f32; n * k];
-        ggml_blocks::dequantize(self.ty, self.host_bytes(OP)?, &mut out, self.blocks.label(), "(GGUF blocks)")?;
+        ggml_blocks::dequantize(self.ty, self.host_bytes(OP)?, &mut out, self.label(), "(GGUF blocks)")?;
         Ok(out)
     }
 }
@@ -151,7 +190,7 @@ fn product(dev: &Device, x: &Tensor, w: &GgufTensor, cpu: CpuProduct) -> Result<
     x.expect(OP, DType::F32)?;
     let (t, k) = dims2(x);
     let (n, kw) = w.dims();
-    let shape = dequant_matmul::swap_width(OP, x, k, kw, n, || format!("{} weight `{}` [N, K] = {:?}", w.ty, w.blocks.label(), w.shape))?;
+    let shape = dequant_matmul::swap_width(OP, x, k, kw, n, || format!("{} weight `{}` [N, K] = {:?}", w.ty, w.label(), w.shape))?;
     let mut y = Tensor::zeros(dev, "matmul_gguf.y", &shape, DType::F32);
     match dev {
         Device::Cpu(_) => cpu(x.host_f32(OP)?, w.host_bytes(OP)?, w.ty, y.host_f32_mut(OP)?, t, n, k),
@@ -252,7 +291,7 @@ pub fn backward_dx(dev: &Device, dy: &Tensor, w: &GgufTensor) -> Result<Tensor> 
     dy.expect(OP, DType::F32)?;
     let (t, n) = dims2(dy);
     let (nw, k) = w.dims();
-    let shape = dequant_matmul::swap_width(OP, dy, n, nw, k, || format!("{} weight `{}` [N, K] = {:?}", w.ty, w.blocks.label(), w.shape))?;
+    let shape = dequant_matmul::swap_width(OP, dy, n, nw, k, || format!("{} weight `{}` [N, K] = {:?}", w.ty, w.label(), w.shape))?;
     let mut dx = Tensor::zeros(dev, "matmul_gguf.dx", &shape, DType::F32);
     match dev {
         Device::Cpu(_) => cpu_backward_dx(dy.host_f32(OP)?, w.host_bytes(OP)?, w.ty, dx.host_f32_mut(OP)?, t, n, k),
