@@ -231,6 +231,17 @@ fn gpu_splits_weights_above_the_binding_limit_into_parts() {
     assert!(err.contains("f.gguf: w") && err.contains("max_storage_buffer_binding_size") && err.contains("--device cpu"), "{err}");
 }
 
+/// The block types with int8 kernels, with K (whole blocks; not a multiple of 256 where a type
+/// allows it).
+const INT8_CASES: [(GgmlType, usize); 6] = [
+    (GgmlType::Q4_0, 96),
+    (GgmlType::Q4_1, 288),
+    (GgmlType::Q5_0, 160),
+    (GgmlType::Q8_0, 352),
+    (GgmlType::Q4_K, 768),
+    (GgmlType::Q6_K, 768),
+];
+
 /// The int8-activation decode path (`forward_int8`, inference only) on every tier. It computes
 /// Σ_j deq(w_j)·(q_j·d_b) exactly in integers up to f32 rounding, where q, d are `Q8Act`'s codes
 /// and block scales of x: so it must match that sum (computed here in f64 from the dequantized
@@ -243,15 +254,7 @@ fn gpu_splits_weights_above_the_binding_limit_into_parts() {
 fn cpu_int8_path_matches_quantized_activations_on_every_tier() {
     use matmul_gguf::int8::{Q8Act, QK};
     let dev = cpu();
-    let cases = [
-        (GgmlType::Q4_0, 96),
-        (GgmlType::Q4_1, 288),
-        (GgmlType::Q5_0, 160),
-        (GgmlType::Q8_0, 352),
-        (GgmlType::Q4_K, 768),
-        (GgmlType::Q6_K, 768),
-    ];
-    for (ty, k) in cases {
+    for (ty, k) in INT8_CASES {
         let n = 37;
         let bytes = random_blocks(ty, n, k, (n * k + 5) as u64);
         let mut deq = vec![0f32; n * k];
@@ -329,15 +332,7 @@ fn cpu_int8_path_matches_quantized_activations_on_every_tier() {
 #[test]
 fn cpu_int8_decode_gives_each_token_what_it_gets_alone() {
     let dev = cpu();
-    let cases = [
-        (GgmlType::Q4_0, 96),
-        (GgmlType::Q4_1, 288),
-        (GgmlType::Q5_0, 160),
-        (GgmlType::Q8_0, 352),
-        (GgmlType::Q4_K, 768),
-        (GgmlType::Q6_K, 768),
-    ];
-    for (ty, k) in cases {
+    for (ty, k) in INT8_CASES {
         let n = 19;
         let w = matmul_gguf::GgufTensor::new(&dev, "test: w", ty, &[n, k], &random_blocks(ty, n, k, k as u64)).unwrap();
         let x: Vec<f32> = Rng::new(k as u64 + 1).vec(15 * k, 2.0);
