@@ -324,6 +324,26 @@ fn cpu_int8_path_matches_quantized_activations_on_every_tier() {
     }
 }
 
+/// The prompt GEMM's tiles (`int8_gemm::Tile::pack`: AVX2 on the x86 tiers, `int8_pack_x86`)
+/// hold the portable packer's bytes and scales exactly, for full tiles and a partial one.
+#[test]
+fn cpu_int8_gemm_tiles_pack_the_same_on_every_tier() {
+    use matmul_gguf::int8_gemm::{Tile, ROWS};
+    for (ty, k) in INT8_CASES {
+        let bytes = random_blocks(ty, ROWS, k, (k + 3) as u64);
+        let rb = bytes.len() / ROWS;
+        for rows in [ROWS, 11] {
+            let pack = || {
+                let mut t = Tile::new(ty, k);
+                t.pack(ty, &bytes[..rows * rb], rows, rb, k);
+                (t.codes, [t.s_lo, t.s_hi, t.m, t.m_off].map(|v| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>()))
+            };
+            let want = flexlora::device::cpu::with_tier(flexlora::device::cpu::Tier::Portable, pack);
+            each_tier(|tier| assert!(pack() == want, "{ty} tile of {rows} rows on {tier}: not the portable packer's"));
+        }
+    }
+}
+
 /// Batched decode (a few tokens, below the prompt GEMM's `MANY_TOKENS`) unpacks each weight block
 /// once for a group of tokens; every token's sums must still be exactly what that token gets on
 /// its own, bit for bit, on every tier, so a sequence's greedy output does not depend on which

@@ -97,11 +97,13 @@ pub fn rows_dot(ty: GgmlType, w: &[u8], x: &Q8Act, out: &mut [f32]) {
     }
 }
 
-/// A block type as chunks of 32: `chunk` writes chunk `c`'s codes and returns (s_lo, s_hi, m).
+/// A block type as chunks of 32: `chunk` writes chunk `c`'s codes and returns `scales(b, c)`,
+/// its (s_lo, s_hi, m).
 trait Chunks {
     const B: usize;
     const BYTES: usize;
     fn chunk(b: &[u8], c: usize, codes: &mut [i8; 32]) -> (f32, f32, f32);
+    fn scales(b: &[u8], c: usize) -> (f32, f32, f32);
 }
 
 /// Each chunk's codes are unpacked once for all T tokens; every token's sum takes the chunks in
@@ -145,6 +147,29 @@ pub(super) fn for_each_chunk(ty: GgmlType, row: &[u8], k: usize, f: impl FnMut(u
     }
 }
 
+/// `for_each_chunk` without the codes: `f(chunk, s_lo, s_hi, m)` for every chunk of one row.
+pub(super) fn for_each_chunk_scales(ty: GgmlType, row: &[u8], k: usize, f: impl FnMut(usize, f32, f32, f32)) {
+    match ty {
+        GgmlType::Q4_0 => scales_of::<Q4_0>(row, k, f),
+        GgmlType::Q4_1 => scales_of::<Q4_1>(row, k, f),
+        GgmlType::Q5_0 => scales_of::<Q5_0>(row, k, f),
+        GgmlType::Q8_0 => scales_of::<Q8_0>(row, k, f),
+        GgmlType::Q4_K => scales_of::<Q4_K>(row, k, f),
+        GgmlType::Q6_K => scales_of::<Q6_K>(row, k, f),
+        _ => panic!("matmul_gguf int8: no kernel for {ty}"),
+    }
+}
+
+#[inline(always)]
+fn scales_of<T: Chunks>(row: &[u8], k: usize, mut f: impl FnMut(usize, f32, f32, f32)) {
+    for (bi, b) in row[..k / T::B * T::BYTES].chunks_exact(T::BYTES).enumerate() {
+        for c in 0..T::B / 32 {
+            let (s_lo, s_hi, m) = T::scales(b, c);
+            f(bi * T::B / 32 + c, s_lo, s_hi, m);
+        }
+    }
+}
+
 #[inline(always)]
 fn chunks_of<T: Chunks>(row: &[u8], k: usize, mut f: impl FnMut(usize, &[i8; 32], f32, f32, f32)) {
     let mut codes = [0i8; 32];
@@ -182,6 +207,10 @@ impl Chunks for Q4_0 {
     #[inline(always)]
     fn chunk(b: &[u8], _: usize, codes: &mut [i8; 32]) -> (f32, f32, f32) {
         nibbles(&b[2..18], 8, codes);
+        Self::scales(b, 0)
+    }
+    #[inline(always)]
+    fn scales(b: &[u8], _: usize) -> (f32, f32, f32) {
         let d = f16(b, 0);
         (d, d, 0.0)
     }
@@ -195,6 +224,10 @@ impl Chunks for Q4_1 {
     #[inline(always)]
     fn chunk(b: &[u8], _: usize, codes: &mut [i8; 32]) -> (f32, f32, f32) {
         nibbles(&b[4..20], 0, codes);
+        Self::scales(b, 0)
+    }
+    #[inline(always)]
+    fn scales(b: &[u8], _: usize) -> (f32, f32, f32) {
         let d = f16(b, 0);
         (d, d, f16(b, 2))
     }
@@ -212,6 +245,10 @@ impl Chunks for Q5_0 {
         for (j, c) in codes.iter_mut().enumerate() {
             *c = (*c | (((qh >> j) & 1) << 4) as i8) - 16;
         }
+        Self::scales(b, 0)
+    }
+    #[inline(always)]
+    fn scales(b: &[u8], _: usize) -> (f32, f32, f32) {
         let d = f16(b, 0);
         (d, d, 0.0)
     }
@@ -227,6 +264,10 @@ impl Chunks for Q8_0 {
         for (c, &v) in codes.iter_mut().zip(&b[2..34]) {
             *c = v as i8;
         }
+        Self::scales(b, 0)
+    }
+    #[inline(always)]
+    fn scales(b: &[u8], _: usize) -> (f32, f32, f32) {
         let d = f16(b, 0);
         (d, d, 0.0)
     }
@@ -245,6 +286,10 @@ impl Chunks for Q4_K {
         for (o, &v) in codes.iter_mut().zip(qs) {
             *o = ((v >> shift) & 0xF) as i8;
         }
+        Self::scales(b, c)
+    }
+    #[inline(always)]
+    fn scales(b: &[u8], c: usize) -> (f32, f32, f32) {
         let (sc, mn) = scale_min_k4(c, &b[4..16]);
         let s = f16(b, 0) * sc as f32;
         (s, s, -(f16(b, 2) * mn as f32))
@@ -267,6 +312,11 @@ impl Chunks for Q6_K {
         for l in 0..32 {
             codes[l] = (((ql[l] >> shift) & 0xF) | (((qh[l] >> (2 * kk)) & 3) << 4)) as i8 - 32;
         }
+        Self::scales(b, c)
+    }
+    #[inline(always)]
+    fn scales(b: &[u8], c: usize) -> (f32, f32, f32) {
+        let (h, kk) = (c / 4, c % 4);
         let d = f16(b, 208);
         let sc = |i: usize| d * b[192 + 8 * h + 2 * kk + i] as i8 as f32;
         (sc(0), sc(1), 0.0)

@@ -14,7 +14,8 @@
 //! term in f32 (`Tile::m_off`), which differs from the integer form by f32 rounding only.
 //!
 //! Numerics are `int8`'s (the same bound, tested the same way). Kernels: the portable reference
-//! here, AVX-512 (VNNI, or BW's `vpmaddubsw`) and AVX2 in `int8_gemm_x86`.
+//! here, AVX-512 (VNNI, or BW's `vpmaddubsw`) and AVX2 in `int8_gemm_x86`; the tiles are packed
+//! with AVX2 in `int8_pack_x86` above the portable tier.
 
 use super::int8::{self, Q8Act, QK};
 use crate::device::cpu;
@@ -58,32 +59,23 @@ impl Tile {
     }
 
     /// Unpacks `rows` (≤ ROWS) whole rows of `rb` bytes of `ty` from `w`; later rows are zero.
+    /// Above the portable tier, `int8_pack_x86` writes the same bytes with AVX2.
     pub fn pack(&mut self, ty: GgmlType, w: &[u8], rows: usize, rb: usize, k: usize) {
         assert!(rows <= ROWS && w.len() >= rows * rb && k == self.chunks * QK);
         #[cfg(target_arch = "x86_64")]
         {
             let tier = cpu::tier();
             cpu::debug_assert_runs(tier);
-            if tier != cpu::Tier::Portable {
-                // SAFETY: both tiers above portable have AVX2 (`tier()` only returns tiers this
-                // CPU runs); the body only indexes slices.
-                return unsafe { self.pack_avx2(ty, w, rows, rb, k) };
+            // SAFETY: both tiers above portable have AVX2 (`tier()` only returns tiers this CPU
+            // runs); `pack_avx2` asserts the sizes its pointers rely on.
+            if tier != cpu::Tier::Portable && unsafe { super::int8_pack_x86::pack_avx2(self, ty, w, rows, rb, k) } {
+                return;
             }
         }
         self.pack_body(ty, w, rows, rb, k)
     }
 
-    /// `pack_body` compiled for AVX2 (the byte shuffles of the chunk decoders vectorize).
-    ///
-    /// # Safety
-    /// The CPU must have AVX2.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn pack_avx2(&mut self, ty: GgmlType, w: &[u8], rows: usize, rb: usize, k: usize) {
-        self.pack_body(ty, w, rows, rb, k)
-    }
-
-    #[inline(always)]
+    /// The portable packer (the reference of `int8_pack_x86`).
     fn pack_body(&mut self, ty: GgmlType, w: &[u8], rows: usize, rb: usize, k: usize) {
         let off = self.off as u8;
         let Tile { codes, s_lo, s_hi, m, m_off, chunks, .. } = self;

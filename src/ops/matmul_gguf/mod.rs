@@ -33,6 +33,8 @@ pub mod int8_gemm;
 #[cfg(target_arch = "x86_64")]
 mod int8_gemm_x86;
 #[cfg(target_arch = "x86_64")]
+mod int8_pack_x86;
+#[cfg(target_arch = "x86_64")]
 mod int8_x86;
 
 pub use gather::{cpu_gather, gather};
