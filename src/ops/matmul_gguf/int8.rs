@@ -147,7 +147,9 @@ pub(super) fn for_each_chunk(ty: GgmlType, row: &[u8], k: usize, f: impl FnMut(u
     }
 }
 
-/// `for_each_chunk` without the codes: `f(chunk, s_lo, s_hi, m)` for every chunk of one row.
+/// `for_each_chunk` without the codes: `f(chunk, s_lo, s_hi, m)` for every chunk of one row (for
+/// `int8_pack_x86`, which decodes the codes itself).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(super) fn for_each_chunk_scales(ty: GgmlType, row: &[u8], k: usize, f: impl FnMut(usize, f32, f32, f32)) {
     match ty {
         GgmlType::Q4_0 => scales_of::<Q4_0>(row, k, f),
@@ -160,6 +162,7 @@ pub(super) fn for_each_chunk_scales(ty: GgmlType, row: &[u8], k: usize, f: impl 
     }
 }
 
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 #[inline(always)]
 fn scales_of<T: Chunks>(row: &[u8], k: usize, mut f: impl FnMut(usize, f32, f32, f32)) {
     for (bi, b) in row[..k / T::B * T::BYTES].chunks_exact(T::BYTES).enumerate() {
