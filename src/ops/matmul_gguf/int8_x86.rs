@@ -12,9 +12,15 @@
 //! as a second product with the constant off (Q6_K, whose two scales per chunk differ); Q8_0's
 //! signed codes go through the usual |w|, sign(w)·q trick.
 //!
+//! A few tokens (batched decode) go in groups of up to `GROUP`: a block is unpacked once for the
+//! group, the tokens' scales (laid side by side by `Interleaved`) multiplied in one vector and
+//! their offset terms kept in one; lane by lane these are the one-token operations, so a token's
+//! result is the same bits in any group.
+//!
 //! Safety of the helpers (all `unsafe fn`): they need AVX2 and FMA (plus AVX-512 VNNI/VL for the
 //! `Vnni` instantiation), checked by `rows_dot`'s caller; `b` points at one whole block of its
-//! type and `x` at that block's codes, which `rows` guarantees by asserting the buffer sizes.
+//! type and `x` at that block's codes and scales, which `rows` guarantees by asserting the buffer
+//! sizes and building `Interleaved` for them.
 
 use std::arch::x86_64::*;
 
