@@ -229,7 +229,7 @@ unsafe fn load(p: *const i8) -> __m256i {
 
 /// 16 bytes of nibbles -> 32 bytes: low nibbles (elements 0..16), then high (16..32).
 #[inline(always)]
-unsafe fn nibbles32(p: *const u8) -> __m256i {
+pub(super) unsafe fn nibbles32(p: *const u8) -> __m256i {
     let v = _mm_loadu_si128(p as *const __m128i);
     let both = _mm256_insertf128_si256(_mm256_castsi128_si256(v), _mm_srli_epi16(v, 4), 1);
     _mm256_and_si256(both, _mm256_set1_epi8(0xF))
@@ -279,7 +279,7 @@ impl Block for Q4_1 {
 
 /// The 32 bits at `p` as 32 bytes, 0xFF where the bit is set (llama.cpp's `bytes_from_bits_32`).
 #[inline(always)]
-unsafe fn bytes_from_bits(p: *const u8) -> __m256i {
+pub(super) unsafe fn bytes_from_bits(p: *const u8) -> __m256i {
     let bits = u32::from_le_bytes([*p, *p.add(1), *p.add(2), *p.add(3)]) as i32;
     let shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
     let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(bits), shuf);
