@@ -383,3 +383,21 @@ fn int8_activation_quantization() {
     assert!(a.q[32..].iter().all(|&q| q == 0));
     assert_eq!(a.dsum[0], 0.02 * -128.0);
 }
+
+/// `int8::round_half_away` is `f32::round` for every value a code can come from: all ties, their
+/// neighbours one ulp away, and a sweep of ordinary values, of both signs.
+#[test]
+fn int8_rounding_is_f32_round() {
+    use matmul_gguf::int8::round_half_away;
+    let mut values = vec![0.0f32, -0.0, 0.49999997, 0.5, 0.50000006, 126.5, 127.49999, 1e-30, f32::MIN_POSITIVE];
+    for i in -300..=300 {
+        let tie = i as f32 + 0.5;
+        values.extend([tie, f32::from_bits(tie.to_bits() + 1), f32::from_bits(tie.to_bits() - 1), i as f32]);
+    }
+    let mut rng = Rng::new(5);
+    values.extend(rng.vec(100_000, 200.0));
+    for v in values.iter().flat_map(|&v| [v, -v]) {
+        assert_eq!(round_half_away(v), v.round() as i32, "{v:e}");
+    }
+    assert_eq!(round_half_away(f32::NAN), 0);
+}

@@ -4,14 +4,16 @@
 //! (codes, two scales and an offset term per 32 elements), and every token is dotted with the
 //! tile in integers, so each unpacked weight serves all T tokens.
 //!
-//! Tile layout: codes as u8 (code + `off`: 64 for types whose codes lie in [−64, 63], which keeps
-//! `vpmaddubsw`'s i16 pairs from saturating; 128 for Q8_0, whose codes span [−128, 127] and
-//! which only `vpdpbusd` takes), ordered [chunk][quad][row][4]: one 64-byte load holds 4
-//! consecutive codes of all 16 rows, the shape of a 16-lane `vpdpbusd` against a broadcast of 4
-//! activation codes. The portable reference (and the x86 kernels for Q6_K, whose halves have their
-//! own scales) take the offset off in integers, off·Σq per half chunk, so their integer sums are
-//! exactly `int8::rows_dot`'s; the AVX-512 kernels for one-scale types fold it into the offset
-//! term in f32 (`Tile::m_off`), which differs from the integer form by f32 rounding only.
+//! Tile layout: codes as u8, each the type's unsigned code (code + `off`, the type's zero point:
+//! 8 for Q4_0, 16 for Q5_0, 32 for Q6_K, 128 for Q8_0, 0 for Q4_1 and Q4_K, whose codes have no
+//! sign), ordered [chunk][quad][row][4]: one 64-byte load holds 4 consecutive codes of all 16
+//! rows, the shape of a 16-lane `vpdpbusd` against a broadcast of 4 activation codes. The codes
+//! stay as small as the type makes them (≤ `code_max`), so `vpmaddubsw`'s i16 pair sums
+//! (≤ 2·127·code_max) can be added in i16 before widening (`i16_sums`); Q8_0's full-range codes
+//! only `vpdpbusd` takes. The portable reference (and the x86 kernels for Q6_K, whose halves have
+//! their own scales) take the offset off in integers, off·Σq per half chunk, so their integer sums
+//! are exactly `int8::rows_dot`'s; the kernels for one-scale types fold it into the offset term in
+//! f32 (`Tile::m_off`), which differs from the integer form by f32 rounding only.
 //!
 //! Numerics are `int8`'s (the same bound, tested the same way). Kernels: the portable reference
 //! here, AVX-512 (VNNI, or BW's `vpmaddubsw`) and AVX2 in `int8_gemm_x86`; the tiles are packed
@@ -40,6 +42,8 @@ pub struct Tile {
     /// Whether a chunk's halves have their own scales (Q6_K).
     pub split: bool,
     pub off: i32,
+    /// `i16_sums` of the type.
+    pub sums16: usize,
     pub chunks: usize,
 }
 
@@ -54,6 +58,7 @@ impl Tile {
             m_off: vec![0.0; chunks * ROWS],
             split: ty == GgmlType::Q6_K,
             off: offset(ty),
+            sums16: i16_sums(ty),
             chunks,
         }
     }
@@ -105,13 +110,33 @@ impl Tile {
     }
 }
 
-/// The u8 offset of `ty`'s codes in a tile.
+/// The u8 offset of `ty`'s codes in a tile: its zero point, so tile codes are the stored
+/// unsigned codes.
 pub fn offset(ty: GgmlType) -> i32 {
-    if ty == GgmlType::Q8_0 {
-        128
-    } else {
-        64
+    match ty {
+        GgmlType::Q4_0 => 8,
+        GgmlType::Q5_0 => 16,
+        GgmlType::Q6_K => 32,
+        GgmlType::Q8_0 => 128,
+        _ => 0,
     }
+}
+
+/// The largest tile code of `ty` (code + `offset`).
+pub fn code_max(ty: GgmlType) -> i32 {
+    match ty {
+        GgmlType::Q5_0 => 31,
+        GgmlType::Q6_K => 63,
+        GgmlType::Q8_0 => 255,
+        _ => 15,
+    }
+}
+
+/// How many `vpmaddubsw` results (each an i16 lane of two products, |·| ≤ 2·127·code_max) may be
+/// added in i16 without overflow, at most 8 (a chunk's quads): 8 for the 4-bit types, 4 for
+/// Q5_0, 2 for Q6_K; 0 for Q8_0, whose pair sums do not fit an i16 at all.
+pub fn i16_sums(ty: GgmlType) -> usize {
+    (i16::MAX as usize / (2 * 127 * code_max(ty) as usize)).min(8)
 }
 
 /// out[ti·ROWS + r] = tile row r · token ti of x, for every token (out is [T, ROWS]): the

@@ -3,8 +3,10 @@
 //! the 16 rows' integer sums of a chunk (two halves), one conversion and two FMAs scale them.
 //! The multiply-add is `vpdpbusd` (AVX-512 VNNI; takes every type, Q8_0's full-range codes too)
 //! or `vpmaddubsw` + `vpmaddwd` (AVX-512BW, and AVX2 over two 8-row halves), whose i16 pairs stay
-//! ≤ 2·127·127 because tile codes of the types it is given are ≤ 127. Integer sums equal the
-//! portable reference's, except that the AVX-512 kernels for one-scale types (`group512_same`)
+//! ≤ 2·127·127 because tile codes of the types it is given are ≤ 63. AVX2 adds up to 8
+//! `vpmaddubsw` results in i16 before one `vpmaddwd` widens them (`Tile::sums16`, as many as the
+//! type's code range lets add without overflow). Integer sums equal the portable reference's,
+//! except that the kernels for one-scale types (`group512_same`, `group256` without `SPLIT`)
 //! leave the codes' offset in the sum and take it off in f32 through `Tile::m_off`.
 //!
 //! The `tile_dot_*` wrappers are safe functions (they are `int8_gemm::TileKernel`s): each asserts
@@ -55,7 +57,7 @@ pub fn tile_dot_vnni(tile: &Tile, x: &Q8Act, out: &mut [f32]) {
 
 pub fn tile_dot_avx512bw(tile: &Tile, x: &Q8Act, out: &mut [f32]) {
     assert!(has_bw() && std::arch::is_x86_feature_detected!("fma"));
-    assert!(tile.off <= 64, "vpmaddubsw needs codes ≤ 127");
+    assert!(tile.sums16 > 0, "vpmaddubsw needs codes ≤ 127");
     check(tile, x, out);
     // SAFETY: as above.
     unsafe { bw(tile, x, out) }
@@ -63,7 +65,7 @@ pub fn tile_dot_avx512bw(tile: &Tile, x: &Q8Act, out: &mut [f32]) {
 
 pub fn tile_dot_avx2(tile: &Tile, x: &Q8Act, out: &mut [f32]) {
     assert!(std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma"));
-    assert!(tile.off <= 64, "vpmaddubsw needs codes ≤ 127");
+    assert!(tile.sums16 > 0, "vpmaddubsw needs codes ≤ 127");
     check(tile, x, out);
     // SAFETY: as above.
     unsafe { avx2(tile, x, out) }
@@ -182,49 +184,75 @@ unsafe fn group512_same<D: Dot512, const TT: usize>(tile: &Tile, x: &Q8Act, out:
 
 #[target_feature(enable = "avx2,fma")]
 unsafe fn avx2(tile: &Tile, x: &Q8Act, out: &mut [f32]) {
+    // (one-scale chunks, products per i16 sum): the 4-bit types, Q5_0, Q6_K.
+    match (tile.split, tile.sums16) {
+        (false, 8) => body256::<8, false>(tile, x, out),
+        (false, 4) => body256::<4, false>(tile, x, out),
+        (true, 2) => body256::<2, true>(tile, x, out),
+        (split, g) => panic!("matmul_gguf int8 gemm: no AVX2 kernel for split {split}, {g} sums per i16"),
+    }
+}
+
+#[inline(always)]
+unsafe fn body256<const G: usize, const SPLIT: bool>(tile: &Tile, x: &Q8Act, out: &mut [f32]) {
     let t = x.tokens();
     for half in 0..2 {
         let mut ti = 0;
         while ti + 2 <= t {
-            group256::<2>(tile, x, out, ti, half);
+            group256::<2, G, SPLIT>(tile, x, out, ti, half);
             ti += 2;
         }
         while ti < t {
-            group256::<1>(tile, x, out, ti, half);
+            group256::<1, G, SPLIT>(tile, x, out, ti, half);
             ti += 1;
         }
     }
 }
 
-/// AVX2: rows 8·half..8·half+8 of the tile (the low or high 32 bytes of each quad's 64) against
-/// tokens ti..ti+TT.
+/// Σ over quads `from..to` of w[quad] · (the token's 4 codes of that quad), in 8 i32 lanes:
+/// `vpmaddubsw` results added G at a time in i16 (`Tile::sums16` says how many fit), then
+/// widened by one `vpmaddwd`.
 #[inline(always)]
-unsafe fn group256<const TT: usize>(tile: &Tile, x: &Q8Act, out: &mut [f32], ti: usize, half: usize) {
+unsafe fn quads256<const G: usize>(w: &[__m256i; 8], q: *const i32, from: usize, to: usize) -> __m256i {
+    let mut sum = _mm256_setzero_si256();
+    let mut qd = from;
+    while qd < to {
+        let mut s16 = _mm256_maddubs_epi16(w[qd], _mm256_set1_epi32(q.add(qd).read_unaligned()));
+        for j in 1..G {
+            s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(w[qd + j], _mm256_set1_epi32(q.add(qd + j).read_unaligned())));
+        }
+        sum = _mm256_add_epi32(sum, _mm256_madd_epi16(s16, _mm256_set1_epi16(1)));
+        qd += G;
+    }
+    sum
+}
+
+/// AVX2: rows 8·half..8·half+8 of the tile (the low or high 32 bytes of each quad's 64) against
+/// tokens ti..ti+TT. One-scale types (`!SPLIT`) take one integer sum per chunk and the codes'
+/// offset through `m_off`, as `group512_same`; Q6_K's halves take theirs in integers.
+#[inline(always)]
+unsafe fn group256<const TT: usize, const G: usize, const SPLIT: bool>(tile: &Tile, x: &Q8Act, out: &mut [f32], ti: usize, half: usize) {
     let chunks = tile.chunks;
-    let ones = _mm256_set1_epi16(1);
-    let dot = |acc: __m256i, w: __m256i, x: __m256i| _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), ones));
     let mut acc = [_mm256_setzero_ps(); TT];
     for c in 0..chunks {
         let cp = tile.codes.as_ptr().add(c * 32 * ROWS + 32 * half);
         let w: [__m256i; 8] = std::array::from_fn(|qd| _mm256_loadu_si256(cp.add(qd * 64) as *const _));
         let at = c * ROWS + 8 * half;
-        let (s_lo, s_hi, m) = (
-            _mm256_loadu_ps(tile.s_lo.as_ptr().add(at)),
-            _mm256_loadu_ps(tile.s_hi.as_ptr().add(at)),
-            _mm256_loadu_ps(tile.m.as_ptr().add(at)),
-        );
+        let s_lo = _mm256_loadu_ps(tile.s_lo.as_ptr().add(at));
+        let s_hi = _mm256_loadu_ps(tile.s_hi.as_ptr().add(at));
+        let m = _mm256_loadu_ps(if SPLIT { tile.m.as_ptr() } else { tile.m_off.as_ptr() }.add(at));
         for (u, a) in acc.iter_mut().enumerate() {
             let xb = (ti + u) * chunks + c;
             let q = x.q.as_ptr().add(xb * QK) as *const i32;
-            let (mut lo, mut hi) = (_mm256_setzero_si256(), _mm256_setzero_si256());
-            for qd in 0..4 {
-                lo = dot(lo, w[qd], _mm256_set1_epi32(q.add(qd).read_unaligned()));
-                hi = dot(hi, w[qd + 4], _mm256_set1_epi32(q.add(qd + 4).read_unaligned()));
+            if SPLIT {
+                let lo = _mm256_sub_epi32(quads256::<G>(&w, q, 0, 4), _mm256_set1_epi32(tile.off * x.hsum[2 * xb]));
+                let hi = _mm256_sub_epi32(quads256::<G>(&w, q, 4, 8), _mm256_set1_epi32(tile.off * x.hsum[2 * xb + 1]));
+                let f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lo), s_lo, _mm256_mul_ps(_mm256_cvtepi32_ps(hi), s_hi));
+                *a = _mm256_fmadd_ps(f, _mm256_set1_ps(x.d[xb]), *a);
+            } else {
+                let sum = quads256::<G>(&w, q, 0, 8);
+                *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(s_lo, _mm256_set1_ps(x.d[xb])), *a);
             }
-            lo = _mm256_sub_epi32(lo, _mm256_set1_epi32(tile.off * x.hsum[2 * xb]));
-            hi = _mm256_sub_epi32(hi, _mm256_set1_epi32(tile.off * x.hsum[2 * xb + 1]));
-            let f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lo), s_lo, _mm256_mul_ps(_mm256_cvtepi32_ps(hi), s_hi));
-            *a = _mm256_fmadd_ps(f, _mm256_set1_ps(x.d[xb]), *a);
             *a = _mm256_fmadd_ps(m, _mm256_set1_ps(x.dsum[xb]), *a);
         }
     }

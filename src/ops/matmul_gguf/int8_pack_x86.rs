@@ -25,10 +25,10 @@ struct Q4_0;
 impl Codes for Q4_0 {
     const B: usize = 32;
     const BYTES: usize = 18;
-    /// nibble − 8 + 64.
+    /// The nibble (code − 8 + 8).
     #[inline(always)]
     unsafe fn codes(b: *const u8, _: usize) -> __m256i {
-        _mm256_add_epi8(nibbles32(b.add(2)), _mm256_set1_epi8(56))
+        nibbles32(b.add(2))
     }
 }
 
@@ -37,10 +37,10 @@ struct Q4_1;
 impl Codes for Q4_1 {
     const B: usize = 32;
     const BYTES: usize = 20;
-    /// nibble + 64.
+    /// The nibble.
     #[inline(always)]
     unsafe fn codes(b: *const u8, _: usize) -> __m256i {
-        _mm256_add_epi8(nibbles32(b.add(4)), _mm256_set1_epi8(64))
+        nibbles32(b.add(4))
     }
 }
 
@@ -49,11 +49,10 @@ struct Q5_0;
 impl Codes for Q5_0 {
     const B: usize = 32;
     const BYTES: usize = 22;
-    /// (nibble | fifth bit) − 16 + 64.
+    /// nibble | fifth bit (code − 16 + 16).
     #[inline(always)]
     unsafe fn codes(b: *const u8, _: usize) -> __m256i {
-        let v = _mm256_or_si256(nibbles32(b.add(6)), _mm256_and_si256(bytes_from_bits(b.add(2)), _mm256_set1_epi8(0x10)));
-        _mm256_add_epi8(v, _mm256_set1_epi8(48))
+        _mm256_or_si256(nibbles32(b.add(6)), _mm256_and_si256(bytes_from_bits(b.add(2)), _mm256_set1_epi8(0x10)))
     }
 }
 
@@ -74,12 +73,12 @@ struct Q4_K;
 impl Codes for Q4_K {
     const B: usize = 256;
     const BYTES: usize = 144;
-    /// Chunk c: the low (even c) or high nibbles of group c/2's 32 bytes, + 64.
+    /// Chunk c: the low (even c) or high nibbles of group c/2's 32 bytes.
     #[inline(always)]
     unsafe fn codes(b: *const u8, c: usize) -> __m256i {
         let v = _mm256_loadu_si256(b.add(16 + 32 * (c / 2)) as *const __m256i);
         let v = if c % 2 == 0 { v } else { _mm256_srli_epi16(v, 4) };
-        _mm256_add_epi8(_mm256_and_si256(v, _mm256_set1_epi8(0xF)), _mm256_set1_epi8(64))
+        _mm256_and_si256(v, _mm256_set1_epi8(0xF))
     }
 }
 
@@ -89,7 +88,7 @@ impl Codes for Q6_K {
     const B: usize = 256;
     const BYTES: usize = 210;
     /// Chunk 4h + k: low bits from ql[64h + 32(k%2)..] (low nibble k < 2, high k ≥ 2), bits
-    /// 2k..2k+2 of qh[32h..] on top; − 32 + 64.
+    /// 2k..2k+2 of qh[32h..] on top (code − 32 + 32).
     #[inline(always)]
     unsafe fn codes(b: *const u8, c: usize) -> __m256i {
         let (h, kk) = (c / 4, c % 4);
@@ -98,7 +97,7 @@ impl Codes for Q6_K {
         let lo = _mm256_and_si256(lo, _mm256_set1_epi8(0xF));
         let qh = _mm256_loadu_si256(b.add(128 + 32 * h) as *const __m256i);
         let hi = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * kk as i32)), _mm256_set1_epi8(3));
-        _mm256_add_epi8(_mm256_or_si256(lo, _mm256_slli_epi16(hi, 4)), _mm256_set1_epi8(32))
+        _mm256_or_si256(lo, _mm256_slli_epi16(hi, 4))
     }
 }
 
