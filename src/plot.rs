@@ -136,10 +136,11 @@ pub fn legend(s: &mut String, i: usize, name: &str, color: &str) {
     let _ = write!(s, r#"<text x="{}" y="{}" text-anchor="end" fill="{color}">{name}</text>"#, W - M, M + 14.0 * i as f64);
 }
 
+const COLORS: [&str; 8] = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"];
+
 /// Several named curves against the step (each drawn as its moving average), one color each,
 /// with a legend: e.g. the training loss of every arm of an experiment.
 pub fn series_svg(title: &str, series: &[(String, Vec<(f64, f64)>)]) -> String {
-    const COLORS: [&str; 8] = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"];
     let Some(f) = Frame::fit(series.iter().flat_map(|(_, p)| p.iter())) else { return empty("no steps") };
     let mut s = open();
     f.axes(&mut s, "optimizer step", &format!("{title} (moving average)"));
@@ -147,6 +148,22 @@ pub fn series_svg(title: &str, series: &[(String, Vec<(f64, f64)>)]) -> String {
         let color = COLORS[i % COLORS.len()];
         let pts: Vec<(f64, f64)> = pts.iter().copied().filter(|p| p.1.is_finite()).collect();
         polyline(&mut s, &f, &ema(&pts), color, 1.5, "");
+        legend(&mut s, i, name, color);
+    }
+    close(s)
+}
+
+/// `series_svg` for sparse measurements (e.g. a validation loss every 50 steps): every point a
+/// dot, joined as measured, without smoothing.
+pub fn points_svg(title: &str, series: &[(String, Vec<(f64, f64)>)]) -> String {
+    let Some(f) = Frame::fit(series.iter().flat_map(|(_, p)| p.iter())) else { return empty("no points") };
+    let mut s = open();
+    f.axes(&mut s, "optimizer step", title);
+    for (i, (name, pts)) in series.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let pts: Vec<(f64, f64)> = pts.iter().copied().filter(|p| p.1.is_finite()).collect();
+        polyline(&mut s, &f, &pts, color, 1.5, "");
+        dots(&mut s, &f, &pts, color, 3.5);
         legend(&mut s, i, name, color);
     }
     close(s)

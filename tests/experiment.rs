@@ -314,7 +314,20 @@ train = {{ flex = {{ mode = "published" }} }}
     assert!(lines.iter().any(|l| l.contains("training finished earlier")), "{lines:#?}");
     assert_eq!(mtime(&adapter), before[3], "the adapter was rewritten");
     assert_eq!(runner::finished(&spec).unwrap()[1].evals[0].tasks, lora.evals[0].tasks);
-    let _ = report::write(&spec).unwrap();
+    let rep = report::write(&spec).unwrap();
+    // The validation loss: none logged here (val_every = 0), so no plot and a "-" cell; with two
+    // validations in the run's metrics, the first and last with the last's perplexity, and a plot.
+    assert!(rep.markdown.contains("| lora/seed-0 | 1 | ") && !spec.out.join("val.svg").exists(), "{}", rep.markdown);
+    let metrics = runner::run_dir(&spec, "lora", 0).join("train/metrics.jsonl");
+    let logged = std::fs::read_to_string(&metrics).unwrap();
+    let vals = r#"{"step":1,"val_loss":0.5,"val_tokens":10,"val_examples":2,"seconds":1.0}
+{"step":3,"val_loss":0.4,"val_tokens":10,"val_examples":2,"seconds":1.0}
+"#;
+    std::fs::write(&metrics, format!("{logged}{vals}")).unwrap();
+    let rep = report::write(&spec).unwrap();
+    assert!(rep.markdown.contains("| 0.5000 (step 1) → 0.4000 (step 3; 1.492) |"), "{}", rep.markdown);
+    assert!(std::fs::read_to_string(spec.out.join("val.svg")).unwrap().contains("lora/seed-0"));
+    std::fs::write(&metrics, logged).unwrap();
 
     // An unfinished run started by another build is refused, not continued, and nothing in it
     // changes; finished runs are not checked (report.md lists the builds of the finished runs).

@@ -1,7 +1,8 @@
 //! The experiment's report from its finished runs: `OUT/report.md` (results per evaluation set,
 //! paired comparisons against the reference arm, training and FLeX penalty figures) and SVG plots:
 //! `pass1-<set>.svg` (pass@1 per arm with its 95% interval and each seed's value), `loss.svg`
-//! (training loss per run) and `flex.svg` (the FLeX penalty per run, when logged).
+//! (training loss per run), `val.svg` (the validation loss of each run at each validation, when
+//! logged) and `flex.svg` (the FLeX penalty per run, when logged).
 //!
 //! Reads run summaries and training metrics only; never trains or evaluates.
 
@@ -237,12 +238,30 @@ pub fn write(spec: &Spec) -> Result<Report> {
     let _ = writeln!(md, "\n## Training\n");
     let _ = writeln!(
         md,
-        "| run | steps | loss first → last | FLeX mode | λ | penalty/loss first → last | seconds | note |\n|---|---|---|---|---|---|---|---|"
+        "| run | steps | loss first → last | validation loss first → last (perplexity) | FLeX mode | λ | penalty/loss first → last | seconds | note |\n|---|---|---|---|---|---|---|---|---|"
     );
-    let (mut losses, mut penalties) = (Vec::new(), Vec::new());
+    let (mut losses, mut penalties, mut vals) = (Vec::new(), Vec::new(), Vec::new());
     for r in runs.iter().filter(|r| r.train.is_some()) {
         let t = r.train.as_ref().expect("filtered");
         let f = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.4}"));
+        // Curves from the run's own metrics (a `same_as` run was not trained: it has none).
+        let mut val_cell = "-".to_string();
+        if r.same_as.is_none() {
+            let history = crate::train::metrics::read(&runner::run_dir(spec, &r.arm, r.seed).join("train/metrics.jsonl"), usize::MAX)?;
+            let name = format!("{}/seed-{}", r.arm, r.seed);
+            let v: Vec<(f64, f64)> =
+                history.validations().iter().filter(|v| v.val_loss.is_finite()).map(|v| (v.step as f64, v.val_loss)).collect();
+            if let (Some(first), Some(last)) = (v.first(), v.last()) {
+                val_cell = format!("{:.4} (step {}) → {:.4} (step {}; {:.3})", first.1, first.0, last.1, last.0, last.1.exp());
+                vals.push((name.clone(), v));
+            }
+            let steps = history.steps();
+            losses.push((name.clone(), steps.iter().map(|h| (h.step as f64, h.loss)).collect::<Vec<_>>()));
+            let p: Vec<(f64, f64)> = steps.iter().filter_map(|h| h.flex_penalty.map(|v| (h.step as f64, v))).collect();
+            if !p.is_empty() {
+                penalties.push((name, p));
+            }
+        }
         let note = match (&r.same_as, &r.selected_from) {
             (Some(s), _) => format!("identical to `{s}` by construction, not re-trained"),
             (None, Some(s)) => format!("λ chosen from `{s}` on validation"),
@@ -250,7 +269,7 @@ pub fn write(spec: &Spec) -> Result<Report> {
         };
         let _ = writeln!(
             md,
-            "| {}/seed-{} | {} | {} → {} | {} | {} | {} → {} | {:.0} | {note} |",
+            "| {}/seed-{} | {} | {} → {} | {val_cell} | {} | {} | {} → {} | {:.0} | {note} |",
             r.arm,
             r.seed,
             t.steps,
@@ -262,19 +281,13 @@ pub fn write(spec: &Spec) -> Result<Report> {
             f(t.penalty_ratio_last),
             t.seconds
         );
-        if r.same_as.is_none() {
-            let history = crate::train::metrics::read(&runner::run_dir(spec, &r.arm, r.seed).join("train/metrics.jsonl"), usize::MAX)?;
-            let history = history.steps();
-            let name = format!("{}/seed-{}", r.arm, r.seed);
-            losses.push((name.clone(), history.iter().map(|h| (h.step as f64, h.loss)).collect::<Vec<_>>()));
-            let p: Vec<(f64, f64)> = history.iter().filter_map(|h| h.flex_penalty.map(|v| (h.step as f64, v))).collect();
-            if !p.is_empty() {
-                penalties.push((name, p));
-            }
-        }
     }
     write_atomic(&spec.out.join("loss.svg"), crate::plot::series_svg("training loss", &losses).as_bytes())?;
     let _ = writeln!(md, "\n![training loss](loss.svg)\n");
+    if !vals.is_empty() {
+        write_atomic(&spec.out.join("val.svg"), crate::plot::points_svg("validation loss", &vals).as_bytes())?;
+        let _ = writeln!(md, "![validation loss](val.svg)\n");
+    }
     if !penalties.is_empty() {
         write_atomic(&spec.out.join("flex.svg"), crate::plot::series_svg("FLeX penalty λ·mean P", &penalties).as_bytes())?;
         let _ = writeln!(md, "![FLeX penalty](flex.svg)\n");
