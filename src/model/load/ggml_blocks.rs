@@ -245,7 +245,7 @@ fn q5_values(qh: &[u8], qs: &[u8]) -> [u8; 32] {
 #[inline(always)]
 pub(crate) fn q5_0(b: &[u8], y: &mut [f32]) {
     let d = half(b, 0);
-    for (y, q) in y.iter_mut().zip(q5_values(&b[2..6], &b[6..22])) {
+    for (y, q) in fixed_mut::<32>(y).iter_mut().zip(q5_values(&b[2..6], &b[6..22])) {
         *y = (q as i32 - 16) as f32 * d;
     }
 }
@@ -254,7 +254,7 @@ pub(crate) fn q5_0(b: &[u8], y: &mut [f32]) {
 #[inline(always)]
 pub(crate) fn q5_1(b: &[u8], y: &mut [f32]) {
     let (d, m) = (half(b, 0), half(b, 2));
-    for (y, q) in y.iter_mut().zip(q5_values(&b[4..8], &b[8..24])) {
+    for (y, q) in fixed_mut::<32>(y).iter_mut().zip(q5_values(&b[4..8], &b[8..24])) {
         *y = q as f32 * d + m;
     }
 }
@@ -281,9 +281,14 @@ pub(crate) fn q4_k(b: &[u8], y: &mut [f32]) {
         let (sc1, m1) = scale_min_k4(2 * g, scales);
         let (sc2, m2) = scale_min_k4(2 * g + 1, scales);
         let (d1, min1, d2, min2) = (d * sc1 as f32, dmin * m1 as f32, d * sc2 as f32, dmin * m2 as f32);
-        for (l, &q) in qs.iter().enumerate() {
-            y[l] = d1 * (q & 0xF) as f32 - min1;
-            y[l + 32] = d2 * (q >> 4) as f32 - min2;
+        let qs = fixed::<32>(qs);
+        let (lo, hi) = (qs.map(|q| q & 0xF), qs.map(|q| q >> 4));
+        let (y1, y2) = y.split_at_mut(32);
+        for (y, q) in fixed_mut::<32>(y1).iter_mut().zip(lo) {
+            *y = d1 * q as f32 - min1;
+        }
+        for (y, q) in fixed_mut::<32>(y2).iter_mut().zip(hi) {
+            *y = d2 * q as f32 - min2;
         }
     }
 }
@@ -299,11 +304,15 @@ pub(crate) fn q5_k(b: &[u8], y: &mut [f32]) {
         let (sc1, m1) = scale_min_k4(2 * g, scales);
         let (sc2, m2) = scale_min_k4(2 * g + 1, scales);
         let (d1, min1, d2, min2) = (d * sc1 as f32, dmin * m1 as f32, d * sc2 as f32, dmin * m2 as f32);
-        for (l, &q) in qs.iter().enumerate() {
-            let lo = (q & 0xF) | ((qh[l] >> (2 * g)) & 1) << 4;
-            let hi = (q >> 4) | ((qh[l] >> (2 * g + 1)) & 1) << 4;
-            y[l] = d1 * lo as f32 - min1;
-            y[l + 32] = d2 * hi as f32 - min2;
+        let (qs, qh) = (fixed::<32>(qs), fixed::<32>(qh));
+        let lo: [u8; 32] = std::array::from_fn(|l| (qs[l] & 0xF) | ((qh[l] >> (2 * g)) & 1) << 4);
+        let hi: [u8; 32] = std::array::from_fn(|l| (qs[l] >> 4) | ((qh[l] >> (2 * g + 1)) & 1) << 4);
+        let (y1, y2) = y.split_at_mut(32);
+        for (y, q) in fixed_mut::<32>(y1).iter_mut().zip(lo) {
+            *y = d1 * q as f32 - min1;
+        }
+        for (y, q) in fixed_mut::<32>(y2).iter_mut().zip(hi) {
+            *y = d2 * q as f32 - min2;
         }
     }
 }
@@ -315,22 +324,19 @@ pub(crate) fn q5_k(b: &[u8], y: &mut [f32]) {
 pub(crate) fn q6_k(b: &[u8], y: &mut [f32]) {
     let d = half(b, 208);
     for h in 0..2 {
-        let ql = &b[64 * h..64 * h + 64];
-        let qh = &b[128 + 32 * h..128 + 32 * h + 32];
-        let sc = &b[192 + 8 * h..192 + 8 * h + 8];
-        let y = &mut y[128 * h..128 * h + 128];
-        for l in 0..32 {
-            let is = l / 16;
-            // Element l+32k takes its low nibble from ql[l] (k=0,2) or ql[l+32] (k=1,3), low
-            // nibble for k<2 and high for k>=2, and bits 2k..2k+2 of qh[l] on top.
-            let q1 = ((ql[l] & 0xF) | (qh[l] & 3) << 4) as i32 - 32;
-            let q2 = ((ql[l + 32] & 0xF) | ((qh[l] >> 2) & 3) << 4) as i32 - 32;
-            let q3 = ((ql[l] >> 4) | ((qh[l] >> 4) & 3) << 4) as i32 - 32;
-            let q4 = ((ql[l + 32] >> 4) | ((qh[l] >> 6) & 3) << 4) as i32 - 32;
-            y[l] = d * sc[is] as i8 as f32 * q1 as f32;
-            y[l + 32] = d * sc[is + 2] as i8 as f32 * q2 as f32;
-            y[l + 64] = d * sc[is + 4] as i8 as f32 * q3 as f32;
-            y[l + 96] = d * sc[is + 6] as i8 as f32 * q4 as f32;
+        let ql = fixed::<64>(&b[64 * h..]);
+        let qh = fixed::<32>(&b[128 + 32 * h..]);
+        let sc = fixed::<8>(&b[192 + 8 * h..]);
+        // Element 32k + l of the half takes its low nibble from ql[l] (k = 0, 2) or ql[l + 32]
+        // (k = 1, 3), the low nibble for k < 2 and the high one for k ≥ 2, and bits 2k..2k+2 of
+        // qh[l] on top; its scale is sc[l/16 + 2k].
+        for k in 0..4 {
+            let q: [i32; 32] =
+                std::array::from_fn(|l| ((ql[l + 32 * (k % 2)] >> (4 * (k / 2)) & 0xF) | ((qh[l] >> (2 * k)) & 3) << 4) as i32 - 32);
+            let s = [d * sc[2 * k] as i8 as f32, d * sc[2 * k + 1] as i8 as f32];
+            for (l, (y, q)) in fixed_mut::<32>(&mut y[128 * h + 32 * k..]).iter_mut().zip(q).enumerate() {
+                *y = s[l / 16] * q as f32;
+            }
         }
     }
 }
