@@ -324,6 +324,53 @@ fn cpu_int8_path_matches_quantized_activations_on_every_tier() {
     }
 }
 
+/// The prompt GEMM at the edge of its integer ranges: every weight code at its type's largest
+/// value and every activation code ±127 (a token of equal values), the case where the AVX2
+/// kernel's 16-bit sums (`int8_gemm::i16_sums` products per sum) come closest to overflowing.
+/// Results must still be Σ w·x̂ within f32 rounding, on every tier.
+#[test]
+fn cpu_int8_gemm_holds_the_largest_codes() {
+    use matmul_gguf::int8::{Q8Act, QK};
+    let dev = cpu();
+    for (ty, k) in INT8_CASES {
+        let (n, t) = (21, 37);
+        let mut bytes = random_blocks(ty, n, k, k as u64);
+        // The bytes holding codes, per block, and the value that makes every code its largest.
+        let (codes, max) = match ty {
+            GgmlType::Q4_0 => (2..18, 0xFF),
+            GgmlType::Q4_1 => (4..20, 0xFF),
+            GgmlType::Q5_0 => (2..22, 0xFF),
+            GgmlType::Q8_0 => (2..34, 0x7F),
+            GgmlType::Q4_K => (16..144, 0xFF),
+            GgmlType::Q6_K => (0..192, 0xFF),
+            _ => unreachable!(),
+        };
+        for b in bytes.chunks_exact_mut(ty.block().1) {
+            b[codes.clone()].fill(max);
+        }
+        let mut deq = vec![0f32; n * k];
+        ggml_blocks::dequantize(ty, &bytes, &mut deq, "test", "w").unwrap();
+        let w = matmul_gguf::GgufTensor::new(&dev, "test: w", ty, &[n, k], &bytes).unwrap();
+        let x: Vec<f32> = (0..t * k).map(|i| if (i / k) % 2 == 0 { 0.5 } else { -0.5 }).collect();
+        let xq = Q8Act::quantize(&x, k);
+        assert!(xq.q.iter().all(|q| q.abs() == 127));
+        each_tier(|tier| {
+            let y = read(&dev, &matmul_gguf::forward_int8(&dev, &up(&dev, &[t, k], &x), &w).unwrap());
+            for ti in 0..t {
+                for r in 0..n {
+                    let (mut want, mut mag) = (0f64, 0f64);
+                    for j in 0..k {
+                        let v = deq[r * k + j] as f64 * xq.q[ti * k + j] as f64 * xq.d[(ti * k + j) / QK] as f64;
+                        (want, mag) = (want + v, mag + v.abs());
+                    }
+                    let got = y[ti * n + r] as f64;
+                    assert!((got - want).abs() <= 1e-5 * mag + 1e-6, "{ty} on {tier}, token {ti}, row {r}: {got} vs Σ w·x̂ {want}");
+                }
+            }
+        });
+    }
+}
+
 /// The prompt GEMM's tiles (`int8_gemm::Tile::pack`: AVX2 on the x86 tiers, `int8_pack_x86`)
 /// hold the portable packer's bytes and scales exactly, for full tiles and a partial one.
 #[test]
