@@ -3,7 +3,7 @@
 //! the 16 rows' integer sums of a chunk (two halves), one conversion and two FMAs scale them.
 //! The multiply-add is `vpdpbusd` (AVX-512 VNNI; takes every type, Q8_0's full-range codes too)
 //! or `vpmaddubsw` + `vpmaddwd` (AVX-512BW, and AVX2 over two 8-row halves), whose i16 pairs stay
-//! ≤ 2·127·127 because tile codes of the types it is given are ≤ 63. AVX2 adds up to 8
+//! ≤ 2·127·63 because tile codes of the types it is given are ≤ 63. AVX2 adds up to 8
 //! `vpmaddubsw` results in i16 before one `vpmaddwd` widens them (`Tile::sums16`, as many as the
 //! type's code range lets add without overflow). Integer sums equal the portable reference's,
 //! except that the kernels for one-scale types (`group512_same`, `group256` without `SPLIT`)
