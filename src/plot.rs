@@ -141,29 +141,28 @@ const COLORS: [&str; 8] = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"
 /// Several named curves against the step (each drawn as its moving average), one color each,
 /// with a legend: e.g. the training loss of every arm of an experiment.
 pub fn series_svg(title: &str, series: &[(String, Vec<(f64, f64)>)]) -> String {
-    let Some(f) = Frame::fit(series.iter().flat_map(|(_, p)| p.iter())) else { return empty("no steps") };
-    let mut s = open();
-    f.axes(&mut s, "optimizer step", &format!("{title} (moving average)"));
-    for (i, (name, pts)) in series.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
-        let pts: Vec<(f64, f64)> = pts.iter().copied().filter(|p| p.1.is_finite()).collect();
-        polyline(&mut s, &f, &ema(&pts), color, 1.5, "");
-        legend(&mut s, i, name, color);
-    }
-    close(s)
+    curves_svg(&format!("{title} (moving average)"), series, true)
 }
 
 /// `series_svg` for sparse measurements (e.g. a validation loss every 50 steps): every point a
 /// dot, joined as measured, without smoothing.
 pub fn points_svg(title: &str, series: &[(String, Vec<(f64, f64)>)]) -> String {
-    let Some(f) = Frame::fit(series.iter().flat_map(|(_, p)| p.iter())) else { return empty("no points") };
+    curves_svg(title, series, false)
+}
+
+fn curves_svg(y_label: &str, series: &[(String, Vec<(f64, f64)>)], smooth: bool) -> String {
+    let Some(f) = Frame::fit(series.iter().flat_map(|(_, p)| p.iter())) else { return empty("no steps") };
     let mut s = open();
-    f.axes(&mut s, "optimizer step", title);
+    f.axes(&mut s, "optimizer step", y_label);
     for (i, (name, pts)) in series.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
         let pts: Vec<(f64, f64)> = pts.iter().copied().filter(|p| p.1.is_finite()).collect();
-        polyline(&mut s, &f, &pts, color, 1.5, "");
-        dots(&mut s, &f, &pts, color, 3.5);
+        if smooth {
+            polyline(&mut s, &f, &ema(&pts), color, 1.5, "");
+        } else {
+            polyline(&mut s, &f, &pts, color, 1.5, "");
+            dots(&mut s, &f, &pts, color, 3.5);
+        }
         legend(&mut s, i, name, color);
     }
     close(s)

@@ -176,16 +176,16 @@ fn fixed_mut<const N: usize>(v: &mut [f32]) -> &mut [f32; N] {
     (&mut v[..N]).try_into().expect("N elements")
 }
 
-/// Elements 0..16 and 16..32 of a block's output.
+/// Elements 0..N and N..2N of a block's output.
 #[inline(always)]
-fn halves(y: &mut [f32]) -> (&mut [f32; 16], &mut [f32; 16]) {
-    let (lo, hi) = y[..32].split_at_mut(16);
-    (lo.try_into().expect("16 elements"), hi.try_into().expect("16 elements"))
+fn halves<const N: usize>(y: &mut [f32]) -> (&mut [f32; N], &mut [f32; N]) {
+    let (lo, hi) = y[..2 * N].split_at_mut(N);
+    (lo.try_into().expect("N elements"), hi.try_into().expect("N elements"))
 }
 
-/// The low and the high nibbles of 16 bytes.
+/// The low and the high nibbles of N bytes.
 #[inline(always)]
-fn nibbles(qs: &[u8; 16]) -> ([u8; 16], [u8; 16]) {
+fn nibbles<const N: usize>(qs: &[u8; N]) -> ([u8; N], [u8; N]) {
     (qs.map(|q| q & 0xF), qs.map(|q| q >> 4))
 }
 
@@ -206,7 +206,7 @@ pub(crate) fn q8_0(b: &[u8], y: &mut [f32]) {
 pub(crate) fn q4_0(b: &[u8], y: &mut [f32]) {
     let d = half(b, 0);
     let (lo, hi) = nibbles(fixed::<16>(&b[2..18]));
-    let (y_lo, y_hi) = halves(y);
+    let (y_lo, y_hi) = halves::<16>(y);
     for j in 0..16 {
         y_lo[j] = (lo[j] as i32 - 8) as f32 * d;
     }
@@ -220,7 +220,7 @@ pub(crate) fn q4_0(b: &[u8], y: &mut [f32]) {
 pub(crate) fn q4_1(b: &[u8], y: &mut [f32]) {
     let (d, m) = (half(b, 0), half(b, 2));
     let (lo, hi) = nibbles(fixed::<16>(&b[4..20]));
-    let (y_lo, y_hi) = halves(y);
+    let (y_lo, y_hi) = halves::<16>(y);
     for j in 0..16 {
         y_lo[j] = lo[j] as f32 * d + m;
     }
@@ -281,13 +281,12 @@ pub(crate) fn q4_k(b: &[u8], y: &mut [f32]) {
         let (sc1, m1) = scale_min_k4(2 * g, scales);
         let (sc2, m2) = scale_min_k4(2 * g + 1, scales);
         let (d1, min1, d2, min2) = (d * sc1 as f32, dmin * m1 as f32, d * sc2 as f32, dmin * m2 as f32);
-        let qs = fixed::<32>(qs);
-        let (lo, hi) = (qs.map(|q| q & 0xF), qs.map(|q| q >> 4));
-        let (y1, y2) = y.split_at_mut(32);
-        for (y, q) in fixed_mut::<32>(y1).iter_mut().zip(lo) {
+        let (lo, hi) = nibbles(fixed::<32>(qs));
+        let (y1, y2) = halves::<32>(y);
+        for (y, q) in y1.iter_mut().zip(lo) {
             *y = d1 * q as f32 - min1;
         }
-        for (y, q) in fixed_mut::<32>(y2).iter_mut().zip(hi) {
+        for (y, q) in y2.iter_mut().zip(hi) {
             *y = d2 * q as f32 - min2;
         }
     }
@@ -307,11 +306,11 @@ pub(crate) fn q5_k(b: &[u8], y: &mut [f32]) {
         let (qs, qh) = (fixed::<32>(qs), fixed::<32>(qh));
         let lo: [u8; 32] = std::array::from_fn(|l| (qs[l] & 0xF) | ((qh[l] >> (2 * g)) & 1) << 4);
         let hi: [u8; 32] = std::array::from_fn(|l| (qs[l] >> 4) | ((qh[l] >> (2 * g + 1)) & 1) << 4);
-        let (y1, y2) = y.split_at_mut(32);
-        for (y, q) in fixed_mut::<32>(y1).iter_mut().zip(lo) {
+        let (y1, y2) = halves::<32>(y);
+        for (y, q) in y1.iter_mut().zip(lo) {
             *y = d1 * q as f32 - min1;
         }
-        for (y, q) in fixed_mut::<32>(y2).iter_mut().zip(hi) {
+        for (y, q) in y2.iter_mut().zip(hi) {
             *y = d2 * q as f32 - min2;
         }
     }

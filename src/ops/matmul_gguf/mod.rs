@@ -302,27 +302,10 @@ pub fn backward_dx(dev: &Device, dy: &Tensor, w: &GgufTensor) -> Result<Tensor> 
     Ok(dx)
 }
 
-/// Dequantizes whole blocks (`ggml_blocks::dequantize_blocks`, compiled for the tier's SIMD as
-/// `rows_dot_body` is: the same operations, so the same bits); the type was checked by
+/// Dequantizes whole blocks (`ggml_blocks::dequantize_blocks`); the type was checked by
 /// `GgufTensor::new`.
-fn deq(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let tier = cpu::tier();
-        cpu::debug_assert_runs(tier);
-        match tier {
-            // SAFETY: `tier()` only returns tiers this CPU runs; the body only indexes slices.
-            cpu::Tier::Avx512 => return unsafe { simd::deq_avx512(ty, src, dst) },
-            // SAFETY: as above.
-            cpu::Tier::Avx2 => return unsafe { simd::deq_avx2(ty, src, dst) },
-            cpu::Tier::Portable => {}
-        }
-    }
-    deq_body(ty, src, dst)
-}
-
 #[inline(always)]
-fn deq_body(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
+fn deq(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
     let done = ggml_blocks::dequantize_blocks(ty, src, dst);
     debug_assert!(done, "matmul_gguf: {ty} passed GgufTensor::new but has no dequantizer");
 }
@@ -526,25 +509,7 @@ fn dot16(a: &[f32], b: &[f32]) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 mod simd {
-    use super::{deq_body, rows_dot_body, GgmlType};
-
-    /// `deq_body` compiled for AVX2 + FMA.
-    ///
-    /// # Safety
-    /// The CPU must have AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn deq_avx2(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
-        deq_body(ty, src, dst)
-    }
-
-    /// `deq_body` compiled for AVX-512F.
-    ///
-    /// # Safety
-    /// The CPU must have AVX-512F, AVX2 and FMA (the AVX-512 tier).
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    pub unsafe fn deq_avx512(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
-        deq_body(ty, src, dst)
-    }
+    use super::{rows_dot_body, GgmlType};
 
     /// `rows_dot_body` compiled for AVX2 + FMA.
     ///
