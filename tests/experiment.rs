@@ -240,7 +240,7 @@ train = {{ flex = {{ mode = "published" }} }}
         dir.join("out").display()
     );
     let spec_path = dir.join("spec.toml");
-    std::fs::write(&spec_path, text).unwrap();
+    std::fs::write(&spec_path, &text).unwrap();
     let mut device = || Ok(flexlora::Device::cpu());
 
     let mut lines = Vec::new();
@@ -353,6 +353,29 @@ train = {{ flex = {{ mode = "published" }} }}
     assert!(String::from_utf8_lossy(&out.stdout).contains("| java | lora | 2 x 1 |"), "{}", String::from_utf8_lossy(&out.stdout));
     assert!(std::fs::read_to_string(spec.out.join("report.md")).unwrap().contains("3 of 3 runs finished"));
     assert_eq!(mtime(&adapter), before[3], "--report-only trained nothing");
+
+    // With a trained reference, the report also compares every trained arm with the untrained
+    // base arm, in a section of its own; `comparisons` stays the reference's.
+    std::fs::write(&spec_path, text.replace(r#"reference = "base""#, r#"reference = "lora""#)).unwrap();
+    let spec = spec::load(&spec_path).unwrap();
+    let rep = report::write(&spec).unwrap();
+    let (vs_lora, vs_base) =
+        rep.markdown.split_once("## Paired comparisons with `base` (the model before training)").expect("no section for base");
+    assert!(vs_lora.contains("| java | base | 2 x 1 |") && vs_lora.contains("| java | lora-published | 2 x 1 |"), "{vs_lora}");
+    assert!(vs_base.contains("| java | lora | 2 x 1 |") && vs_base.contains("| java | lora-published | 2 x 1 |"), "{vs_base}");
+    assert!(!vs_base.contains("| java | base |"), "{vs_base}");
+    assert_eq!(rep.comparisons.iter().map(|c| c.arm.as_str()).collect::<Vec<_>>(), ["base", "lora-published"]);
+    // The reference argument is the one paired against: with `lora` made to solve one task more
+    // than it did, each direction sees its own sign.
+    let mut runs = runner::finished(&spec).unwrap();
+    let lora = runs.iter_mut().find(|r| r.arm == "lora").unwrap();
+    let task = lora.evals[0].tasks.iter_mut().find(|t| !t.first).expect("tiny runs solve little");
+    (task.c, task.first) = (task.n, true);
+    let there = report::compare(&spec, &runs, "lora", "base", "java").unwrap();
+    let back = report::compare(&spec, &runs, "base", "lora", "java").unwrap();
+    assert_eq!((there.reference_pass1, there.arm_pass1), (back.arm_pass1, back.reference_pass1));
+    assert!(back.interval.diff > 0.0 && there.interval.diff == -back.interval.diff, "{there:?} {back:?}");
+    assert_eq!((back.mcnemar[0].1, back.mcnemar[0].2), (there.mcnemar[0].2, there.mcnemar[0].1));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -368,4 +391,6 @@ fn committed_specs_are_valid() {
     assert!(grid.arm("lora").unwrap().seeds.len() >= 3 && grid.arm("flex").unwrap().seeds.len() >= 3);
     let sel = grid.arm("flex").unwrap().select.as_ref().unwrap();
     assert_eq!(grid.eval(&sel.eval).unwrap().role, spec::Role::Validation);
+    // λ = 0 is the reference itself: choosing it would train `lora` again under another name.
+    assert!(!sel.arms.contains(&grid.reference), "{:?}", sel.arms);
 }

@@ -1,5 +1,6 @@
 //! The experiment's report from its finished runs: `OUT/report.md` (results per evaluation set,
-//! paired comparisons against the reference arm, training and FLeX penalty figures) and SVG plots:
+//! paired comparisons against the reference arm and against the untrained base arm, training and
+//! FLeX penalty figures) and SVG plots:
 //! `pass1-<set>.svg` (pass@1 per arm with its 95% interval and each seed's value), `loss.svg`
 //! (training loss per run), `val.svg` (the validation loss of each run at each validation, when
 //! logged) and `flex.svg` (the FLeX penalty per run, when logged).
@@ -39,13 +40,13 @@ pub struct Report {
     pub table: String,
 }
 
-/// Pairs an arm's runs with the reference's on one set: seed s with the reference's seed s, or
-/// with its only run when it has one (an untrained reference runs once). Tasks are matched by id.
-pub fn compare(spec: &Spec, runs: &[RunSummary], arm: &str, eval: &str) -> Option<Comparison> {
+/// Pairs an arm's runs with `reference`'s on one set: seed s with the reference's seed s, or with
+/// its only run when it has one (an untrained reference runs once). Tasks are matched by id.
+pub fn compare(spec: &Spec, runs: &[RunSummary], reference: &str, arm: &str, eval: &str) -> Option<Comparison> {
     let of = |name: &str| -> Vec<(&RunSummary, &EvalResult)> {
         runs.iter().filter(|r| r.arm == name).filter_map(|r| r.evals.iter().find(|e| e.name == eval).map(|e| (r, e))).collect()
     };
-    let reference = of(&spec.reference);
+    let reference = of(reference);
     let mine = of(arm);
     let mut pairs: Vec<(u64, &EvalResult, &EvalResult)> = Vec::new();
     for (r, e) in &mine {
@@ -197,7 +198,8 @@ pub fn write(spec: &Spec) -> Result<Report> {
         let _ = writeln!(md, "\n![pass@1 on {}]({file})\n", set.name);
     }
 
-    // Paired comparisons.
+    // Paired comparisons: with the reference arm, then (when the spec has an untrained arm that is
+    // not the reference) every trained arm with the base model, i.e. whether training helped at all.
     let _ = writeln!(md, "## Paired comparisons with `{}`\n", spec.reference);
     let _ = writeln!(
         md,
@@ -206,33 +208,13 @@ pub fn write(spec: &Spec) -> Result<Report> {
          test per seed on the first sample of each task, b = tasks only the reference solved, c = tasks only the arm solved.\n",
         spec.reference, spec.bootstrap, spec.bootstrap_seed
     );
-    let mut table = String::from(
-        "| set | arm | tasks x seeds | pass@1 reference | pass@1 arm | Δ | 95% interval | McNemar per seed (b, c, p) |\n|---|---|---|---|---|---|---|---|\n",
-    );
-    let mut comparisons = Vec::new();
-    for set in &spec.evals {
-        for arm in spec.arms.iter().filter(|a| a.name != spec.reference && a.evals.contains(&set.name)) {
-            if let Some(c) = compare(spec, &runs, &arm.name, &set.name) {
-                let mc: Vec<String> = c.mcnemar.iter().map(|(s, b, cc, p)| format!("seed {s}: {b}, {cc}, p={p:.3}")).collect();
-                let _ = writeln!(
-                    table,
-                    "| {} | {} | {} x {} | {:.3} | {:.3} | {:+.3} | [{:+.3}, {:+.3}] | {} |",
-                    c.eval,
-                    c.arm,
-                    c.tasks,
-                    c.seeds,
-                    c.reference_pass1,
-                    c.arm_pass1,
-                    c.interval.diff,
-                    c.interval.lo,
-                    c.interval.hi,
-                    mc.join("; ")
-                );
-                comparisons.push(c);
-            }
-        }
-    }
+    let (table, comparisons) = comparison_table(spec, &runs, &spec.reference);
     md.push_str(&table);
+    if let Some(base) = spec.arms.iter().find(|a| a.kind == ArmKind::Base && a.name != spec.reference) {
+        let _ = writeln!(md, "\n## Paired comparisons with `{}` (the model before training)\n", base.name);
+        let _ = writeln!(md, "As above, with `{}` as the reference: does training change pass@1 at all?\n", base.name);
+        md.push_str(&comparison_table(spec, &runs, &base.name).0);
+    }
 
     // Training.
     let _ = writeln!(md, "\n## Training\n");
@@ -294,6 +276,37 @@ pub fn write(spec: &Spec) -> Result<Report> {
     }
     write_atomic(&spec.out.join("report.md"), md.as_bytes())?;
     Ok(Report { markdown: md, comparisons, table })
+}
+
+/// The markdown table of every arm other than `reference` compared with it on every set both ran.
+fn comparison_table(spec: &Spec, runs: &[RunSummary], reference: &str) -> (String, Vec<Comparison>) {
+    let mut table = String::from(
+        "| set | arm | tasks x seeds | pass@1 reference | pass@1 arm | Δ | 95% interval | McNemar per seed (b, c, p) |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    let mut comparisons = Vec::new();
+    for set in &spec.evals {
+        for arm in spec.arms.iter().filter(|a| a.name != reference && a.evals.contains(&set.name)) {
+            if let Some(c) = compare(spec, runs, reference, &arm.name, &set.name) {
+                let mc: Vec<String> = c.mcnemar.iter().map(|(s, b, cc, p)| format!("seed {s}: {b}, {cc}, p={p:.3}")).collect();
+                let _ = writeln!(
+                    table,
+                    "| {} | {} | {} x {} | {:.3} | {:.3} | {:+.3} | [{:+.3}, {:+.3}] | {} |",
+                    c.eval,
+                    c.arm,
+                    c.tasks,
+                    c.seeds,
+                    c.reference_pass1,
+                    c.arm_pass1,
+                    c.interval.diff,
+                    c.interval.lo,
+                    c.interval.hi,
+                    mc.join("; ")
+                );
+                comparisons.push(c);
+            }
+        }
+    }
+    (table, comparisons)
 }
 
 /// λ as trained: a number in `train` mode; otherwise the penalty never reaches the update.
