@@ -39,6 +39,11 @@ enum Command {
         /// in another process); train and evaluate nothing.
         #[arg(long)]
         report_only: bool,
+        /// Execute every finished run's saved completions again with this build's harness (stop
+        /// rule, sandbox) and rewrite their results and the report; generate nothing. For a harness
+        /// fix found after runs finished; each rescored summary names this build.
+        #[arg(long, conflicts_with = "report_only")]
+        rescore: bool,
         #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
         device: DeviceChoice,
         #[arg(long, value_enum)]
@@ -231,7 +236,8 @@ struct GenerateArgs {
     top_k: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Stop when this text appears (repeatable).
+    /// Stop when this text appears (repeatable; one that ends in a newline also matches with
+    /// spaces or tabs before the newline).
     #[arg(long)]
     stop: Vec<String>,
     /// Also write the prompt's and the generated token ids, the text and why it ended to this
@@ -433,6 +439,14 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
         Command::Web(args) => web(args),
         Command::Experiment { spec, report_only: true, .. } => {
             let spec = flexlora::experiment::spec::load(&spec)?;
+            let report = flexlora::experiment::report::write(&spec)?;
+            println!("{}", report.table);
+            eprintln!("wrote {}", spec.out.join("report.md").display());
+            Ok(())
+        }
+        Command::Experiment { spec, rescore: true, .. } => {
+            let spec = flexlora::experiment::spec::load(&spec)?;
+            flexlora::experiment::rescore::rescore(&spec, &mut |line| eprintln!("{line}"))?;
             let report = flexlora::experiment::report::write(&spec)?;
             println!("{}", report.table);
             eprintln!("wrote {}", spec.out.join("report.md").display());

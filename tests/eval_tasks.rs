@@ -163,6 +163,10 @@ fn java_stop_and_brace_closing() {
             let full = t.canonical_solution.as_deref().unwrap_or("");
             let cut = tasks::truncate_at_stop(full, &t.stop);
             assert!(cut.len() < full.len() && !cut.contains("\n    }\n"), "{}: stop not found in the canonical solution", t.id);
+            // A model that ends its lines with a blank (as MBPP's solutions do) stops there too.
+            let spaced = full.replace('\n', " \n");
+            let spaced_cut = tasks::truncate_at_stop(&spaced, &t.stop).replace(" \n", "\n");
+            assert_eq!(spaced_cut.trim_end_matches(' '), cut.trim_end_matches(' '), "{}", t.id);
             t.program(cut)
         })
         .collect();

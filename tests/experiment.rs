@@ -376,6 +376,42 @@ train = {{ flex = {{ mode = "published" }} }}
     assert_eq!((there.reference_pass1, there.arm_pass1), (back.arm_pass1, back.reference_pass1));
     assert!(back.interval.diff > 0.0 && there.interval.diff == -back.interval.diff, "{there:?} {back:?}");
     assert_eq!((back.mcnemar[0].1, back.mcnemar[0].2), (there.mcnemar[0].2, there.mcnemar[0].1));
+
+    // `--rescore`: saved completions executed again with the current stop rule. The `lora` run's
+    // first completion becomes MBJP/11's solution with a blank ending every line, then the class
+    // closed and prose, as a model trained on MBPP writes it: generation before the trailing-blank
+    // stop rule kept all of it (javac fails on the prose); cut now, it passes.
+    let tasks = flexlora::eval::tasks::load_mbjp(&data).unwrap();
+    let t11 = tasks.iter().find(|t| t.id == "MBJP/11").unwrap();
+    let solution = flexlora::eval::tasks::truncate_at_stop(t11.canonical_solution.as_deref().unwrap(), &t11.stop);
+    let long = format!("{}\n    }} \n}}\n```\n\nThis code removes the first and last occurrence.", solution.replace('\n', " \n"));
+    assert!(!long.contains("\n    }\n"), "the old stop rule must not cut it");
+    let samples = runner::run_dir(&spec, "lora", 0).join("eval/java/samples.jsonl");
+    let saved = std::fs::read_to_string(&samples).unwrap();
+    let mut lines: Vec<serde_json::Value> = saved.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let line = lines.iter_mut().find(|v| v["task_id"] == "MBJP/11").unwrap();
+    line["completion"] = long.clone().into();
+    let edited: String = lines.iter().map(|v| format!("{v}\n")).collect();
+    std::fs::write(&samples, &edited).unwrap();
+    let mut said = Vec::new();
+    let changes = flexlora::experiment::rescore::rescore(&spec, &mut |l| said.push(l.to_string())).unwrap();
+    let c = changes.iter().find(|c| c.run == "lora/seed-0").unwrap();
+    assert_eq!((c.recut, c.tasks, c.passed_after), (1, 2, c.passed_before + 1), "{said:#?}");
+    assert!(changes.iter().all(|c| c.run != "lora-published/seed-0"), "a published run is not scored on its own");
+    let runs = runner::finished(&spec).unwrap();
+    let lora = runs.iter().find(|r| r.arm == "lora").unwrap();
+    assert!(lora.evals[0].tasks.iter().any(|t| t.id == "MBJP/11" && t.first && t.c == 1), "{:?}", lora.evals[0]);
+    assert_eq!(lora.rescored_by.as_deref(), Some(runner::build_id().as_str()));
+    let published = runs.iter().find(|r| r.arm == "lora-published").unwrap();
+    assert_eq!(published.evals[0].tasks, lora.evals[0].tasks, "the published run follows the run it reuses");
+    let eval_summary = std::fs::read_to_string(runner::run_dir(&spec, "lora", 0).join("eval/java/summary.json")).unwrap();
+    assert!(eval_summary.contains("rescored_by"), "{eval_summary}");
+    // The samples stay as generated; a second rescoring changes nothing.
+    assert_eq!(std::fs::read_to_string(&samples).unwrap(), edited);
+    let again = flexlora::experiment::rescore::rescore(&spec, &mut |_| {}).unwrap();
+    let c2 = again.iter().find(|c| c.run == "lora/seed-0").unwrap();
+    assert_eq!((c2.recut, c2.passed_before, c2.passed_after), (1, c.passed_after, c.passed_after));
+    assert!(report::write(&spec).unwrap().markdown.contains("executed again (`--rescore`)"));
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -167,13 +167,14 @@ pub const PYTHON_PROGRAM_STOPS: [&str; 4] = ["\nif __name__", "\nprint(", "\n#",
 /// MBPP few-shot stops: the end marker, or the start of another example.
 pub const MBPP_FEW_SHOT_STOPS: [&str; 3] = ["[DONE]", "\n[BEGIN]", "\nYou are an expert"];
 /// Java stop: the entry method's closing brace at class indentation (4 spaces in every MBXP
-/// prompt). The harness then closes the method and the class (see `Task::program`).
+/// prompt), trailing blanks allowed (`find_stop`). The harness then closes the method and the
+/// class (see `Task::program`).
 pub const JAVA_STOPS: [&str; 1] = ["\n    }\n"];
 
-/// Cuts a completion before the first stop sequence. Idempotent.
+/// Cuts a completion before the first stop sequence, as generation does (`find_stop`: a stop that
+/// ends a line matches with trailing blanks too). Idempotent.
 pub fn truncate_at_stop<'a>(completion: &'a str, stop: &[String]) -> &'a str {
-    let end = stop.iter().filter_map(|s| completion.find(s.as_str())).min().unwrap_or(completion.len());
-    &completion[..end]
+    &completion[..crate::model::generate::find_stop(completion, stop).unwrap_or(completion.len())]
 }
 
 impl Task {

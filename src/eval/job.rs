@@ -278,18 +278,7 @@ pub async fn run(
 
     // Reuse finished tasks from an earlier run with the same settings.
     let samples_path = out.join("samples.jsonl");
-    let mut done: HashMap<String, Vec<String>> = HashMap::new();
-    if let Ok(text) = std::fs::read_to_string(&samples_path) {
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            // A line cut short by a crash is ignored; its task is generated again.
-            if let Ok(s) = serde_json::from_str::<SampleLine>(line) {
-                let v = done.entry(s.task_id).or_default();
-                if v.len() == s.sample {
-                    v.push(s.completion);
-                }
-            }
-        }
-    }
+    let done = saved_samples(&samples_path);
     let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&samples_path).map_err(io_at(&samples_path, "open"))?;
     let opts_for = |t: &Task| GenerateOptions {
         max_new_tokens: cfg.max_new_tokens,
@@ -301,7 +290,8 @@ pub async fn run(
     let (mut requests, mut owner) = (Vec::new(), Vec::new());
     for (i, task) in tasks.iter().enumerate() {
         if let Some(c) = done.get(&task.id).filter(|c| c.len() >= cfg.samples) {
-            completions[i] = Some(c[..cfg.samples].to_vec());
+            // Cut again: samples written before a change of the stop rule may run past a stop.
+            completions[i] = Some(c[..cfg.samples].iter().map(|c| tasks::truncate_at_stop(c, &task.stop).to_string()).collect());
             continue;
         }
         requests.push(Request { prompt: tok.encode(&task.prompt, true)?, samples: cfg.samples, opts: opts_for(task) });
@@ -359,6 +349,23 @@ pub async fn run(
     let text = serde_json::to_string_pretty(&serde_json::json!({"config": cfg, "report": report})).expect("summary serializes");
     crate::model::load::write_atomic(&out.join("summary.json"), text.as_bytes())?;
     Ok(report)
+}
+
+/// The completions in an evaluation's `samples.jsonl`, per task id in sample order (none when the
+/// file is absent). A line cut short by a crash is ignored: its task is generated again.
+pub fn saved_samples(path: &Path) -> HashMap<String, Vec<String>> {
+    let mut done: HashMap<String, Vec<String>> = HashMap::new();
+    if let Ok(text) = std::fs::read_to_string(path) {
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            if let Ok(s) = serde_json::from_str::<SampleLine>(line) {
+                let v = done.entry(s.task_id).or_default();
+                if v.len() == s.sample {
+                    v.push(s.completion);
+                }
+            }
+        }
+    }
+    done
 }
 
 /// A stable per-task seed offset, so a task's samples do not depend on which tasks ran before.

@@ -6,12 +6,15 @@
 //! - `runner`: one resumable directory per (arm, seed); finished runs are skipped.
 //! - `stats`: exact McNemar, paired bootstrap interval pooled over seeds (pass@k is `eval::passk`).
 //! - `report`: `report.md`, the comparison table and SVG plots.
+//! - `rescore`: the finished runs' saved completions executed again after a harness change.
 //!
 //! `stats` is arithmetic and builds everywhere; the rest trains, evaluates in the sandbox and
 //! reads files, so it is Linux-only like `eval::job`.
 
 #[cfg(target_os = "linux")]
 pub mod report;
+#[cfg(target_os = "linux")]
+pub mod rescore;
 #[cfg(target_os = "linux")]
 pub mod runner;
 #[cfg(target_os = "linux")]

@@ -152,6 +152,18 @@ pub fn write(spec: &Spec) -> Result<Report> {
     if !builds.is_empty() {
         let _ = writeln!(md, "Code of the finished runs: {}.\n", builds.join("; "));
     }
+    let mut rescored: Vec<&str> = runs.iter().filter_map(|r| r.rescored_by.as_deref()).collect();
+    rescored.sort();
+    rescored.dedup();
+    if !rescored.is_empty() {
+        let _ = writeln!(
+            md,
+            "Saved completions executed again (`--rescore`) by: {}; {} of {} finished runs.\n",
+            rescored.join("; "),
+            runs.iter().filter(|r| r.rescored_by.is_some()).count(),
+            runs.len()
+        );
+    }
 
     // Results per evaluation set.
     let _ = writeln!(md, "## pass@1\n");

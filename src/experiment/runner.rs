@@ -81,6 +81,10 @@ pub struct RunSummary {
     /// report should share it; `report.md` lists every value it meets.
     #[serde(default)]
     pub flexlora: String,
+    /// Set when `flexlora experiment --rescore` executed the saved completions again with a later
+    /// harness: the build that did (`rescore`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rescored_by: Option<String>,
 }
 
 /// What `run` did with one (arm, seed).
@@ -179,7 +183,7 @@ fn estimate_left(rest: &[(&Arm, u64)], spec: &Spec, took: &[(ArmKind, f64)]) -> 
 }
 
 /// A published arm's run: its `same_as` arm's run of the same seed, which must be finished.
-fn published(spec: &Spec, arm: &Arm, seed: u64) -> Result<RunSummary> {
+pub fn published(spec: &Spec, arm: &Arm, seed: u64) -> Result<RunSummary> {
     let other = arm.same_as.as_deref().expect("the spec checked published arms");
     let Some(mut s) = read_summary(spec, other, seed)? else {
         return Err(Error::Config {
@@ -289,6 +293,7 @@ async fn one(
         evals,
         seconds: t0.elapsed().as_secs_f64(),
         flexlora: build_id(),
+        rescored_by: None,
     })
 }
 

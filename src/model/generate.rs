@@ -99,8 +99,35 @@ pub fn sample(logits: &[f32], s: &Sampling, rng: &mut Rng) -> u32 {
 pub struct GenerateOptions {
     pub max_new_tokens: usize,
     pub sampling: Sampling,
-    /// Generation of a sample ends where one of these appears (it is cut off).
+    /// Generation of a sample ends where one of these appears (it is cut off; see `find_stop`).
     pub stop: Vec<String>,
+}
+
+/// Where the earliest stop string in `text` begins. A stop string that ends a line (its last
+/// character is `\n`) also matches with blanks (spaces, tabs, carriage returns) before that line
+/// end: trailing blanks are invisible in code, and a model that learned them (MBPP's solutions
+/// end many lines with a space) would otherwise run past the stop, e.g. Java's `"\n    }\n"`
+/// against `"\n    } \n"`.
+pub fn find_stop(text: &str, stops: &[String]) -> Option<usize> {
+    stops.iter().filter(|s| !s.is_empty()).filter_map(|s| find_one(text, s)).min()
+}
+
+fn find_one(text: &str, stop: &str) -> Option<usize> {
+    let Some(head) = stop.strip_suffix('\n') else { return text.find(stop) };
+    let bytes = text.as_bytes();
+    let mut from = 0;
+    while let Some(at) = text[from..].find(head).map(|p| from + p) {
+        let mut end = at + head.len();
+        while end < bytes.len() && matches!(bytes[end], b' ' | b'\t' | b'\r') {
+            end += 1;
+        }
+        if bytes.get(end) == Some(&b'\n') {
+            return Some(at);
+        }
+        // The next candidate starts after this one's first character.
+        from = at + text[at..].chars().next().map_or(1, char::len_utf8);
+    }
+    None
 }
 
 /// One finished sample.
@@ -218,14 +245,15 @@ impl TextState {
             self.read = self.ids.len();
         }
         // Only a match that ends in the new text is new: search from one stop string's length
-        // before it.
+        // before it, and before the blanks it ends with (a line-end stop allows them, `find_stop`).
         let longest = stop.iter().map(|s| s.len()).max().unwrap_or(0);
-        let mut from = old_len.saturating_sub(longest);
+        let blanks = self.text.as_bytes()[..old_len].iter().rev().take_while(|b| matches!(b, b' ' | b'\t' | b'\r')).count();
+        let mut from = (old_len - blanks).saturating_sub(longest);
         while !self.text.is_char_boundary(from) {
             from -= 1;
         }
         let mut delta = String::new();
-        if let Some(cut) = stop.iter().filter(|s| !s.is_empty()).filter_map(|s| self.text[from..].find(s.as_str())).min() {
+        if let Some(cut) = find_stop(&self.text[from..], stop) {
             // A stop string that began in text already shown still cuts the final text there.
             let cut = from + cut;
             if cut > self.shown {

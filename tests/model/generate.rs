@@ -85,6 +85,48 @@ fn byte_char(b: u8) -> char {
     char::from_u32(256 + n).unwrap()
 }
 
+/// The stop rule written the slow way: the first position where a stop string starts, a stop
+/// ending in a newline allowing spaces, tabs and carriage returns before it.
+fn first_stop(text: &str, stops: &[String]) -> Option<usize> {
+    (0..=text.len()).filter(|&i| text.is_char_boundary(i)).find(|&i| {
+        stops.iter().any(|s| match s.strip_suffix('\n') {
+            Some(head) => text[i..].strip_prefix(head).is_some_and(|rest| rest.trim_start_matches([' ', '\t', '\r']).starts_with('\n')),
+            None => text[i..].starts_with(s.as_str()),
+        })
+    })
+}
+
+#[test]
+fn stop_strings_that_end_a_line_allow_trailing_blanks() {
+    use flexlora::model::generate::find_stop;
+    let java = vec!["\n    }\n".to_string()];
+    for (text, want) in [
+        ("        return x;\n    }\n    public static void main", Some(17)),
+        ("        return x; \n    } \n    public static void main", Some(18)),
+        ("        return x;\n    }\t \r\n}", Some(17)),
+        // Not at class indentation, or not the end of the line: no stop.
+        ("        return x;\n        }\n", None),
+        ("        return x;\n    } else {\n", None),
+        ("        return x;\n    }", None),
+    ] {
+        assert_eq!(find_stop(text, &java), want, "{text:?}");
+        assert_eq!(first_stop(text, &java), want, "{text:?}");
+    }
+    // The earliest of several; stops that do not end a line match exactly.
+    let stops = vec!["\ndef ".to_string(), "\n\n".to_string()];
+    assert_eq!(find_stop("a\n \ndef f", &stops), Some(1));
+    assert_eq!(find_stop("a\ndef f\n\n", &stops), Some(1));
+    assert_eq!(find_stop("a\n  def f", &stops), None);
+    // Random texts against the slow rule.
+    let mut rng = Rng::new(7);
+    let alphabet = [" ", "\t", "\r", "\n", "}", "x", "é", "    "];
+    let stops = vec!["\n    }\n".to_string(), "é\n".to_string(), "x}".to_string()];
+    for _ in 0..5000 {
+        let text: String = (0..rng.below(30)).map(|_| alphabet[rng.below(alphabet.len() as u64) as usize]).collect();
+        assert_eq!(find_stop(&text, &stops), first_stop(&text, &stops), "{text:?}");
+    }
+}
+
 #[test]
 fn incremental_detokenization_streams_what_full_decoding_gives() {
     use flexlora::model::generate::TextState;
@@ -102,15 +144,20 @@ fn incremental_detokenization_streams_what_full_decoding_gives() {
     // Tokens drawn from: ASCII bytes, the first and later bytes of multi-byte characters, and the words.
     let e_acute = "é".as_bytes().to_vec();
     let crab = "🦀".as_bytes().to_vec();
-    let pool: Vec<u32> = b"ab \nxyz()".iter().chain(&e_acute).chain(&crab).map(|&b| 2 + b as u32).chain(258..264).collect();
+    let pool: Vec<u32> = b"ab \nxyz(){}\t".iter().chain(&e_acute).chain(&crab).map(|&b| 2 + b as u32).chain(258..264).collect();
+    let blanky: Vec<u32> = b" \t\r\n}x".iter().map(|&b| 2 + b as u32).collect();
     let mut rng = Rng::new(42);
-    for case in 0..200 {
+    for case in 0..400 {
         let n = 1 + rng.below(40) as usize;
-        let ids: Vec<u32> = (0..n).map(|_| pool[rng.below(pool.len() as u64) as usize]).collect();
-        let stop: Vec<String> = match case % 3 {
+        // Line-end stops get texts of blanks, braces and newlines: matches whose blanks span tokens.
+        let from: &[u32] = if case % 4 == 3 { &blanky } else { &pool };
+        let ids: Vec<u32> = (0..n).map(|_| from[rng.below(from.len() as u64) as usize]).collect();
+        let stop: Vec<String> = match case % 4 {
             0 => vec![],
             1 => vec!["\n\n".into()],
-            _ => vec!["ab".into(), "é".into()],
+            2 => vec!["ab".into(), "é".into()],
+            // Line-end stops, which also match with blanks before the newline.
+            _ => vec![" }\n".into(), "é\n".into()],
         };
         let mut state = TextState::new(n);
         let mut streamed = String::new();
@@ -122,7 +169,7 @@ fn incremental_detokenization_streams_what_full_decoding_gives() {
         }
         let full = tok.decode(&state.ids).unwrap();
         let final_text = state.text(&tok).unwrap();
-        match stop.iter().filter_map(|s| full.find(s.as_str())).min() {
+        match first_stop(&full, &stop) {
             // Cut at the first stop string; nothing after it was streamed.
             Some(cut) => {
                 assert_eq!(state.finish, Some("stop"), "case {case}: {ids:?}");

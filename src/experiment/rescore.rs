@@ -1,0 +1,132 @@
+//! `flexlora experiment --rescore SPEC`: executes every finished run's saved completions again
+//! with this build's harness (stop rule, program assembly, sandbox) and rewrites the runs'
+//! results; no model is loaded and nothing is generated.
+//!
+//! For a change of the harness found after runs finished. A stop rule that cuts earlier gives
+//! exactly what generating again would: greedy text up to a stop does not depend on the tokens
+//! after it, and the saved completion already holds that text (a rule that cut later could not be
+//! applied this way, and the cut here never lengthens a completion). Each rescored eval's
+//! `summary.json` and the run's summary record the build that scored them (`rescored_by`); the
+//! saved `samples.jsonl` stays as generated.
+
+use std::path::Path;
+
+use super::runner::{self, RunSummary, DONE};
+use super::spec::{ArmKind, Spec};
+use crate::error::{io_at, Error, Result};
+use crate::eval::passk::{self, TaskCount};
+use crate::eval::sandbox::{Sandbox, SandboxConfig};
+use crate::eval::{counts, job, run_samples, tasks};
+use crate::model::load::write_atomic;
+
+/// What rescoring changed in one evaluation of one run.
+#[derive(Debug, Clone)]
+pub struct Rescored {
+    pub run: String,
+    pub eval: String,
+    /// Completions the current stop rule cuts shorter than the saved ones.
+    pub recut: usize,
+    /// Tasks whose first sample passed, before and after.
+    pub passed_before: usize,
+    pub passed_after: usize,
+    pub tasks: usize,
+}
+
+/// Rescores every finished run of the spec that generated its own completions, then refreshes the
+/// published runs from the runs they reuse. Unfinished runs are not touched (a grid may be running
+/// them in another process); rescoring a run twice gives the same results.
+pub fn rescore(spec: &Spec, say: &mut dyn FnMut(&str)) -> Result<Vec<Rescored>> {
+    let sandbox = Sandbox::new(SandboxConfig::default())?;
+    let mut changes = Vec::new();
+    for (arm, seed) in runner::plan(spec) {
+        if arm.kind == ArmKind::Published {
+            continue;
+        }
+        let Some(mut summary) = runner::read_summary(spec, &arm.name, seed)? else { continue };
+        let dir = runner::run_dir(spec, &arm.name, seed);
+        for e in &mut summary.evals {
+            let set = spec.eval(&e.name).ok_or_else(|| Error::Config {
+                file: dir.join(DONE).display().to_string(),
+                detail: format!("evaluation `{}` is not in the spec any more; rescoring needs its task selection", e.name),
+            })?;
+            let out = dir.join("eval").join(&e.name);
+            let before = e.tasks.iter().filter(|t| t.first).count();
+            let (report, recut) = rescore_eval(spec, &sandbox, &out, &set.config)?;
+            e.tasks = runner::outcomes(&out.join("results.jsonl"))?;
+            e.pass1 = report.pass_at.first().map_or(0.0, |p| p.value);
+            e.pass1_ci95 = report.pass1_ci95;
+            let change = Rescored {
+                run: format!("{}/seed-{seed}", arm.name),
+                eval: e.name.clone(),
+                recut,
+                passed_before: before,
+                passed_after: e.tasks.iter().filter(|t| t.first).count(),
+                tasks: e.tasks.len(),
+            };
+            say(&format!(
+                "{} {}: {} completion(s) cut shorter; first samples passed {} -> {} of {}",
+                change.run, change.eval, change.recut, change.passed_before, change.passed_after, change.tasks
+            ));
+            changes.push(change);
+        }
+        summary.rescored_by = Some(runner::build_id());
+        write_summary(&dir, &summary)?;
+    }
+    for (arm, seed) in runner::plan(spec) {
+        if arm.kind == ArmKind::Published && runner::read_summary(spec, &arm.name, seed)?.is_some() {
+            let summary = runner::published(spec, arm, seed)?;
+            write_summary(&runner::run_dir(spec, &arm.name, seed), &summary)?;
+        }
+    }
+    Ok(changes)
+}
+
+fn write_summary(dir: &Path, summary: &RunSummary) -> Result<()> {
+    write_atomic(&dir.join(DONE), serde_json::to_string_pretty(summary).expect("summary serializes").as_bytes())
+}
+
+/// Cuts the saved completions of one evaluation directory with the current stop rule, executes
+/// them and rewrites its `results.jsonl` and the scores in its `summary.json`. Returns the new
+/// pass@k summary and how many completions were cut shorter.
+fn rescore_eval(spec: &Spec, sandbox: &Sandbox, out: &Path, cfg: &job::EvalConfig) -> Result<(passk::Summary, usize)> {
+    let tasks = job::select_tasks(&spec.data_dir, &cfg.selection())?;
+    let samples_path = out.join("samples.jsonl");
+    let saved = job::saved_samples(&samples_path);
+    let mut recut = 0;
+    let mut completions = Vec::with_capacity(tasks.len());
+    for t in &tasks {
+        let Some(c) = saved.get(&t.id).filter(|c| c.len() >= cfg.samples) else {
+            return Err(Error::Config {
+                file: samples_path.display().to_string(),
+                detail: format!("no {} sample(s) for task {}; was this evaluation finished?", cfg.samples, t.id),
+            });
+        };
+        let cut: Vec<String> = c[..cfg.samples].iter().map(|c| tasks::truncate_at_stop(c, &t.stop).to_string()).collect();
+        recut += cut.iter().zip(c).filter(|(a, b)| a.len() < b.len()).count();
+        completions.push(cut);
+    }
+    let t0 = std::time::Instant::now();
+    let results = run_samples(sandbox, &tasks, &completions)?;
+    let execution_secs = t0.elapsed().as_secs_f64();
+    let mut jsonl = String::new();
+    for r in &results {
+        jsonl += &(serde_json::to_string(r).expect("result serializes") + "\n");
+    }
+    write_atomic(&out.join("results.jsonl"), jsonl.as_bytes())?;
+    let per_task: Vec<TaskCount> = counts(&results).into_iter().map(|(_, c)| c).collect();
+    let summary = passk::summarize(&per_task)?;
+    // The generation figures stay; the scores and the execution time are this scoring's.
+    let path = out.join("summary.json");
+    let text = std::fs::read_to_string(&path).map_err(io_at(&path, "read"))?;
+    let mut v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::Config { file: path.display().to_string(), detail: format!("not an evaluation summary ({e})") })?;
+    let report = &mut v["report"];
+    report["summary"] = serde_json::to_value(&summary).expect("summary serializes");
+    report["passed"] = results.iter().filter(|r| r.passed()).count().into();
+    report["samples"] = results.len().into();
+    report["execution_secs"] = execution_secs.into();
+    report["isolation"] = format!("{:?}", sandbox.isolation()).into();
+    report["rescored_by"] = runner::build_id().into();
+    write_atomic(&path, serde_json::to_string_pretty(&v).expect("summary serializes").as_bytes())?;
+    Ok((summary, recut))
+}
