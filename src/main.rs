@@ -39,9 +39,9 @@ enum Command {
         /// in another process); train and evaluate nothing.
         #[arg(long)]
         report_only: bool,
-        /// Execute every finished run's saved completions again with this build's harness (stop
-        /// rule, sandbox) and rewrite their results and the report; generate nothing. For a harness
-        /// fix found after runs finished; each rescored summary names this build.
+        /// Cut every finished run's saved completions with this build's stop rule, execute those it
+        /// changes and rewrite the results and the report; generate nothing. For a stop-rule fix
+        /// found after runs finished; each rescored summary names this build.
         #[arg(long, conflicts_with = "report_only")]
         rescore: bool,
         #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]

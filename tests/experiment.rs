@@ -404,13 +404,20 @@ train = {{ flex = {{ mode = "published" }} }}
     assert_eq!(lora.rescored_by.as_deref(), Some(runner::build_id().as_str()));
     let published = runs.iter().find(|r| r.arm == "lora-published").unwrap();
     assert_eq!(published.evals[0].tasks, lora.evals[0].tasks, "the published run follows the run it reuses");
-    let eval_summary = std::fs::read_to_string(runner::run_dir(&spec, "lora", 0).join("eval/java/summary.json")).unwrap();
-    assert!(eval_summary.contains("rescored_by"), "{eval_summary}");
+    let eval_summary_path = runner::run_dir(&spec, "lora", 0).join("eval/java/summary.json");
+    let executed = || {
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&eval_summary_path).unwrap()).unwrap();
+        assert_eq!(v["report"]["rescored_by"], runner::build_id().as_str(), "{v}");
+        v["report"]["rescore_executed"].as_u64().unwrap()
+    };
+    // Only the changed completion ran again; the other task kept its verdict.
+    assert_eq!(executed(), 1);
     // The samples stay as generated; a second rescoring changes nothing.
     assert_eq!(std::fs::read_to_string(&samples).unwrap(), edited);
     let again = flexlora::experiment::rescore::rescore(&spec, &mut |_| {}).unwrap();
     let c2 = again.iter().find(|c| c.run == "lora/seed-0").unwrap();
     assert_eq!((c2.recut, c2.passed_before, c2.passed_after), (1, c.passed_after, c.passed_after));
+    assert_eq!(executed(), 0, "the second rescoring executed what it had already executed");
     assert!(report::write(&spec).unwrap().markdown.contains("executed again (`--rescore`)"));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,8 +1,10 @@
-//! `flexlora experiment --rescore SPEC`: executes every finished run's saved completions again
-//! with this build's harness (stop rule, program assembly, sandbox) and rewrites the runs'
-//! results; no model is loaded and nothing is generated.
+//! `flexlora experiment --rescore SPEC`: cuts every finished run's saved completions with this
+//! build's stop rule, executes those that changed and rewrites the runs' results; no model is
+//! loaded and nothing is generated.
 //!
-//! For a change of the harness found after runs finished. A stop rule that cuts earlier gives
+//! For a change of the stop rule found after runs finished. A completion whose cut text is what
+//! its result line executed keeps that verdict (program assembly and the sandbox are deterministic
+//! in the completion); the others are executed in the sandbox. A stop rule that cuts earlier gives
 //! exactly what generating again would: greedy text up to a stop does not depend on the tokens
 //! after it, and the saved completion already holds that text (a rule that cut later could not be
 //! applied this way, and the cut here never lengthens a completion). Each rescored eval's
@@ -16,7 +18,7 @@ use super::spec::{ArmKind, Spec};
 use crate::error::{io_at, Error, Result};
 use crate::eval::passk::{self, TaskCount};
 use crate::eval::sandbox::{Sandbox, SandboxConfig};
-use crate::eval::{counts, job, run_samples, tasks};
+use crate::eval::{job, run_samples, tasks};
 use crate::model::load::write_atomic;
 
 /// What rescoring changed in one evaluation of one run.
@@ -86,15 +88,21 @@ fn write_summary(dir: &Path, summary: &RunSummary) -> Result<()> {
 }
 
 /// Cuts the saved completions of one evaluation directory with the current stop rule, executes
-/// them and rewrites its `results.jsonl` and the scores in its `summary.json`. Returns the new
-/// pass@k summary and how many completions were cut shorter.
+/// those whose text differs from what `results.jsonl` executed (a verdict is kept only for the
+/// identical completion: program assembly and the sandbox are deterministic in it), and rewrites
+/// `results.jsonl` and the scores in its `summary.json`. Returns the new pass@k summary and how
+/// many completions were cut shorter than saved.
 fn rescore_eval(spec: &Spec, sandbox: &Sandbox, out: &Path, cfg: &job::EvalConfig) -> Result<(passk::Summary, usize)> {
     let tasks = job::select_tasks(&spec.data_dir, &cfg.selection())?;
     let samples_path = out.join("samples.jsonl");
     let saved = job::saved_samples(&samples_path);
+    let results_path = out.join("results.jsonl");
+    let old = read_results(&results_path)?;
     let mut recut = 0;
-    let mut completions = Vec::with_capacity(tasks.len());
-    for t in &tasks {
+    // Per task: its cut completions, and the old result lines when every one of them is unchanged.
+    let mut kept: Vec<Option<Vec<serde_json::Value>>> = Vec::with_capacity(tasks.len());
+    let (mut run_tasks, mut run_completions, mut run_index) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, t) in tasks.iter().enumerate() {
         let Some(c) = saved.get(&t.id).filter(|c| c.len() >= cfg.samples) else {
             return Err(Error::Config {
                 file: samples_path.display().to_string(),
@@ -103,30 +111,65 @@ fn rescore_eval(spec: &Spec, sandbox: &Sandbox, out: &Path, cfg: &job::EvalConfi
         };
         let cut: Vec<String> = c[..cfg.samples].iter().map(|c| tasks::truncate_at_stop(c, &t.stop).to_string()).collect();
         recut += cut.iter().zip(c).filter(|(a, b)| a.len() < b.len()).count();
-        completions.push(cut);
+        let same: Option<Vec<serde_json::Value>> = cut
+            .iter()
+            .enumerate()
+            .map(|(k, text)| old.get(&(t.id.clone(), k)).filter(|v| v["completion"].as_str() == Some(text.as_str())).cloned())
+            .collect();
+        if same.is_none() {
+            run_tasks.push(t.clone());
+            run_completions.push(cut);
+            run_index.push(i);
+        }
+        kept.push(same);
     }
     let t0 = std::time::Instant::now();
-    let results = run_samples(sandbox, &tasks, &completions)?;
+    let fresh = run_samples(sandbox, &run_tasks, &run_completions)?;
     let execution_secs = t0.elapsed().as_secs_f64();
-    let mut jsonl = String::new();
-    for r in &results {
-        jsonl += &(serde_json::to_string(r).expect("result serializes") + "\n");
+    let mut fresh_lines: std::collections::HashMap<usize, Vec<serde_json::Value>> = std::collections::HashMap::new();
+    for r in &fresh {
+        let at = run_tasks.iter().position(|t| t.id == r.task_id).expect("results come from these tasks");
+        fresh_lines.entry(run_index[at]).or_default().push(serde_json::to_value(r).expect("result serializes"));
     }
-    write_atomic(&out.join("results.jsonl"), jsonl.as_bytes())?;
-    let per_task: Vec<TaskCount> = counts(&results).into_iter().map(|(_, c)| c).collect();
+    let mut jsonl = String::new();
+    for (i, lines) in kept.into_iter().enumerate() {
+        for v in lines.or_else(|| fresh_lines.remove(&i)).expect("each task kept or executed") {
+            jsonl += &(v.to_string() + "\n");
+        }
+    }
+    write_atomic(&results_path, jsonl.as_bytes())?;
+    let per_task: Vec<TaskCount> = runner::outcomes(&results_path)?.iter().map(|t| TaskCount { n: t.n, c: t.c }).collect();
     let summary = passk::summarize(&per_task)?;
-    // The generation figures stay; the scores and the execution time are this scoring's.
+    // The generation figures stay; the scores are this scoring's.
     let path = out.join("summary.json");
     let text = std::fs::read_to_string(&path).map_err(io_at(&path, "read"))?;
     let mut v: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| Error::Config { file: path.display().to_string(), detail: format!("not an evaluation summary ({e})") })?;
     let report = &mut v["report"];
     report["summary"] = serde_json::to_value(&summary).expect("summary serializes");
-    report["passed"] = results.iter().filter(|r| r.passed()).count().into();
-    report["samples"] = results.len().into();
-    report["execution_secs"] = execution_secs.into();
-    report["isolation"] = format!("{:?}", sandbox.isolation()).into();
+    report["passed"] = per_task.iter().map(|t| t.c).sum::<usize>().into();
+    report["samples"] = per_task.iter().map(|t| t.n).sum::<usize>().into();
     report["rescored_by"] = runner::build_id().into();
+    report["rescore_executed"] = fresh.len().into();
+    report["rescore_execution_secs"] = execution_secs.into();
     write_atomic(&path, serde_json::to_string_pretty(&v).expect("summary serializes").as_bytes())?;
     Ok((summary, recut))
+}
+
+/// An evaluation's `results.jsonl`, by (task id, sample).
+fn read_results(path: &Path) -> Result<std::collections::HashMap<(String, usize), serde_json::Value>> {
+    let text = std::fs::read_to_string(path).map_err(io_at(path, "read"))?;
+    let mut out = std::collections::HashMap::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| Error::DataFormat {
+            path: path.display().to_string(),
+            line: i + 1,
+            detail: e.to_string(),
+        })?;
+        let (Some(id), Some(sample)) = (v["task_id"].as_str(), v["sample"].as_u64()) else {
+            return Err(Error::DataFormat { path: path.display().to_string(), line: i + 1, detail: "no task_id or sample".into() });
+        };
+        out.insert((id.to_string(), sample as usize), v);
+    }
+    Ok(out)
 }
