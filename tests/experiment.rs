@@ -393,8 +393,12 @@ train = {{ flex = {{ mode = "published" }} }}
     line["completion"] = long.clone().into();
     let edited: String = lines.iter().map(|v| format!("{v}\n")).collect();
     std::fs::write(&samples, &edited).unwrap();
+    let results = runner::run_dir(&spec, "lora", 0).join("eval/java/results.jsonl");
+    let line_of = |id: &str| std::fs::read_to_string(&results).unwrap().lines().find(|l| l.contains(id)).unwrap().to_string();
+    let untouched = line_of("\"MBJP/12\"");
     let mut said = Vec::new();
     let changes = flexlora::experiment::rescore::rescore(&spec, &mut |l| said.push(l.to_string())).unwrap();
+    assert_eq!(line_of("\"MBJP/12\""), untouched, "an unchanged completion's result line is kept byte for byte");
     let c = changes.iter().find(|c| c.run == "lora/seed-0").unwrap();
     assert_eq!((c.recut, c.tasks, c.passed_after), (1, 2, c.passed_before + 1), "{said:#?}");
     assert!(changes.iter().all(|c| c.run != "lora-published/seed-0"), "a published run is not scored on its own");
@@ -418,7 +422,7 @@ train = {{ flex = {{ mode = "published" }} }}
     let c2 = again.iter().find(|c| c.run == "lora/seed-0").unwrap();
     assert_eq!((c2.recut, c2.passed_before, c2.passed_after), (1, c.passed_after, c.passed_after));
     assert_eq!(executed(), 0, "the second rescoring executed what it had already executed");
-    assert!(report::write(&spec).unwrap().markdown.contains("executed again (`--rescore`)"));
+    assert!(report::write(&spec).unwrap().markdown.contains("the changed ones executed (`--rescore`) by: "));
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -158,7 +158,7 @@ pub fn write(spec: &Spec) -> Result<Report> {
     if !rescored.is_empty() {
         let _ = writeln!(
             md,
-            "Saved completions executed again (`--rescore`) by: {}; {} of {} finished runs.\n",
+            "Saved completions cut again with a later stop rule and the changed ones executed (`--rescore`) by: {}; {} of {} finished runs.\n",
             rescored.join("; "),
             runs.iter().filter(|r| r.rescored_by.is_some()).count(),
             runs.len()

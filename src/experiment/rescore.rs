@@ -100,7 +100,7 @@ fn rescore_eval(spec: &Spec, sandbox: &Sandbox, out: &Path, cfg: &job::EvalConfi
     let old = read_results(&results_path)?;
     let mut recut = 0;
     // Per task: its cut completions, and the old result lines when every one of them is unchanged.
-    let mut kept: Vec<Option<Vec<serde_json::Value>>> = Vec::with_capacity(tasks.len());
+    let mut kept: Vec<Option<Vec<String>>> = Vec::with_capacity(tasks.len());
     let (mut run_tasks, mut run_completions, mut run_index) = (Vec::new(), Vec::new(), Vec::new());
     for (i, t) in tasks.iter().enumerate() {
         let Some(c) = saved.get(&t.id).filter(|c| c.len() >= cfg.samples) else {
@@ -111,10 +111,10 @@ fn rescore_eval(spec: &Spec, sandbox: &Sandbox, out: &Path, cfg: &job::EvalConfi
         };
         let cut: Vec<String> = c[..cfg.samples].iter().map(|c| tasks::truncate_at_stop(c, &t.stop).to_string()).collect();
         recut += cut.iter().zip(c).filter(|(a, b)| a.len() < b.len()).count();
-        let same: Option<Vec<serde_json::Value>> = cut
+        let same: Option<Vec<String>> = cut
             .iter()
             .enumerate()
-            .map(|(k, text)| old.get(&(t.id.clone(), k)).filter(|v| v["completion"].as_str() == Some(text.as_str())).cloned())
+            .map(|(k, text)| old.get(&(t.id.clone(), k)).filter(|(c, _)| c == text).map(|(_, line)| line.clone()))
             .collect();
         if same.is_none() {
             run_tasks.push(t.clone());
@@ -126,15 +126,16 @@ fn rescore_eval(spec: &Spec, sandbox: &Sandbox, out: &Path, cfg: &job::EvalConfi
     let t0 = std::time::Instant::now();
     let fresh = run_samples(sandbox, &run_tasks, &run_completions)?;
     let execution_secs = t0.elapsed().as_secs_f64();
-    let mut fresh_lines: std::collections::HashMap<usize, Vec<serde_json::Value>> = std::collections::HashMap::new();
+    let mut fresh_lines: std::collections::HashMap<usize, Vec<String>> = std::collections::HashMap::new();
     for r in &fresh {
         let at = run_tasks.iter().position(|t| t.id == r.task_id).expect("results come from these tasks");
-        fresh_lines.entry(run_index[at]).or_default().push(serde_json::to_value(r).expect("result serializes"));
+        fresh_lines.entry(run_index[at]).or_default().push(serde_json::to_string(r).expect("result serializes"));
     }
+    // Kept lines are written back byte for byte.
     let mut jsonl = String::new();
     for (i, lines) in kept.into_iter().enumerate() {
-        for v in lines.or_else(|| fresh_lines.remove(&i)).expect("each task kept or executed") {
-            jsonl += &(v.to_string() + "\n");
+        for line in lines.or_else(|| fresh_lines.remove(&i)).expect("each task kept or executed") {
+            jsonl += &(line + "\n");
         }
     }
     write_atomic(&results_path, jsonl.as_bytes())?;
@@ -156,8 +157,8 @@ fn rescore_eval(spec: &Spec, sandbox: &Sandbox, out: &Path, cfg: &job::EvalConfi
     Ok((summary, recut))
 }
 
-/// An evaluation's `results.jsonl`, by (task id, sample).
-fn read_results(path: &Path) -> Result<std::collections::HashMap<(String, usize), serde_json::Value>> {
+/// An evaluation's `results.jsonl`, by (task id, sample): the completion executed and the line.
+fn read_results(path: &Path) -> Result<std::collections::HashMap<(String, usize), (String, String)>> {
     let text = std::fs::read_to_string(path).map_err(io_at(path, "read"))?;
     let mut out = std::collections::HashMap::new();
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
@@ -169,7 +170,8 @@ fn read_results(path: &Path) -> Result<std::collections::HashMap<(String, usize)
         let (Some(id), Some(sample)) = (v["task_id"].as_str(), v["sample"].as_u64()) else {
             return Err(Error::DataFormat { path: path.display().to_string(), line: i + 1, detail: "no task_id or sample".into() });
         };
-        out.insert((id.to_string(), sample as usize), v);
+        let completion = v["completion"].as_str().unwrap_or_default().to_string();
+        out.insert((id.to_string(), sample as usize), (completion, line.to_string()));
     }
     Ok(out)
 }
