@@ -400,7 +400,7 @@ train = {{ flex = {{ mode = "published" }} }}
     let changes = flexlora::experiment::rescore::rescore(&spec, &mut |l| said.push(l.to_string())).unwrap();
     assert_eq!(line_of("\"MBJP/12\""), untouched, "an unchanged completion's result line is kept byte for byte");
     let c = changes.iter().find(|c| c.run == "lora/seed-0").unwrap();
-    assert_eq!((c.recut, c.tasks, c.passed_after), (1, 2, c.passed_before + 1), "{said:#?}");
+    assert_eq!((c.recut, c.executed, c.tasks, c.passed_after), (1, 1, 2, c.passed_before + 1), "{said:#?}");
     assert!(changes.iter().all(|c| c.run != "lora-published/seed-0"), "a published run is not scored on its own");
     let runs = runner::finished(&spec).unwrap();
     let lora = runs.iter().find(|r| r.arm == "lora").unwrap();
@@ -421,7 +421,8 @@ train = {{ flex = {{ mode = "published" }} }}
     let again = flexlora::experiment::rescore::rescore(&spec, &mut |_| {}).unwrap();
     let c2 = again.iter().find(|c| c.run == "lora/seed-0").unwrap();
     assert_eq!((c2.recut, c2.passed_before, c2.passed_after), (1, c.passed_after, c.passed_after));
-    assert_eq!(executed(), 0, "the second rescoring executed what it had already executed");
+    assert_eq!(c2.executed, 0, "the second rescoring executed what it had already executed");
+    assert_eq!(executed(), 1, "the second rescoring rewrote the first one's record");
     assert!(report::write(&spec).unwrap().markdown.contains("the changed ones executed (`--rescore`) by: "));
     let _ = std::fs::remove_dir_all(&dir);
 }

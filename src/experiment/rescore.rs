@@ -28,6 +28,8 @@ pub struct Rescored {
     pub eval: String,
     /// Completions the current stop rule cuts shorter than the saved ones.
     pub recut: usize,
+    /// Completions executed now: those whose cut text differs from what `results.jsonl` ran.
+    pub executed: usize,
     /// Tasks whose first sample passed, before and after.
     pub passed_before: usize,
     pub passed_after: usize,
@@ -36,7 +38,8 @@ pub struct Rescored {
 
 /// Rescores every finished run of the spec that generated its own completions, then refreshes the
 /// published runs from the runs they reuse. Unfinished runs are not touched (a grid may be running
-/// them in another process); rescoring a run twice gives the same results.
+/// them in another process). An evaluation none of whose completions changed is left as it was,
+/// files and all, so rescoring again changes nothing and keeps the first rescoring's record.
 pub fn rescore(spec: &Spec, say: &mut dyn FnMut(&str)) -> Result<Vec<Rescored>> {
     let sandbox = Sandbox::new(SandboxConfig::default())?;
     let mut changes = Vec::new();
@@ -46,6 +49,7 @@ pub fn rescore(spec: &Spec, say: &mut dyn FnMut(&str)) -> Result<Vec<Rescored>> 
         }
         let Some(mut summary) = runner::read_summary(spec, &arm.name, seed)? else { continue };
         let dir = runner::run_dir(spec, &arm.name, seed);
+        let mut changed = false;
         for e in &mut summary.evals {
             let set = spec.eval(&e.name).ok_or_else(|| Error::Config {
                 file: dir.join(DONE).display().to_string(),
@@ -53,26 +57,32 @@ pub fn rescore(spec: &Spec, say: &mut dyn FnMut(&str)) -> Result<Vec<Rescored>> 
             })?;
             let out = dir.join("eval").join(&e.name);
             let before = e.tasks.iter().filter(|t| t.first).count();
-            let (report, recut) = rescore_eval(spec, &sandbox, &out, &set.config)?;
-            e.tasks = runner::outcomes(&out.join("results.jsonl"))?;
-            e.pass1 = report.pass_at.first().map_or(0.0, |p| p.value);
-            e.pass1_ci95 = report.pass1_ci95;
+            let (report, recut, executed) = rescore_eval(spec, &sandbox, &out, &set.config)?;
+            if let Some(report) = report {
+                e.tasks = runner::outcomes(&out.join("results.jsonl"))?;
+                e.pass1 = report.pass_at.first().map_or(0.0, |p| p.value);
+                e.pass1_ci95 = report.pass1_ci95;
+                changed = true;
+            }
             let change = Rescored {
                 run: format!("{}/seed-{seed}", arm.name),
                 eval: e.name.clone(),
                 recut,
+                executed,
                 passed_before: before,
                 passed_after: e.tasks.iter().filter(|t| t.first).count(),
                 tasks: e.tasks.len(),
             };
             say(&format!(
-                "{} {}: {} completion(s) cut shorter; first samples passed {} -> {} of {}",
-                change.run, change.eval, change.recut, change.passed_before, change.passed_after, change.tasks
+                "{} {}: {} completion(s) cut shorter than saved, {} executed; first samples passed {} -> {} of {}",
+                change.run, change.eval, change.recut, change.executed, change.passed_before, change.passed_after, change.tasks
             ));
             changes.push(change);
         }
-        summary.rescored_by = Some(runner::build_id());
-        write_summary(&dir, &summary)?;
+        if changed {
+            summary.rescored_by = Some(runner::build_id());
+            write_summary(&dir, &summary)?;
+        }
     }
     for (arm, seed) in runner::plan(spec) {
         if arm.kind == ArmKind::Published && runner::read_summary(spec, &arm.name, seed)?.is_some() {
@@ -90,9 +100,10 @@ fn write_summary(dir: &Path, summary: &RunSummary) -> Result<()> {
 /// Cuts the saved completions of one evaluation directory with the current stop rule, executes
 /// those whose text differs from what `results.jsonl` executed (a verdict is kept only for the
 /// identical completion: program assembly and the sandbox are deterministic in it), and rewrites
-/// `results.jsonl` and the scores in its `summary.json`. Returns the new pass@k summary and how
-/// many completions were cut shorter than saved.
-fn rescore_eval(spec: &Spec, sandbox: &Sandbox, out: &Path, cfg: &job::EvalConfig) -> Result<(passk::Summary, usize)> {
+/// `results.jsonl` and the scores in its `summary.json`. Returns the new pass@k summary (None when
+/// nothing was executed: then no file is written), how many completions were cut shorter than
+/// saved, and how many were executed.
+fn rescore_eval(spec: &Spec, sandbox: &Sandbox, out: &Path, cfg: &job::EvalConfig) -> Result<(Option<passk::Summary>, usize, usize)> {
     let tasks = job::select_tasks(&spec.data_dir, &cfg.selection())?;
     let samples_path = out.join("samples.jsonl");
     let saved = job::saved_samples(&samples_path);
@@ -122,6 +133,9 @@ fn rescore_eval(spec: &Spec, sandbox: &Sandbox, out: &Path, cfg: &job::EvalConfi
             run_index.push(i);
         }
         kept.push(same);
+    }
+    if run_tasks.is_empty() {
+        return Ok((None, recut, 0));
     }
     let t0 = std::time::Instant::now();
     let fresh = run_samples(sandbox, &run_tasks, &run_completions)?;
@@ -154,7 +168,8 @@ fn rescore_eval(spec: &Spec, sandbox: &Sandbox, out: &Path, cfg: &job::EvalConfi
     report["rescore_executed"] = fresh.len().into();
     report["rescore_execution_secs"] = execution_secs.into();
     write_atomic(&path, serde_json::to_string_pretty(&v).expect("summary serializes").as_bytes())?;
-    Ok((summary, recut))
+    let executed = fresh.len();
+    Ok((Some(summary), recut, executed))
 }
 
 /// An evaluation's `results.jsonl`, by (task id, sample): the completion executed and the line.
