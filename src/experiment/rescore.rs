@@ -174,19 +174,11 @@ fn rescore_eval(spec: &Spec, sandbox: &Sandbox, out: &Path, cfg: &job::EvalConfi
 
 /// An evaluation's `results.jsonl`, by (task id, sample): the completion executed and the line.
 fn read_results(path: &Path) -> Result<std::collections::HashMap<(String, usize), (String, String)>> {
-    let text = std::fs::read_to_string(path).map_err(io_at(path, "read"))?;
-    let mut out = std::collections::HashMap::new();
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| Error::DataFormat {
-            path: path.display().to_string(),
-            line: i + 1,
-            detail: e.to_string(),
-        })?;
-        let (Some(id), Some(sample)) = (v["task_id"].as_str(), v["sample"].as_u64()) else {
-            return Err(Error::DataFormat { path: path.display().to_string(), line: i + 1, detail: "no task_id or sample".into() });
-        };
-        let completion = v["completion"].as_str().unwrap_or_default().to_string();
-        out.insert((id.to_string(), sample as usize), (completion, line.to_string()));
-    }
-    Ok(out)
+    Ok(runner::result_lines(path)?
+        .into_iter()
+        .map(|r| {
+            let completion = r.value["completion"].as_str().unwrap_or_default().to_string();
+            ((r.id, r.sample), (completion, r.line))
+        })
+        .collect())
 }

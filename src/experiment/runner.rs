@@ -373,27 +373,45 @@ fn read_seconds(path: &Path) -> f64 {
     v.and_then(|v| v["seconds"].as_f64()).unwrap_or(0.0)
 }
 
-/// Per-task outcomes from an eval's `results.jsonl`, in task order.
-pub fn outcomes(path: &Path) -> Result<Vec<TaskOutcome>> {
+/// One line of an eval's `results.jsonl`: its task, sample index, parsed verdict and the text.
+pub struct ResultLine {
+    pub id: String,
+    pub sample: usize,
+    pub value: serde_json::Value,
+    pub line: String,
+}
+
+/// Every line of an eval's `results.jsonl`, in file order; a line that is not a verdict is an
+/// error naming the file and line.
+pub fn result_lines(path: &Path) -> Result<Vec<ResultLine>> {
     let text = std::fs::read_to_string(path).map_err(io_at(path, "read"))?;
-    let mut out: Vec<TaskOutcome> = Vec::new();
+    let mut out = Vec::new();
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| Error::DataFormat {
+        let value: serde_json::Value = serde_json::from_str(line).map_err(|e| Error::DataFormat {
             path: path.display().to_string(),
             line: i + 1,
             detail: e.to_string(),
         })?;
-        let (Some(id), Some(sample)) = (v["task_id"].as_str(), v["sample"].as_u64()) else {
+        let (Some(id), Some(sample)) = (value["task_id"].as_str(), value["sample"].as_u64()) else {
             return Err(Error::DataFormat { path: path.display().to_string(), line: i + 1, detail: "no task_id or sample".into() });
         };
-        let passed = v["outcome"] == "passed";
-        if out.last().is_none_or(|t| t.id != id) {
-            out.push(TaskOutcome { id: id.to_string(), n: 0, c: 0, first: false });
+        out.push(ResultLine { id: id.to_string(), sample: sample as usize, value, line: line.to_string() });
+    }
+    Ok(out)
+}
+
+/// Per-task outcomes from an eval's `results.jsonl`, in task order.
+pub fn outcomes(path: &Path) -> Result<Vec<TaskOutcome>> {
+    let mut out: Vec<TaskOutcome> = Vec::new();
+    for r in result_lines(path)? {
+        let passed = r.value["outcome"] == "passed";
+        if out.last().is_none_or(|t| t.id != r.id) {
+            out.push(TaskOutcome { id: r.id.clone(), n: 0, c: 0, first: false });
         }
         let t = out.last_mut().expect("pushed above");
         t.n += 1;
         t.c += passed as usize;
-        if sample == 0 {
+        if r.sample == 0 {
             t.first = passed;
         }
     }
