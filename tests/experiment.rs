@@ -364,6 +364,10 @@ train = {{ flex = {{ mode = "published" }} }}
     assert!(vs_lora.contains("| java | base | 2 x 1 |") && vs_lora.contains("| java | lora-published | 2 x 1 |"), "{vs_lora}");
     assert!(vs_base.contains("| java | lora | 2 x 1 |") && vs_base.contains("| java | lora-published | 2 x 1 |"), "{vs_base}");
     assert!(!vs_base.contains("| java | base |"), "{vs_base}");
+    // The published arm's completions are the reference's own: every one the same text.
+    let published = rep.comparisons.iter().find(|c| c.arm == "lora-published").unwrap();
+    assert_eq!(published.identical, Some(2));
+    assert!(vs_lora.lines().any(|l| l.starts_with("| java | lora-published | 2 x 1 |") && l.ends_with("| 2/2 |")), "{vs_lora}");
     assert_eq!(rep.comparisons.iter().map(|c| c.arm.as_str()).collect::<Vec<_>>(), ["base", "lora-published"]);
     // The reference argument is the one paired against: with `lora` made to solve one task more
     // than it did, each direction sees its own sign.
@@ -375,6 +379,7 @@ train = {{ flex = {{ mode = "published" }} }}
     let back = report::compare(&spec, &runs, "base", "lora", "java").unwrap();
     assert_eq!((there.reference_pass1, there.arm_pass1), (back.arm_pass1, back.reference_pass1));
     assert!(back.interval.diff > 0.0 && there.interval.diff == -back.interval.diff, "{there:?} {back:?}");
+    assert_eq!(there.identical, back.identical);
     assert_eq!((back.mcnemar[0].1, back.mcnemar[0].2), (there.mcnemar[0].2, there.mcnemar[0].1));
 
     // `--rescore`: saved completions executed again with the current stop rule. The `lora` run's
@@ -408,6 +413,11 @@ train = {{ flex = {{ mode = "published" }} }}
     assert_eq!(lora.rescored_by.as_deref(), Some(runner::build_id().as_str()));
     let published = runs.iter().find(|r| r.arm == "lora-published").unwrap();
     assert_eq!(published.evals[0].tasks, lora.evals[0].tasks, "the published run follows the run it reuses");
+    // MBJP/11's completion now differs from the base model's six tokens; the published run's
+    // completions are still `lora`'s.
+    let base_vs_lora = report::compare(&spec, &runs, "lora", "base", "java").unwrap().identical.unwrap();
+    assert!(base_vs_lora <= 1, "{base_vs_lora}");
+    assert_eq!(report::compare(&spec, &runs, "lora", "lora-published", "java").unwrap().identical, Some(2));
     let eval_summary_path = runner::run_dir(&spec, "lora", 0).join("eval/java/summary.json");
     let executed = || {
         let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&eval_summary_path).unwrap()).unwrap();

@@ -31,6 +31,10 @@ pub struct Comparison {
     pub interval: Interval,
     /// Per seed: (seed, b, c, exact McNemar p).
     pub mcnemar: Vec<(u64, usize, usize, f64)>,
+    /// Paired tasks whose first completion is byte-identical in both runs, summed over seeds
+    /// (of tasks x seeds): how much the arm changed what the model writes, whatever it scores.
+    /// None when a run's `results.jsonl` is not on disk.
+    pub identical: Option<usize>,
 }
 
 pub struct Report {
@@ -49,10 +53,12 @@ pub fn compare(spec: &Spec, runs: &[RunSummary], reference: &str, arm: &str, eva
     let reference = of(reference);
     let mine = of(arm);
     let mut pairs: Vec<(u64, &EvalResult, &EvalResult)> = Vec::new();
+    let mut runs_paired: Vec<(&RunSummary, &RunSummary)> = Vec::new();
     for (r, e) in &mine {
         let partner = reference.iter().find(|(x, _)| x.seed == r.seed).or(if reference.len() == 1 { reference.first() } else { None });
-        if let Some((_, pe)) = partner {
+        if let Some((pr, pe)) = partner {
             pairs.push((r.seed, pe, e));
+            runs_paired.push((pr, r));
         }
     }
     if pairs.is_empty() {
@@ -99,7 +105,35 @@ pub fn compare(spec: &Spec, runs: &[RunSummary], reference: &str, arm: &str, eva
         seeds: pairs.len(),
         interval,
         mcnemar,
+        identical: identical_first(spec, &runs_paired, eval, &ids),
     })
+}
+
+/// Tasks among `ids` whose first completion is the same text in both runs of each pair, summed.
+fn identical_first(spec: &Spec, pairs: &[(&RunSummary, &RunSummary)], eval: &str, ids: &[&str]) -> Option<usize> {
+    let mut n = 0;
+    for (a, b) in pairs {
+        let (a, b) = (first_completions(spec, a, eval)?, first_completions(spec, b, eval)?);
+        n += ids.iter().filter(|id| a.get(**id).is_some_and(|x| b.get(**id) == Some(x))).count();
+    }
+    Some(n)
+}
+
+/// A run's first completion per task on one set, from its `results.jsonl` (a published run's are
+/// its `same_as` run's).
+fn first_completions(spec: &Spec, run: &RunSummary, eval: &str) -> Option<std::collections::HashMap<String, String>> {
+    let dir = match &run.same_as {
+        Some(other) => spec.out.join(other),
+        None => runner::run_dir(spec, &run.arm, run.seed),
+    };
+    let lines = runner::result_lines(&dir.join("eval").join(eval).join("results.jsonl")).ok()?;
+    Some(
+        lines
+            .into_iter()
+            .filter(|r| r.sample == 0)
+            .map(|r| (r.id, r.value["completion"].as_str().unwrap_or_default().to_string()))
+            .collect(),
+    )
 }
 
 /// (pooled pass@1, its 95% interval, pass@1 per seed, tasks).
@@ -217,7 +251,8 @@ pub fn write(spec: &Spec) -> Result<Report> {
         md,
         "Δ = pass@1(arm) − pass@1(`{}`) over the tasks both ran, pooled over seeds (seed s paired with the reference's seed s, \
          or with its only run); 95% interval: paired bootstrap over tasks ({} replicates, seed {}); McNemar: exact two-sided \
-         test per seed on the first sample of each task, b = tasks only the reference solved, c = tasks only the arm solved.\n",
+         test per seed on the first sample of each task, b = tasks only the reference solved, c = tasks only the arm solved; \
+         same first completion: paired tasks whose first completion is the same text in both runs.\n",
         spec.reference, spec.bootstrap, spec.bootstrap_seed
     );
     let (table, comparisons) = comparison_table(spec, &runs, &spec.reference);
@@ -293,7 +328,7 @@ pub fn write(spec: &Spec) -> Result<Report> {
 /// The markdown table of every arm other than `reference` compared with it on every set both ran.
 fn comparison_table(spec: &Spec, runs: &[RunSummary], reference: &str) -> (String, Vec<Comparison>) {
     let mut table = String::from(
-        "| set | arm | tasks x seeds | pass@1 reference | pass@1 arm | Δ | 95% interval | McNemar per seed (b, c, p) |\n|---|---|---|---|---|---|---|---|\n",
+        "| set | arm | tasks x seeds | pass@1 reference | pass@1 arm | Δ | 95% interval | McNemar per seed (b, c, p) | same first completion |\n|---|---|---|---|---|---|---|---|---|\n",
     );
     let mut comparisons = Vec::new();
     for set in &spec.evals {
@@ -302,7 +337,7 @@ fn comparison_table(spec: &Spec, runs: &[RunSummary], reference: &str) -> (Strin
                 let mc: Vec<String> = c.mcnemar.iter().map(|(s, b, cc, p)| format!("seed {s}: {b}, {cc}, p={p:.3}")).collect();
                 let _ = writeln!(
                     table,
-                    "| {} | {} | {} x {} | {:.3} | {:.3} | {:+.3} | [{:+.3}, {:+.3}] | {} |",
+                    "| {} | {} | {} x {} | {:.3} | {:.3} | {:+.3} | [{:+.3}, {:+.3}] | {} | {} |",
                     c.eval,
                     c.arm,
                     c.tasks,
@@ -312,7 +347,8 @@ fn comparison_table(spec: &Spec, runs: &[RunSummary], reference: &str) -> (Strin
                     c.interval.diff,
                     c.interval.lo,
                     c.interval.hi,
-                    mc.join("; ")
+                    mc.join("; "),
+                    c.identical.map_or("-".to_string(), |n| format!("{n}/{}", c.tasks * c.seeds))
                 );
                 comparisons.push(c);
             }
