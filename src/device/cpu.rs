@@ -328,23 +328,41 @@ pub fn gemm_strided(
     // GEMM crate would pack all of W for a handful of dot products, so take them directly,
     // streaming W once.
     if m <= 4 && a_cs == 1 && b_rs == 1 {
-        for_each_chunk(&mut c[..(m - 1) * c_rs + n], c_rs, |i, row| {
-            let row = &mut row[..n];
-            let x = &a[i * a_rs..i * a_rs + k];
-            for_each_chunk(row, 256, |jc, out| {
-                for (jj, o) in out.iter_mut().enumerate() {
-                    let j = jc * 256 + jj;
-                    let d = dot(x, &b[j * b_cs..j * b_cs + k]);
-                    *o = if accumulate { *o + d } else { d };
-                }
-            });
-        });
+        rows_dot(m, n, k, a, a_rs, b, b_cs, c, c_rs, accumulate);
         return;
     }
     let threads = if (m * n * k) as f64 > 64.0 * 64.0 * 64.0 { usize::MAX } else { 1 };
     // SAFETY: the asserts above keep every strided access inside the slices; `c` is exclusively
     // borrowed, and `a`/`b` are shared borrows that cannot alias it.
     unsafe { gemm_ptr(m, n, k, a.as_ptr(), (a_rs, a_cs), b.as_ptr(), (b_rs, b_cs), c.as_mut_ptr(), c_rs, accumulate, threads) }
+}
+
+/// `c = x · Wᵀ` with every row of `c` computed alone (one `dot` per element, the same sums
+/// whatever m is): x [m, k] row-major, W [n, k] row-major. For inference products whose row count
+/// is the number of sequences sharing a decode step (a LoRA adapter's), so that a sequence's
+/// output does not depend on which others are batched with it. The GEMM crate's blocking, used by
+/// `gemm` above 4 rows, sums in another order.
+pub fn gemm_rows(m: usize, n: usize, k: usize, x: &[f32], w: &[f32], c: &mut [f32]) {
+    assert!(x.len() >= m * k && w.len() >= n * k && c.len() >= m * n, "gemm_rows: operand too small");
+    if m == 0 || n == 0 {
+        return;
+    }
+    rows_dot(m, n, k, x, k, w, k, c, n, false)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn rows_dot(m: usize, n: usize, k: usize, a: &[f32], a_rs: usize, b: &[f32], b_cs: usize, c: &mut [f32], c_rs: usize, accumulate: bool) {
+    for_each_chunk(&mut c[..(m - 1) * c_rs + n], c_rs, |i, row| {
+        let row = &mut row[..n];
+        let x = &a[i * a_rs..i * a_rs + k];
+        for_each_chunk(row, 256, |jc, out| {
+            for (jj, o) in out.iter_mut().enumerate() {
+                let j = jc * 256 + jj;
+                let d = dot(x, &b[j * b_cs..j * b_cs + k]);
+                *o = if accumulate { *o + d } else { d };
+            }
+        });
+    });
 }
 
 /// The GEMM of `gemm_strided` on raw pointers, on at most `threads` threads (1: the calling thread

@@ -67,11 +67,17 @@ impl Linear {
             Mode::Infer => None,
         };
         let Some(l) = &self.lora else { return Ok((y, None)) };
-        let xa = match l.drop(dev, x, dropout)? {
-            Some(xd) => matmul::forward(dev, &xd, &l.a, false, true)?,
-            None => matmul::forward(dev, x, &l.a, false, true)?,
+        // Inference: each row alone (`forward_rows`), so a sequence's tokens do not depend on
+        // which other sequences share its decode step.
+        let product = |a: &Tensor, w: &Tensor| match mode {
+            Mode::Infer => matmul::forward_rows(dev, a, w),
+            Mode::Train { .. } => matmul::forward(dev, a, w, false, true),
         };
-        elementwise::accumulate(dev, &mut y, &matmul::forward(dev, &xa, &l.b, false, true)?, l.scale)?;
+        let xa = match l.drop(dev, x, dropout)? {
+            Some(xd) => product(&xd, &l.a)?,
+            None => product(x, &l.a)?,
+        };
+        elementwise::accumulate(dev, &mut y, &product(&xa, &l.b)?, l.scale)?;
         Ok((y, Some(xa)))
     }
 

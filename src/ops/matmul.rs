@@ -156,6 +156,27 @@ pub fn gemm_into(
     }
 }
 
+/// c = x · Wᵀ (x [M,K], W [N,K]) with each row of c the same bits whatever M is, on the CPU
+/// (`cpu::gemm_rows`); on a GPU this is `forward(x, W, false, true)`. For inference products whose
+/// rows are the sequences sharing a decode step, so that batching does not change a sequence.
+pub fn forward_rows(dev: &Device, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    const OP: &str = "matmul";
+    let Device::Cpu(_) = dev else { return forward(dev, x, w, false, true) };
+    let (m, k) = crate::tensor::dims2(x);
+    let (n, k2) = crate::tensor::dims2(w);
+    if k != k2 {
+        return Err(Error::shape(
+            OP,
+            format!("inner sizes differ: `{}` {:?} and `{}` {:?} (transposed)", x.label(), x.shape(), w.label(), w.shape()),
+        ));
+    }
+    x.expect(OP, DType::F32)?;
+    w.expect(OP, DType::F32)?;
+    let mut c = Tensor::zeros(dev, "matmul.c", &[m, n], DType::F32);
+    cpu::gemm_rows(m, n, k, x.host_f32(OP)?, w.host_f32(OP)?, c.host_f32_mut(OP)?);
+    Ok(c)
+}
+
 /// c = op(a) · op(b). `a` is [M,K] ([K,M] when `ta`), `b` is [K,N] ([N,K] when `tb`); c is [M,N].
 pub fn forward(dev: &Device, a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
     let (av, m, k) = View::of(a, ta);

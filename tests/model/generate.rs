@@ -187,3 +187,44 @@ fn incremental_detokenization_streams_what_full_decoding_gives() {
         }
     }
 }
+
+/// An adapter's inference products give each row the same bits whatever rows share the call (a
+/// decode step's rows are the sequences batched together): with 1 to 9 rows, against each row
+/// alone. (In training, products of more than 4 rows take the GEMM crate's blocked kernel, whose
+/// sums round differently; the base weight here is zero so that only the adapter is measured.)
+#[test]
+fn adapter_inference_rows_do_not_depend_on_the_batch() {
+    use flexlora::model::linear::Mode;
+    use flexlora::model::lora::Lora;
+    use flexlora::model::{Linear, Weight};
+    use flexlora::Tensor;
+    let dev = cpu();
+    let (inp, out, r) = (96, 136, 8);
+    let mut rng = Rng::new(3);
+    let mut rand = |n: usize| rng.vec(n, 1.0);
+    let t = |label: &str, shape: &[usize], data: &[f32]| Tensor::from_f32(&dev, label, shape, data).unwrap();
+    let linear = Linear {
+        weight: Weight::F32(t("w", &[out, inp], &vec![0.0; out * inp])),
+        bias: None,
+        lora: Some(Lora { a: t("a", &[r, inp], &rand(r * inp)), b: t("b", &[out, r], &rand(out * r)), scale: 2.0, dropout: 0.0 }),
+    };
+    let xs = rand(9 * inp);
+    let run = |rows: &[f32], mode: Mode| -> (Vec<f32>, Vec<f32>) {
+        let (y, xa) = linear.forward(&dev, &t("x", &[rows.len() / inp, inp], rows), mode).unwrap();
+        (block_on(None, y.to_vec_f32(&dev)).unwrap(), block_on(None, xa.unwrap().to_vec_f32(&dev)).unwrap())
+    };
+    let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+    let alone: Vec<(Vec<f32>, Vec<f32>)> = (0..9).map(|i| run(&xs[i * inp..(i + 1) * inp], Mode::Infer)).collect();
+    for m in 1..=9 {
+        let (ys, xas) = run(&xs[..m * inp], Mode::Infer);
+        for (i, (y1, xa1)) in alone.iter().take(m).enumerate() {
+            assert!(same(&ys[i * out..(i + 1) * out], y1), "{m} rows: row {i} of y");
+            assert!(same(&xas[i * r..(i + 1) * r], xa1), "{m} rows: row {i} of xa");
+        }
+    }
+    // Training mode at 9 rows is the blocked kernel: it need not agree bit for bit, only closely.
+    let (ys, _) = run(&xs, Mode::Train { dropout: None });
+    for (i, (y1, _)) in alone.iter().enumerate() {
+        assert!(ys[i * out..(i + 1) * out].iter().zip(y1).all(|(a, b)| (a - b).abs() <= 1e-4 * (1.0 + b.abs())), "row {i}");
+    }
+}
