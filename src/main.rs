@@ -437,16 +437,11 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
         Command::Eval(args) => eval(args),
         Command::Train(args) => train(*args, matches.subcommand_matches("train").unwrap_or(matches)),
         Command::Web(args) => web(args),
-        Command::Experiment { spec, report_only: true, .. } => {
+        Command::Experiment { spec, report_only, rescore, .. } if report_only || rescore => {
             let spec = flexlora::experiment::spec::load(&spec)?;
-            let report = flexlora::experiment::report::write(&spec)?;
-            println!("{}", report.table);
-            eprintln!("wrote {}", spec.out.join("report.md").display());
-            Ok(())
-        }
-        Command::Experiment { spec, rescore: true, .. } => {
-            let spec = flexlora::experiment::spec::load(&spec)?;
-            flexlora::experiment::rescore::rescore(&spec, &mut |line| eprintln!("{line}"))?;
+            if rescore {
+                flexlora::experiment::rescore::rescore(&spec, &mut |line| eprintln!("{line}"))?;
+            }
             let report = flexlora::experiment::report::write(&spec)?;
             println!("{}", report.table);
             eprintln!("wrote {}", spec.out.join("report.md").display());

@@ -337,17 +337,31 @@ pub fn gemm_strided(
     unsafe { gemm_ptr(m, n, k, a.as_ptr(), (a_rs, a_cs), b.as_ptr(), (b_rs, b_cs), c.as_mut_ptr(), c_rs, accumulate, threads) }
 }
 
-/// `c = x · Wᵀ` with every row of `c` computed alone (one `dot` per element, the same sums
-/// whatever m is): x [m, k] row-major, W [n, k] row-major. For inference products whose row count
-/// is the number of sequences sharing a decode step (a LoRA adapter's), so that a sequence's
-/// output does not depend on which others are batched with it. The GEMM crate's blocking, used by
-/// `gemm` above 4 rows, sums in another order.
-pub fn gemm_rows(m: usize, n: usize, k: usize, x: &[f32], w: &[f32], c: &mut [f32]) {
-    assert!(x.len() >= m * k && w.len() >= n * k && c.len() >= m * n, "gemm_rows: operand too small");
+/// `c (+)= a · b` like `gemm`, with every row of `c` computed alone (one `dot` per element: the
+/// same sums whatever m is), for a's rows and b's columns contiguous along k (`a_cs == b_rs == 1`,
+/// i.e. x · Wᵀ). For inference products whose rows are the sequences sharing a decode step (a LoRA
+/// adapter's), so that a sequence's output does not depend on which others are batched with it;
+/// `gemm` hands more than 4 rows to the GEMM crate, whose blocking sums in another order.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_rows(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    a_s: (usize, usize),
+    b: &[f32],
+    b_s: (usize, usize),
+    c: &mut [f32],
+    accumulate: bool,
+) {
+    assert!(a_s.1 == 1 && b_s.0 == 1, "gemm_rows: a's rows and b's columns must be contiguous along k");
     if m == 0 || n == 0 {
         return;
     }
-    rows_dot(m, n, k, x, k, w, k, c, n, false)
+    let last = |rs: usize, cs: usize, r: usize, cc: usize| (r - 1) * rs + (cc - 1) * cs;
+    assert!(k == 0 || (a.len() > last(a_s.0, 1, m, k) && b.len() > last(1, b_s.1, k, n)), "gemm_rows: input too small");
+    assert!(c.len() >= m * n, "gemm_rows: output too small");
+    rows_dot(m, n, k, a, a_s.0, b, b_s.1, c, n, accumulate)
 }
 
 #[allow(clippy::too_many_arguments)]

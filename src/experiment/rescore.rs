@@ -4,10 +4,10 @@
 //!
 //! For a change of the stop rule found after runs finished. A completion whose cut text is what
 //! its result line executed keeps that verdict (program assembly and the sandbox are deterministic
-//! in the completion); the others are executed in the sandbox. A stop rule that cuts earlier gives
-//! exactly what generating again would: greedy text up to a stop does not depend on the tokens
-//! after it, and the saved completion already holds that text (a rule that cut later could not be
-//! applied this way, and the cut here never lengthens a completion). Each rescored eval's
+//! in the completion); the others are executed in the sandbox. Only a rule that cuts earlier can be
+//! applied this way: cut earlier, a saved completion is what the same decode wrote up to the new
+//! stop (a later cut would need text never generated; the cut here never lengthens a completion).
+//! Each rescored eval's
 //! `summary.json` and the run's summary record the build that scored them (`rescored_by`); the
 //! saved `samples.jsonl` stays as generated.
 
@@ -140,17 +140,14 @@ fn rescore_eval(spec: &Spec, sandbox: &Sandbox, out: &Path, cfg: &job::EvalConfi
     let t0 = std::time::Instant::now();
     let fresh = run_samples(sandbox, &run_tasks, &run_completions)?;
     let execution_secs = t0.elapsed().as_secs_f64();
-    let mut fresh_lines: std::collections::HashMap<usize, Vec<String>> = std::collections::HashMap::new();
-    for r in &fresh {
-        let at = run_tasks.iter().position(|t| t.id == r.task_id).expect("results come from these tasks");
-        fresh_lines.entry(run_index[at]).or_default().push(serde_json::to_string(r).expect("result serializes"));
+    // Results come back task by task, samples in order: `cfg.samples` lines per executed task.
+    for (r, i) in fresh.chunks(cfg.samples).zip(&run_index) {
+        kept[*i] = Some(r.iter().map(|r| serde_json::to_string(r).expect("result serializes")).collect());
     }
     // Kept lines are written back byte for byte.
     let mut jsonl = String::new();
-    for (i, lines) in kept.into_iter().enumerate() {
-        for line in lines.or_else(|| fresh_lines.remove(&i)).expect("each task kept or executed") {
-            jsonl += &(line + "\n");
-        }
+    for line in kept.into_iter().flat_map(|lines| lines.expect("each task kept or executed")) {
+        jsonl += &(line + "\n");
     }
     write_atomic(&results_path, jsonl.as_bytes())?;
     let per_task: Vec<TaskCount> = runner::outcomes(&results_path)?.iter().map(|t| TaskCount { n: t.n, c: t.c }).collect();
@@ -168,8 +165,7 @@ fn rescore_eval(spec: &Spec, sandbox: &Sandbox, out: &Path, cfg: &job::EvalConfi
     report["rescore_executed"] = fresh.len().into();
     report["rescore_execution_secs"] = execution_secs.into();
     write_atomic(&path, serde_json::to_string_pretty(&v).expect("summary serializes").as_bytes())?;
-    let executed = fresh.len();
-    Ok((Some(summary), recut, executed))
+    Ok((Some(summary), recut, fresh.len()))
 }
 
 /// An evaluation's `results.jsonl`, by (task id, sample): the completion executed and the line.

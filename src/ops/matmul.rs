@@ -69,7 +69,7 @@ impl<'a> View<'a> {
     }
 }
 
-/// Which GPU kernel runs a product (see `shaders/matmul.wgsl`). `Auto` takes `Tiled` on hardware
+/// Which kernel runs a product (GPU: see `shaders/matmul.wgsl`). `Auto` takes `Tiled` on hardware
 /// GPUs and, on software adapters, `Vec4` when the layout and sizes allow it, else `Registers`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Variant {
@@ -77,6 +77,10 @@ pub enum Variant {
     Tiled,
     Vec4,
     Registers,
+    /// Every row of c computed alone, the same bits whatever M is (`cpu::gemm_rows`; a's rows and
+    /// b's columns contiguous along K); on a GPU, `Auto`. For inference products whose rows are
+    /// the sequences sharing a decode step, so that batching does not change a sequence.
+    Rows,
 }
 
 /// The vec4 entry point for this layout, when one exists and the sizes are multiples of 4.
@@ -117,7 +121,11 @@ pub fn gemm_into(
     match dev {
         Device::Cpu(_) => {
             let (av, bv) = (a.t.host_f32(OP)?, b.t.host_f32(OP)?);
-            cpu::gemm(m, n, k, av, (a.rs, a.cs), bv, (b.rs, b.cs), c.host_f32_mut(OP)?, accumulate);
+            if variant == Variant::Rows {
+                cpu::gemm_rows(m, n, k, av, (a.rs, a.cs), bv, (b.rs, b.cs), c.host_f32_mut(OP)?, accumulate);
+            } else {
+                cpu::gemm(m, n, k, av, (a.rs, a.cs), bv, (b.rs, b.cs), c.host_f32_mut(OP)?, accumulate);
+            }
             Ok(())
         }
         Device::Gpu(g) => {
@@ -136,9 +144,9 @@ pub fn gemm_into(
             }
             let vec4 = vec4_entry(m, n, k, &a, &b);
             let variant = match variant {
-                Variant::Auto if !g.is_software() => Variant::Tiled,
-                Variant::Auto | Variant::Vec4 if vec4.is_some() => Variant::Vec4,
-                Variant::Auto | Variant::Vec4 => Variant::Registers,
+                Variant::Auto | Variant::Rows if !g.is_software() => Variant::Tiled,
+                Variant::Auto | Variant::Rows | Variant::Vec4 if vec4.is_some() => Variant::Vec4,
+                Variant::Auto | Variant::Rows | Variant::Vec4 => Variant::Registers,
                 v => v,
             };
             let bufs = [a.t.bind(OP)?, b.t.bind(OP)?, c.bind(OP)?];
@@ -157,28 +165,17 @@ pub fn gemm_into(
 }
 
 /// c = x · Wᵀ (x [M,K], W [N,K]) with each row of c the same bits whatever M is, on the CPU
-/// (`cpu::gemm_rows`); on a GPU this is `forward(x, W, false, true)`. For inference products whose
-/// rows are the sequences sharing a decode step, so that batching does not change a sequence.
+/// ([`Variant::Rows`]); on a GPU this is `forward(x, W, false, true)`.
 pub fn forward_rows(dev: &Device, x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    const OP: &str = "matmul";
-    let Device::Cpu(_) = dev else { return forward(dev, x, w, false, true) };
-    let (m, k) = crate::tensor::dims2(x);
-    let (n, k2) = crate::tensor::dims2(w);
-    if k != k2 {
-        return Err(Error::shape(
-            OP,
-            format!("inner sizes differ: `{}` {:?} and `{}` {:?} (transposed)", x.label(), x.shape(), w.label(), w.shape()),
-        ));
-    }
-    x.expect(OP, DType::F32)?;
-    w.expect(OP, DType::F32)?;
-    let mut c = Tensor::zeros(dev, "matmul.c", &[m, n], DType::F32);
-    cpu::gemm_rows(m, n, k, x.host_f32(OP)?, w.host_f32(OP)?, c.host_f32_mut(OP)?);
-    Ok(c)
+    product(dev, x, w, false, true, Variant::Rows)
 }
 
 /// c = op(a) · op(b). `a` is [M,K] ([K,M] when `ta`), `b` is [K,N] ([N,K] when `tb`); c is [M,N].
 pub fn forward(dev: &Device, a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
+    product(dev, a, b, ta, tb, Variant::Auto)
+}
+
+fn product(dev: &Device, a: &Tensor, b: &Tensor, ta: bool, tb: bool, variant: Variant) -> Result<Tensor> {
     let (av, m, k) = View::of(a, ta);
     let (bv, k2, n) = View::of(b, tb);
     if k != k2 {
@@ -194,7 +191,7 @@ pub fn forward(dev: &Device, a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Resu
         ));
     }
     let mut c = Tensor::zeros(dev, "matmul.c", &[m, n], DType::F32);
-    gemm_into(dev, m, n, k, av, bv, &mut c, false, Variant::Auto)?;
+    gemm_into(dev, m, n, k, av, bv, &mut c, false, variant)?;
     Ok(c)
 }
 
