@@ -276,6 +276,10 @@ train = {{ flex = {{ mode = "published" }} }}
     // Each summary names the code that produced it, and the report lists it.
     assert_eq!(lora.flexlora, runner::build_id());
     assert!(lora.flexlora.starts_with("flexlora ") && lora.flexlora.ends_with(')'), "{}", lora.flexlora);
+    // ... and the device's numerics: for the CPU, the SIMD tier its kernels ran.
+    let numerics = flexlora::Device::cpu().numerics();
+    assert!(numerics.starts_with("CPU ") && numerics.contains(&format!("{} kernels", flexlora::device::cpu::tier())), "{numerics}");
+    assert!(runs.iter().all(|r| r.numerics == numerics), "{:?}", runs.iter().map(|r| &r.numerics).collect::<Vec<_>>());
     assert_eq!(lora.train.as_ref().unwrap().steps, 1);
     assert!(lora.train.as_ref().unwrap().first_loss.is_some_and(|l| l > 0.0 && l.is_finite()), "{:?}", lora.train);
     // The published arm is the LoRA run, recorded as such, not trained again.
@@ -289,7 +293,9 @@ train = {{ flex = {{ mode = "published" }} }}
         assert!(spec.out.join(f).exists(), "{f} missing");
     }
     assert!(rep.markdown.contains("| java | lora | 2 x 1 |"), "{}", rep.markdown);
-    assert!(rep.markdown.contains(&format!("Code of the finished runs: {}.", runner::build_id())), "{}", rep.markdown);
+    let origin = format!("{} on {numerics}", runner::build_id());
+    assert!(rep.markdown.contains(&format!("Code and device of the finished runs: {origin} (3 runs).")), "{}", rep.markdown);
+    assert!(rep.comparisons.iter().all(|c| !c.mixed) && !rep.markdown.contains('†'), "{}", rep.markdown);
     // Evaluation reports its progress within a run.
     assert!(lines.iter().any(|l| l.contains("java: 0/2 tasks generated")), "{lines:#?}");
 
@@ -329,20 +335,27 @@ train = {{ flex = {{ mode = "published" }} }}
     assert!(std::fs::read_to_string(spec.out.join("val.svg")).unwrap().contains("lora/seed-0"));
     std::fs::write(&metrics, logged).unwrap();
 
-    // An unfinished run started by another build is refused, not continued, and nothing in it
-    // changes; finished runs are not checked (report.md lists the builds of the finished runs).
+    // An unfinished run started by another build, or by this build on a device that rounds
+    // otherwise, is refused, not continued, and nothing in it changes; finished runs are not
+    // checked (report.md lists where the finished runs came from).
     let marker = runner::run_dir(&spec, "lora", 0).join(runner::BUILD);
-    assert_eq!(std::fs::read_to_string(&marker).unwrap(), runner::build_id());
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), format!("{}\n{numerics}", runner::build_id()));
     std::fs::rename(&done[1], dir.join("lora-summary.json")).unwrap();
-    std::fs::write(&marker, "flexlora 0.0.1 (0123456789ab)").unwrap();
-    let Err(err) = flexlora::device::block_on(None, flexlora::experiment::run(&spec_path, &mut device, &mut |_| {})) else {
-        panic!("a run started by another build was continued")
-    };
-    let err = err.to_string();
-    for needle in [marker.display().to_string(), "started by flexlora 0.0.1 (0123456789ab)".into(), runner::build_id(), "delete".into()] {
-        assert!(err.contains(&needle), "{needle:?} not in: {err}");
+    let other_device = format!("{}\nCPU x86_64, portable kernels, avx2 CPU, built for avx2", runner::build_id());
+    for (was, named) in [
+        (format!("flexlora 0.0.1 (0123456789ab)\n{numerics}"), format!("started by flexlora 0.0.1 (0123456789ab) on {numerics}")),
+        (other_device, "on CPU x86_64, portable kernels, avx2 CPU, built for avx2, and this is".into()),
+    ] {
+        std::fs::write(&marker, was).unwrap();
+        let Err(err) = flexlora::device::block_on(None, flexlora::experiment::run(&spec_path, &mut device, &mut |_| {})) else {
+            panic!("a run started by another build or device was continued")
+        };
+        let err = err.to_string();
+        for needle in [marker.display().to_string(), named, origin.clone(), "delete".into()] {
+            assert!(err.contains(&needle), "{needle:?} not in: {err}");
+        }
+        assert!(!done[1].exists() && mtime(&adapter) == before[3], "the refused run was touched");
     }
-    assert!(!done[1].exists() && mtime(&adapter) == before[3], "the refused run was touched");
     std::fs::rename(dir.join("lora-summary.json"), &done[1]).unwrap();
 
     // `--report-only`: the report from the finished runs, nothing run.
@@ -381,6 +394,30 @@ train = {{ flex = {{ mode = "published" }} }}
     assert!(back.interval.diff > 0.0 && there.interval.diff == -back.interval.diff, "{there:?} {back:?}");
     assert_eq!(there.identical, back.identical);
     assert_eq!((back.mcnemar[0].1, back.mcnemar[0].2), (there.mcnemar[0].2, there.mcnemar[0].1));
+    assert!(!back.mixed);
+    // A pair whose runs came from two builds, or two devices, is marked in the table.
+    for (build, numerics) in [("flexlora 0.0.1 (0123456789ab)", None), ("", Some("GPU Vulkan llvmpipe"))] {
+        let mut runs = runner::finished(&spec).unwrap();
+        let lora = runs.iter_mut().find(|r| r.arm == "lora").unwrap();
+        if !build.is_empty() {
+            lora.flexlora = build.into();
+        }
+        if let Some(n) = numerics {
+            lora.numerics = n.into();
+        }
+        assert!(report::compare(&spec, &runs, "base", "lora", "java").unwrap().mixed);
+        let path = runner::run_dir(&spec, "lora", 0).join(runner::DONE);
+        let kept = std::fs::read_to_string(&path).unwrap();
+        let edited = runs.iter().find(|r| r.arm == "lora").unwrap();
+        std::fs::write(&path, serde_json::to_string(edited).unwrap()).unwrap();
+        let md = report::write(&spec).unwrap().markdown;
+        std::fs::write(&path, kept).unwrap();
+        assert!(
+            md.contains("| java | base † | 2 x 1 |") && md.contains("† Some pair's two runs come from different builds or devices"),
+            "{md}"
+        );
+        assert!(md.contains(" (2 runs); ") && md.contains(" (1 run)"), "{md}");
+    }
 
     // `--rescore`: saved completions executed again with the current stop rule. The `lora` run's
     // first completion becomes MBJP/11's solution with a blank ending every line, then the class

@@ -159,6 +159,27 @@ impl Default for CpuDevice {
     }
 }
 
+/// What decides the CPU backend's rounding besides the code, for records that must not mix two
+/// kinds (`flexlora experiment`'s runs): the architecture, the tier its kernels run, the best tier
+/// the CPU has (the `gemm` crate picks its microkernels by that, whatever the tier says) and the
+/// widest SIMD the binary was compiled for (`.cargo/config.toml` builds for the build machine).
+/// Not the thread count: reductions do not split by thread (greedy completions are the same bits
+/// on 1, 2 and 4 threads). E.g. "CPU x86_64, avx512 kernels, avx512 CPU, built for avx512f".
+pub fn numerics() -> String {
+    let built_for = if cfg!(target_feature = "avx512f") {
+        "avx512f"
+    } else if cfg!(target_feature = "avx2") {
+        "avx2"
+    } else if cfg!(target_feature = "simd128") {
+        "simd128"
+    } else if cfg!(target_feature = "neon") {
+        "neon"
+    } else {
+        "baseline"
+    };
+    format!("CPU {}, {} kernels, {} CPU, built for {built_for}", std::env::consts::ARCH, tier(), Tier::best())
+}
+
 /// Threads the CPU twins run on (1 in the single-threaded browser build).
 pub fn threads() -> usize {
     #[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]

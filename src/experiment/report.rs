@@ -35,6 +35,15 @@ pub struct Comparison {
     /// (of tasks x seeds): how much the arm changed what the model writes, whatever it scores.
     /// None when a run's `results.jsonl` is not on disk.
     pub identical: Option<usize>,
+    /// Whether some pair's two runs come from different builds or devices (`origin`): rounding
+    /// alone then changes greedy completions on a share of tasks, and Δ carries that too.
+    pub mixed: bool,
+}
+
+/// The code and the device numerics a run came from: "flexlora 0.1.0 (abc) on CPU x86_64, ...".
+pub fn origin(r: &RunSummary) -> String {
+    let or = |s: &str, none: &str| if s.is_empty() { none.to_string() } else { s.to_string() };
+    format!("{} on {}", or(&r.flexlora, "a build not recorded"), or(&r.numerics, "a device not recorded"))
 }
 
 pub struct Report {
@@ -106,6 +115,7 @@ pub fn compare(spec: &Spec, runs: &[RunSummary], reference: &str, arm: &str, eva
         interval,
         mcnemar,
         identical: identical_first(spec, &runs_paired, eval, &ids),
+        mixed: runs_paired.iter().any(|(a, b)| origin(a) != origin(b)),
     })
 }
 
@@ -180,11 +190,16 @@ pub fn write(spec: &Spec) -> Result<Report> {
         spec.reference,
         spec.file.display()
     );
-    let mut builds: Vec<&str> = runs.iter().map(|r| if r.flexlora.is_empty() { "not recorded" } else { r.flexlora.as_str() }).collect();
-    builds.sort();
-    builds.dedup();
-    if !builds.is_empty() {
-        let _ = writeln!(md, "Code of the finished runs: {}.\n", builds.join("; "));
+    let mut origins: Vec<(String, usize)> = Vec::new();
+    for o in runs.iter().map(origin) {
+        match origins.iter_mut().find(|(x, _)| *x == o) {
+            Some((_, n)) => *n += 1,
+            None => origins.push((o, 1)),
+        }
+    }
+    if !origins.is_empty() {
+        let list: Vec<String> = origins.iter().map(|(o, n)| format!("{o} ({n} run{})", if *n == 1 { "" } else { "s" })).collect();
+        let _ = writeln!(md, "Code and device of the finished runs: {}.\n", list.join("; "));
     }
     let mut rescored: Vec<&str> = runs.iter().filter_map(|r| r.rescored_by.as_deref()).collect();
     rescored.sort();
@@ -337,9 +352,10 @@ fn comparison_table(spec: &Spec, runs: &[RunSummary], reference: &str) -> (Strin
                 let mc: Vec<String> = c.mcnemar.iter().map(|(s, b, cc, p)| format!("seed {s}: {b}, {cc}, p={p:.3}")).collect();
                 let _ = writeln!(
                     table,
-                    "| {} | {} | {} x {} | {:.3} | {:.3} | {:+.3} | [{:+.3}, {:+.3}] | {} | {} |",
+                    "| {} | {}{} | {} x {} | {:.3} | {:.3} | {:+.3} | [{:+.3}, {:+.3}] | {} | {} |",
                     c.eval,
                     c.arm,
+                    if c.mixed { " †" } else { "" },
                     c.tasks,
                     c.seeds,
                     c.reference_pass1,
@@ -353,6 +369,12 @@ fn comparison_table(spec: &Spec, runs: &[RunSummary], reference: &str) -> (Strin
                 comparisons.push(c);
             }
         }
+    }
+    if comparisons.iter().any(|c| c.mixed) {
+        table.push_str(
+            "\n† Some pair's two runs come from different builds or devices (see the list above): rounding alone changes \
+             greedy completions on a share of tasks, so this Δ includes that as well as the arms' difference.\n",
+        );
     }
     (table, comparisons)
 }

@@ -25,8 +25,9 @@ use crate::train::run::{self as train_run, Event, Trainer};
 /// The file that marks a finished run.
 pub const DONE: &str = "summary.json";
 
-/// The file that names the build (`build_id`) a run was started by: a run continues only under
-/// the same build, so its training and evaluation never mix two builds' numerics.
+/// The file that names the build (`build_id`) and the device numerics (`Device::numerics`) a run
+/// was started by, one per line: a run continues only under both, so its training and evaluation
+/// never mix two builds' or two devices' rounding.
 pub const BUILD: &str = "build.txt";
 
 /// One task's outcome in one run.
@@ -81,6 +82,12 @@ pub struct RunSummary {
     /// report should share it; `report.md` lists every value it meets.
     #[serde(default)]
     pub flexlora: String,
+    /// The device that computed it, as far as its rounding goes (`Device::numerics`: for the CPU,
+    /// the SIMD it ran and was built for). Greedy completions differ between two builds or two
+    /// such devices on a share of tasks, so a paired comparison should have one value of both;
+    /// `report.md` marks those that do not. Empty for runs made before it was recorded.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub numerics: String,
     /// Set when `flexlora experiment --rescore` executed the saved completions again with a later
     /// harness: the build that did (`rescore`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -126,6 +133,7 @@ pub async fn run(spec: &Spec, device: &mut dyn FnMut() -> Result<Device>, say: &
     // Durations of the runs done in this invocation, per kind, for the estimate of time left.
     let mut took: Vec<(ArmKind, f64)> = Vec::new();
     let mut outcomes = Vec::new();
+    let numerics = device()?.numerics();
     for (i, &(arm, seed)) in runs.iter().enumerate() {
         let tag = format!("[{}/{total}] {} seed {seed}", i + 1, arm.name);
         if read_summary(spec, &arm.name, seed)?.is_some() {
@@ -134,13 +142,13 @@ pub async fn run(spec: &Spec, device: &mut dyn FnMut() -> Result<Device>, say: &
             continue;
         }
         if arm.kind != ArmKind::Published {
-            same_build(&run_dir(spec, &arm.name, seed))?;
+            same_build(&run_dir(spec, &arm.name, seed), &numerics)?;
         }
         say(&format!("{tag}: started"));
         let t = Instant::now();
         let summary = match arm.kind {
             ArmKind::Published => published(spec, arm, seed)?,
-            _ => one(spec, arm, seed, device, &mut |line| say(&format!("{tag}: {line}"))).await?,
+            _ => one(spec, arm, seed, device, &numerics, &mut |line| say(&format!("{tag}: {line}"))).await?,
         };
         let dir = run_dir(spec, &arm.name, seed);
         std::fs::create_dir_all(&dir).map_err(io_at(&dir, "create"))?;
@@ -211,6 +219,7 @@ async fn one(
     arm: &Arm,
     seed: u64,
     device: &mut dyn FnMut() -> Result<Device>,
+    numerics: &str,
     say: &mut dyn FnMut(&str),
 ) -> Result<RunSummary> {
     let t0 = Instant::now();
@@ -293,25 +302,28 @@ async fn one(
         evals,
         seconds: t0.elapsed().as_secs_f64(),
         flexlora: build_id(),
+        numerics: numerics.to_string(),
         rescored_by: None,
     })
 }
 
-/// Records this build in a run's directory, or, when the run was started by another build,
-/// refuses to continue it: its steps or samples so far came from other code, whose numerics may
-/// differ (an int8 kernel changes greedy completions), so the run would mix two builds.
-fn same_build(dir: &Path) -> Result<()> {
+/// Records this build and device in a run's directory, or, when the run was started by another
+/// build or on a device that rounds otherwise, refuses to continue it: its steps or samples so far
+/// came from other numerics (a rounding change alone changes greedy completions), so the run would
+/// mix two.
+fn same_build(dir: &Path, numerics: &str) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(io_at(dir, "create"))?;
     let path = dir.join(BUILD);
-    let this = build_id();
+    let this = format!("{}\n{numerics}", build_id());
     match std::fs::read_to_string(&path) {
         Ok(was) if was.trim() == this => Ok(()),
         Ok(was) => Err(Error::Config {
             file: path.display().to_string(),
             detail: format!(
-                "this unfinished run was started by {}, and this is {this}: one run's training and evaluation come from one build. \
-                 Finish it with that build, or delete {} to run it again with this one",
-                was.trim(),
+                "this unfinished run was started by {}, and this is {}: one run's training and evaluation come from one build \
+                 on one kind of device. Finish it with that build and device, or delete {} to run it again with this one",
+                was.trim().replace('\n', " on "),
+                this.replace('\n', " on "),
                 dir.display()
             ),
         }),
