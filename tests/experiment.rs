@@ -393,8 +393,20 @@ train = {{ flex = {{ mode = "published" }} }}
     assert_eq!((there.reference_pass1, there.arm_pass1), (back.arm_pass1, back.reference_pass1));
     assert!(back.interval.diff > 0.0 && there.interval.diff == -back.interval.diff, "{there:?} {back:?}");
     assert_eq!(there.identical, back.identical);
-    assert_eq!((back.mcnemar[0].1, back.mcnemar[0].2), (there.mcnemar[0].2, there.mcnemar[0].1));
+    assert_eq!((back.mcnemar[0].b, back.mcnemar[0].c), (there.mcnemar[0].c, there.mcnemar[0].b));
     assert!(!back.mixed);
+    assert_eq!((back.mcnemar[0].seed, back.mcnemar[0].reference_seed), (0, 0));
+    // With a second `lora` seed, the base model's one run is paired with each `lora` run, and
+    // `lora` seed 1 with the base's only run, each pair naming both seeds.
+    let mut two = runner::finished(&spec).unwrap();
+    let mut seed1 = two.iter().find(|r| r.arm == "lora").unwrap().clone();
+    seed1.seed = 1;
+    two.push(seed1);
+    let base_vs_both = report::compare(&spec, &two, "lora", "base", "java").unwrap();
+    assert_eq!(base_vs_both.mcnemar.iter().map(|t| (t.seed, t.reference_seed)).collect::<Vec<_>>(), [(0, 0), (0, 1)]);
+    assert_eq!(base_vs_both.seeds, 2);
+    let both_vs_base = report::compare(&spec, &two, "base", "lora", "java").unwrap();
+    assert_eq!(both_vs_base.mcnemar.iter().map(|t| (t.seed, t.reference_seed)).collect::<Vec<_>>(), [(0, 0), (1, 0)]);
     // A pair whose runs came from two builds, or two devices, is marked in the table.
     for (build, numerics) in [("flexlora 0.0.1 (0123456789ab)", None), ("", Some("GPU Vulkan llvmpipe"))] {
         let mut runs = runner::finished(&spec).unwrap();

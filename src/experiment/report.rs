@@ -29,8 +29,8 @@ pub struct Comparison {
     pub seeds: usize,
     /// Paired bootstrap 95% interval of the difference, pooled over seeds.
     pub interval: Interval,
-    /// Per seed: (seed, b, c, exact McNemar p).
-    pub mcnemar: Vec<(u64, usize, usize, f64)>,
+    /// One exact McNemar test per pair of runs.
+    pub mcnemar: Vec<SeedTest>,
     /// Paired tasks whose first completion is byte-identical in both runs, summed over seeds
     /// (of tasks x seeds): how much the arm changed what the model writes, whatever it scores.
     /// None when a run's `results.jsonl` is not on disk.
@@ -38,6 +38,19 @@ pub struct Comparison {
     /// Whether some pair's two runs come from different builds or devices (`origin`): rounding
     /// alone then changes greedy completions on a share of tasks, and Δ carries that too.
     pub mixed: bool,
+}
+
+/// The exact McNemar test of one pair of runs on their first samples.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeedTest {
+    /// The arm's seed and the seed of the reference run it is paired with (another when the
+    /// reference ran once, as an untrained arm does).
+    pub seed: u64,
+    pub reference_seed: u64,
+    /// Tasks only the reference solved, tasks only the arm solved, and the two-sided p.
+    pub b: usize,
+    pub c: usize,
+    pub p: f64,
 }
 
 /// The code and the device numerics a run came from: "flexlora 0.1.0 (abc) on CPU x86_64, ...".
@@ -53,20 +66,32 @@ pub struct Report {
     pub table: String,
 }
 
-/// Pairs an arm's runs with `reference`'s on one set: seed s with the reference's seed s, or with
-/// its only run when it has one (an untrained reference runs once). Tasks are matched by id.
+/// Pairs an arm's runs with `reference`'s on one set: seed s with the reference's seed s (the same
+/// adapter initialization and example order), or with its only run when it has one (an untrained
+/// reference runs once); an untrained arm's only run is paired with every reference run. Tasks
+/// are matched by id.
 pub fn compare(spec: &Spec, runs: &[RunSummary], reference: &str, arm: &str, eval: &str) -> Option<Comparison> {
     let of = |name: &str| -> Vec<(&RunSummary, &EvalResult)> {
         runs.iter().filter(|r| r.arm == name).filter_map(|r| r.evals.iter().find(|e| e.name == eval).map(|e| (r, e))).collect()
     };
     let reference = of(reference);
     let mine = of(arm);
-    let mut pairs: Vec<(u64, &EvalResult, &EvalResult)> = Vec::new();
+    let mut pairs: Vec<(u64, u64, &EvalResult, &EvalResult)> = Vec::new();
     let mut runs_paired: Vec<(&RunSummary, &RunSummary)> = Vec::new();
+    let untrained = spec.arm(arm).is_some_and(|a| a.kind == ArmKind::Base);
     for (r, e) in &mine {
-        let partner = reference.iter().find(|(x, _)| x.seed == r.seed).or(if reference.len() == 1 { reference.first() } else { None });
-        if let Some((pr, pe)) = partner {
-            pairs.push((r.seed, pe, e));
+        let partners: Vec<&(&RunSummary, &EvalResult)> = if untrained && mine.len() == 1 {
+            reference.iter().collect()
+        } else {
+            reference
+                .iter()
+                .find(|(x, _)| x.seed == r.seed)
+                .or(if reference.len() == 1 { reference.first() } else { None })
+                .into_iter()
+                .collect()
+        };
+        for (pr, pe) in partners {
+            pairs.push((r.seed, pr.seed, pe, e));
             runs_paired.push((pr, r));
         }
     }
@@ -75,11 +100,11 @@ pub fn compare(spec: &Spec, runs: &[RunSummary], reference: &str, arm: &str, eva
     }
     // Tasks every paired run has, in the reference's order.
     let ids: Vec<&str> = pairs[0]
-        .1
+        .2
         .tasks
         .iter()
         .map(|t| t.id.as_str())
-        .filter(|id| pairs.iter().all(|(_, a, b)| a.tasks.iter().any(|t| t.id == *id) && b.tasks.iter().any(|t| t.id == *id)))
+        .filter(|id| pairs.iter().all(|(_, _, a, b)| a.tasks.iter().any(|t| t.id == *id) && b.tasks.iter().any(|t| t.id == *id)))
         .collect();
     if ids.is_empty() {
         return None;
@@ -94,11 +119,11 @@ pub fn compare(spec: &Spec, runs: &[RunSummary], reference: &str, arm: &str, eva
     };
     let mut values = Vec::new();
     let mut mcnemar = Vec::new();
-    for (seed, re, ae) in &pairs {
+    for &(seed, reference_seed, re, ae) in &pairs {
         let (rv, rb) = per_task(re);
         let (av, ab) = per_task(ae);
         let (b, c) = stats::discordant(&rb, &ab);
-        mcnemar.push((*seed, b, c, stats::mcnemar_exact(b, c)));
+        mcnemar.push(SeedTest { seed, reference_seed, b, c, p: stats::mcnemar_exact(b, c) });
         values.push((rv, av));
     }
     let interval = stats::paired_bootstrap(&values, spec.bootstrap, spec.bootstrap_seed)?;
@@ -264,9 +289,9 @@ pub fn write(spec: &Spec) -> Result<Report> {
     let _ = writeln!(md, "## Paired comparisons with `{}`\n", spec.reference);
     let _ = writeln!(
         md,
-        "Δ = pass@1(arm) − pass@1(`{}`) over the tasks both ran, pooled over seeds (seed s paired with the reference's seed s, \
-         or with its only run); 95% interval: paired bootstrap over tasks ({} replicates, seed {}); McNemar: exact two-sided \
-         test per seed on the first sample of each task, b = tasks only the reference solved, c = tasks only the arm solved; \
+        "Δ = pass@1(arm) − pass@1(`{}`) over the tasks both ran, pooled over pairs of runs (seed s with the reference's seed s, \
+         or with its only run; the untrained arm's one run with each of the reference's); 95% interval: paired bootstrap over tasks ({} replicates, seed {}); McNemar: exact two-sided \
+         test per pair (\"seed s vs r\" when the reference run has another seed) on the first sample of each task, b = tasks only the reference solved, c = tasks only the arm solved; \
          same first completion: paired tasks whose first completion is the same text in both runs.\n",
         spec.reference, spec.bootstrap, spec.bootstrap_seed
     );
@@ -349,7 +374,18 @@ fn comparison_table(spec: &Spec, runs: &[RunSummary], reference: &str) -> (Strin
     for set in &spec.evals {
         for arm in spec.arms.iter().filter(|a| a.name != reference && a.evals.contains(&set.name)) {
             if let Some(c) = compare(spec, runs, reference, &arm.name, &set.name) {
-                let mc: Vec<String> = c.mcnemar.iter().map(|(s, b, cc, p)| format!("seed {s}: {b}, {cc}, p={p:.3}")).collect();
+                let mc: Vec<String> = c
+                    .mcnemar
+                    .iter()
+                    .map(|t| {
+                        let seeds = if t.seed == t.reference_seed {
+                            format!("seed {}", t.seed)
+                        } else {
+                            format!("seed {} vs {}", t.seed, t.reference_seed)
+                        };
+                        format!("{seeds}: {}, {}, p={:.3}", t.b, t.c, t.p)
+                    })
+                    .collect();
                 let _ = writeln!(
                     table,
                     "| {} | {}{} | {} x {} | {:.3} | {:.3} | {:+.3} | [{:+.3}, {:+.3}] | {} | {} |",
