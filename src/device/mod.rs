@@ -30,11 +30,12 @@ impl Device {
     }
 
     /// What decides this device's rounding besides the code (see `cpu::numerics`; a GPU is its
-    /// backend, adapter and driver). Two runs of one build agree bit for bit only when this agrees.
+    /// `name`: adapter, backend, type and driver). Two runs of one build agree bit for bit only
+    /// when this agrees.
     pub fn numerics(&self) -> String {
         match self {
             Device::Cpu(_) => cpu::numerics(),
-            Device::Gpu(g) => format!("GPU {:?} {} (driver {} {})", g.info.backend, g.info.name, g.info.driver, g.info.driver_info),
+            Device::Gpu(_) => format!("GPU {}", self.name()),
         }
     }
 
