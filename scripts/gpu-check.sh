@@ -8,7 +8,13 @@
 # Environment: GPU_CHECK_BACKEND=vulkan|gl|metal|dx12 picks the adapter the benchmarks use (default:
 # the best one wgpu finds); FLEXLORA_MODEL_GGUF the model for bench train/generate (default
 # models/SmolLM2-135M-Instruct.Q4_1.gguf; without it those two are reported as not run);
-# GPU_CHECK_BUDGET total seconds (default 480). Each step gets what is left of the budget, capped,
+# GPU_CHECK_BUDGET total seconds (default 480); GPU_CHECK_BIN and GPU_CHECK_OPS_TEST: a flexlora
+# binary and an ops test binary built elsewhere, for a machine without Rust (then no build step).
+# Build those for any x86-64 CPU with AVX2, since .cargo/config.toml builds for the building CPU (an
+# ops test binary built on an AMD Zen 5 stopped with SIGILL on an Intel Xeon):
+#   RUSTFLAGS="-C target-cpu=x86-64-v3" cargo build --release --bins
+#   RUSTFLAGS="-C target-cpu=x86-64-v3" cargo test --release --test ops --no-run
+# Each step gets what is left of the budget, capped,
 # and a step that runs out is killed and reported as timed out: the report is always written.
 #
 # On a bare Linux GPU machine the Vulkan/EGL loaders may be missing (`ldconfig -p | grep libvulkan`
@@ -70,8 +76,15 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,m
 command -v vulkaninfo >/dev/null && vulkaninfo --summary 2>/dev/null | grep -E 'deviceName|driverInfo|apiVersion' | sed 's/^/vulkan: /' | tee -a "$report"
 say "libvulkan: $(ldconfig -p 2>/dev/null | grep -c libvulkan) entries, libEGL: $(ldconfig -p 2>/dev/null | grep -c 'libEGL\.so')"
 
-step build 300 bash -c "cargo build --bins && cargo test --no-run --test ops"
-bin=target/debug/flexlora
+if [ -n "${GPU_CHECK_BIN:-}" ] && [ -n "${GPU_CHECK_OPS_TEST:-}" ]; then
+  bin=$GPU_CHECK_BIN
+  ops_test=("$GPU_CHECK_OPS_TEST")
+  say "prebuilt: $bin ($(sha256sum "$bin" | cut -c1-12)), $GPU_CHECK_OPS_TEST ($(sha256sum "$GPU_CHECK_OPS_TEST" | cut -c1-12))"
+else
+  step build 300 bash -c "cargo build --bins && cargo test --no-run --test ops"
+  bin=target/debug/flexlora
+  ops_test=(cargo test --test ops)
+fi
 if [ ! -x "$bin" ]; then
   say "no binary at $bin: nothing else can run"
   exit 1
@@ -80,13 +93,16 @@ step devices 30 "$bin" devices
 step selftest 120 "$bin" selftest
 # All adapters (FLEXLORA_TEST_BACKEND unset); CI is not set, so a backend this machine lacks is
 # skipped loudly rather than failed.
-step "GPU op tests" 150 env -u CI cargo test --test ops
+step "GPU op tests" 150 env -u CI "${ops_test[@]}"
 step "bench matmul" 90 "$bin" bench matmul --reps 2 "${backend_flag[@]}"
 step "bench nf4" 90 "$bin" bench nf4 --reps 1 "${backend_flag[@]}"
 if [ -f "$model" ]; then
   step "bench train" 150 "$bin" bench train --model "$model" --device gpu --seq 64 --steps 1 "${backend_flag[@]}"
   step "bench generate" 90 "$bin" bench generate --model "$model" --device gpu --prompt-tokens 64 --decode-tokens 16 "${backend_flag[@]}"
-else
+fi
+# A 7B QLoRA step (random weights with Code Llama 7B's shapes, NF4): what a real GPU is for.
+step "bench train 7B" 150 "$bin" bench train --random-7b --device gpu --seq 256 --steps 2 "${backend_flag[@]}"
+if [ ! -f "$model" ]; then
   say ""
   say "== bench train, bench generate: not run, no model at $model (set FLEXLORA_MODEL_GGUF or run scripts/fetch-model.sh)"
   failures+=("bench train/generate (no model)")

@@ -7,12 +7,13 @@
 // - `dequantize`: one invocation per u32 word, i.e. 8 weights: code * absmax, an exact product.
 //
 // Exactness: whole blocks normalize as x * (1 / absmax), the partial last block as x / absmax, as
-// the CPU path does. Multiplication is correctly rounded in WGSL; division is only required to be
-// within 2.5 ULP, so the codes equal the CPU's exactly where the adapter divides correctly rounded
-// (lavapipe does, and tests/ops/quant_nf4.rs checks it on the adapter at hand). An all-zero block
-// is handled without dividing (its codes are all 7, as on the CPU), so adapters that flush the
-// subnormal floor 1e-38 to zero still agree; blocks whose absmax is itself subnormal are outside
-// the guarantee on such adapters.
+// the CPU path does. Multiplication is correctly rounded in WGSL, but division is only required to
+// be within 2.5 ULP, and NVIDIA's Vulkan driver misrounds some quotients (an H200 gave another code
+// for x = -0.427443 / 0.7, a value on a midpoint's boundary). So both divisions are done exactly, on
+// the integer significands (`div_rn`), and the absmax is a max of bit patterns: the codes equal the
+// CPU's on every adapter (tests/ops/quant_nf4.rs). Blocks whose weights are subnormal are outside
+// the guarantee on adapters that flush subnormals, in the whole-block product x * (1 / absmax), and
+// in dequantization where code * absmax is subnormal (NVIDIA's Vulkan driver flushes it to zero).
 
 struct Params {
     n: u32,      // weights
@@ -59,6 +60,82 @@ fn encode(v: f32) -> u32 {
     return c;
 }
 
+// A positive finite nonzero f32 as significand s in [2^23, 2^24) and exponent e: value = s * 2^(e - 23).
+struct Unpacked {
+    s: u32,
+    e: i32,
+}
+
+fn unpack(a: u32) -> Unpacked {
+    let biased = i32(a >> 23u);
+    if biased != 0 {
+        return Unpacked((a & 0x7fffffu) | 0x800000u, biased - 127);
+    }
+    var s = a; // subnormal: a * 2^-149, normalized by shifting
+    var e = -126;
+    while s < 0x800000u {
+        s = s << 1u;
+        e -= 1;
+    }
+    return Unpacked(s, e);
+}
+
+// x / d correctly rounded (to nearest, ties to even), from bit patterns: x finite, d positive,
+// finite and nonzero. Restoring long division of the significands gives 25 quotient bits (24 of
+// significand and the rounding bit) and a remainder (the sticky bit); only integer operations, so
+// no adapter can round it differently from the CPU's x / d.
+fn div_rn(x_bits: u32, d_bits: u32) -> f32 {
+    let sign = x_bits & 0x80000000u;
+    let ax = x_bits & 0x7fffffffu;
+    if ax == 0u {
+        return bitcast<f32>(sign);
+    }
+    let x = unpack(ax);
+    let d = unpack(d_bits);
+    var r = x.s;
+    var e = x.e - d.e;
+    if r < d.s {
+        r = r << 1u; // the quotient's leading bit is then 1: r / d.s in [1, 2)
+        e -= 1;
+    }
+    var q = 0u;
+    for (var i = 0u; i < 25u; i++) {
+        q = q << 1u;
+        if r >= d.s {
+            r -= d.s;
+            q |= 1u;
+        }
+        r = r << 1u;
+    }
+    // x / d = (q + r / d.s) * 2^(e - 24), q in [2^24, 2^25). Bits below the result's last place:
+    // the rounding bit, and more where the result is subnormal.
+    var below = 1u;
+    if e < -126 {
+        if e < -150 {
+            return bitcast<f32>(sign); // under half the smallest subnormal
+        }
+        below = u32(-125 - e);
+    }
+    let rest = q & ((1u << below) - 1u);
+    let half = 1u << (below - 1u);
+    var m = q >> below;
+    if rest > half || (rest == half && (r != 0u || (m & 1u) == 1u)) {
+        m += 1u;
+    }
+    if e < -126 {
+        return bitcast<f32>(sign | m); // subnormal bits (m = 2^23 is the smallest normal's)
+    }
+    var biased = u32(e + 127);
+    if m == 0x1000000u {
+        m = 0x800000u;
+        biased += 1u;
+    }
+    if biased >= 255u {
+        return bitcast<f32>(sign | 0x7f800000u);
+    }
+    return bitcast<f32>(sign | (biased << 23u) | (m & 0x7fffffu));
+}
+
 @compute @workgroup_size(WG)
 fn quantize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let b = (wid.y * nwg.x + wid.x) * WG + lid.x;
@@ -67,22 +144,21 @@ fn quantize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     }
     let start = b * p.bs;
     let end = min(start + p.bs, p.n);
-    var m = 0.0;
+    // The max of |w| as bit patterns (ordered as the values are), so subnormals count everywhere.
+    var m = 0u;
     for (var i = start; i < end; i++) {
-        m = max(m, abs(w[i]));
+        m = max(m, bitcast<u32>(w[i]) & 0x7fffffffu);
     }
     let whole = end - start == p.bs;
-    let all_zero = m == 0.0;
+    let all_zero = m == 0u;
     // Whole block: stored absmax is the plain max and values are scaled by the reciprocal of the
     // clamped max; the partial last block stores the clamped max and divides by it.
-    let clamped = max(m, bitcast<f32>(FLOOR_BITS));
-    let inv = 1.0 / clamped;
+    let clamped = max(m, FLOOR_BITS);
+    let inv = div_rn(0x3f800000u, clamped);
     if whole {
-        absmax_bits[b] = bitcast<u32>(m);
-    } else if all_zero {
-        absmax_bits[b] = FLOOR_BITS; // written as bits, in case the adapter flushes subnormals
+        absmax_bits[b] = m;
     } else {
-        absmax_bits[b] = bitcast<u32>(clamped);
+        absmax_bits[b] = clamped;
     }
     let word_end = (end + 7u) / 8u;
     for (var wi = start / 8u; wi < word_end; wi++) {
@@ -96,7 +172,7 @@ fn quantize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
                 } else if whole {
                     c = encode(w[e] * inv);
                 } else {
-                    c = encode(w[e] / clamped);
+                    c = encode(div_rn(bitcast<u32>(w[e]), clamped));
                 }
             } else if (e & ~1u) < end {
                 c = ZERO_CODE; // an odd count pads the last low nibble with the code of 0.0
