@@ -96,13 +96,12 @@ step selftest 120 "$bin" selftest
 step "GPU op tests" 150 env -u CI "${ops_test[@]}"
 step "bench matmul" 90 "$bin" bench matmul --reps 2 "${backend_flag[@]}"
 step "bench nf4" 90 "$bin" bench nf4 --reps 1 "${backend_flag[@]}"
+# A 7B QLoRA step (random weights with Code Llama 7B's shapes, NF4): what a real GPU is for.
+step "bench train 7B" 150 "$bin" bench train --random-7b --device gpu --seq 256 --steps 2 "${backend_flag[@]}"
 if [ -f "$model" ]; then
   step "bench train" 150 "$bin" bench train --model "$model" --device gpu --seq 64 --steps 1 "${backend_flag[@]}"
   step "bench generate" 90 "$bin" bench generate --model "$model" --device gpu --prompt-tokens 64 --decode-tokens 16 "${backend_flag[@]}"
-fi
-# A 7B QLoRA step (random weights with Code Llama 7B's shapes, NF4): what a real GPU is for.
-step "bench train 7B" 150 "$bin" bench train --random-7b --device gpu --seq 256 --steps 2 "${backend_flag[@]}"
-if [ ! -f "$model" ]; then
+else
   say ""
   say "== bench train, bench generate: not run, no model at $model (set FLEXLORA_MODEL_GGUF or run scripts/fetch-model.sh)"
   failures+=("bench train/generate (no model)")
