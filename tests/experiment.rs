@@ -483,7 +483,69 @@ train = {{ flex = {{ mode = "published" }} }}
     assert_eq!(c2.executed, 0, "the second rescoring executed what it had already executed");
     assert_eq!(executed(), 1, "the second rescoring rewrote the first one's record");
     assert!(report::write(&spec).unwrap().markdown.contains("the changed ones executed (`--rescore`) by: "));
+
+    // Sophia with and without FLeX: the report pairs them in a section of their own (the runs
+    // here are `lora`'s copied under their names: the pairing, not the training, is under test).
+    let sophia = r#"
+[[arm]]
+name = "sophia"
+train = { optimizer = "sophia", flex = { mode = "off" } }
+[[arm]]
+name = "sophia-flex"
+train = { optimizer = "sophia", flex = { mode = "train", lambda = 1e-4 } }
+"#;
+    std::fs::write(&spec_path, format!("{}{sophia}", text.replace(r#"reference = "base""#, r#"reference = "lora""#))).unwrap();
+    let spec = spec::load(&spec_path).unwrap();
+    for arm in ["sophia", "sophia-flex"] {
+        copy_dir(&runner::run_dir(&spec, "lora", 0), &runner::run_dir(&spec, arm, 0));
+        let path = runner::run_dir(&spec, arm, 0).join(runner::DONE);
+        let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        v["arm"] = arm.into();
+        std::fs::write(&path, v.to_string()).unwrap();
+    }
+    let md = report::write(&spec).unwrap().markdown;
+    let (_, section) = md.split_once("## FLeX against the same training without it").unwrap_or_else(|| panic!("{md}"));
+    let section = section.split("\n## ").next().unwrap();
+    assert!(section.contains("`sophia-flex` against `sophia`:"), "{section}");
+    let rows: Vec<&str> = section.lines().filter(|l| l.starts_with("| java |")).collect();
+    assert_eq!(rows.len(), 1, "{section}");
+    assert!(rows[0].starts_with("| java | sophia-flex | 2 x 1 |") && rows[0].ends_with("| 2/2 |"), "{section}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+#[test]
+fn flex_arms_are_paired_with_the_same_training_without_flex() {
+    let extra = r#"
+[[arm]]
+name = "flex"
+train = { flex = { mode = "train", lambda = 1e-3 } }
+[[arm]]
+name = "sophia"
+train = { optimizer = "sophia", flex = { mode = "off" } }
+[[arm]]
+name = "sophia-flex"
+train = { optimizer = "sophia", flex = { mode = "train", lambda = 1e-4 } }
+[[arm]]
+name = "sophia-flex-r16"
+train = { optimizer = "sophia", lora = { rank = 16 }, flex = { mode = "train" } }
+"#;
+    let s = parse(&format!("{GOOD}{extra}")).unwrap();
+    let pairs = report::flex_pairs(&s);
+    let names: Vec<(&str, &str)> = pairs.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    // Not `pub` (published mode is not off) and not the rank-16 arm (no arm without FLeX at rank 16).
+    assert_eq!(names, [("flex", "lora"), ("sophia-flex", "sophia")]);
 }
 
 #[test]
@@ -500,4 +562,9 @@ fn committed_specs_are_valid() {
     assert_eq!(grid.eval(&sel.eval).unwrap().role, spec::Role::Validation);
     // λ = 0 is the reference itself: choosing it would train `lora` again under another name.
     assert!(!sel.arms.contains(&grid.reference), "{:?}", sel.arms);
+    // FLeX is compared with the same training without it for both optimizers.
+    let pairs = report::flex_pairs(&grid);
+    for pair in [("flex", "lora"), ("sophia-flex", "sophia")] {
+        assert!(pairs.iter().any(|(a, b)| (a.as_str(), b.as_str()) == pair), "{pairs:?}");
+    }
 }

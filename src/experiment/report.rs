@@ -1,6 +1,6 @@
 //! The experiment's report from its finished runs: `OUT/report.md` (results per evaluation set,
-//! paired comparisons against the reference arm and against the untrained base arm, training and
-//! FLeX penalty figures) and SVG plots:
+//! paired comparisons against the reference arm, against the untrained base arm and of each FLeX
+//! arm against the same training without FLeX, training and FLeX penalty figures) and SVG plots:
 //! `pass1-<set>.svg` (pass@1 per arm with its 95% interval and each seed's value), `loss.svg`
 //! (training loss per run), `val.svg` (the validation loss of each run at each validation, when
 //! logged) and `flex.svg` (the FLeX penalty per run, when logged).
@@ -295,12 +295,32 @@ pub fn write(spec: &Spec) -> Result<Report> {
          same first completion: paired tasks whose first completion is the same text in both runs.\n",
         spec.reference, spec.bootstrap, spec.bootstrap_seed
     );
-    let (table, comparisons) = comparison_table(spec, &runs, &spec.reference);
+    let (table, comparisons) = comparison_table(spec, &runs, &spec.reference, None);
     md.push_str(&table);
     if let Some(base) = spec.arms.iter().find(|a| a.kind == ArmKind::Base && a.name != spec.reference) {
         let _ = writeln!(md, "\n## Paired comparisons with `{}` (the model before training)\n", base.name);
         let _ = writeln!(md, "As above, with `{}` as the reference: does training change pass@1 at all?\n", base.name);
-        md.push_str(&comparison_table(spec, &runs, &base.name).0);
+        md.push_str(&comparison_table(spec, &runs, &base.name, None).0);
+    }
+    // FLeX against the same training without it, where that is not the reference (whose pairs
+    // are in the first table): e.g. Sophia with FLeX against Sophia alone.
+    let pairs: Vec<(String, String)> = flex_pairs(spec).into_iter().filter(|(_, off)| *off != spec.reference).collect();
+    if !pairs.is_empty() {
+        let _ = writeln!(md, "\n## FLeX against the same training without it\n");
+        let _ = writeln!(
+            md,
+            "As above, each arm that trains through the FLeX penalty against the arm whose training settings are the same but for FLeX \
+             (its pairs with `{}` are in the first table).",
+            spec.reference
+        );
+        for (on, off) in &pairs {
+            let (table, found) = comparison_table(spec, &runs, off, Some(on));
+            if found.is_empty() {
+                let _ = writeln!(md, "\n`{on}` against `{off}`: not run yet.");
+            } else {
+                let _ = write!(md, "\n`{on}` against `{off}`:\n\n{table}");
+            }
+        }
     }
 
     // Training.
@@ -365,14 +385,35 @@ pub fn write(spec: &Spec) -> Result<Report> {
     Ok(Report { markdown: md, comparisons, table })
 }
 
-/// The markdown table of every arm other than `reference` compared with it on every set both ran.
-fn comparison_table(spec: &Spec, runs: &[RunSummary], reference: &str) -> (String, Vec<Comparison>) {
+/// Each arm that trains through the FLeX penalty (`flex.mode = "train"`) with the arm whose
+/// training settings are equal to its own but for `flex`, which is off there: (with FLeX, without),
+/// in the spec's order. The comparison that isolates the penalty for each optimizer.
+pub fn flex_pairs(spec: &Spec) -> Vec<(String, String)> {
+    use crate::train::config::FlexMode;
+    let mut pairs = Vec::new();
+    for on in &spec.arms {
+        let Some(with) = on.train.as_ref().filter(|t| t.flex.mode == FlexMode::Train) else { continue };
+        for off in &spec.arms {
+            let Some(without) = off.train.as_ref().filter(|t| t.flex.mode == FlexMode::Off) else { continue };
+            let mut same = with.clone();
+            same.flex = without.flex.clone();
+            if same == *without {
+                pairs.push((on.name.clone(), off.name.clone()));
+            }
+        }
+    }
+    pairs
+}
+
+/// The markdown table of every arm other than `reference` (or only the arm `only`) compared with
+/// it on every set both ran.
+fn comparison_table(spec: &Spec, runs: &[RunSummary], reference: &str, only: Option<&str>) -> (String, Vec<Comparison>) {
     let mut table = String::from(
         "| set | arm | tasks x seeds | pass@1 reference | pass@1 arm | Δ | 95% interval | McNemar per seed (b, c, p) | same first completion |\n|---|---|---|---|---|---|---|---|---|\n",
     );
     let mut comparisons = Vec::new();
     for set in &spec.evals {
-        for arm in spec.arms.iter().filter(|a| a.name != reference && a.evals.contains(&set.name)) {
+        for arm in spec.arms.iter().filter(|a| a.name != reference && only.is_none_or(|o| a.name == o) && a.evals.contains(&set.name)) {
             if let Some(c) = compare(spec, runs, reference, &arm.name, &set.name) {
                 let mc: Vec<String> = c
                     .mcnemar
