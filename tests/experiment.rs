@@ -486,15 +486,7 @@ train = {{ flex = {{ mode = "published" }} }}
 
     // Sophia with and without FLeX: the report pairs them in a section of their own (the runs
     // here are `lora`'s copied under their names: the pairing, not the training, is under test).
-    let sophia = r#"
-[[arm]]
-name = "sophia"
-train = { optimizer = "sophia", flex = { mode = "off" } }
-[[arm]]
-name = "sophia-flex"
-train = { optimizer = "sophia", flex = { mode = "train", lambda = 1e-4 } }
-"#;
-    std::fs::write(&spec_path, format!("{}{sophia}", text.replace(r#"reference = "base""#, r#"reference = "lora""#))).unwrap();
+    std::fs::write(&spec_path, format!("{}{SOPHIA_ARMS}", text.replace(r#"reference = "base""#, r#"reference = "lora""#))).unwrap();
     let spec = spec::load(&spec_path).unwrap();
     for arm in ["sophia", "sophia-flex"] {
         copy_dir(&runner::run_dir(&spec, "lora", 0), &runner::run_dir(&spec, arm, 0));
@@ -512,6 +504,16 @@ train = { optimizer = "sophia", flex = { mode = "train", lambda = 1e-4 } }
     assert!(rows[0].starts_with("| java | sophia-flex | 2 x 1 |") && rows[0].ends_with("| 2/2 |"), "{section}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// SophiaG without and with FLeX: a pair the report compares.
+const SOPHIA_ARMS: &str = r#"
+[[arm]]
+name = "sophia"
+train = { optimizer = "sophia", flex = { mode = "off" } }
+[[arm]]
+name = "sophia-flex"
+train = { optimizer = "sophia", flex = { mode = "train", lambda = 1e-4 } }
+"#;
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -532,16 +534,10 @@ fn flex_arms_are_paired_with_the_same_training_without_flex() {
 name = "flex"
 train = { flex = { mode = "train", lambda = 1e-3 } }
 [[arm]]
-name = "sophia"
-train = { optimizer = "sophia", flex = { mode = "off" } }
-[[arm]]
-name = "sophia-flex"
-train = { optimizer = "sophia", flex = { mode = "train", lambda = 1e-4 } }
-[[arm]]
 name = "sophia-flex-r16"
 train = { optimizer = "sophia", lora = { rank = 16 }, flex = { mode = "train" } }
 "#;
-    let s = parse(&format!("{GOOD}{extra}")).unwrap();
+    let s = parse(&format!("{GOOD}{extra}{SOPHIA_ARMS}")).unwrap();
     let pairs = report::flex_pairs(&s);
     let names: Vec<(&str, &str)> = pairs.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
     // Not `pub` (published mode is not off) and not the rank-16 arm (no arm without FLeX at rank 16).
