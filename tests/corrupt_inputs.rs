@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use support::copy_dir;
 
 use flexlora::eval::job::{self, EvalConfig, TaskSet};
 use flexlora::model::load::{self, peft, safetensors};
@@ -542,18 +543,6 @@ fn corrupt_training_inputs_and_checkpoints_are_refused_by_name() {
 
     c.finish(30);
     let _ = std::fs::remove_dir_all(&root);
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            copy_dir(&p, &to.join(e.file_name()));
-        } else {
-            std::fs::copy(&p, to.join(e.file_name())).unwrap();
-        }
-    }
 }
 
 #[test]

@@ -2,6 +2,10 @@
 //! and the runner end to end on the real small model (SmolLM2-135M, one training step, two MBJP
 //! tasks), resumed without redoing finished runs.
 
+#[path = "support/mod.rs"]
+#[allow(dead_code)]
+mod support;
+
 use std::path::{Path, PathBuf};
 
 use flexlora::eval::passk::pass_at_k;
@@ -489,7 +493,7 @@ train = {{ flex = {{ mode = "published" }} }}
     std::fs::write(&spec_path, format!("{}{SOPHIA_ARMS}", text.replace(r#"reference = "base""#, r#"reference = "lora""#))).unwrap();
     let spec = spec::load(&spec_path).unwrap();
     for arm in ["sophia", "sophia-flex"] {
-        copy_dir(&runner::run_dir(&spec, "lora", 0), &runner::run_dir(&spec, arm, 0));
+        support::copy_dir(&runner::run_dir(&spec, "lora", 0), &runner::run_dir(&spec, arm, 0));
         let path = runner::run_dir(&spec, arm, 0).join(runner::DONE);
         let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         v["arm"] = arm.into();
@@ -514,18 +518,6 @@ train = { optimizer = "sophia", flex = { mode = "off" } }
 name = "sophia-flex"
 train = { optimizer = "sophia", flex = { mode = "train", lambda = 1e-4 } }
 "#;
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
-}
 
 #[test]
 fn flex_arms_are_paired_with_the_same_training_without_flex() {

@@ -1,7 +1,7 @@
 //! Helpers shared by the integration-test crates (included with `#[path]`; a folder, so cargo
 //! does not build it as a test of its own).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// A fresh, empty temporary directory for one test (`prefix` names the crate, `tag` the test).
 pub fn tmpdir(prefix: &str, tag: &str) -> PathBuf {
@@ -43,4 +43,18 @@ pub fn model_file(env: &str, file: &str, fetch: &str, what: &str) -> Option<Path
 #[allow(dead_code)]
 pub fn default_model(what: &str) -> Option<PathBuf> {
     model_file("FLEXLORA_MODEL_GGUF", "SmolLM2-135M-Instruct.Q4_1.gguf", "scripts/fetch-model.sh", what)
+}
+
+/// Copies the directory tree `from` to `to` (created), files and folders alike.
+#[allow(dead_code)] // not every test crate copies a tree
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            copy_dir(&p, &to.join(e.file_name()));
+        } else {
+            std::fs::copy(&p, to.join(e.file_name())).unwrap();
+        }
+    }
 }
